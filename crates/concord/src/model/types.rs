@@ -1,0 +1,180 @@
+//! The library's models. Each is plain data; `#[derive(Syncable)]` turns the
+//! attributes into the static description the store and merge code work from.
+//!
+//! Attributes: `#[sync(model = "..", table = "..", shared | device_owned, membership)]`
+//! on the struct; on fields `#[sync(id)]` (the record UUID), `#[sync(owner)]` (the
+//! owning device), `#[sync(key)]` (immutable, travels in every entry, cascades),
+//! `#[sync(references = "model")]` (a UUID reference) and `#[sync(skip)]`
+//! (device-local, never synced).
+
+use concord_derive::Syncable;
+use uuid::Uuid;
+
+/// A member device of the library (the synced `devices` table, DESIGN §9).
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "device", table = "devices", shared)]
+pub struct Device {
+    #[sync(id)]
+    pub id: Uuid,
+    pub name: String,
+    /// Iroh node id (public key) in its string form, once known.
+    pub node_id: Option<String>,
+}
+
+/// A user tag.
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "tag", table = "tags", shared)]
+pub struct Tag {
+    #[sync(id)]
+    pub id: Uuid,
+    pub name: String,
+    /// `#rrggbb`, lower case.
+    pub color: Option<String>,
+}
+
+/// A user album.
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "album", table = "albums", shared)]
+pub struct Album {
+    #[sync(id)]
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+}
+
+/// A filesystem of one device.
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "volume", table = "volumes", device_owned)]
+pub struct Volume {
+    #[sync(id)]
+    pub id: Uuid,
+    #[sync(owner)]
+    pub device: Uuid,
+    pub name: String,
+    /// Stable identity of the filesystem (see ARCHITECTURE.md).
+    pub fingerprint: String,
+    pub mount_point: String,
+}
+
+/// An indexed folder of one device.
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "location", table = "locations", device_owned)]
+pub struct Location {
+    #[sync(id)]
+    pub id: Uuid,
+    #[sync(owner)]
+    pub device: Uuid,
+    #[sync(key, references = "volume")]
+    pub volume: Uuid,
+    /// Absolute path on the owning device.
+    pub path: String,
+    pub name: String,
+}
+
+/// `FileEntry::kind` values.
+pub mod entry_kind {
+    pub const FILE: i64 = 0;
+    pub const DIR: i64 = 1;
+    pub const SYMLINK: i64 = 2;
+
+    pub fn name(kind: i64) -> &'static str {
+        match kind {
+            FILE => "file",
+            DIR => "dir",
+            SYMLINK => "symlink",
+            _ => "other",
+        }
+    }
+}
+
+/// A file or folder inside a location (device-owned).
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "file_entry", table = "file_entries", device_owned)]
+pub struct FileEntry {
+    #[sync(id)]
+    pub id: Uuid,
+    #[sync(owner)]
+    pub device: Uuid,
+    #[sync(key, references = "location")]
+    pub location: Uuid,
+    /// The containing folder; `None` directly under the location root.
+    #[sync(references = "file_entry")]
+    pub parent: Option<Uuid>,
+    pub name: String,
+    /// Path relative to the location root, `/`-separated.
+    pub path: String,
+    pub kind: i64,
+    pub size: i64,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub modified: Option<i64>,
+    /// Device-local: the inode, to recognise renames on rescan.
+    #[sync(skip)]
+    pub inode: Option<i64>,
+}
+
+/// A tag on a file entry (a set membership).
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(
+    model = "tag_assignment",
+    table = "tag_assignments",
+    shared,
+    membership
+)]
+pub struct TagAssignment {
+    #[sync(id)]
+    pub id: Uuid,
+    #[sync(key, references = "tag")]
+    pub tag: Uuid,
+    #[sync(key, references = "file_entry")]
+    pub entry: Uuid,
+}
+
+/// A file entry in an album (a set membership).
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "album_item", table = "album_items", shared, membership)]
+pub struct AlbumItem {
+    #[sync(id)]
+    pub id: Uuid,
+    #[sync(key, references = "album")]
+    pub album: Uuid,
+    #[sync(key, references = "file_entry")]
+    pub entry: Uuid,
+}
+
+/// A user's note and favourite flag on a file entry; one record per entry.
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "user_metadata", table = "user_metadata", shared)]
+pub struct UserMetadata {
+    #[sync(id)]
+    pub id: Uuid,
+    #[sync(key, references = "file_entry")]
+    pub entry: Uuid,
+    pub note: Option<String>,
+    pub favorite: bool,
+}
+
+impl TagAssignment {
+    pub fn new(tag: Uuid, entry: Uuid) -> Self {
+        Self {
+            id: super::derived_uuid("tag_assignment", &[tag, entry]),
+            tag,
+            entry,
+        }
+    }
+}
+
+impl AlbumItem {
+    pub fn new(album: Uuid, entry: Uuid) -> Self {
+        Self {
+            id: super::derived_uuid("album_item", &[album, entry]),
+            album,
+            entry,
+        }
+    }
+}
+
+impl UserMetadata {
+    pub fn id_for(entry: Uuid) -> Uuid {
+        super::derived_uuid("user_metadata", &[entry])
+    }
+}

@@ -1,0 +1,131 @@
+//! Table layout of `library.db`, generated from the models' descriptions.
+//!
+//! Every synced table has: `id` (local integer key, never leaves the device),
+//! `uuid` (the record's identity), one column per synced field, the device-local
+//! fields, the row clock `_hlc`/`_dev` (the stamp that created the row), and per
+//! field an override clock `<f>__hlc`/`<f>__dev` that stays NULL until the field is
+//! written after creation. A bulk-inserted row therefore carries one clock, not one
+//! per field. Clocks compare as `(hlc, dev)`; `dev` is the device UUID as a blob, so
+//! SQLite's row-value comparison orders them exactly as [`crate::hlc::Hlc`] does.
+//! Memberships add `present`, whose clock is the row clock.
+
+use crate::model::{ModelInfo, ModelKind};
+
+/// Schema version of `library.db`; bump and add a step to [`LIBRARY_MIGRATIONS`].
+pub const LIBRARY_SCHEMA_VERSION: i64 = 1;
+
+/// `CREATE TABLE` and indexes for one model.
+pub fn model_ddl(m: &ModelInfo) -> String {
+    let mut cols = vec![
+        "id INTEGER PRIMARY KEY".to_string(),
+        "uuid BLOB NOT NULL UNIQUE".to_string(),
+    ];
+    for f in m.fields.iter().chain(m.local_fields) {
+        cols.push(format!("{} {}", f.name, f.kind.sql_type()));
+    }
+    if m.kind == ModelKind::Membership {
+        cols.push("present INTEGER NOT NULL DEFAULT 1".into());
+    }
+    cols.push("_hlc INTEGER NOT NULL".into());
+    cols.push("_dev BLOB NOT NULL".into());
+    if m.kind == ModelKind::Record {
+        for f in m.fields.iter().filter(|f| !f.key && !f.owner) {
+            cols.push(format!("{}__hlc INTEGER", f.name));
+            cols.push(format!("{}__dev BLOB", f.name));
+        }
+    }
+    let mut sql = format!("CREATE TABLE {} (\n  {}\n);\n", m.table, cols.join(",\n  "));
+    for f in m.fields.iter().filter(|f| f.references.is_some()) {
+        sql.push_str(&format!(
+            "CREATE INDEX {t}_by_{f} ON {t}({f});\n",
+            t = m.table,
+            f = f.name
+        ));
+    }
+    sql
+}
+
+/// Tables that are not models: tombstones, the conflict log, the outbox of local
+/// entries not yet moved to `sync.db`, bulk operations seen, and metadata.
+pub const LIBRARY_BASE_DDL: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE tombstones (
+  uuid BLOB PRIMARY KEY,
+  model TEXT NOT NULL,
+  hlc INTEGER NOT NULL,
+  dev BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE conflicts (
+  id INTEGER PRIMARY KEY,
+  model TEXT NOT NULL,
+  record BLOB NOT NULL,
+  field TEXT NOT NULL,
+  kept TEXT NOT NULL,
+  discarded TEXT NOT NULL,
+  kept_hlc INTEGER NOT NULL,
+  discarded_hlc INTEGER NOT NULL,
+  origin BLOB NOT NULL,
+  origin_seq INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  UNIQUE (origin, origin_seq, field)
+);
+CREATE TABLE outbox (
+  origin BLOB NOT NULL,
+  origin_seq INTEGER NOT NULL,
+  hlc INTEGER NOT NULL,
+  model TEXT NOT NULL,
+  record BLOB NOT NULL,
+  kind INTEGER NOT NULL,
+  payload BLOB NOT NULL,
+  PRIMARY KEY (origin, origin_seq)
+) WITHOUT ROWID;
+CREATE TABLE bulk_operations (
+  origin BLOB NOT NULL,
+  origin_seq INTEGER NOT NULL,
+  hlc INTEGER NOT NULL,
+  payload BLOB NOT NULL,
+  state TEXT NOT NULL DEFAULT 'seen',
+  PRIMARY KEY (origin, origin_seq)
+) WITHOUT ROWID;
+";
+
+/// Migration steps: index `i` takes the schema from version `i` to `i + 1`.
+pub fn library_migrations() -> Vec<String> {
+    let mut v1 = LIBRARY_BASE_DDL.to_string();
+    for m in crate::model::registry() {
+        v1.push_str(&model_ddl(m));
+    }
+    vec![v1]
+}
+
+/// Schema version of `sync.db`.
+pub const SYNC_SCHEMA_VERSION: i64 = 1;
+
+/// `sync.db`: the append-only log and per-origin positions.
+pub fn sync_migrations() -> Vec<String> {
+    vec!["
+CREATE TABLE log (
+  id INTEGER PRIMARY KEY,
+  origin BLOB NOT NULL,
+  origin_seq INTEGER NOT NULL,
+  hlc INTEGER NOT NULL,
+  lib_seq INTEGER,
+  epoch INTEGER,
+  model TEXT NOT NULL,
+  record BLOB NOT NULL,
+  kind INTEGER NOT NULL,
+  payload BLOB NOT NULL,
+  UNIQUE (origin, origin_seq)
+);
+CREATE UNIQUE INDEX log_by_lib_seq ON log(lib_seq) WHERE lib_seq IS NOT NULL;
+CREATE INDEX log_by_record ON log(record);
+CREATE TABLE origins (
+  origin BLOB PRIMARY KEY,
+  contiguous INTEGER NOT NULL,
+  max_seq INTEGER NOT NULL,
+  max_hlc INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"
+    .to_string()]
+}

@@ -1,0 +1,221 @@
+//! The log entry: one synced change, identified by `(origin, origin_seq)`.
+//!
+//! The payload (the operation and its fields) is encoded with postcard; only the
+//! fields a change touched travel, plus the record's key and owner fields so that
+//! any entry can be checked and cascaded on its own. Decoding is bounded: peers
+//! are untrusted.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+use crate::model::{model_by_name, FieldKind, ModelInfo, Value};
+
+/// Largest encoded payload accepted from anyone.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Largest text value in a synced field (paths included).
+pub const MAX_TEXT_BYTES: usize = 4096;
+
+/// One synced change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub origin: Uuid,
+    pub origin_seq: u64,
+    /// Packed HLC time; the stamp's device is `origin`.
+    pub hlc: u64,
+    /// Library-wide sequence, set once a leader has sequenced the entry.
+    pub lib_seq: Option<u64>,
+    pub epoch: Option<u64>,
+    pub model: String,
+    pub record: Uuid,
+    pub op: Op,
+}
+
+impl LogEntry {
+    pub fn stamp(&self) -> Hlc {
+        Hlc::new(self.hlc, self.origin)
+    }
+    pub fn id(&self) -> (Uuid, u64) {
+        (self.origin, self.origin_seq)
+    }
+}
+
+/// One field written by a change. `base` is the clock time the author saw on that
+/// field when writing (0: none), which tells a sequential overwrite from a
+/// concurrent one when recording conflicts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldWrite {
+    pub field: u16,
+    pub value: Value,
+    pub base: u64,
+}
+
+/// What a change does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Create a record (for memberships: add the member). All synced fields.
+    Insert(Vec<FieldWrite>),
+    /// Change some fields (key and owner fields always included).
+    Update(Vec<FieldWrite>),
+    /// Delete a record for good (memberships: remove the member). Carries the key
+    /// and owner fields.
+    Delete(Vec<FieldWrite>),
+    /// One entry standing for many device-owned rows written by `commit_bulk`.
+    Bulk(BulkOperation),
+}
+
+/// Kind codes stored in `sync.db`.
+pub mod kind {
+    pub const INSERT: i64 = 0;
+    pub const UPDATE: i64 = 1;
+    pub const DELETE: i64 = 2;
+    pub const BULK: i64 = 3;
+}
+
+impl Op {
+    pub fn kind(&self) -> i64 {
+        match self {
+            Op::Insert(_) => kind::INSERT,
+            Op::Update(_) => kind::UPDATE,
+            Op::Delete(_) => kind::DELETE,
+            Op::Bulk(_) => kind::BULK,
+        }
+    }
+    pub fn writes(&self) -> &[FieldWrite] {
+        match self {
+            Op::Insert(w) | Op::Update(w) | Op::Delete(w) => w,
+            Op::Bulk(_) => &[],
+        }
+    }
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding plain data into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Op> {
+        if bytes.len() > MAX_PAYLOAD_BYTES {
+            return Err(Error::Malformed(format!(
+                "payload of {} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit",
+                bytes.len()
+            )));
+        }
+        postcard::from_bytes(bytes)
+            .map_err(|e| Error::Malformed(format!("undecodable payload: {e}")))
+    }
+}
+
+/// A bulk write announced with one entry (DESIGN §7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BulkOperation {
+    /// A location was indexed: its rows stay on the owner and are pulled on demand.
+    InitialIndex {
+        location: Uuid,
+        path: String,
+        volume_fingerprint: String,
+        count: u64,
+    },
+    /// A location was rescanned with more changes than a batch carries.
+    Rescan {
+        location: Uuid,
+        path: String,
+        volume_fingerprint: String,
+        count: u64,
+    },
+}
+
+/// Check an entry against its model before it touches anything: known model,
+/// field ids in range, value kinds as declared, bounded text, key fields present.
+pub fn validate(entry: &LogEntry) -> Result<&'static ModelInfo> {
+    if entry.model == crate::sync::BULK_MODEL {
+        return match entry.op {
+            Op::Bulk(BulkOperation::InitialIndex {
+                ref path,
+                ref volume_fingerprint,
+                ..
+            })
+            | Op::Bulk(BulkOperation::Rescan {
+                ref path,
+                ref volume_fingerprint,
+                ..
+            }) => {
+                if path.len() > MAX_TEXT_BYTES || volume_fingerprint.len() > MAX_TEXT_BYTES {
+                    return Err(Error::Malformed("bulk operation text too long".into()));
+                }
+                Ok(&BULK_INFO)
+            }
+            _ => Err(Error::Malformed(
+                "bulk model with a non-bulk operation".into(),
+            )),
+        };
+    }
+    let model = model_by_name(&entry.model)
+        .ok_or_else(|| Error::Malformed(format!("unknown model {:?}", truncate(&entry.model))))?;
+    if matches!(entry.op, Op::Bulk(_)) {
+        return Err(Error::Malformed("bulk operation on a record model".into()));
+    }
+    let writes = entry.op.writes();
+    let mut seen = 0u64;
+    for w in writes {
+        let f = model.fields.get(w.field as usize).ok_or_else(|| {
+            Error::Malformed(format!(
+                "field id {} out of range for {}",
+                w.field, model.name
+            ))
+        })?;
+        let bit = 1u64 << (w.field.min(63));
+        if seen & bit != 0 {
+            return Err(Error::Malformed(format!("field {} written twice", f.name)));
+        }
+        seen |= bit;
+        let ok = match (&w.value, f.kind) {
+            (Value::Null, _) => f.nullable,
+            (Value::Int(_), FieldKind::Int | FieldKind::Bool) => true,
+            (Value::Text(s), FieldKind::Text) => s.len() <= MAX_TEXT_BYTES,
+            (Value::Uuid(_), FieldKind::Uuid) => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(Error::Malformed(format!(
+                "bad value for {}.{}",
+                model.name, f.name
+            )));
+        }
+    }
+    for k in model.key_indices() {
+        if seen & (1u64 << k) == 0 {
+            return Err(Error::Malformed(format!(
+                "{} entry lacks key field {}",
+                model.name, model.fields[k].name
+            )));
+        }
+    }
+    if let Op::Insert(_) = entry.op {
+        for (i, f) in model.fields.iter().enumerate() {
+            if !f.nullable && seen & (1u64 << i) == 0 {
+                return Err(Error::Malformed(format!(
+                    "insert lacks field {}.{}",
+                    model.name, f.name
+                )));
+            }
+        }
+    }
+    Ok(model)
+}
+
+/// Placeholder description for bulk entries, which touch no table of their own.
+pub static BULK_INFO: ModelInfo = ModelInfo {
+    name: crate::sync::BULK_MODEL,
+    table: "bulk_operations",
+    ownership: crate::model::Ownership::DeviceOwned,
+    kind: crate::model::ModelKind::Record,
+    fields: &[],
+    local_fields: &[],
+    depends_on: &[],
+};
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

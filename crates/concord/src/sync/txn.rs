@@ -1,0 +1,1006 @@
+//! The TransactionManager: the only code path that writes syncable data.
+//!
+//! ## Atomicity across two files (invariant I1)
+//!
+//! SQLite cannot commit one transaction atomically across two WAL databases, so
+//! nothing here relies on it:
+//!
+//! - **Local changes** are applied to `library.db` together with their log entry,
+//!   written to the `outbox` table of the same database, in one transaction. The
+//!   outbox is moved into `sync.db` (idempotently: the log ignores an entry it
+//!   already holds) in batches, whenever the log is read, and on open. A crash at
+//!   any point leaves the change and its entry both committed or both absent.
+//! - **Remote entries** are appended to `sync.db` first, then applied to
+//!   `library.db` in one transaction that also advances the `applied_log_id`
+//!   watermark. On open, log entries past the watermark are applied again
+//!   (applying is idempotent).
+//!
+//! Every write holds one mutex, so the log position and the watermark move in step.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::hlc::{Clock, HlcGenerator};
+use crate::model::{registry, ModelInfo, ModelKind, Ownership, Syncable, Value};
+use crate::store::{open_db, schema};
+use crate::sync::apply::{is_tombstoned, Applier, Outcome};
+use crate::sync::entry::{self, BulkOperation, FieldWrite, LogEntry, Op};
+use crate::sync::log::SyncLog;
+use crate::sync::BULK_MODEL;
+
+/// Local entries kept in the outbox before they are moved to `sync.db`.
+const OUTBOX_FLUSH_AT: usize = 512;
+/// Capacity of the change-event channel; slow subscribers see `Lagged`.
+pub const EVENT_CAPACITY: usize = 1024;
+
+/// A change to one record, built by the caller and committed by the TM.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub model: &'static ModelInfo,
+    pub record: Uuid,
+    pub op: ChangeOp,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChangeOp {
+    Insert {
+        values: Vec<Value>,
+        local: Vec<Value>,
+    },
+    Update(Vec<(String, Value)>),
+    Delete,
+}
+
+impl Change {
+    /// Create `record` (for memberships: add it).
+    pub fn insert<M: Syncable>(record: &M) -> Self {
+        Self {
+            model: M::INFO,
+            record: record.id(),
+            op: ChangeOp::Insert {
+                values: record.to_values(),
+                local: record.to_local_values(),
+            },
+        }
+    }
+    /// Change fields of an existing record; add them with [`Change::set`].
+    pub fn update<M: Syncable>(id: Uuid) -> Self {
+        Self {
+            model: M::INFO,
+            record: id,
+            op: ChangeOp::Update(Vec::new()),
+        }
+    }
+    /// Set a field in an update (ignored on other kinds of change).
+    pub fn set(mut self, field: &str, value: impl Into<Value>) -> Self {
+        if let ChangeOp::Update(fields) = &mut self.op {
+            fields.push((field.to_string(), value.into()));
+        }
+        self
+    }
+    /// Delete a record for good (memberships: remove it).
+    pub fn delete<M: Syncable>(id: Uuid) -> Self {
+        Self {
+            model: M::INFO,
+            record: id,
+            op: ChangeOp::Delete,
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Text(s.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Text(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Int(b as i64)
+    }
+}
+impl From<Uuid> for Value {
+    fn from(u: Uuid) -> Self {
+        Value::Uuid(u)
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(o: Option<T>) -> Self {
+        o.map_or(Value::Null, Into::into)
+    }
+}
+
+/// Where a change came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Remote,
+}
+
+/// Emitted after every commit that changed the library.
+#[derive(Debug, Clone)]
+pub struct ResourceChanged {
+    pub library: Uuid,
+    pub source: Source,
+    /// Models touched, in no particular order, without duplicates.
+    pub models: Vec<&'static str>,
+    /// Number of log entries committed.
+    pub entries: usize,
+}
+
+/// What a commit wrote.
+#[derive(Debug, Clone, Default)]
+pub struct Receipt {
+    /// `(origin, origin_seq)` of each log entry written, in order.
+    pub entries: Vec<(Uuid, u64)>,
+}
+
+/// What applying remote entries did.
+#[derive(Debug, Clone, Default)]
+pub struct ApplyReport {
+    pub applied: usize,
+    pub unchanged: usize,
+    pub duplicates: usize,
+    /// Refused by a merge rule (recorded in the conflict log).
+    pub refused: usize,
+    /// Rejected as invalid (malformed, clock too far ahead); not logged, not applied.
+    pub rejected: Vec<String>,
+}
+
+/// Settings of an open library.
+#[derive(Debug, Clone)]
+pub struct LibraryOptions {
+    pub max_clock_drift: std::time::Duration,
+}
+
+impl Default for LibraryOptions {
+    fn default() -> Self {
+        Self {
+            max_clock_drift: crate::hlc::DEFAULT_MAX_CLOCK_DRIFT,
+        }
+    }
+}
+
+struct Inner {
+    lib: Connection,
+    log: SyncLog,
+    next_seq: u64,
+    outbox_len: usize,
+}
+
+/// An open library: its two databases, its clock, and its TransactionManager.
+pub struct Library {
+    id: Uuid,
+    name: String,
+    dir: PathBuf,
+    device: Uuid,
+    hlc: HlcGenerator,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<ResourceChanged>,
+}
+
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<rusqlite::types::Value>> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+fn meta_set(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+impl Library {
+    /// Create a new library in `dir` (which must not hold one yet).
+    pub fn create(
+        dir: &Path,
+        id: Uuid,
+        name: &str,
+        device: Uuid,
+        clock: Box<dyn Clock>,
+    ) -> Result<Library> {
+        std::fs::create_dir_all(dir)?;
+        if dir.join("library.db").exists() {
+            return Err(Error::Other(format!(
+                "{} already holds a library",
+                dir.display()
+            )));
+        }
+        {
+            let lib = open_db(&dir.join("library.db"), true, &schema::library_migrations())?;
+            meta_set(&lib, "id", id)?;
+            meta_set(&lib, "name", name)?;
+            meta_set(&lib, "applied_log_id", 0i64)?;
+        }
+        Self::open_with(dir, device, clock, LibraryOptions::default())
+    }
+
+    /// Open an existing library and recover from any crash (see the module docs).
+    pub fn open(dir: &Path, device: Uuid, clock: Box<dyn Clock>) -> Result<Library> {
+        Self::open_with(dir, device, clock, LibraryOptions::default())
+    }
+
+    pub fn open_with(
+        dir: &Path,
+        device: Uuid,
+        clock: Box<dyn Clock>,
+        opts: LibraryOptions,
+    ) -> Result<Library> {
+        let lib_path = dir.join("library.db");
+        if !lib_path.exists() {
+            return Err(Error::LibraryNotFound(dir.display().to_string()));
+        }
+        let lib = open_db(&lib_path, false, &schema::library_migrations())?;
+        let sync = open_db(&dir.join("sync.db"), true, &schema::sync_migrations())?;
+        let id: Uuid = match meta_get(&lib, "id")? {
+            Some(rusqlite::types::Value::Blob(b)) => Uuid::from_slice(&b)
+                .map_err(|_| Error::Other("library.db has a corrupt id".into()))?,
+            _ => return Err(Error::Other("library.db has no id".into())),
+        };
+        let name = match meta_get(&lib, "name")? {
+            Some(rusqlite::types::Value::Text(t)) => t,
+            _ => String::new(),
+        };
+        let hlc = HlcGenerator::new(device, clock).with_max_drift(opts.max_clock_drift);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let library = Library {
+            id,
+            name,
+            dir: dir.to_path_buf(),
+            device,
+            hlc,
+            inner: Mutex::new(Inner {
+                lib,
+                log: SyncLog::new(sync),
+                next_seq: 1,
+                outbox_len: 0,
+            }),
+            events,
+        };
+        library.recover()?;
+        Ok(library)
+    }
+
+    /// Move the outbox into the log, apply log entries past the watermark, and
+    /// seed the HLC and the next `origin_seq` from what is durable.
+    fn recover(&self) -> Result<()> {
+        let mut inner = self.lock();
+        flush_outbox(&mut inner)?;
+        let mut watermark: i64 = match meta_get(&inner.lib, "applied_log_id")? {
+            Some(rusqlite::types::Value::Integer(i)) => i,
+            _ => 0,
+        };
+        loop {
+            let batch = inner.log.fetch_after_id(watermark, 1000)?;
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            let tx = inner.lib.transaction()?;
+            let applier = Applier {
+                tx: &tx,
+                now_ms: self.hlc.now_ms(),
+            };
+            for (_, e) in &batch {
+                if let Ok(m) = entry::validate(e) {
+                    applier.apply(e, m)?;
+                }
+            }
+            meta_set(&tx, "applied_log_id", last)?;
+            tx.commit()?;
+            watermark = last;
+        }
+        self.hlc.observe_floor(inner.log.max_hlc()?);
+        inner.next_seq = inner.log.max_seq(self.device)? + 1;
+        Ok(())
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn device(&self) -> Uuid {
+        self.device
+    }
+    pub fn hlc(&self) -> &HlcGenerator {
+        &self.hlc
+    }
+
+    /// Subscribe to `ResourceChanged` events.
+    pub fn subscribe(&self) -> broadcast::Receiver<ResourceChanged> {
+        self.events.subscribe()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves SQLite transactions rolled back,
+        // so the guarded state is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Commit one change with its log entry.
+    pub fn commit(&self, change: Change) -> Result<Receipt> {
+        self.commit_batch(vec![change])
+    }
+
+    /// Commit many changes in one transaction, one log entry per change (plus one
+    /// per cascaded delete).
+    pub fn commit_batch(&self, changes: Vec<Change>) -> Result<Receipt> {
+        self.with_tx(|ctx| {
+            for c in changes {
+                ctx.log(c)?;
+            }
+            Ok(())
+        })
+        .map(|(_, r)| r)
+    }
+
+    /// Run `f` inside one TM transaction. `f` may run raw SQL on
+    /// [`TxCtx::sql`] (device-local columns only) and must pass every synced
+    /// change through [`TxCtx::log`]. Nothing is written if `f` fails.
+    pub fn with_tx<R>(
+        &self,
+        f: impl FnOnce(&mut TxCtx<'_, '_>) -> Result<R>,
+    ) -> Result<(R, Receipt)> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let tx = inner.lib.transaction()?;
+        let mut ctx = TxCtx {
+            tx: &tx,
+            library: self,
+            next_seq: inner.next_seq,
+            receipt: Receipt::default(),
+            models: Vec::new(),
+        };
+        let out = f(&mut ctx)?;
+        let TxCtx {
+            next_seq,
+            receipt,
+            models,
+            ..
+        } = ctx;
+        tx.commit()?;
+        inner.next_seq = next_seq;
+        inner.outbox_len += receipt.entries.len();
+        if inner.outbox_len >= OUTBOX_FLUSH_AT {
+            flush_outbox(inner)?;
+        }
+        drop(guard);
+        if !receipt.entries.is_empty() {
+            let _ = self.events.send(ResourceChanged {
+                library: self.id,
+                source: Source::Local,
+                models,
+                entries: receipt.entries.len(),
+            });
+        }
+        Ok((out, receipt))
+    }
+
+    /// Write many device-owned rows with ONE `bulk_operation` log entry (DESIGN §7),
+    /// in one transaction. The rows themselves do not travel through the log.
+    pub fn commit_bulk<M: Syncable>(
+        &self,
+        rows: impl IntoIterator<Item = M>,
+        op: BulkOperation,
+    ) -> Result<Receipt> {
+        let m = M::INFO;
+        if m.ownership != Ownership::DeviceOwned || m.kind != ModelKind::Record {
+            return Err(Error::Invalid(format!(
+                "commit_bulk takes device-owned records, not {}",
+                m.name
+            )));
+        }
+        let owner_idx = m
+            .owner_index()
+            .ok_or_else(|| Error::Invalid(format!("{} has no owner field", m.name)))?;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let tx = inner.lib.transaction()?;
+        let stamp = self.hlc.tick();
+        let seq = inner.next_seq;
+        let mut cols: Vec<&str> = vec!["uuid"];
+        cols.extend(m.fields.iter().map(|f| f.name));
+        cols.extend(m.local_fields.iter().map(|f| f.name));
+        cols.extend(["_hlc", "_dev"]);
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            m.table,
+            cols.join(", "),
+            vec!["?"; cols.len()].join(", ")
+        );
+        let mut count = 0u64;
+        {
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let hlc_v = Value::Int(stamp.time as i64);
+            let dev_v = Value::Uuid(self.device);
+            let mut all: Vec<Value> = Vec::with_capacity(cols.len());
+            for row in rows {
+                all.clear();
+                all.push(Value::Uuid(row.id()));
+                all.extend(row.to_values());
+                if all.get(owner_idx + 1) != Some(&dev_v) {
+                    return Err(Error::NotOwner {
+                        model: m.name,
+                        id: row.id(),
+                        owner: all
+                            .get(owner_idx + 1)
+                            .and_then(Value::as_uuid)
+                            .unwrap_or_default(),
+                    });
+                }
+                all.extend(row.to_local_values());
+                all.push(hlc_v.clone());
+                all.push(dev_v.clone());
+                stmt.execute(rusqlite::params_from_iter(all.iter()))
+                    .map_err(|e| match e {
+                        rusqlite::Error::SqliteFailure(f, _)
+                            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                        {
+                            Error::AlreadyExists {
+                                model: m.name,
+                                id: row.id(),
+                            }
+                        }
+                        e => e.into(),
+                    })?;
+                count += 1;
+            }
+        }
+        let op = match op {
+            BulkOperation::InitialIndex {
+                location,
+                path,
+                volume_fingerprint,
+                ..
+            } => BulkOperation::InitialIndex {
+                location,
+                path,
+                volume_fingerprint,
+                count,
+            },
+            BulkOperation::Rescan {
+                location,
+                path,
+                volume_fingerprint,
+                ..
+            } => BulkOperation::Rescan {
+                location,
+                path,
+                volume_fingerprint,
+                count,
+            },
+        };
+        let location = match &op {
+            BulkOperation::InitialIndex { location, .. }
+            | BulkOperation::Rescan { location, .. } => *location,
+        };
+        let e = LogEntry {
+            origin: self.device,
+            origin_seq: seq,
+            hlc: stamp.time,
+            lib_seq: None,
+            epoch: None,
+            model: BULK_MODEL.to_string(),
+            record: location,
+            op: Op::Bulk(op),
+        };
+        Applier {
+            tx: &tx,
+            now_ms: self.hlc.now_ms(),
+        }
+        .apply(&e, &entry::BULK_INFO)?;
+        outbox_insert(&tx, &e)?;
+        tx.commit()?;
+        inner.next_seq = seq + 1;
+        inner.outbox_len += 1;
+        flush_outbox(inner)?;
+        drop(guard);
+        let _ = self.events.send(ResourceChanged {
+            library: self.id,
+            source: Source::Local,
+            models: vec![m.name],
+            entries: 1,
+        });
+        Ok(Receipt {
+            entries: vec![(self.device, seq)],
+        })
+    }
+
+    /// Apply entries received from peers: append the new ones to the log, then
+    /// apply them with the watermark in one transaction. Invalid entries (bad
+    /// shape, clock too far ahead) are rejected one by one and change nothing.
+    pub fn apply_remote(&self, entries: &[LogEntry]) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let mut accepted: Vec<(LogEntry, &'static ModelInfo)> = Vec::new();
+        for e in entries {
+            if e.origin_seq == 0 || e.origin_seq > i64::MAX as u64 || e.hlc > i64::MAX as u64 {
+                report.rejected.push(format!(
+                    "entry {}:{} has out-of-range numbers",
+                    e.origin, e.origin_seq
+                ));
+                continue;
+            }
+            let m = match entry::validate(e) {
+                Ok(m) => m,
+                Err(err) => {
+                    report
+                        .rejected
+                        .push(format!("entry {}:{}: {err}", e.origin, e.origin_seq));
+                    continue;
+                }
+            };
+            if let Err(err) = self.hlc.check(&e.stamp()) {
+                report.rejected.push(err.to_string());
+                continue;
+            }
+            if inner.log.contains(e.origin, e.origin_seq)? {
+                report.duplicates += 1;
+                continue;
+            }
+            accepted.push((e.clone(), m));
+        }
+        if accepted.is_empty() {
+            return Ok(report);
+        }
+        let plain: Vec<LogEntry> = accepted.iter().map(|(e, _)| e.clone()).collect();
+        let fresh = inner.log.append(&plain)?;
+        report.duplicates += accepted.len() - fresh.len();
+        let latest = inner.log.latest_id()?;
+        let mut models: Vec<&'static str> = Vec::new();
+        let tx = inner.lib.transaction()?;
+        {
+            let applier = Applier {
+                tx: &tx,
+                now_ms: self.hlc.now_ms(),
+            };
+            for &i in &fresh {
+                let (e, m) = &accepted[i];
+                match applier.apply(e, m)? {
+                    Outcome::Applied => {
+                        report.applied += 1;
+                        if !models.contains(&m.name) {
+                            models.push(m.name);
+                        }
+                    }
+                    Outcome::Unchanged => report.unchanged += 1,
+                    Outcome::Refused(_) => report.refused += 1,
+                }
+                // Cannot fail: checked above.
+                let _ = self.hlc.receive(&e.stamp());
+            }
+        }
+        meta_set(&tx, "applied_log_id", latest)?;
+        tx.commit()?;
+        drop(guard);
+        if report.applied > 0 {
+            let _ = self.events.send(ResourceChanged {
+                library: self.id,
+                source: Source::Remote,
+                models,
+                entries: report.applied,
+            });
+        }
+        Ok(report)
+    }
+
+    /// Run `f` on the sync log, after moving the outbox into it.
+    pub fn with_log<R>(&self, f: impl FnOnce(&mut SyncLog) -> Result<R>) -> Result<R> {
+        let mut inner = self.lock();
+        flush_outbox(&mut inner)?;
+        f(&mut inner.log)
+    }
+
+    /// Run a read-only query on `library.db`.
+    pub fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let inner = self.lock();
+        f(&inner.lib)
+    }
+
+    /// Move pending local entries into `sync.db` now.
+    pub fn flush(&self) -> Result<()> {
+        flush_outbox(&mut self.lock())
+    }
+}
+
+impl Drop for Library {
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = flush_outbox(inner) {
+            tracing::warn!("flushing the outbox on close failed (recovered on next open): {e}");
+        }
+    }
+}
+
+fn outbox_insert(tx: &Transaction<'_>, e: &LogEntry) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO outbox (origin, origin_seq, hlc, model, record, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.origin,
+        e.origin_seq as i64,
+        e.hlc as i64,
+        e.model,
+        e.record,
+        e.op.kind(),
+        e.op.encode()
+    ])?;
+    Ok(())
+}
+
+/// Move every outbox entry into `sync.db`, then clear the outbox and advance the
+/// watermark (every log entry is applied at this point: local ones were applied
+/// when committed, remote ones before the lock was released).
+fn flush_outbox(inner: &mut Inner) -> Result<()> {
+    let entries: Vec<LogEntry> = {
+        let mut stmt = inner.lib.prepare_cached(
+            "SELECT origin, origin_seq, hlc, model, record, payload FROM outbox ORDER BY origin, origin_seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Uuid>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Uuid>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+            ))
+        })?;
+        let mut v = Vec::new();
+        for row in rows {
+            let (origin, seq, hlc, model, record, payload) = row?;
+            v.push(LogEntry {
+                origin,
+                origin_seq: seq as u64,
+                hlc: hlc as u64,
+                lib_seq: None,
+                epoch: None,
+                model,
+                record,
+                op: Op::decode(&payload)?,
+            });
+        }
+        v
+    };
+    inner.outbox_len = 0;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    inner.log.append(&entries)?;
+    let latest = inner.log.latest_id()?;
+    let tx = inner.lib.transaction()?;
+    tx.execute("DELETE FROM outbox", [])?;
+    meta_set(&tx, "applied_log_id", latest)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// A TM transaction in progress (see [`Library::with_tx`]).
+pub struct TxCtx<'a, 'c> {
+    tx: &'a Transaction<'c>,
+    library: &'a Library,
+    next_seq: u64,
+    receipt: Receipt,
+    models: Vec<&'static str>,
+}
+
+impl TxCtx<'_, '_> {
+    /// The open `library.db` transaction, for raw SQL on device-local columns.
+    /// Synced columns must only change through [`TxCtx::log`].
+    pub fn sql(&self) -> &Transaction<'_> {
+        self.tx
+    }
+
+    /// Validate a change against the current state, write its log entry and apply
+    /// it. Deleting a record also deletes, with entries of their own, the records
+    /// that name it through non-key references (a folder's contents).
+    pub fn log(&mut self, change: Change) -> Result<()> {
+        let m = change.model;
+        let existing = load_values(self.tx, m, change.record)?;
+        let writes: Vec<FieldWrite>;
+        let op = match change.op {
+            ChangeOp::Insert { values, local } => {
+                if values.len() != m.fields.len() {
+                    return Err(Error::Invalid(format!(
+                        "{} takes {} fields",
+                        m.name,
+                        m.fields.len()
+                    )));
+                }
+                if is_tombstoned(self.tx, change.record)? {
+                    return Err(Error::Deleted {
+                        model: m.name,
+                        id: change.record,
+                    });
+                }
+                if let Some((_, present)) = &existing {
+                    if m.kind == ModelKind::Record {
+                        return Err(Error::AlreadyExists {
+                            model: m.name,
+                            id: change.record,
+                        });
+                    }
+                    if *present {
+                        return Ok(()); // already a member
+                    }
+                }
+                self.check_owner(
+                    m,
+                    change.record,
+                    values.get(m.owner_index().unwrap_or(usize::MAX)),
+                )?;
+                for (i, f) in m.fields.iter().enumerate() {
+                    if let (true, Some(_), Value::Uuid(target)) = (f.key, f.references, &values[i])
+                    {
+                        if is_tombstoned(self.tx, *target)? {
+                            return Err(Error::Deleted {
+                                model: f.references.unwrap_or("record"),
+                                id: *target,
+                            });
+                        }
+                    }
+                }
+                writes = values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, value)| FieldWrite {
+                        field: i as u16,
+                        value,
+                        base: 0,
+                    })
+                    .collect();
+                let e = self.append(m, change.record, Op::Insert(writes))?;
+                if !local.is_empty() && m.kind == ModelKind::Record {
+                    self.write_local(m, change.record, &local)?;
+                }
+                return Ok(e);
+            }
+            ChangeOp::Update(fields) => {
+                let Some((row, _)) = existing else {
+                    return Err(self.missing(m, change.record)?);
+                };
+                self.check_owner(m, change.record, m.owner_index().map(|i| &row.0[i]))?;
+                let mut w = Vec::new();
+                for (name, value) in fields {
+                    let i = m
+                        .field_index(&name)
+                        .ok_or_else(|| Error::Invalid(format!("{} has no field {name}", m.name)))?;
+                    let f = &m.fields[i];
+                    if f.key || f.owner {
+                        return Err(Error::Invalid(format!(
+                            "{}.{} cannot change",
+                            m.name, f.name
+                        )));
+                    }
+                    if value == Value::Null && !f.nullable {
+                        return Err(Error::Invalid(format!(
+                            "{}.{} cannot be empty",
+                            m.name, f.name
+                        )));
+                    }
+                    if row.0[i] == value {
+                        continue;
+                    }
+                    w.retain(|x: &FieldWrite| x.field as usize != i);
+                    w.push(FieldWrite {
+                        field: i as u16,
+                        value,
+                        base: row.1[i],
+                    });
+                }
+                if w.is_empty() {
+                    return Ok(());
+                }
+                for i in m.key_indices() {
+                    w.push(FieldWrite {
+                        field: i as u16,
+                        value: row.0[i].clone(),
+                        base: 0,
+                    });
+                }
+                Op::Update(w)
+            }
+            ChangeOp::Delete => {
+                let Some((row, present)) = existing else {
+                    if m.kind == ModelKind::Membership {
+                        return Ok(()); // not a member: nothing to remove
+                    }
+                    return Err(self.missing(m, change.record)?);
+                };
+                if m.kind == ModelKind::Membership && !present {
+                    return Ok(());
+                }
+                self.check_owner(m, change.record, m.owner_index().map(|i| &row.0[i]))?;
+                if m.kind == ModelKind::Record {
+                    self.delete_children(m, change.record)?;
+                }
+                let w = m
+                    .key_indices()
+                    .map(|i| FieldWrite {
+                        field: i as u16,
+                        value: row.0[i].clone(),
+                        base: 0,
+                    })
+                    .collect();
+                Op::Delete(w)
+            }
+        };
+        self.append(m, change.record, op)
+    }
+
+    fn missing(&self, m: &'static ModelInfo, id: Uuid) -> Result<Error> {
+        Ok(if is_tombstoned(self.tx, id)? {
+            Error::Deleted { model: m.name, id }
+        } else {
+            Error::NotFound { model: m.name, id }
+        })
+    }
+
+    fn check_owner(&self, m: &'static ModelInfo, id: Uuid, owner: Option<&Value>) -> Result<()> {
+        if m.ownership != Ownership::DeviceOwned {
+            return Ok(());
+        }
+        match owner {
+            Some(Value::Uuid(o)) if *o == self.library.device => Ok(()),
+            other => Err(Error::NotOwner {
+                model: m.name,
+                id,
+                owner: other.and_then(Value::as_uuid).unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Explicit deletes for records naming `id` through a non-key reference.
+    fn delete_children(&mut self, m: &'static ModelInfo, id: Uuid) -> Result<()> {
+        for dep in registry() {
+            if dep.kind != ModelKind::Record {
+                continue;
+            }
+            for f in dep
+                .fields
+                .iter()
+                .filter(|f| !f.key && f.references == Some(m.name))
+            {
+                let children: Vec<Uuid> = {
+                    let sql = format!("SELECT uuid FROM {} WHERE {} = ?1", dep.table, f.name);
+                    let mut stmt = self.tx.prepare_cached(&sql)?;
+                    let rows = stmt.query_map([id], |r| r.get(0))?;
+                    rows.collect::<rusqlite::Result<_>>()?
+                };
+                for child in children {
+                    if load_values(self.tx, dep, child)?.is_some() {
+                        self.log(Change {
+                            model: dep,
+                            record: child,
+                            op: ChangeOp::Delete,
+                        })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_local(&self, m: &'static ModelInfo, id: Uuid, local: &[Value]) -> Result<()> {
+        let sets: Vec<String> = m
+            .local_fields
+            .iter()
+            .map(|f| format!("{} = ?", f.name))
+            .collect();
+        if sets.is_empty() {
+            return Ok(());
+        }
+        let sql = format!("UPDATE {} SET {} WHERE uuid = ?", m.table, sets.join(", "));
+        let mut params: Vec<&dyn rusqlite::ToSql> =
+            local.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+        params.push(&id);
+        self.tx.prepare_cached(&sql)?.execute(params.as_slice())?;
+        Ok(())
+    }
+
+    fn append(&mut self, m: &'static ModelInfo, record: Uuid, op: Op) -> Result<()> {
+        let stamp = self.library.hlc.tick();
+        let e = LogEntry {
+            origin: self.library.device,
+            origin_seq: self.next_seq,
+            hlc: stamp.time,
+            lib_seq: None,
+            epoch: None,
+            model: m.name.to_string(),
+            record,
+            op,
+        };
+        let applier = Applier {
+            tx: self.tx,
+            now_ms: self.library.hlc.now_ms(),
+        };
+        if let Outcome::Refused(why) = applier.apply(&e, m)? {
+            return Err(Error::Invalid(why));
+        }
+        outbox_insert(self.tx, &e)?;
+        self.next_seq += 1;
+        self.receipt.entries.push((e.origin, e.origin_seq));
+        if !self.models.contains(&m.name) {
+            self.models.push(m.name);
+        }
+        Ok(())
+    }
+}
+
+/// Current synced values and effective field clock times of a record, and (for
+/// memberships) whether it is present.
+#[allow(clippy::type_complexity)]
+fn load_values(
+    tx: &Transaction<'_>,
+    m: &ModelInfo,
+    id: Uuid,
+) -> Result<Option<((Vec<Value>, Vec<u64>), bool)>> {
+    let mut cols: Vec<String> = m.fields.iter().map(|f| f.name.to_string()).collect();
+    let clocked: Vec<bool> = m
+        .fields
+        .iter()
+        .map(|f| m.kind == ModelKind::Record && !f.key && !f.owner)
+        .collect();
+    for (f, c) in m.fields.iter().zip(&clocked) {
+        cols.push(if *c {
+            format!("COALESCE({}__hlc, _hlc)", f.name)
+        } else {
+            "_hlc".into()
+        });
+    }
+    cols.push(if m.kind == ModelKind::Membership {
+        "present".into()
+    } else {
+        "1".into()
+    });
+    let sql = format!(
+        "SELECT {} FROM {} WHERE uuid = ?1",
+        cols.join(", "),
+        m.table
+    );
+    let n = m.fields.len();
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let row = stmt
+        .query_row([id], |r| {
+            let mut values = Vec::with_capacity(n);
+            for (i, f) in m.fields.iter().enumerate() {
+                values.push(Value::from_sql(f.kind, r.get_ref(i)?).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Null,
+                        Box::new(e),
+                    )
+                })?);
+            }
+            let mut clocks = Vec::with_capacity(n);
+            for i in 0..n {
+                clocks.push(r.get::<_, i64>(n + i)? as u64);
+            }
+            let present: i64 = r.get(2 * n)?;
+            Ok(((values, clocks), present != 0))
+        })
+        .optional()?;
+    Ok(row)
+}
