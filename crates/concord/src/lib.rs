@@ -20,3 +20,7 @@ pub use sync::txn::{Change, Library, ResourceChanged};
 pub mod datadir;
 pub mod digest;
 pub mod validate;
+/// The SQLite binding, for embedders that query `library.db` read-only.
+pub use rusqlite;
+pub mod index;
+pub mod query;

@@ -1,0 +1,397 @@
+//! Pairing, ALPN `concord/pairing/1` (DESIGN §9, docs/PROTOCOL.md).
+//!
+//! The joiner dials the node id from the ticket, so QUIC authenticates the
+//! inviter. Each side then proves knowledge of the one-time secret with a keyed
+//! BLAKE3 MAC over the handshake transcript, which names both node ids, both
+//! device ids, the invite id and both nonces: a MAC cannot be replayed on another
+//! connection or for another pair of devices. A wrong, expired or reused secret
+//! is refused and nothing is stored on either side.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use iroh::endpoint::Connection;
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use iroh::{EndpointAddr, EndpointId, PublicKey};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::NetError;
+use crate::frame::{expect_msg, write_msg};
+use crate::identity::random_bytes;
+use crate::node::NodeState;
+use crate::peers::Peer;
+use crate::ticket::{Ticket, MAX_TICKET_ADDRS};
+use crate::PAIRING_ALPN;
+
+/// Protocol version inside the ALPN.
+pub const VERSION: u32 = 1;
+/// Largest pairing frame.
+pub const MAX_FRAME: usize = 4 * 1024;
+/// Wrong proofs tolerated before an invite is burned.
+const MAX_FAILED_PROOFS: u32 = 3;
+
+/// An outstanding invite on the inviter.
+#[derive(Debug, Clone)]
+pub struct Invite {
+    pub secret: [u8; 32],
+    pub expires_at: u64,
+    pub used: bool,
+    pub failures: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum PairMsg {
+    /// Joiner → inviter.
+    Hello {
+        version: u32,
+        invite_id: [u8; 8],
+        device_id: Uuid,
+        name: String,
+        addrs: Vec<SocketAddr>,
+        nonce: [u8; 32],
+    },
+    /// Inviter → joiner.
+    Challenge {
+        device_id: Uuid,
+        name: String,
+        nonce: [u8; 32],
+    },
+    /// Joiner → inviter: MAC with role 1.
+    Proof {
+        mac: [u8; 32],
+    },
+    /// Inviter → joiner: MAC with role 2; both sides have stored each other.
+    Welcome {
+        mac: [u8; 32],
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+struct Transcript<'a> {
+    inviter_node: &'a PublicKey,
+    joiner_node: &'a PublicKey,
+    inviter_device: Uuid,
+    joiner_device: Uuid,
+    invite_id: [u8; 8],
+    joiner_nonce: [u8; 32],
+    inviter_nonce: [u8; 32],
+}
+
+impl Transcript<'_> {
+    fn mac(&self, secret: &[u8; 32], role: u8) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(secret);
+        h.update(b"concord/pairing/1 transcript\0");
+        h.update(&[role]);
+        h.update(self.inviter_node.as_bytes());
+        h.update(self.joiner_node.as_bytes());
+        h.update(self.inviter_device.as_bytes());
+        h.update(self.joiner_device.as_bytes());
+        h.update(&self.invite_id);
+        h.update(&self.joiner_nonce);
+        h.update(&self.inviter_nonce);
+        h.finalize()
+    }
+}
+
+/// Make a one-time invite and its ticket.
+pub fn invite(state: &NodeState, ttl_ms: Option<u64>) -> Ticket {
+    let ttl = ttl_ms.unwrap_or(state.config.invite_ttl.as_millis() as u64);
+    let secret: [u8; 32] = random_bytes();
+    let invite_id: [u8; 8] = random_bytes();
+    let expires_at = state.now_ms().saturating_add(ttl);
+    let mut invites = state.invites.lock().unwrap_or_else(|e| e.into_inner());
+    let now = state.now_ms();
+    invites.retain(|_, i| i.expires_at > now && !i.used);
+    invites.insert(
+        invite_id,
+        Invite {
+            secret,
+            expires_at,
+            used: false,
+            failures: 0,
+        },
+    );
+    Ticket {
+        node_id: *state.endpoint.id().as_bytes(),
+        device_id: state.device_id(),
+        addrs: state.local_addrs(),
+        invite_id,
+        secret,
+        expires_at,
+    }
+}
+
+/// Pair with the inviter of `ticket`. Returns the inviter as stored.
+pub async fn join(state: &NodeState, ticket: &str) -> Result<Peer, NetError> {
+    let t = Ticket::decode(ticket)?;
+    if t.expires_at <= state.now_ms() {
+        return Err(NetError::Refused(
+            "the ticket has expired; ask for a new one with `concord pair invite`".into(),
+        ));
+    }
+    let inviter_node = PublicKey::from_bytes(&t.node_id)
+        .map_err(|_| NetError::Refused("invalid ticket: bad node id".into()))?;
+    if inviter_node == state.endpoint.id() {
+        return Err(NetError::Refused(
+            "this ticket was made by this device".into(),
+        ));
+    }
+    let mut addr = EndpointAddr::new(inviter_node);
+    for a in &t.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let timeout = state.config.request_timeout;
+    let conn = tokio::time::timeout(timeout, state.endpoint.connect(addr, PAIRING_ALPN))
+        .await
+        .map_err(|_| NetError::Unreachable("the inviting device (timed out)".into()))?
+        .map_err(|e| NetError::Unreachable(format!("the inviting device: {e}")))?;
+    let result = tokio::time::timeout(timeout, join_on(state, &conn, &t, inviter_node)).await;
+    conn.close(0u32.into(), b"done");
+    result.map_err(|_| NetError::Timeout("pairing handshake".into()))?
+}
+
+async fn join_on(
+    state: &NodeState,
+    conn: &Connection,
+    t: &Ticket,
+    inviter_node: PublicKey,
+) -> Result<Peer, NetError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| NetError::Io(e.to_string()))?;
+    let joiner_nonce: [u8; 32] = random_bytes();
+    write_msg(
+        &mut send,
+        &PairMsg::Hello {
+            version: VERSION,
+            invite_id: t.invite_id,
+            device_id: state.device_id(),
+            name: state.device_name(),
+            addrs: state.local_addrs(),
+            nonce: joiner_nonce,
+        },
+    )
+    .await?;
+    let (inviter_device, inviter_name, inviter_nonce) =
+        match expect_msg(&mut recv, MAX_FRAME).await? {
+            PairMsg::Challenge {
+                device_id,
+                name,
+                nonce,
+            } => (device_id, name, nonce),
+            PairMsg::Refused { reason } => {
+                return Err(NetError::Refused(format!("pairing refused: {reason}")))
+            }
+            _ => return Err(NetError::Protocol("unexpected pairing message".into())),
+        };
+    if inviter_device != t.device_id {
+        return Err(NetError::Refused(
+            "the inviting device does not match the ticket".into(),
+        ));
+    }
+    concord::validate::name("device name", &inviter_name)
+        .map_err(|e| NetError::Protocol(format!("inviter sent a bad name: {e}")))?;
+    let joiner_node = state.endpoint.id();
+    let transcript = Transcript {
+        inviter_node: &inviter_node,
+        joiner_node: &joiner_node,
+        inviter_device,
+        joiner_device: state.device_id(),
+        invite_id: t.invite_id,
+        joiner_nonce,
+        inviter_nonce,
+    };
+    write_msg(
+        &mut send,
+        &PairMsg::Proof {
+            mac: *transcript.mac(&t.secret, 1).as_bytes(),
+        },
+    )
+    .await?;
+    match expect_msg(&mut recv, MAX_FRAME).await? {
+        PairMsg::Welcome { mac } => {
+            // `Hash` equality is constant-time.
+            if blake3::Hash::from(mac) != transcript.mac(&t.secret, 2) {
+                return Err(NetError::Refused(
+                    "the inviting device failed to prove the secret".into(),
+                ));
+            }
+        }
+        PairMsg::Refused { reason } => {
+            return Err(NetError::Refused(format!("pairing refused: {reason}")))
+        }
+        _ => return Err(NetError::Protocol("unexpected pairing message".into())),
+    }
+    let _ = send.finish();
+    let peer = Peer {
+        device_id: inviter_device,
+        name: inviter_name,
+        node_id: inviter_node.to_string(),
+        addrs: t.addrs.clone(),
+        paired_at: state.now_ms(),
+    };
+    state.peers.upsert(peer.clone())?;
+    state.peers.mark_seen(peer.device_id, state.now_ms());
+    Ok(peer)
+}
+
+/// The inviter's side of the handshake.
+#[derive(Clone)]
+pub struct PairingHandler {
+    state: Arc<NodeState>,
+}
+
+impl std::fmt::Debug for PairingHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PairingHandler")
+    }
+}
+
+impl PairingHandler {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+
+    async fn handle(&self, conn: &Connection) -> Result<(), NetError> {
+        let (mut send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| NetError::Io(e.to_string()))?;
+        let joiner_node: EndpointId = conn.remote_id();
+        let outcome = self.handshake(&mut send, &mut recv, joiner_node).await;
+        if let Err(NetError::Refused(reason)) = &outcome {
+            let _ = write_msg(
+                &mut send,
+                &PairMsg::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+        }
+        let _ = send.finish();
+        // Let the last frame reach the joiner before the connection goes.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.closed()).await;
+        outcome
+    }
+
+    async fn handshake(
+        &self,
+        send: &mut iroh::endpoint::SendStream,
+        recv: &mut iroh::endpoint::RecvStream,
+        joiner_node: EndpointId,
+    ) -> Result<(), NetError> {
+        let st = &self.state;
+        let PairMsg::Hello {
+            version,
+            invite_id,
+            device_id,
+            name,
+            addrs,
+            nonce: joiner_nonce,
+        } = expect_msg(recv, MAX_FRAME).await?
+        else {
+            return Err(NetError::Protocol("expected Hello".into()));
+        };
+        if version != VERSION {
+            return Err(NetError::Refused(format!(
+                "unsupported pairing version {version}"
+            )));
+        }
+        concord::validate::name("device name", &name)
+            .map_err(|e| NetError::Refused(e.to_string()))?;
+        if addrs.len() > MAX_TICKET_ADDRS {
+            return Err(NetError::Refused("too many addresses".into()));
+        }
+        let secret = {
+            let invites = st.invites.lock().unwrap_or_else(|e| e.into_inner());
+            let inv = invites.get(&invite_id).ok_or_else(|| {
+                NetError::Refused("unknown ticket (was it made by this device?)".into())
+            })?;
+            if inv.used {
+                return Err(NetError::Refused(
+                    "this ticket was already used; make a new one".into(),
+                ));
+            }
+            if inv.expires_at <= st.now_ms() {
+                return Err(NetError::Refused(
+                    "this ticket has expired; make a new one".into(),
+                ));
+            }
+            inv.secret
+        };
+        let inviter_nonce: [u8; 32] = random_bytes();
+        write_msg(
+            send,
+            &PairMsg::Challenge {
+                device_id: st.device_id(),
+                name: st.device_name(),
+                nonce: inviter_nonce,
+            },
+        )
+        .await?;
+        let PairMsg::Proof { mac } = expect_msg(recv, MAX_FRAME).await? else {
+            return Err(NetError::Protocol("expected Proof".into()));
+        };
+        let inviter_node = st.endpoint.id();
+        let transcript = Transcript {
+            inviter_node: &inviter_node,
+            joiner_node: &joiner_node,
+            inviter_device: st.device_id(),
+            joiner_device: device_id,
+            invite_id,
+            joiner_nonce,
+            inviter_nonce,
+        };
+        {
+            let mut invites = st.invites.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(inv) = invites.get_mut(&invite_id) else {
+                return Err(NetError::Refused("unknown ticket".into()));
+            };
+            if inv.used {
+                return Err(NetError::Refused(
+                    "this ticket was already used; make a new one".into(),
+                ));
+            }
+            if blake3::Hash::from(mac) != transcript.mac(&secret, 1) {
+                inv.failures += 1;
+                if inv.failures >= MAX_FAILED_PROOFS {
+                    inv.used = true;
+                }
+                tracing::warn!(node = %joiner_node.fmt_short(), "pairing refused: wrong secret");
+                return Err(NetError::Refused("wrong secret".into()));
+            }
+            inv.used = true;
+        }
+        let peer = Peer {
+            device_id,
+            name,
+            node_id: joiner_node.to_string(),
+            addrs,
+            paired_at: st.now_ms(),
+        };
+        st.peers.upsert(peer.clone())?;
+        st.peers.mark_seen(device_id, st.now_ms());
+        write_msg(
+            send,
+            &PairMsg::Welcome {
+                mac: *transcript.mac(&secret, 2).as_bytes(),
+            },
+        )
+        .await?;
+        tracing::info!(device = %device_id, "paired");
+        Ok(())
+    }
+}
+
+impl ProtocolHandler for PairingHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        if let Err(e) = self.handle(&conn).await {
+            tracing::warn!(node = %conn.remote_id().fmt_short(), "pairing failed: {e}");
+        }
+        Ok(())
+    }
+}

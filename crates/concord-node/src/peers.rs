@@ -1,0 +1,135 @@
+//! Paired devices, kept in `<data-dir>/peers.json`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::NetError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub device_id: Uuid,
+    pub name: String,
+    /// Iroh node id in its string form.
+    pub node_id: String,
+    /// Last known direct addresses.
+    pub addrs: Vec<SocketAddr>,
+    pub paired_at: u64,
+}
+
+/// The paired-device list, persisted on every change.
+pub struct PeerStore {
+    path: PathBuf,
+    peers: Mutex<Vec<Peer>>,
+    /// Last successful contact per device (ms), in memory only.
+    seen: Mutex<HashMap<Uuid, u64>>,
+}
+
+impl PeerStore {
+    pub fn open(data_dir: &Path) -> Result<PeerStore, NetError> {
+        let path = data_dir.join("peers.json");
+        let peers = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| NetError::Other(format!("{} is corrupt: {e}", path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(PeerStore {
+            path,
+            peers: Mutex::new(peers),
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn save(&self, peers: &[Peer]) -> Result<(), NetError> {
+        let bytes = serde_json::to_vec_pretty(peers).map_err(|e| NetError::Other(e.to_string()))?;
+        concord::datadir::write_atomic(&self.path, &bytes)?;
+        Ok(())
+    }
+
+    pub fn list(&self) -> Vec<Peer> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn by_node(&self, node_id: &str) -> Option<Peer> {
+        self.list().into_iter().find(|p| p.node_id == node_id)
+    }
+
+    pub fn by_device(&self, device: Uuid) -> Option<Peer> {
+        self.list().into_iter().find(|p| p.device_id == device)
+    }
+
+    /// Add or replace a peer (by device id or node id).
+    pub fn upsert(&self, peer: Peer) -> Result<(), NetError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.retain(|p| p.device_id != peer.device_id && p.node_id != peer.node_id);
+        peers.push(peer);
+        self.save(&peers)
+    }
+
+    /// Update addresses and name of a known peer.
+    pub fn update_addrs(
+        &self,
+        device: Uuid,
+        name: Option<&str>,
+        addrs: &[SocketAddr],
+    ) -> Result<(), NetError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = peers.iter_mut().find(|p| p.device_id == device) else {
+            return Ok(());
+        };
+        let mut changed = false;
+        if !addrs.is_empty() && p.addrs != addrs {
+            p.addrs = addrs
+                .iter()
+                .take(crate::ticket::MAX_TICKET_ADDRS)
+                .copied()
+                .collect();
+            changed = true;
+        }
+        if let Some(n) = name {
+            if p.name != n && concord::validate::name("device name", n).is_ok() {
+                p.name = n.to_string();
+                changed = true;
+            }
+        }
+        if changed {
+            self.save(&peers)?;
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, device: Uuid) -> Result<bool, NetError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let before = peers.len();
+        peers.retain(|p| p.device_id != device);
+        let removed = peers.len() != before;
+        if removed {
+            self.save(&peers)?;
+        }
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&device);
+        Ok(removed)
+    }
+
+    pub fn mark_seen(&self, device: Uuid, now_ms: u64) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(device, now_ms);
+    }
+
+    pub fn last_seen(&self, device: Uuid) -> Option<u64> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&device)
+            .copied()
+    }
+}

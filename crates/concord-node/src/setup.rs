@@ -1,0 +1,426 @@
+//! Library setup, ALPN `concord/library/1` (DESIGN §9, docs/PROTOCOL.md).
+//!
+//! One request per bidirectional stream. Every request is authorised against the
+//! paired-device store by the QUIC-authenticated node id; a device may list and
+//! join only libraries that are not private or that it is registered in.
+//!
+//! Join copies the owner's sync log in zstd-compressed batches; the joiner applies
+//! them through its TransactionManager, so it ends with the same state and the
+//! same clocks. If anything fails, the half-made library is removed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use concord::model::Device;
+use concord::sync::entry::LogEntry;
+use concord::{Change, Library, Uuid};
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use serde::{Deserialize, Serialize};
+
+use crate::error::NetError;
+use crate::frame::{compress, decompress, expect_msg, read_msg, write_msg};
+use crate::node::NodeState;
+use crate::peers::Peer;
+use crate::LIBRARY_ALPN;
+
+/// Largest request or control frame.
+pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// Largest entry batch frame (compressed) and its inflated size.
+pub const MAX_BATCH_FRAME: usize = 16 * 1024 * 1024;
+pub const MAX_BATCH_INFLATED: usize = 64 * 1024 * 1024;
+/// Entries per batch.
+pub const BATCH_ENTRIES: usize = 1000;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    Ping {
+        device_id: Uuid,
+        name: String,
+        addrs: Vec<SocketAddr>,
+    },
+    List,
+    Join {
+        library: Uuid,
+    },
+    /// "I registered you in this library: join it."
+    Share {
+        library: Uuid,
+    },
+}
+
+/// A library as another device lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteLibrary {
+    pub id: Uuid,
+    pub name: String,
+    pub devices: u64,
+    pub entries: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    Pong {
+        device_id: Uuid,
+        name: String,
+        addrs: Vec<SocketAddr>,
+    },
+    Libraries(Vec<RemoteLibrary>),
+    JoinAccepted {
+        name: String,
+        entries: u64,
+    },
+    /// zstd(postcard(Vec<LogEntry>)).
+    Entries(Vec<u8>),
+    Done,
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct SetupHandler {
+    state: Arc<NodeState>,
+}
+
+impl std::fmt::Debug for SetupHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SetupHandler")
+    }
+}
+
+impl SetupHandler {
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self { state }
+    }
+
+    async fn serve(
+        &self,
+        peer_node: iroh::EndpointId,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) -> Result<(), NetError> {
+        let req: Request = expect_msg(&mut recv, MAX_CONTROL_FRAME).await?;
+        let result = self.respond(peer_node, req, &mut send).await;
+        if let Err(e) = &result {
+            let _ = write_msg(
+                &mut send,
+                &Response::Error {
+                    message: e.to_string(),
+                },
+            )
+            .await;
+        }
+        let _ = send.finish();
+        result
+    }
+
+    async fn respond(
+        &self,
+        peer_node: iroh::EndpointId,
+        req: Request,
+        send: &mut SendStream,
+    ) -> Result<(), NetError> {
+        let st = &self.state;
+        let peer = st.authorize(peer_node)?;
+        st.peers.mark_seen(peer.device_id, st.now_ms());
+        match req {
+            Request::Ping {
+                device_id,
+                name,
+                addrs,
+            } => {
+                if device_id != peer.device_id {
+                    return Err(NetError::Refused(
+                        "device id does not match the paired node id".into(),
+                    ));
+                }
+                st.peers.update_addrs(peer.device_id, Some(&name), &addrs)?;
+                write_msg(
+                    send,
+                    &Response::Pong {
+                        device_id: st.device_id(),
+                        name: st.device_name(),
+                        addrs: st.local_addrs(),
+                    },
+                )
+                .await
+            }
+            Request::List => {
+                let mut out = Vec::new();
+                for l in st.data.list_libraries()? {
+                    let lib = st.library(l.id)?;
+                    if visible(st, &lib, &peer)? {
+                        out.push(RemoteLibrary {
+                            id: l.id,
+                            name: l.name,
+                            devices: count(&lib, "SELECT COUNT(*) FROM devices")?,
+                            entries: count(&lib, "SELECT COUNT(*) FROM file_entries")?,
+                        });
+                    }
+                }
+                write_msg(send, &Response::Libraries(out)).await
+            }
+            Request::Join { library } => {
+                let lib = st
+                    .data
+                    .list_libraries()?
+                    .iter()
+                    .any(|l| l.id == library)
+                    .then(|| st.library(library))
+                    .transpose()?
+                    .ok_or_else(|| {
+                        NetError::Refused(format!("{} has no library {library}", st.device_name()))
+                    })?;
+                if !visible(st, &lib, &peer)? {
+                    return Err(NetError::Refused(format!(
+                        "library {library} is not shared with this device"
+                    )));
+                }
+                register(&lib, &peer)?;
+                let total = lib.with_log(|l| l.count())?;
+                write_msg(
+                    send,
+                    &Response::JoinAccepted {
+                        name: lib.name().to_string(),
+                        entries: total,
+                    },
+                )
+                .await?;
+                let mut after = 0i64;
+                loop {
+                    let lib2 = lib.clone();
+                    let batch = tokio::task::spawn_blocking(move || {
+                        lib2.with_log(|l| l.fetch_after_id(after, BATCH_ENTRIES))
+                    })
+                    .await
+                    .map_err(|e| NetError::Other(e.to_string()))??;
+                    let Some(&(last, _)) = batch.last() else {
+                        break;
+                    };
+                    after = last;
+                    let entries: Vec<LogEntry> = batch.into_iter().map(|(_, e)| e).collect();
+                    write_msg(send, &Response::Entries(compress(&entries)?)).await?;
+                }
+                write_msg(send, &Response::Done).await
+            }
+            Request::Share { library } => {
+                join_library(st, library, &peer).await?;
+                write_msg(send, &Response::Done).await
+            }
+        }
+    }
+}
+
+impl ProtocolHandler for SetupHandler {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let remote = conn.remote_id();
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => break,
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.serve(remote, send, recv).await {
+                    tracing::warn!(node = %remote.fmt_short(), "library request failed: {e}");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The sync ALPN is reserved; the sync service arrives in a later release.
+#[derive(Debug, Clone)]
+pub struct SyncPlaceholder;
+
+impl ProtocolHandler for SyncPlaceholder {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        conn.close(2u32.into(), b"sync not available yet");
+        Ok(())
+    }
+}
+
+fn count(lib: &Library, sql: &str) -> Result<u64, NetError> {
+    Ok(lib.read(|c| Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64))?)
+}
+
+fn is_member(lib: &Library, device: Uuid) -> Result<bool, NetError> {
+    Ok(lib.read(|c| {
+        Ok(c.query_row(
+            "SELECT COUNT(*) FROM devices WHERE uuid = ?1",
+            [device],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
+    })?)
+}
+
+fn visible(st: &NodeState, lib: &Library, peer: &Peer) -> Result<bool, NetError> {
+    Ok(!st.settings(lib.id()).private || is_member(lib, peer.device_id)?)
+}
+
+/// Register `peer` in the library's `devices` table (the sync relationship).
+pub fn register(lib: &Library, peer: &Peer) -> Result<(), NetError> {
+    if !is_member(lib, peer.device_id)? {
+        lib.commit(Change::insert(&Device {
+            id: peer.device_id,
+            name: peer.name.clone(),
+            node_id: Some(peer.node_id.clone()),
+        }))?;
+    }
+    Ok(())
+}
+
+/// One request, one response stream.
+async fn request(
+    st: &NodeState,
+    peer: &Peer,
+    req: &Request,
+) -> Result<(SendStream, RecvStream), NetError> {
+    let conn = st.connect(peer, LIBRARY_ALPN).await?;
+    let (mut send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(_) => {
+            // A cached connection may have died quietly: dial again once.
+            st.disconnect(&peer.node_id).await;
+            let conn = st.connect(peer, LIBRARY_ALPN).await?;
+            conn.open_bi()
+                .await
+                .map_err(|e| NetError::Io(e.to_string()))?
+        }
+    };
+    write_msg(&mut send, req).await?;
+    Ok((send, recv))
+}
+
+fn refused(message: String) -> NetError {
+    NetError::Refused(message)
+}
+
+/// Ping a paired device; marks it seen and learns its addresses.
+pub async fn ping(st: &NodeState, peer: &Peer) -> Result<(), NetError> {
+    let req = Request::Ping {
+        device_id: st.device_id(),
+        name: st.device_name(),
+        addrs: st.local_addrs(),
+    };
+    let fut = async {
+        let (_send, mut recv) = request(st, peer, &req).await?;
+        match expect_msg(&mut recv, MAX_CONTROL_FRAME).await? {
+            Response::Pong {
+                device_id,
+                name,
+                addrs,
+            } if device_id == peer.device_id => {
+                st.peers.mark_seen(peer.device_id, st.now_ms());
+                st.peers.update_addrs(peer.device_id, Some(&name), &addrs)?;
+                Ok(())
+            }
+            Response::Error { message } => Err(refused(message)),
+            _ => Err(NetError::Protocol("unexpected reply to ping".into())),
+        }
+    };
+    tokio::time::timeout(st.config.request_timeout, fut)
+        .await
+        .map_err(|_| NetError::Timeout(format!("ping {}", peer.name)))?
+}
+
+/// `library remote DEVICE`.
+pub async fn list_remote(st: &NodeState, peer: &Peer) -> Result<Vec<RemoteLibrary>, NetError> {
+    let fut = async {
+        let (_send, mut recv) = request(st, peer, &Request::List).await?;
+        match expect_msg(&mut recv, MAX_BATCH_FRAME).await? {
+            Response::Libraries(l) => Ok(l),
+            Response::Error { message } => Err(refused(message)),
+            _ => Err(NetError::Protocol("unexpected reply to list".into())),
+        }
+    };
+    tokio::time::timeout(st.config.request_timeout, fut)
+        .await
+        .map_err(|_| NetError::Timeout(format!("listing libraries of {}", peer.name)))?
+}
+
+/// `library share LIB DEVICE`: register the device, then ask it to join.
+pub async fn share(st: &NodeState, library: Uuid, peer: &Peer) -> Result<(), NetError> {
+    let lib = st.library(library)?;
+    register(&lib, peer)?;
+    let (_send, mut recv) = request(st, peer, &Request::Share { library }).await?;
+    match expect_msg(&mut recv, MAX_CONTROL_FRAME).await? {
+        Response::Done => Ok(()),
+        Response::Error { message } => {
+            Err(refused(format!("{} could not join: {message}", peer.name)))
+        }
+        _ => Err(NetError::Protocol("unexpected reply to share".into())),
+    }
+}
+
+/// `library join LIB DEVICE`: copy the library from `peer` (same UUID).
+pub async fn join_library(st: &NodeState, library: Uuid, peer: &Peer) -> Result<(), NetError> {
+    let existed = st.data.list_libraries()?.iter().any(|l| l.id == library);
+    let result = join_inner(st, library, peer, existed).await;
+    if result.is_err() && !existed {
+        st.forget_library(library);
+        let dir = st.data.root().join("libraries").join(library.to_string());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
+async fn join_inner(
+    st: &NodeState,
+    library: Uuid,
+    peer: &Peer,
+    existed: bool,
+) -> Result<(), NetError> {
+    let (_send, mut recv) = request(st, peer, &Request::Join { library }).await?;
+    let name = match expect_msg(&mut recv, MAX_CONTROL_FRAME).await? {
+        Response::JoinAccepted { name, .. } => name,
+        Response::Error { message } => return Err(refused(message)),
+        _ => return Err(NetError::Protocol("unexpected reply to join".into())),
+    };
+    concord::validate::name("library name", &name)
+        .map_err(|e| NetError::Protocol(e.to_string()))?;
+    if !existed {
+        if st.data.list_libraries()?.iter().any(|l| l.name == name) {
+            return Err(NetError::Other(format!(
+                "a different local library is already named {name:?}; rename it first"
+            )));
+        }
+        let created = st.data.create_library_with_id(library, &name)?;
+        drop(created);
+    }
+    let lib = st.library(library)?;
+    loop {
+        let msg = tokio::time::timeout(
+            st.config.request_timeout,
+            read_msg::<Response>(&mut recv, MAX_BATCH_FRAME),
+        )
+        .await
+        .map_err(|_| NetError::Timeout("waiting for library data".into()))??;
+        match msg {
+            Some(Response::Entries(bytes)) => {
+                let entries: Vec<LogEntry> = decompress(&bytes, MAX_BATCH_INFLATED)?;
+                if entries.len() > BATCH_ENTRIES {
+                    return Err(NetError::Protocol("entry batch too large".into()));
+                }
+                let lib2 = lib.clone();
+                let report = tokio::task::spawn_blocking(move || lib2.apply_remote(&entries))
+                    .await
+                    .map_err(|e| NetError::Other(e.to_string()))??;
+                if !report.rejected.is_empty() {
+                    tracing::warn!(rejected = report.rejected.len(), first = %report.rejected[0], "join: entries rejected");
+                }
+            }
+            Some(Response::Done) => break,
+            Some(Response::Error { message }) => return Err(refused(message)),
+            Some(_) => return Err(NetError::Protocol("unexpected message during join".into())),
+            None => {
+                return Err(NetError::Protocol(
+                    "the other device ended the join early".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
+}

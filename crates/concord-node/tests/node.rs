@@ -1,0 +1,121 @@
+//! Two real nodes on 127.0.0.1 in one process: pairing, refusals, library join.
+
+use std::time::Duration;
+
+use concord::digest::{digest, Scope};
+use concord::model::Tag;
+use concord::{Change, Uuid};
+use concord_node::node::LibrarySettings;
+use concord_node::ticket::Ticket;
+use concord_node::{pairing, setup, Node, NodeConfig};
+
+fn config() -> NodeConfig {
+    NodeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        presence_interval: Duration::from_millis(200),
+        ..NodeConfig::default()
+    }
+}
+
+async fn node(dir: &std::path::Path, name: &str) -> Node {
+    let mut c = config();
+    c.name = Some(name.to_string());
+    Node::start(dir.to_path_buf(), c).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_join_library_and_refusals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = node(&tmp.path().join("a"), "alpha").await;
+    let b = node(&tmp.path().join("b"), "beta").await;
+    let c = node(&tmp.path().join("c"), "gamma").await;
+
+    // Wrong secret: refused, nothing stored on either side.
+    let mut t = pairing::invite(&a.state, None);
+    t.secret[0] ^= 1;
+    let err = pairing::join(&b.state, &t.encode()).await.unwrap_err();
+    assert!(err.to_string().contains("wrong secret"), "{err}");
+    assert!(a.state.peers.list().is_empty() && b.state.peers.list().is_empty());
+
+    // Expired.
+    let t = pairing::invite(&a.state, Some(0));
+    let err = pairing::join(&b.state, &t.encode()).await.unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+
+    // Garbage.
+    assert!(pairing::join(&b.state, "concord1zzzz").await.is_err());
+
+    // Good ticket, then reuse.
+    let t = pairing::invite(&a.state, None).encode();
+    let peer = pairing::join(&b.state, &t).await.unwrap();
+    assert_eq!(peer.device_id, a.device_id());
+    assert_eq!(a.state.peers.list().len(), 1);
+    let err = pairing::join(&c.state, &t).await.unwrap_err();
+    assert!(err.to_string().contains("already used"), "{err}");
+    assert!(c.state.peers.list().is_empty());
+    assert_eq!(a.state.peers.list().len(), 1);
+
+    // A makes a library; B lists and joins it.
+    let lib = a.state.data.create_library("photos").unwrap();
+    let lib_id = lib.id();
+    drop(lib);
+    let la = a.state.library(lib_id).unwrap();
+    for i in 0..50 {
+        la.commit(Change::insert(&Tag {
+            id: Uuid::now_v7(),
+            name: format!("t{i}"),
+            color: None,
+        }))
+        .unwrap();
+    }
+    let pa = b.state.resolve_peer("alpha").unwrap();
+    let remote = setup::list_remote(&b.state, &pa).await.unwrap();
+    assert_eq!(remote.len(), 1);
+    assert_eq!(remote[0].id, lib_id);
+    setup::join_library(&b.state, lib_id, &pa).await.unwrap();
+    let lb = b.state.library(lib_id).unwrap();
+    let da = la.read(|c| digest(c, Scope::All)).unwrap();
+    let db = lb.read(|c| digest(c, Scope::All)).unwrap();
+    assert_eq!(da, db);
+
+    // A never-paired device is refused.
+    let stranger = concord_node::peers::Peer {
+        device_id: a.device_id(),
+        name: "alpha".into(),
+        node_id: a.node_id().to_string(),
+        addrs: a.addrs(),
+        paired_at: 0,
+    };
+    let err = setup::list_remote(&c.state, &stranger).await.unwrap_err();
+    assert!(err.to_string().contains("not paired"), "{err}");
+
+    // A private library is not shared with B until shared.
+    let private = a.state.data.create_library("secret").unwrap().id();
+    a.state
+        .set_settings(private, &LibrarySettings { private: true })
+        .unwrap();
+    let err = setup::join_library(&b.state, private, &pa)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not shared"), "{err}");
+    assert!(b
+        .state
+        .data
+        .list_libraries()
+        .unwrap()
+        .iter()
+        .all(|l| l.id != private));
+
+    // Removal: B loses access at once.
+    a.state
+        .remove_device(&b.device_id().to_string())
+        .await
+        .unwrap();
+    let err = setup::list_remote(&b.state, &pa).await.unwrap_err();
+    assert!(err.to_string().contains("not paired"), "{err}");
+
+    let _ = Ticket::decode("concord1");
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+}
