@@ -1,1 +1,87 @@
-fn main() {}
+//! The Concord benchmark harness (PERFORMANCE.md):
+//!
+//!     cargo run --release -p concord-bench -- [WORKLOAD...] [--scale small|full] [--json]
+//!
+//! No workload named runs every implemented one. Results go to stdout (a table,
+//! or one JSON object per line with `--json`); progress goes to stderr.
+
+mod b1;
+mod b2;
+mod b6;
+mod common;
+mod report;
+
+use common::Scale;
+use report::Row;
+
+type Workload = fn(Scale) -> anyhow::Result<Vec<Row>>;
+
+const WORKLOADS: &[(&str, &str, Workload)] = &[
+    (
+        "B1",
+        "single commits and 1k batches vs plain rusqlite",
+        b1::run,
+    ),
+    ("B2", "applying a peer's renames (LWW merge)", b2::run),
+    ("B6", "indexing a file tree with commit_bulk", b6::run),
+];
+
+fn usage() -> String {
+    let mut s = String::from(
+        "usage: concord-bench [WORKLOAD...] [--scale small|full] [--json]\n\nworkloads:\n",
+    );
+    for (id, what, _) in WORKLOADS {
+        s.push_str(&format!("  {id}  {what}\n"));
+    }
+    s
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut scale = Scale::Full;
+    let mut json = false;
+    let mut chosen: Vec<&(&str, &str, Workload)> = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--json" => json = true,
+            "--scale" => {
+                scale = match args.next().as_deref() {
+                    Some("small") => Scale::Small,
+                    Some("full") => Scale::Full,
+                    other => anyhow::bail!("--scale takes small or full, not {other:?}"),
+                }
+            }
+            "-h" | "--help" => {
+                print!("{}", usage());
+                return Ok(());
+            }
+            name => {
+                let w = WORKLOADS
+                    .iter()
+                    .find(|(id, _, _)| id.eq_ignore_ascii_case(name))
+                    .ok_or_else(|| anyhow::anyhow!("unknown workload {name:?}\n{}", usage()))?;
+                if !chosen.iter().any(|c| c.0 == w.0) {
+                    chosen.push(w);
+                }
+            }
+        }
+    }
+    if chosen.is_empty() {
+        chosen = WORKLOADS.iter().collect();
+    }
+    let mut all = Vec::new();
+    for (id, what, run) in chosen {
+        eprintln!("{id} ({what}), scale {}", scale.name());
+        let t = std::time::Instant::now();
+        let rows = run(scale)?;
+        eprintln!("{id} done in {:.1} s", t.elapsed().as_secs_f64());
+        if json {
+            report::print_json(&rows);
+        }
+        all.extend(rows);
+    }
+    if !json {
+        report::print_table(&all);
+    }
+    Ok(())
+}
