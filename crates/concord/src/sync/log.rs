@@ -24,18 +24,7 @@ pub struct SyncLog {
 
 const ENTRY_COLUMNS: &str = "origin, origin_seq, hlc, lib_seq, epoch, model, record, payload";
 
-fn row_to_entry(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(
-    Uuid,
-    u64,
-    u64,
-    Option<u64>,
-    Option<u64>,
-    String,
-    Uuid,
-    Vec<u8>,
-)> {
+fn row_to_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
     Ok((
         r.get(0)?,
         r.get::<_, i64>(1)? as u64,

@@ -771,11 +771,11 @@ impl TxCtx<'_, '_> {
                         base: 0,
                     })
                     .collect();
-                let e = self.append(m, change.record, Op::Insert(writes))?;
+                self.append(m, change.record, Op::Insert(writes))?;
                 if !local.is_empty() && m.kind == ModelKind::Record {
                     self.write_local(m, change.record, &local)?;
                 }
-                return Ok(e);
+                return Ok(());
             }
             ChangeOp::Update(fields) => {
                 let Some((row, _)) = existing else {
