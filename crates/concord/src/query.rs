@@ -1,0 +1,202 @@
+//! Read-only queries over a library's domain tables, shared by the CLI, the node
+//! and the indexer.
+//!
+//! Rows come back as the model structs (rebuilt with [`Syncable::from_values`]),
+//! so callers never depend on the table layout. Memberships count only when
+//! present. Nothing here writes: writes go through the TransactionManager.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, ToSql};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::model::{Album, Device, FileEntry, Location, Syncable, Tag, Value, Volume};
+use crate::sync::txn::Library;
+
+/// `SELECT uuid, <synced fields>, <local fields> FROM <table> <tail>` as models.
+fn load<M: Syncable>(conn: &Connection, tail: &str, params: &[&dyn ToSql]) -> Result<Vec<M>> {
+    let m = M::INFO;
+    let cols: Vec<&str> = m
+        .fields
+        .iter()
+        .chain(m.local_fields)
+        .map(|f| f.name)
+        .collect();
+    let sql = format!("SELECT uuid, {} FROM {} {tail}", cols.join(", "), m.table);
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params)?;
+    let n = m.fields.len();
+    let mut out = Vec::new();
+    let mut values = Vec::with_capacity(n);
+    let mut local = Vec::with_capacity(m.local_fields.len());
+    while let Some(r) = rows.next()? {
+        let id: Uuid = r.get(0)?;
+        values.clear();
+        local.clear();
+        for (i, f) in m.fields.iter().enumerate() {
+            values.push(Value::from_sql(f.kind, r.get_ref(i + 1)?)?);
+        }
+        for (i, f) in m.local_fields.iter().enumerate() {
+            local.push(Value::from_sql(f.kind, r.get_ref(n + i + 1)?)?);
+        }
+        out.push(M::from_values(id, &values, &local)?);
+    }
+    Ok(out)
+}
+
+/// Every member device of the library, by name.
+pub fn devices(lib: &Library) -> Result<Vec<Device>> {
+    lib.read(|c| load(c, "ORDER BY name, uuid", &[]))
+}
+
+/// Every tag, by name.
+pub fn tags(lib: &Library) -> Result<Vec<Tag>> {
+    lib.read(|c| load(c, "ORDER BY name, uuid", &[]))
+}
+
+/// An album and the number of file entries in it.
+#[derive(Debug, Clone)]
+pub struct AlbumSummary {
+    pub album: Album,
+    pub entries: u64,
+}
+
+/// Every album with its number of (present) items, by name.
+pub fn albums(lib: &Library) -> Result<Vec<AlbumSummary>> {
+    lib.read(|c| {
+        let albums: Vec<Album> = load(c, "ORDER BY name, uuid", &[])?;
+        let counts = count_by(
+            c,
+            "SELECT album, COUNT(*) FROM album_items WHERE present = 1 GROUP BY album",
+        )?;
+        Ok(albums
+            .into_iter()
+            .map(|album| AlbumSummary {
+                entries: counts.get(&album.id).copied().unwrap_or(0),
+                album,
+            })
+            .collect())
+    })
+}
+
+/// Every volume of every device.
+pub fn volumes(lib: &Library) -> Result<Vec<Volume>> {
+    lib.read(|c| load(c, "ORDER BY uuid", &[]))
+}
+
+/// A location and the number of its file entries this device holds.
+#[derive(Debug, Clone)]
+pub struct LocationSummary {
+    pub location: Location,
+    pub entries: u64,
+}
+
+/// Every location of every device, by path.
+pub fn locations(lib: &Library) -> Result<Vec<LocationSummary>> {
+    lib.read(|c| {
+        let locations: Vec<Location> = load(c, "ORDER BY path, uuid", &[])?;
+        let counts = count_by(
+            c,
+            "SELECT location, COUNT(*) FROM file_entries GROUP BY location",
+        )?;
+        Ok(locations
+            .into_iter()
+            .map(|location| LocationSummary {
+                entries: counts.get(&location.id).copied().unwrap_or(0),
+                location,
+            })
+            .collect())
+    })
+}
+
+/// One location by UUID.
+pub fn location(lib: &Library, id: Uuid) -> Result<Option<Location>> {
+    lib.read(|c| Ok(load(c, "WHERE uuid = ?1", &[&id])?.into_iter().next()))
+}
+
+/// Which file entries [`file_entries`] returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EntryFilter {
+    pub location: Option<Uuid>,
+    pub device: Option<Uuid>,
+}
+
+/// A file entry and the names of its tags (sorted).
+#[derive(Debug, Clone)]
+pub struct EntryWithTags {
+    pub entry: FileEntry,
+    pub tags: Vec<String>,
+}
+
+/// File entries matching `filter`, by location then path, with their tags.
+pub fn file_entries(lib: &Library, filter: EntryFilter) -> Result<Vec<EntryWithTags>> {
+    lib.read(|c| {
+        let mut clauses = Vec::new();
+        let mut params: Vec<&dyn ToSql> = Vec::new();
+        if let Some(l) = &filter.location {
+            params.push(l);
+            clauses.push(format!("location = ?{}", params.len()));
+        }
+        if let Some(d) = &filter.device {
+            params.push(d);
+            clauses.push(format!("device = ?{}", params.len()));
+        }
+        let mut tail = String::new();
+        if !clauses.is_empty() {
+            tail = format!("WHERE {} ", clauses.join(" AND "));
+        }
+        tail.push_str("ORDER BY location, path, uuid");
+        let entries: Vec<FileEntry> = load(c, &tail, &params)?;
+        let mut tags: HashMap<Uuid, Vec<String>> = HashMap::new();
+        {
+            let mut stmt = c.prepare_cached(
+                "SELECT a.entry, t.name FROM tag_assignments a JOIN tags t ON t.uuid = a.tag \
+                 WHERE a.present = 1 ORDER BY t.name, t.uuid",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                tags.entry(r.get(0)?).or_default().push(r.get(1)?);
+            }
+        }
+        Ok(entries
+            .into_iter()
+            .map(|entry| EntryWithTags {
+                tags: tags.remove(&entry.id).unwrap_or_default(),
+                entry,
+            })
+            .collect())
+    })
+}
+
+/// Every file entry of one location (no tags), for diffing on rescan.
+pub fn location_entries(lib: &Library, location: Uuid) -> Result<Vec<FileEntry>> {
+    lib.read(|c| load(c, "WHERE location = ?1", &[&location]))
+}
+
+/// One file entry by UUID.
+pub fn file_entry(lib: &Library, id: Uuid) -> Result<Option<FileEntry>> {
+    lib.read(|c| Ok(load(c, "WHERE uuid = ?1", &[&id])?.into_iter().next()))
+}
+
+/// The file entry at `path` (relative to the location root, `/`-separated).
+pub fn file_entry_by_path(lib: &Library, location: Uuid, path: &str) -> Result<Option<FileEntry>> {
+    lib.read(|c| {
+        Ok(
+            load(c, "WHERE location = ?1 AND path = ?2", &[&location, &path])?
+                .into_iter()
+                .next(),
+        )
+    })
+}
+
+/// `SELECT key, COUNT(*) ... GROUP BY key` as a map.
+fn count_by(c: &Connection, sql: &str) -> Result<HashMap<Uuid, u64>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt.query([])?;
+    let mut out = HashMap::new();
+    while let Some(r) = rows.next()? {
+        out.insert(r.get(0)?, r.get::<_, i64>(1)? as u64);
+    }
+    Ok(out)
+}
