@@ -1,1 +1,432 @@
-fn main() {}
+//! The `concord` command line (contract: `CLI.md`).
+//!
+//! Flow: clap parses the arguments, [`request`] turns them into a [`Request`]
+//! (paths made absolute, nothing looked up yet), [`ops::execute`] runs it
+//! against a [`Context`] and returns the `--json` value, and [`render`] prints
+//! that value, plainly or as JSON. When a node runs, the `Request` will be sent
+//! to it instead and only the rendering happens here.
+
+mod context;
+mod ops;
+mod progress;
+mod render;
+mod request;
+mod resolve;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use concord::datadir::DataDir;
+use concord::Uuid;
+
+use context::{CliError, CliResult, Context};
+use request::{EntryRef, Request};
+
+/// Keeps a file manager's library in sync across your devices.
+#[derive(Parser, Debug)]
+#[command(name = "concord", version)]
+struct Cli {
+    /// Data directory [default: $CONCORD_DATA_DIR, else the platform data directory]
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print exactly one JSON value on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// This device: id, node id and name
+    Device,
+    /// Create, list, digest and export libraries
+    #[command(subcommand)]
+    Library(LibraryCmd),
+    /// Tags and tagging
+    #[command(subcommand)]
+    Tag(TagCmd),
+    /// Albums and their entries
+    #[command(subcommand)]
+    Album(AlbumCmd),
+    /// Indexed folders
+    #[command(subcommand)]
+    Location(LocationCmd),
+    /// File entries
+    #[command(subcommand)]
+    Entry(EntryCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum LibraryCmd {
+    /// Create a library; prints its UUID
+    Create { name: String },
+    /// Local libraries
+    List,
+    /// Digest of the library's synced state
+    Digest {
+        #[arg(value_name = "LIB")]
+        library: String,
+        /// Leave file-entry rows out (they match only after `location pull`)
+        #[arg(long)]
+        shared: bool,
+    },
+    /// The synced state as canonical JSON
+    Export {
+        #[arg(value_name = "LIB")]
+        library: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TagCmd {
+    /// Create a tag; prints its UUID
+    Create {
+        #[arg(value_name = "LIB")]
+        library: String,
+        name: String,
+        /// Colour as six hex digits, e.g. #ff8800
+        #[arg(long, value_name = "HEX")]
+        color: Option<String>,
+    },
+    /// Rename a tag
+    Rename {
+        #[arg(value_name = "LIB")]
+        library: String,
+        tag: String,
+        new_name: String,
+    },
+    /// Change a tag's colour
+    Recolor {
+        #[arg(value_name = "LIB")]
+        library: String,
+        tag: String,
+        #[arg(value_name = "HEX")]
+        color: String,
+    },
+    /// Delete a tag (and its assignments)
+    Delete {
+        #[arg(value_name = "LIB")]
+        library: String,
+        tag: String,
+    },
+    /// Tags of a library
+    List {
+        #[arg(value_name = "LIB")]
+        library: String,
+    },
+    /// Tag entries (UUIDs or paths)
+    Apply {
+        #[arg(value_name = "LIB")]
+        library: String,
+        tag: String,
+        #[arg(value_name = "ENTRY", required = true)]
+        entries: Vec<PathBuf>,
+    },
+    /// Untag entries (UUIDs or paths)
+    Remove {
+        #[arg(value_name = "LIB")]
+        library: String,
+        tag: String,
+        #[arg(value_name = "ENTRY", required = true)]
+        entries: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AlbumCmd {
+    /// Create an album; prints its UUID
+    Create {
+        #[arg(value_name = "LIB")]
+        library: String,
+        name: String,
+    },
+    /// Rename an album
+    Rename {
+        #[arg(value_name = "LIB")]
+        library: String,
+        album: String,
+        new_name: String,
+    },
+    /// Delete an album (not its files)
+    Delete {
+        #[arg(value_name = "LIB")]
+        library: String,
+        album: String,
+    },
+    /// Add entries (UUIDs or paths)
+    Add {
+        #[arg(value_name = "LIB")]
+        library: String,
+        album: String,
+        #[arg(value_name = "ENTRY", required = true)]
+        entries: Vec<PathBuf>,
+    },
+    /// Remove entries (UUIDs or paths)
+    Remove {
+        #[arg(value_name = "LIB")]
+        library: String,
+        album: String,
+        #[arg(value_name = "ENTRY", required = true)]
+        entries: Vec<PathBuf>,
+    },
+    /// Albums of a library
+    List {
+        #[arg(value_name = "LIB")]
+        library: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LocationCmd {
+    /// Index a folder; prints the location's UUID
+    Add {
+        #[arg(value_name = "LIB")]
+        library: String,
+        path: PathBuf,
+    },
+    /// Locations of every device
+    List {
+        #[arg(value_name = "LIB")]
+        library: String,
+    },
+    /// Index a location of this device again
+    Rescan {
+        #[arg(value_name = "LIB")]
+        library: String,
+        #[arg(value_name = "LOC")]
+        location: String,
+    },
+    /// Forget a location of this device and its entries (files stay on disk)
+    Remove {
+        #[arg(value_name = "LIB")]
+        library: String,
+        #[arg(value_name = "LOC")]
+        location: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum EntryCmd {
+    /// File entries, with their tags
+    List {
+        #[arg(value_name = "LIB")]
+        library: String,
+        /// Only this location (UUID or name)
+        #[arg(long, value_name = "LOC")]
+        location: Option<String>,
+        /// Only this device's entries (UUID or name)
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+/// A path argument made absolute against the current directory, as UTF-8.
+fn absolute(p: &Path) -> CliResult<String> {
+    if p.as_os_str().is_empty() {
+        return Err(CliError::new(
+            "an empty path was given; name a file or folder",
+        ));
+    }
+    let abs = std::path::absolute(p)
+        .map_err(|e| CliError::new(format!("cannot resolve {}: {e}", p.display())))?;
+    abs.into_os_string().into_string().map_err(|raw| {
+        CliError::new(format!(
+            "{} is not valid UTF-8; concord handles UTF-8 paths only",
+            Path::new(&raw).display()
+        ))
+    })
+}
+
+/// `ENTRY`: a UUID, unless a file of that name exists here; else a path.
+fn entry_refs(args: Vec<PathBuf>) -> CliResult<Vec<EntryRef>> {
+    args.into_iter()
+        .map(|a| match a.to_str().and_then(|s| Uuid::parse_str(s).ok()) {
+            Some(id) if std::fs::symlink_metadata(&a).is_err() => Ok(EntryRef::Id(id)),
+            _ => absolute(&a).map(EntryRef::Path),
+        })
+        .collect()
+}
+
+fn request(cmd: Command) -> CliResult<Request> {
+    Ok(match cmd {
+        Command::Device => Request::Device,
+        Command::Library(c) => match c {
+            LibraryCmd::Create { name } => Request::LibraryCreate { name },
+            LibraryCmd::List => Request::LibraryList,
+            LibraryCmd::Digest { library, shared } => Request::LibraryDigest { library, shared },
+            LibraryCmd::Export { library } => Request::LibraryExport { library },
+        },
+        Command::Tag(c) => match c {
+            TagCmd::Create {
+                library,
+                name,
+                color,
+            } => Request::TagCreate {
+                library,
+                name,
+                color,
+            },
+            TagCmd::Rename {
+                library,
+                tag,
+                new_name,
+            } => Request::TagRename {
+                library,
+                tag,
+                name: new_name,
+            },
+            TagCmd::Recolor {
+                library,
+                tag,
+                color,
+            } => Request::TagRecolor {
+                library,
+                tag,
+                color,
+            },
+            TagCmd::Delete { library, tag } => Request::TagDelete { library, tag },
+            TagCmd::List { library } => Request::TagList { library },
+            TagCmd::Apply {
+                library,
+                tag,
+                entries,
+            } => Request::TagApply {
+                library,
+                tag,
+                entries: entry_refs(entries)?,
+            },
+            TagCmd::Remove {
+                library,
+                tag,
+                entries,
+            } => Request::TagRemove {
+                library,
+                tag,
+                entries: entry_refs(entries)?,
+            },
+        },
+        Command::Album(c) => match c {
+            AlbumCmd::Create { library, name } => Request::AlbumCreate { library, name },
+            AlbumCmd::Rename {
+                library,
+                album,
+                new_name,
+            } => Request::AlbumRename {
+                library,
+                album,
+                name: new_name,
+            },
+            AlbumCmd::Delete { library, album } => Request::AlbumDelete { library, album },
+            AlbumCmd::Add {
+                library,
+                album,
+                entries,
+            } => Request::AlbumAdd {
+                library,
+                album,
+                entries: entry_refs(entries)?,
+            },
+            AlbumCmd::Remove {
+                library,
+                album,
+                entries,
+            } => Request::AlbumRemove {
+                library,
+                album,
+                entries: entry_refs(entries)?,
+            },
+            AlbumCmd::List { library } => Request::AlbumList { library },
+        },
+        Command::Location(c) => match c {
+            LocationCmd::Add { library, path } => Request::LocationAdd {
+                library,
+                path: absolute(&path)?,
+            },
+            LocationCmd::List { library } => Request::LocationList { library },
+            LocationCmd::Rescan { library, location } => {
+                Request::LocationRescan { library, location }
+            }
+            LocationCmd::Remove { library, location } => {
+                Request::LocationRemove { library, location }
+            }
+        },
+        Command::Entry(EntryCmd::List {
+            library,
+            location,
+            device,
+        }) => Request::EntryList {
+            library,
+            location,
+            device,
+        },
+    })
+}
+
+/// `--data-dir`, else `$CONCORD_DATA_DIR`, else the platform data directory.
+fn data_dir(flag: Option<PathBuf>) -> CliResult<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = flag
+        .filter(|d| !d.as_os_str().is_empty())
+        .or_else(|| env("CONCORD_DATA_DIR"))
+        .or_else(|| {
+            if cfg!(target_os = "macos") {
+                env("HOME").map(|h| h.join("Library/Application Support/concord"))
+            } else {
+                env("XDG_DATA_HOME")
+                    .filter(|d| d.is_absolute())
+                    .map(|d| d.join("concord"))
+                    .or_else(|| env("HOME").map(|h| h.join(".local/share/concord")))
+            }
+        })
+        .ok_or_else(|| {
+            CliError::new("no data directory: pass --data-dir DIR or set CONCORD_DATA_DIR")
+        })?;
+    std::path::absolute(&dir)
+        .map_err(|e| CliError::new(format!("cannot resolve {}: {e}", dir.display())))
+}
+
+/// Run the command; `(command name, --json value)` on success.
+fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
+    let req = request(cli.command)?;
+    let name = req.name();
+    let dir = data_dir(cli.data_dir)?;
+    let mut ctx = Context::new(DataDir::open(&dir)?);
+    if std::io::stderr().is_terminal() {
+        ctx = ctx.with_progress(Box::<progress::TerminalProgress>::default());
+    }
+    let value = ops::execute(&ctx, req)?;
+    Ok((name, value))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok((name, value)) => {
+            let skipped = value.get("skipped").and_then(|s| s.as_u64()).unwrap_or(0);
+            if skipped > 0 {
+                eprintln!(
+                    "warning: skipped {skipped} entries that could not be read or whose names are not UTF-8"
+                );
+            }
+            let out = render::output(name, &value, json);
+            if !out.is_empty() {
+                let mut stdout = std::io::stdout().lock();
+                // A closed pipe (`| head`) is not an error worth reporting.
+                let _ = writeln!(stdout, "{out}").and_then(|_| stdout.flush());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.line());
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Output. With `--json` a command prints its value as one JSON document; plain
+//! output is rendered here from the same value: a created record's UUID alone,
+//! a digest alone, lists as aligned columns, and nothing for commands that only
+//! change something.
+
+use serde_json::Value;
+
+/// The text to print on stdout (empty: print nothing).
+pub fn output(command: &str, value: &Value, json: bool) -> String {
+    if json {
+        return value.to_string();
+    }
+    plain(command, value)
+}
+
+fn plain(command: &str, v: &Value) -> String {
+    match command {
+        "device" => table(
+            &[],
+            vec![
+                vec!["id".into(), text(&v["device_id"])],
+                vec!["node id".into(), text(&v["node_id"])],
+                vec!["name".into(), text(&v["name"])],
+            ],
+        ),
+        "library create" | "tag create" | "album create" | "location add" => text(&v["id"]),
+        "library digest" => text(&v["digest"]),
+        "library export" => serde_json::to_string_pretty(v).unwrap_or_default(),
+        "library list" => list(v, &["ID", "NAME", "DEVICES"], &["id", "name", "devices"]),
+        "tag list" => list(v, &["ID", "NAME", "COLOR"], &["id", "name", "color"]),
+        "album list" => list(v, &["ID", "NAME", "ENTRIES"], &["id", "name", "entries"]),
+        "location list" => list(
+            v,
+            &["ID", "DEVICE", "ENTRIES", "PATH"],
+            &["id", "device_id", "entries", "path"],
+        ),
+        "entry list" => list(
+            v,
+            &["ID", "KIND", "SIZE", "PATH", "TAGS"],
+            &["id", "kind", "size", "path", "tags"],
+        ),
+        _ => String::new(),
+    }
+}
+
+/// A JSON value as a table cell: strings bare, null as `-`, arrays joined by `,`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "-".into(),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn list(v: &Value, header: &[&str], keys: &[&str]) -> String {
+    let Some(items) = v.as_array() else {
+        return String::new();
+    };
+    if items.is_empty() {
+        return String::new();
+    }
+    let rows = items
+        .iter()
+        .map(|item| keys.iter().map(|k| text(&item[*k])).collect())
+        .collect();
+    table(header, rows)
+}
+
+/// Columns separated by two spaces, padded to the widest cell; the last column
+/// is not padded. An empty header prints no header line.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut all: Vec<Vec<String>> = Vec::with_capacity(rows.len() + 1);
+    if !header.is_empty() {
+        all.push(header.iter().map(|h| h.to_string()).collect());
+    }
+    all.extend(rows);
+    let cols = all.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            all.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &all {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(
+                    ' ',
+                    widths[c] - cell.chars().count() + 2,
+                ));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.truncate(out.trim_end_matches('\n').len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_ids_and_tables() {
+        assert_eq!(output("tag create", &json!({"id": "abc"}), false), "abc");
+        assert_eq!(
+            output("tag create", &json!({"id": "abc"}), true),
+            r#"{"id":"abc"}"#
+        );
+        let tags = json!([
+            {"id": "1", "name": "holiday", "color": null},
+            {"id": "22", "name": "x", "color": "#ff0000"},
+        ]);
+        assert_eq!(
+            output("tag list", &tags, false),
+            "ID  NAME     COLOR\n1   holiday  -\n22  x        #ff0000"
+        );
+        assert_eq!(output("tag list", &json!([]), false), "");
+        assert_eq!(output("tag rename", &json!({"id": "1"}), false), "");
+    }
+}
