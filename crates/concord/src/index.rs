@@ -17,17 +17,22 @@
 //! `total` is `None` and `done` counts entries found; while writing, `total` is
 //! the number of rows to write.
 
+mod volume;
+mod walk;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{entry_kind, FileEntry, Location, Value, Volume};
+use crate::model::{FileEntry, Location, Value, Volume};
 use crate::query;
 use crate::sync::entry::{BulkOperation, MAX_TEXT_BYTES};
+
 use crate::sync::txn::{Change, Library, TxCtx};
+pub use volume::{volume_identity, VolumeIdentity};
+pub use walk::{scan, Scan, ScannedEntry};
 
 /// Rescans with fewer changes than this write each as a single commit.
 pub const SINGLE_COMMIT_BELOW: usize = 10;
@@ -35,304 +40,10 @@ pub const SINGLE_COMMIT_BELOW: usize = 10;
 /// entries go through `commit_bulk` and updates and deletes in batches of this size.
 pub const BATCH_MAX: usize = 1000;
 /// How often (in entries) the walk reports progress.
-const PROGRESS_EVERY: usize = 1024;
+pub(crate) const PROGRESS_EVERY: usize = 1024;
 
 /// A progress callback: `(done, total)`, `total` unknown while walking.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, Option<u64>);
-
-/// One file, folder or link found by [`scan`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScannedEntry {
-    /// Path relative to the scanned root, `/`-separated.
-    pub path: String,
-    pub name: String,
-    /// Index in [`Scan::entries`] of the containing folder; `None` at the root.
-    /// A folder always comes before its contents.
-    pub parent: Option<usize>,
-    pub kind: i64,
-    /// Bytes for files, the target's length for links, 0 for folders.
-    pub size: i64,
-    /// Modification time, milliseconds since the Unix epoch.
-    pub modified: Option<i64>,
-    pub inode: Option<i64>,
-}
-
-/// What a walk found.
-#[derive(Debug, Default)]
-pub struct Scan {
-    pub entries: Vec<ScannedEntry>,
-    /// Entries skipped: unreadable, or named in something other than UTF-8.
-    pub skipped: u64,
-    /// Relative paths whose contents could not be read in full (a folder that
-    /// could not be listed, an entry whose metadata could not be read). A rescan
-    /// keeps stored entries at or below these paths instead of deleting them.
-    pub incomplete: Vec<String>,
-}
-
-/// Walk `root` (a folder) without following symbolic links.
-pub fn scan(root: &Path, progress: Progress<'_>) -> Result<Scan> {
-    let mut out = Scan::default();
-    let mut stack: Vec<(PathBuf, Option<usize>, String)> =
-        vec![(root.to_path_buf(), None, String::new())];
-    while let Some((dir, parent, rel)) = stack.pop() {
-        let listing = match std::fs::read_dir(&dir) {
-            Ok(l) => l,
-            Err(e) if parent.is_none() => {
-                return Err(Error::Invalid(format!(
-                    "cannot read {}: {e}; check its permissions",
-                    dir.display()
-                )))
-            }
-            Err(e) => {
-                tracing::warn!(path = %dir.display(), "skipping the contents of an unreadable folder: {e}");
-                out.skipped += 1;
-                out.incomplete.push(rel);
-                continue;
-            }
-        };
-        for item in listing {
-            let item = match item {
-                Ok(i) => i,
-                Err(e) => {
-                    tracing::warn!(path = %dir.display(), "error while listing a folder: {e}");
-                    out.skipped += 1;
-                    out.incomplete.push(rel.clone());
-                    continue;
-                }
-            };
-            let name = match item.file_name().into_string() {
-                Ok(n) => n,
-                Err(raw) => {
-                    tracing::warn!(path = %dir.join(&raw).display(), "skipping a name that is not UTF-8");
-                    out.skipped += 1;
-                    continue;
-                }
-            };
-            let path = if rel.is_empty() {
-                name.clone()
-            } else {
-                format!("{rel}/{name}")
-            };
-            if path.len() > MAX_TEXT_BYTES {
-                tracing::warn!(path = %item.path().display(), "skipping a path longer than {MAX_TEXT_BYTES} bytes");
-                out.skipped += 1;
-                continue;
-            }
-            // `DirEntry::metadata` does not follow symbolic links.
-            let md = match item.metadata() {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // gone meanwhile
-                Err(e) => {
-                    tracing::warn!(path = %item.path().display(), "skipping an unreadable entry: {e}");
-                    out.skipped += 1;
-                    out.incomplete.push(path);
-                    continue;
-                }
-            };
-            let ft = md.file_type();
-            let (kind, size) = if ft.is_symlink() {
-                (entry_kind::SYMLINK, md.len() as i64)
-            } else if ft.is_dir() {
-                (entry_kind::DIR, 0)
-            } else if ft.is_file() {
-                (entry_kind::FILE, md.len() as i64)
-            } else {
-                tracing::debug!(path = %item.path().display(), "leaving out a special file");
-                continue;
-            };
-            let idx = out.entries.len();
-            if kind == entry_kind::DIR {
-                stack.push((item.path(), Some(idx), path.clone()));
-            }
-            out.entries.push(ScannedEntry {
-                path,
-                name,
-                parent,
-                kind,
-                size,
-                modified: modified_ms(&md),
-                inode: inode(&md),
-            });
-            if out.entries.len().is_multiple_of(PROGRESS_EVERY) {
-                progress(out.entries.len() as u64, None);
-            }
-        }
-    }
-    progress(out.entries.len() as u64, None);
-    Ok(out)
-}
-
-fn modified_ms(md: &std::fs::Metadata) -> Option<i64> {
-    let t = md.modified().ok()?;
-    Some(match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis().min(i64::MAX as u128) as i64,
-        Err(e) => -(e.duration().as_millis().min(i64::MAX as u128) as i64),
-    })
-}
-
-#[cfg(unix)]
-fn inode(md: &std::fs::Metadata) -> Option<i64> {
-    use std::os::unix::fs::MetadataExt;
-    Some(md.ino() as i64)
-}
-
-#[cfg(not(unix))]
-fn inode(_: &std::fs::Metadata) -> Option<i64> {
-    None
-}
-
-/// The identity of the filesystem holding a path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VolumeIdentity {
-    /// Stable identity of the filesystem; equal fingerprints mean the same
-    /// filesystem. On Linux, from `/proc/self/mountinfo`, the mount containing
-    /// the path (the longest mount point above it):
-    /// - `uuid:<fs uuid>` when its source is a block device listed in
-    ///   `/dev/disk/by-uuid` (stable across reboots and re-plugging);
-    /// - otherwise `dev:<major>:<minor>:<source>` (stable while mounted; virtual
-    ///   filesystems such as overlay or tmpfs get a new minor on remount).
-    ///
-    /// Elsewhere, or when mountinfo is unreadable: `dev:<st_dev>`.
-    pub fingerprint: String,
-    pub mount_point: String,
-}
-
-/// Find the filesystem holding `path` (an existing absolute path).
-pub fn volume_identity(path: &Path) -> Result<VolumeIdentity> {
-    #[cfg(target_os = "linux")]
-    if let Some(v) = linux::volume_identity(path) {
-        return Ok(v);
-    }
-    let md = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    let dev = {
-        use std::os::unix::fs::MetadataExt;
-        md.dev()
-    };
-    #[cfg(not(unix))]
-    let dev = {
-        let _ = md;
-        0u64
-    };
-    let root = path
-        .ancestors()
-        .last()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into());
-    Ok(VolumeIdentity {
-        fingerprint: format!("dev:{dev}"),
-        mount_point: root,
-    })
-}
-
-#[cfg(target_os = "linux")]
-mod linux {
-    use std::path::{Path, PathBuf};
-
-    use super::VolumeIdentity;
-
-    struct Mount {
-        devno: String,
-        mount_point: PathBuf,
-        source: String,
-    }
-
-    /// Undo mountinfo's octal escapes (`\040` for a space, ...).
-    fn unescape(s: &str) -> String {
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'\\' {
-                if let Some(v) = s
-                    .get(i + 1..i + 4)
-                    .filter(|o| o.bytes().all(|c| (b'0'..=b'7').contains(&c)))
-                    .and_then(|o| u8::from_str_radix(o, 8).ok())
-                {
-                    out.push(v);
-                    i += 4;
-                    continue;
-                }
-            }
-            out.push(b[i]);
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    fn parse(line: &str) -> Option<Mount> {
-        // id parent major:minor root mount_point options [optional...] - fstype source super
-        let mut parts = line.split(' ');
-        let _id = parts.next()?;
-        let _parent = parts.next()?;
-        let devno = parts.next()?.to_string();
-        let _root = parts.next()?;
-        let mount_point = PathBuf::from(unescape(parts.next()?));
-        let mut parts = parts.skip_while(|p| *p != "-");
-        parts.next()?; // the separator
-        let _fstype = parts.next()?;
-        let source = unescape(parts.next()?);
-        Some(Mount {
-            devno,
-            mount_point,
-            source,
-        })
-    }
-
-    fn fs_uuid(source: &str) -> Option<String> {
-        if !source.starts_with("/dev/") {
-            return None;
-        }
-        let dev = std::fs::canonicalize(source).ok()?;
-        for link in std::fs::read_dir("/dev/disk/by-uuid").ok()?.flatten() {
-            if std::fs::canonicalize(link.path()).ok().as_deref() == Some(dev.as_path()) {
-                return link.file_name().into_string().ok();
-            }
-        }
-        None
-    }
-
-    pub(super) fn volume_identity(path: &Path) -> Option<VolumeIdentity> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-        let mut best: Option<Mount> = None;
-        for m in text.lines().filter_map(parse) {
-            if !path.starts_with(&m.mount_point) {
-                continue;
-            }
-            // Later lines mount over earlier ones at the same point.
-            let better = best
-                .as_ref()
-                .is_none_or(|b| m.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len());
-            if better {
-                best = Some(m);
-            }
-        }
-        let m = best?;
-        let fingerprint = match fs_uuid(&m.source) {
-            Some(u) => format!("uuid:{u}"),
-            None => format!("dev:{}:{}", m.devno, m.source),
-        };
-        Some(VolumeIdentity {
-            fingerprint,
-            mount_point: m.mount_point.to_string_lossy().into_owned(),
-        })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn parses_mountinfo_lines() {
-            let m = parse("36 35 98:0 /mnt1 /mnt/my\\040disk rw,noatime master:1 - ext3 /dev/root rw,errors=continue").unwrap();
-            assert_eq!(m.devno, "98:0");
-            assert_eq!(m.mount_point, PathBuf::from("/mnt/my disk"));
-            assert_eq!(m.source, "/dev/root");
-            assert_eq!(unescape("a\\134b"), "a\\b");
-            assert_eq!(unescape("tail\\"), "tail\\");
-        }
-    }
-}
 
 /// A location just added, and what indexing it found.
 #[derive(Debug, Clone)]
@@ -813,6 +524,24 @@ mod tests {
             query::location_entries(&l, idx.location.id).unwrap().len(),
             1101 + if cfg!(unix) { 5 } else { 4 }
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn skips_non_utf8_names_and_reports_progress() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let l = lib(&tmp.path().join("lib"));
+        let root = tmp.path().join("tree");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("ok.txt"), "").unwrap();
+        let bad = std::ffi::OsStr::from_bytes(b"bad\xff.txt");
+        std::fs::write(root.join(bad), "").unwrap();
+        let mut calls = Vec::new();
+        let idx = add_location(&l, &root, &mut |d, t| calls.push((d, t))).unwrap();
+        assert_eq!((idx.entries, idx.skipped), (1, 1));
+        assert_eq!(calls.last(), Some(&(1, Some(1))));
+        assert!(calls.contains(&(1, None)), "walk progress: {calls:?}");
     }
 
     #[test]
