@@ -109,7 +109,15 @@ impl DataDir {
             )));
         }
         let id = Uuid::now_v7();
-        self.create_library_with_id(id, name)
+        let lib = self.create_library_with_id(id, name)?;
+        // DESIGN §5: the device that created the library is its first leader.
+        lib.with_log(|l| {
+            l.set_term(crate::service::protocol::Term {
+                epoch: 1,
+                leader: self.identity.device_id,
+            })
+        })?;
+        Ok(lib)
     }
 
     /// Create a library with a given UUID (joining a remote one).

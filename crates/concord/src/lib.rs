@@ -24,3 +24,4 @@ pub mod validate;
 pub use rusqlite;
 pub mod index;
 pub mod query;
+pub mod service;

@@ -99,7 +99,7 @@ pub fn library_migrations() -> Vec<String> {
 }
 
 /// Schema version of `sync.db`.
-pub const SYNC_SCHEMA_VERSION: i64 = 1;
+pub const SYNC_SCHEMA_VERSION: i64 = 2;
 
 /// `sync.db`: the append-only log and per-origin positions.
 pub fn sync_migrations() -> Vec<String> {
@@ -126,6 +126,12 @@ CREATE TABLE origins (
   max_hlc INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"
+    .to_string(),
+    // v2: the sync service's state: pruning floors and what each peer acknowledged.
+    "
+CREATE TABLE pruned (origin BLOB PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE peer_acks (device BLOB PRIMARY KEY, vv BLOB NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
 "
     .to_string()]
 }

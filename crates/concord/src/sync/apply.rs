@@ -427,7 +427,7 @@ impl Applier<'_, '_> {
         Ok(())
     }
 
-    fn tombstone(&self, m: &ModelInfo, uuid: Uuid, stamp: Hlc) -> Result<()> {
+    pub(crate) fn tombstone(&self, m: &ModelInfo, uuid: Uuid, stamp: Hlc) -> Result<()> {
         self.tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO tombstones (uuid, model, hlc, dev) VALUES (?1, ?2, ?3, ?4)",
@@ -446,7 +446,7 @@ impl Applier<'_, '_> {
 
     /// Tombstone every record whose key field names `uuid` (of model `m`), and so on
     /// down the chain.
-    fn cascade(&self, m: &ModelInfo, uuid: Uuid, stamp: Hlc) -> Result<()> {
+    pub(crate) fn cascade(&self, m: &ModelInfo, uuid: Uuid, stamp: Hlc) -> Result<()> {
         let mut stack = vec![(m.name, uuid)];
         let mut guard = 0usize;
         while let Some((model, target)) = stack.pop() {

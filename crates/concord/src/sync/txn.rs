@@ -535,6 +535,7 @@ impl Library {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let mut accepted: Vec<(LogEntry, &'static ModelInfo)> = Vec::new();
+        let mut held_through: Vec<(Uuid, u64)> = Vec::new();
         for e in entries {
             if e.origin_seq == 0 || e.origin_seq > i64::MAX as u64 || e.hlc > i64::MAX as u64 {
                 report.rejected.push(format!(
@@ -556,7 +557,18 @@ impl Library {
                 report.rejected.push(err.to_string());
                 continue;
             }
-            if inner.log.contains(e.origin, e.origin_seq)? {
+            // Entries at or below their origin's contiguous position are held (or
+            // were, before pruning). The rest are deduplicated by `append` itself
+            // (INSERT OR IGNORE), so no per-entry lookup is needed here.
+            let held = match held_through.iter().find(|(o, _)| *o == e.origin) {
+                Some(&(_, c)) => c,
+                None => {
+                    let c = inner.log.contiguous(e.origin)?;
+                    held_through.push((e.origin, c));
+                    c
+                }
+            };
+            if e.origin_seq <= held {
                 report.duplicates += 1;
                 continue;
             }
@@ -604,6 +616,28 @@ impl Library {
             });
         }
         Ok(report)
+    }
+
+    /// Remote-apply path for state that does not arrive as log entries (snapshot
+    /// backfill): `f` runs in one `library.db` transaction under the write lock.
+    pub(crate) fn with_lib_tx<R>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        flush_outbox(inner)?;
+        let tx = inner.lib.transaction()?;
+        let r = f(&tx)?;
+        tx.commit()?;
+        drop(guard);
+        let _ = self.events.send(ResourceChanged {
+            library: self.id,
+            source: Source::Remote,
+            models: Vec::new(),
+            entries: 0,
+        });
+        Ok(r)
     }
 
     /// Run `f` on the sync log, after moving the outbox into it.

@@ -1,0 +1,995 @@
+//! The SyncService: replicates one library's log between its devices
+//! (DESIGN §5, §6, §8, §10).
+//!
+//! Correctness rests on version vectors alone: any two devices that talk exchange
+//! what the other lacks (`Reconcile` / `PushEntries`), and applying is
+//! order-independent and idempotent (I2). The elected leader is the fast path on
+//! top: it sequences every entry into one library-wide order, pushes
+//! `NewEntries` to followers the moment something commits, and followers fetch
+//! by a single cursor. Losing the leader, messages or whole devices costs
+//! latency, never data.
+//!
+//! Roles and terms: a term is `(epoch, leader)`; the higher term wins everywhere
+//! (fencing: a request from an older term is answered `StaleTerm`, and its
+//! sender steps down). Followers that hear nothing from their leader for
+//! `leader_timeout` probe the registered devices; the reachable device with the
+//! highest id takes `epoch + 1`.
+//!
+//! The service is transport-agnostic ([`transport::Transport`]) and reads time
+//! only through tokio's clock and the library's [`crate::hlc::Clock`], so the
+//! simulation drives exactly this code.
+
+pub mod leader;
+pub mod protocol;
+pub mod snapshot;
+pub mod store;
+pub mod transport;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::sync::entry::LogEntry;
+use crate::sync::log::VersionVector;
+use crate::sync::txn::{ApplyReport, Library, Source};
+use protocol::{Envelope, Msg, Role, Term, MAX_BATCH_ENTRIES};
+use store::{vv_covers, vv_lag};
+use transport::{Transport, TransportError};
+
+/// Settings of the sync service.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub heartbeat_interval: Duration,
+    pub leader_timeout: Duration,
+    /// Entries per fetch or push.
+    pub fetch_batch: usize,
+    /// Devices silent for longer stop holding the log (and get a snapshot).
+    pub retention: Duration,
+    /// Run SQLite work inline on the async task instead of `spawn_blocking`
+    /// (the deterministic simulation needs this).
+    pub inline_blocking: bool,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            leader_timeout: Duration::from_secs(60),
+            fetch_batch: 1000,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            inline_blocking: false,
+        }
+    }
+}
+
+/// What this device knows about another member.
+#[derive(Debug, Clone, Default)]
+struct PeerInfo {
+    vv: VersionVector,
+    last_seen_ms: Option<u64>,
+    last_contact: Option<Instant>,
+    acked_seq: u64,
+}
+
+/// Counters for `sync status` and logs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub sent: u64,
+    pub received: u64,
+    pub applied: u64,
+    pub refused: u64,
+    pub rejected: u64,
+    pub snapshots: u64,
+    pub last_error: Option<String>,
+}
+
+struct State {
+    term: Term,
+    role: Role,
+    last_leader_contact: Instant,
+    /// Follower: the leader sequence applied so far, valid for `cursor_term`.
+    cursor: u64,
+    cursor_term: Option<Term>,
+    /// Highest own `origin_seq` the leader has taken.
+    proposed_upto: u64,
+    peers: HashMap<Uuid, PeerInfo>,
+    stats: Stats,
+    /// Leader only: highest sequence assigned.
+    seq: u64,
+}
+
+struct Shared {
+    lib: Arc<Library>,
+    transport: Arc<dyn Transport>,
+    config: SyncConfig,
+    me: Uuid,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    /// Wakes the main loop (fetch needed, role changed).
+    wake: Notify,
+    /// One fetch/reconcile at a time.
+    fetching: tokio::sync::Mutex<()>,
+    stop: watch::Sender<bool>,
+}
+
+/// A running sync service for one library. Cheap to clone.
+#[derive(Clone)]
+pub struct SyncService {
+    shared: Arc<Shared>,
+}
+
+/// One member's line in `sync status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub device_id: Uuid,
+    pub online: bool,
+    pub lag_entries: u64,
+    pub last_seen: Option<u64>,
+}
+
+/// `sync status LIB`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncStatus {
+    pub leader: Uuid,
+    pub epoch: u64,
+    pub role: Role,
+    pub seq: u64,
+    pub version_vector: VersionVector,
+    pub peers: Vec<PeerStatus>,
+    pub conflicts: u64,
+    pub stats: Stats,
+}
+
+impl SyncService {
+    /// Create the service (call [`SyncService::run`] to start it).
+    pub fn new(
+        lib: Arc<Library>,
+        transport: Arc<dyn Transport>,
+        config: SyncConfig,
+    ) -> Result<Self> {
+        let me = lib.device();
+        let stored = lib.with_log(|l| l.term())?;
+        let term = stored.unwrap_or(Term {
+            epoch: 0,
+            leader: Uuid::nil(),
+        });
+        let role = if term.leader == me {
+            Role::Leader
+        } else {
+            Role::Follower
+        };
+        let seq = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                lib,
+                transport,
+                me,
+                state: Mutex::new(State {
+                    term,
+                    role,
+                    last_leader_contact: Instant::now(),
+                    cursor: 0,
+                    cursor_term: None,
+                    proposed_upto: 0,
+                    peers: HashMap::new(),
+                    stats: Stats::default(),
+                    seq,
+                }),
+                config,
+                next_id: AtomicU64::new(1),
+                wake: Notify::new(),
+                fetching: tokio::sync::Mutex::new(()),
+                stop,
+            }),
+        })
+    }
+
+    pub fn library(&self) -> &Arc<Library> {
+        &self.shared.lib
+    }
+
+    /// Ask the main loop to end.
+    pub fn stop(&self) {
+        let _ = self.shared.stop.send(true);
+    }
+
+    /// The main loop: react to commits at once, heartbeat, elect, until stopped.
+    pub async fn run(self) {
+        let sh = &self.shared;
+        let mut events = sh.lib.subscribe();
+        let mut stop = sh.stop.subscribe();
+        let mut next_tick = Instant::now();
+        // A fresh start reconciles with everyone reachable.
+        let mut dirty = true;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if dirty {
+                dirty = false;
+                self.on_change().await;
+            }
+            tokio::select! {
+                _ = stop.changed() => break,
+                ev = events.recv() => {
+                    match ev {
+                        Ok(ev) => {
+                            dirty = ev.source == Source::Local || self.role() == Role::Leader;
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => dirty = true,
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    }
+                    // Coalesce a burst: everything already queued is handled at once.
+                    while let Ok(ev) = events.try_recv() {
+                        dirty |= ev.source == Source::Local || self.role() == Role::Leader;
+                    }
+                }
+                _ = sh.wake.notified() => {
+                    self.catch_up().await;
+                }
+                _ = tokio::time::sleep_until(next_tick) => {
+                    next_tick = Instant::now() + sh.config.heartbeat_interval;
+                    self.tick().await;
+                }
+            }
+        }
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn role(&self) -> Role {
+        self.st().role
+    }
+
+    pub fn term(&self) -> Term {
+        self.st().term
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.shared.lib.hlc().now_ms()
+    }
+
+    /// Run SQLite work off the async threads (or inline for the simulation).
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Library) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        if self.shared.config.inline_blocking {
+            return f(&self.shared.lib);
+        }
+        let lib = self.shared.lib.clone();
+        tokio::task::spawn_blocking(move || f(&lib))
+            .await
+            .map_err(|e| Error::Other(format!("worker failed: {e}")))?
+    }
+
+    /// Registered member devices other than this one.
+    async fn members(&self) -> Vec<Uuid> {
+        let me = self.shared.me;
+        self.blocking(move |lib| {
+            lib.read(|c| {
+                let mut stmt = c.prepare_cached("SELECT uuid FROM devices ORDER BY uuid")?;
+                let rows = stmt.query_map([], |r| r.get::<_, Uuid>(0))?;
+                Ok(rows.filter_map(|r| r.ok()).filter(|d| *d != me).collect())
+            })
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    async fn is_member(&self, device: Uuid) -> bool {
+        self.members().await.contains(&device)
+    }
+
+    async fn send(&self, to: Uuid, msg: Msg) -> std::result::Result<Msg, TransportError> {
+        let env = Envelope {
+            id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
+            library: self.shared.lib.id(),
+            from: self.shared.me,
+            msg,
+        };
+        self.st().stats.sent += 1;
+        let reply = self.shared.transport.request(to, env).await;
+        match &reply {
+            Ok(r) => {
+                let now = self.now_ms();
+                let mut st = self.st();
+                let p = st.peers.entry(to).or_default();
+                p.last_seen_ms = Some(now);
+                p.last_contact = Some(Instant::now());
+                if let Msg::StaleTerm { term } = r.msg {
+                    drop(st);
+                    self.adopt(term);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(library = %self.shared.lib.id(), to = %to, "request failed: {e}")
+            }
+        }
+        reply.map(|e| e.msg)
+    }
+
+    fn note_error(&self, e: impl std::fmt::Display) {
+        let msg = e.to_string();
+        tracing::warn!(library = %self.shared.lib.id(), "sync: {msg}");
+        self.st().stats.last_error = Some(msg);
+    }
+
+    /// Adopt a newer term (or ignore an older one). Returns whether it changed.
+    fn adopt(&self, term: Term) -> bool {
+        let me = self.shared.me;
+        let mut st = self.st();
+        if term <= st.term {
+            return false;
+        }
+        tracing::info!(library = %self.shared.lib.id(), epoch = term.epoch, leader = %term.leader, "new term");
+        st.term = term;
+        st.role = if term.leader == me {
+            Role::Leader
+        } else {
+            Role::Follower
+        };
+        st.cursor_term = None;
+        st.last_leader_contact = Instant::now();
+        drop(st);
+        let _ = self.shared.lib.with_log(|l| l.set_term(term));
+        self.shared.wake.notify_one();
+        true
+    }
+
+    /// React to new local entries (and, on the leader, any new entries).
+    async fn on_change(&self) {
+        let (role, term) = {
+            let st = self.st();
+            (st.role, st.term)
+        };
+        match role {
+            Role::Leader => self.sequence_and_notify(term).await,
+            Role::Follower => self.propose().await,
+        }
+    }
+
+    /// Leader: sequence pending entries and tell every online follower.
+    async fn sequence_and_notify(&self, term: Term) {
+        let epoch = term.epoch;
+        let range = match self
+            .blocking(move |lib| lib.with_log(|l| l.sequence_pending(epoch)))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return self.note_error(e),
+        };
+        let Some((from_seq, to_seq)) = range else {
+            return;
+        };
+        self.st().seq = to_seq;
+        let targets: Vec<Uuid> = {
+            let st = self.st();
+            st.peers
+                .iter()
+                .filter(|(_, p)| p.last_contact.is_some())
+                .map(|(d, _)| *d)
+                .collect()
+        };
+        let members = self.members().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for to in targets.into_iter().filter(|d| members.contains(d)) {
+            let me = self.clone();
+            tasks.spawn(async move {
+                let _ = me
+                    .send(
+                        to,
+                        Msg::NewEntries {
+                            term,
+                            from_seq,
+                            to_seq,
+                        },
+                    )
+                    .await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Follower: send our own unproposed entries to the leader; without a
+    /// reachable leader, push them to whoever is reachable.
+    async fn propose(&self) {
+        let me = self.shared.me;
+        let (leader, upto) = {
+            let st = self.st();
+            (st.term.leader, st.proposed_upto)
+        };
+        let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
+        let entries = match self
+            .blocking(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch)))
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => return self.note_error(e),
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let top = entries.iter().map(|e| e.origin_seq).max().unwrap_or(upto);
+        let full = entries.len() == batch;
+        let delivered = if leader != Uuid::nil() && leader != me {
+            matches!(
+                self.send(
+                    leader,
+                    Msg::ProposeEntries {
+                        entries: entries.clone()
+                    }
+                )
+                .await,
+                Ok(Msg::Ok)
+            )
+        } else {
+            false
+        };
+        if delivered {
+            self.st().proposed_upto = top;
+            if full {
+                self.shared.wake.notify_one();
+            }
+        } else {
+            // No leader: spread directly (DESIGN §5: keep syncing with whoever is reachable).
+            for peer in self.online_peers().await {
+                let _ = self
+                    .send(
+                        peer,
+                        Msg::PushEntries {
+                            entries: entries.clone(),
+                        },
+                    )
+                    .await;
+            }
+        }
+    }
+
+    async fn online_peers(&self) -> Vec<Uuid> {
+        let members = self.members().await;
+        let window = self.shared.config.leader_timeout;
+        let st = self.st();
+        members
+            .into_iter()
+            .filter(|d| {
+                st.peers
+                    .get(d)
+                    .and_then(|p| p.last_contact)
+                    .is_some_and(|t| t.elapsed() <= window)
+            })
+            .collect()
+    }
+
+    /// Heartbeat tick: leaders heartbeat and prune; followers watch the leader.
+    async fn tick(&self) {
+        let (role, term, since) = {
+            let st = self.st();
+            (st.role, st.term, st.last_leader_contact.elapsed())
+        };
+        match role {
+            Role::Leader => {
+                self.heartbeat_all(term).await;
+                self.on_change().await;
+            }
+            Role::Follower => {
+                if term.leader == Uuid::nil() || since >= self.shared.config.leader_timeout {
+                    self.elect().await;
+                } else {
+                    self.propose().await;
+                }
+            }
+        }
+    }
+
+    /// Bring this device up to date with its leader (or, leaderless, with peers).
+    async fn catch_up(&self) {
+        let Ok(_guard) = self.shared.fetching.try_lock() else {
+            return;
+        };
+        let (role, term, cursor_term) = {
+            let st = self.st();
+            (st.role, st.term, st.cursor_term)
+        };
+        if role == Role::Leader || term.leader == Uuid::nil() {
+            return;
+        }
+        if cursor_term != Some(term) {
+            if self.reconcile_with(term.leader).await.is_ok() {
+                self.st().cursor_term = Some(term);
+            }
+            self.propose().await;
+            return;
+        }
+        self.fetch_from_leader(term).await;
+    }
+
+    /// Follower: fetch sequenced entries from the leader by cursor.
+    async fn fetch_from_leader(&self, term: Term) {
+        loop {
+            let since = self.st().cursor;
+            let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
+            match self
+                .send(
+                    term.leader,
+                    Msg::FetchEntries {
+                        term,
+                        since_seq: since,
+                        limit,
+                    },
+                )
+                .await
+            {
+                Ok(Msg::EntriesResponse { entries, has_more }) => {
+                    let top = entries
+                        .iter()
+                        .filter_map(|e| e.lib_seq)
+                        .max()
+                        .unwrap_or(since);
+                    if let Err(e) = self.apply(entries).await {
+                        return self.note_error(e);
+                    }
+                    {
+                        let mut st = self.st();
+                        if st.term == term {
+                            st.cursor = st.cursor.max(top);
+                            st.last_leader_contact = Instant::now();
+                        }
+                    }
+                    if !has_more {
+                        break;
+                    }
+                }
+                Ok(Msg::SyncRequired { reason }) => {
+                    tracing::info!(library = %self.shared.lib.id(), "leader requires sync: {reason}");
+                    self.st().cursor_term = None;
+                    self.shared.wake.notify_one();
+                    return;
+                }
+                Ok(_) | Err(_) => return,
+            }
+        }
+        let up_to_seq = self.st().cursor;
+        let vv = self.version_vector().await;
+        let _ = self
+            .send(
+                term.leader,
+                Msg::Acknowledge {
+                    term,
+                    up_to_seq,
+                    vv,
+                },
+            )
+            .await;
+    }
+
+    async fn version_vector(&self) -> VersionVector {
+        self.blocking(|lib| lib.with_log(|l| l.version_vector()))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Apply entries from a peer through the TransactionManager. The sequence
+    /// numbers are the sender's; this log keeps its own.
+    async fn apply(&self, mut entries: Vec<LogEntry>) -> Result<ApplyReport> {
+        if entries.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        for e in &mut entries {
+            e.lib_seq = None;
+            e.epoch = None;
+        }
+        let n = entries.len() as u64;
+        let report = self.blocking(move |lib| lib.apply_remote(&entries)).await?;
+        let mut st = self.st();
+        st.stats.received += n;
+        st.stats.applied += report.applied as u64;
+        st.stats.refused += report.refused as u64;
+        st.stats.rejected += report.rejected.len() as u64;
+        if let Some(first) = report.rejected.first() {
+            tracing::warn!(library = %self.shared.lib.id(), rejected = report.rejected.len(), "entries rejected: {first}");
+            st.stats.last_error = Some(first.clone());
+        }
+        Ok(report)
+    }
+
+    /// Version-vector reconciliation with one peer: pull what we lack, push what it
+    /// lacks. Falls back to a snapshot when the peer pruned what we need.
+    pub async fn reconcile_with(&self, peer: Uuid) -> Result<()> {
+        let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
+        let mut their_vv;
+        loop {
+            let vv = self.version_vector().await;
+            match self.send(peer, Msg::Reconcile { vv, limit }).await {
+                Ok(Msg::ReconcileResponse {
+                    vv,
+                    entries,
+                    has_more,
+                    term,
+                    seq,
+                }) => {
+                    their_vv = vv;
+                    self.adopt(term);
+                    self.apply(entries).await?;
+                    if !has_more {
+                        let mut st = self.st();
+                        if st.term == term && term.leader == peer {
+                            st.cursor = seq;
+                            st.last_leader_contact = Instant::now();
+                        }
+                        break;
+                    }
+                }
+                Ok(Msg::SyncRequired { reason }) => {
+                    tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot needed: {reason}");
+                    self.snapshot_from(peer).await?;
+                    continue;
+                }
+                Ok(Msg::StaleTerm { .. }) => continue,
+                Ok(other) => {
+                    return Err(Error::Other(format!("unexpected reply {}", other.name())))
+                }
+                Err(e) => return Err(Error::Other(e.to_string())),
+            }
+        }
+        // Push what the peer lacks.
+        loop {
+            let vv = their_vv.clone();
+            let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
+            let entries = self
+                .blocking(move |lib| lib.with_log(|l| l.fetch_missing(&vv, batch)))
+                .await?;
+            if entries.is_empty() {
+                break;
+            }
+            for e in &entries {
+                let slot = their_vv.entry(e.origin).or_insert(0);
+                *slot = (*slot).max(e.origin_seq);
+            }
+            let full = entries.len() == batch;
+            match self.send(peer, Msg::PushEntries { entries }).await {
+                Ok(Msg::Ok) => {}
+                Ok(other) => return Err(Error::Other(format!("push refused: {}", other.name()))),
+                Err(e) => return Err(Error::Other(e.to_string())),
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle one request from another device; always returns a response.
+    pub async fn handle(&self, req: Envelope) -> Envelope {
+        let reply = |msg| Envelope {
+            id: req.id,
+            library: req.library,
+            from: self.shared.me,
+            msg,
+        };
+        if req.library != self.shared.lib.id() {
+            return reply(Msg::Error {
+                message: "wrong library".into(),
+            });
+        }
+        if let Err(e) = req.msg.check_bounds() {
+            return reply(Msg::Error { message: e });
+        }
+        if !self.is_member(req.from).await {
+            tracing::warn!(library = %req.library, from = %req.from, "request from a device not registered in this library");
+            return reply(Msg::Error {
+                message: format!(
+                    "device {} is not registered in library {}",
+                    req.from, req.library
+                ),
+            });
+        }
+        {
+            let now = self.now_ms();
+            let mut st = self.st();
+            let p = st.peers.entry(req.from).or_default();
+            p.last_seen_ms = Some(now);
+            p.last_contact = Some(Instant::now());
+        }
+        let msg = match self.dispatch(req.from, req.msg.clone()).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.note_error(&e);
+                Msg::Error {
+                    message: e.to_string(),
+                }
+            }
+        };
+        reply(msg)
+    }
+
+    async fn dispatch(&self, from: Uuid, msg: Msg) -> Result<Msg> {
+        match msg {
+            Msg::NewEntries { term, to_seq, .. } => {
+                if let Some(stale) = self.fence(term) {
+                    return Ok(stale);
+                }
+                let mut st = self.st();
+                if term.leader == from {
+                    st.last_leader_contact = Instant::now();
+                }
+                let behind = st.cursor_term != Some(term) || st.cursor < to_seq;
+                drop(st);
+                if behind {
+                    self.shared.wake.notify_one();
+                }
+                Ok(Msg::Ok)
+            }
+            Msg::FetchEntries {
+                term,
+                since_seq,
+                limit,
+            } => {
+                let (role, mine) = {
+                    let st = self.st();
+                    (st.role, st.term)
+                };
+                if role != Role::Leader || term < mine {
+                    return Ok(Msg::StaleTerm { term: mine });
+                }
+                if term != mine {
+                    return Ok(Msg::SyncRequired {
+                        reason: "term mismatch".into(),
+                    });
+                }
+                let limit = (limit as usize).clamp(1, MAX_BATCH_ENTRIES);
+                let entries = self
+                    .blocking(move |lib| lib.with_log(|l| l.fetch_since_seq(since_seq, limit + 1)))
+                    .await?;
+                let has_more = entries.len() > limit;
+                let mut entries = entries;
+                entries.truncate(limit);
+                Ok(Msg::EntriesResponse { entries, has_more })
+            }
+            Msg::Acknowledge { up_to_seq, vv, .. } => {
+                let now = self.now_ms();
+                self.st().peers.entry(from).or_default().acked_seq = up_to_seq;
+                self.st().peers.entry(from).or_default().vv = vv.clone();
+                self.blocking(move |lib| lib.with_log(|l| l.record_ack(from, &vv, now)))
+                    .await?;
+                Ok(Msg::Ok)
+            }
+            Msg::Heartbeat {
+                term,
+                role,
+                seq,
+                vv,
+                horizon,
+            } => self.on_heartbeat(from, term, role, seq, vv, horizon).await,
+            Msg::ProposeEntries { entries } => {
+                let (role, mine) = {
+                    let st = self.st();
+                    (st.role, st.term)
+                };
+                if role != Role::Leader {
+                    return Ok(Msg::StaleTerm { term: mine });
+                }
+                if entries.iter().any(|e| e.origin != from) {
+                    return Err(Error::Invalid(format!(
+                        "device {from} proposed entries of another device; only its own may be proposed"
+                    )));
+                }
+                self.apply(entries).await?;
+                Ok(Msg::Ok)
+            }
+            Msg::PushEntries { entries } => {
+                self.apply(entries).await?;
+                Ok(Msg::Ok)
+            }
+            Msg::Reconcile { vv, limit } => {
+                let floor = self
+                    .blocking(|lib| lib.with_log(|l| l.pruned_floor()))
+                    .await?;
+                if let Some((origin, _)) = floor
+                    .iter()
+                    .find(|(o, through)| vv.get(o).copied().unwrap_or(0) < **through)
+                {
+                    return Ok(Msg::SyncRequired {
+                        reason: format!("entries of {origin} it lacks were pruned"),
+                    });
+                }
+                let limit = (limit as usize).clamp(1, MAX_BATCH_ENTRIES);
+                let want = vv.clone();
+                let (mine, entries, seq) = self
+                    .blocking(move |lib| {
+                        lib.with_log(|l| {
+                            Ok((
+                                l.version_vector()?,
+                                l.fetch_missing(&want, limit + 1)?,
+                                l.latest_seq()?.unwrap_or(0),
+                            ))
+                        })
+                    })
+                    .await?;
+                let has_more = entries.len() > limit;
+                let mut entries = entries;
+                entries.truncate(limit);
+                {
+                    let mut st = self.st();
+                    st.peers.entry(from).or_default().vv = vv;
+                }
+                // The peer may have what we lack: reconcile back when it does.
+                let term = self.st().term;
+                Ok(Msg::ReconcileResponse {
+                    vv: mine,
+                    entries,
+                    has_more,
+                    term,
+                    seq,
+                })
+            }
+            Msg::Snapshot { cursor } => {
+                let chunk = self
+                    .blocking(move |lib| snapshot::chunk(lib, &cursor))
+                    .await?;
+                self.st().stats.snapshots += 1;
+                Ok(chunk)
+            }
+            other => Err(Error::Invalid(format!("{} is not a request", other.name()))),
+        }
+    }
+
+    /// Refuse a message from an older term; adopt a newer one.
+    fn fence(&self, term: Term) -> Option<Msg> {
+        let mine = self.st().term;
+        if term < mine {
+            return Some(Msg::StaleTerm { term: mine });
+        }
+        self.adopt(term);
+        None
+    }
+
+    async fn on_heartbeat(
+        &self,
+        from: Uuid,
+        term: Term,
+        role: Role,
+        seq: u64,
+        vv: VersionVector,
+        horizon: Option<VersionVector>,
+    ) -> Result<Msg> {
+        let mine = self.st().term;
+        if term < mine && role == Role::Leader {
+            return Ok(Msg::StaleTerm { term: mine });
+        }
+        if term > mine {
+            self.adopt(term);
+        }
+        let my_vv = self.version_vector().await;
+        let (my_term, my_role, my_seq, lacking) = {
+            let mut st = self.st();
+            st.peers.entry(from).or_default().vv = vv.clone();
+            if role == Role::Leader && term == st.term {
+                st.last_leader_contact = Instant::now();
+            }
+            let lacking = role == Role::Leader
+                && term == st.term
+                && (st.cursor_term != Some(term) || st.cursor < seq || !vv_covers(&my_vv, &vv));
+            (st.term, st.role, st.seq, lacking)
+        };
+        if lacking {
+            self.shared.wake.notify_one();
+        }
+        if let Some(h) = horizon {
+            if role == Role::Leader && term == my_term {
+                let _ = self
+                    .blocking(move |lib| lib.with_log(|l| l.prune_covered(&h)))
+                    .await;
+            }
+        }
+        Ok(Msg::HeartbeatReply {
+            term: my_term,
+            role: my_role,
+            seq: my_seq,
+            vv: my_vv,
+        })
+    }
+
+    /// Take the state from `peer` in chunks, then continue from its version vector.
+    async fn snapshot_from(&self, peer: Uuid) -> Result<()> {
+        let mut cursor = protocol::SnapshotCursor {
+            part: 0,
+            after: None,
+        };
+        let mut start_vv: Option<VersionVector> = None;
+        loop {
+            match self
+                .send(
+                    peer,
+                    Msg::Snapshot {
+                        cursor: cursor.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(Msg::SnapshotChunk {
+                    rows,
+                    tombstones,
+                    next,
+                    vv,
+                }) => {
+                    if start_vv.is_none() {
+                        start_vv = Some(vv);
+                    }
+                    self.blocking(move |lib| snapshot::apply(lib, rows, tombstones))
+                        .await?;
+                    match next {
+                        Some(n) => cursor = n,
+                        None => break,
+                    }
+                }
+                Ok(other) => {
+                    return Err(Error::Other(format!("snapshot refused: {}", other.name())))
+                }
+                Err(e) => return Err(Error::Other(e.to_string())),
+            }
+        }
+        let vv = start_vv.unwrap_or_default();
+        self.blocking(move |lib| {
+            let floor = lib.hlc().last();
+            lib.with_log(|l| l.raise_version_vector(&vv, floor))
+        })
+        .await?;
+        self.st().stats.snapshots += 1;
+        tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot applied");
+        Ok(())
+    }
+
+    /// `sync status`.
+    pub async fn status(&self) -> Result<SyncStatus> {
+        let members = self.members().await;
+        let (vv, conflicts, latest) = self
+            .blocking(|lib| {
+                let vv = lib.with_log(|l| l.version_vector())?;
+                let latest = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
+                let conflicts = lib.read(|c| {
+                    Ok(c.query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get::<_, i64>(0))?)
+                })?;
+                Ok((vv, conflicts as u64, latest))
+            })
+            .await?;
+        let window = self.shared.config.leader_timeout;
+        let st = self.st();
+        let peers = members
+            .iter()
+            .map(|d| {
+                let p = st.peers.get(d).cloned().unwrap_or_default();
+                PeerStatus {
+                    device_id: *d,
+                    online: p.last_contact.is_some_and(|t| t.elapsed() <= window),
+                    lag_entries: vv_lag(&vv, &p.vv),
+                    last_seen: p.last_seen_ms,
+                }
+            })
+            .collect();
+        Ok(SyncStatus {
+            leader: st.term.leader,
+            epoch: st.term.epoch,
+            role: st.role,
+            seq: if st.role == Role::Leader {
+                latest
+            } else {
+                st.cursor
+            },
+            version_vector: vv,
+            peers,
+            conflicts,
+            stats: st.stats.clone(),
+        })
+    }
+}

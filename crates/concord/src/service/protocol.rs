@@ -1,0 +1,219 @@
+//! Messages of the sync protocol `concord/sync/1` (DESIGN §6, docs/PROTOCOL.md).
+//!
+//! Plain serde types. Every message travels in an [`Envelope`] that names the
+//! library, the sending device and a correlation id; every request gets exactly
+//! one response. Transports add framing, size limits and compression.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::sync::entry::LogEntry;
+use crate::sync::log::VersionVector;
+
+/// Largest number of entries in one message.
+pub const MAX_BATCH_ENTRIES: usize = 1000;
+/// Largest number of snapshot rows in one chunk.
+pub const MAX_SNAPSHOT_ROWS: usize = 2000;
+/// Most origins a version vector may name.
+pub const MAX_VV_ORIGINS: usize = 4096;
+
+/// A request or response with its routing and correlation data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Correlation id: a response carries its request's id.
+    pub id: u64,
+    pub library: Uuid,
+    /// The sending device (transports check it against the authenticated peer).
+    pub from: Uuid,
+    pub msg: Msg,
+}
+
+/// A device's role in a library.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Leader,
+    Follower,
+}
+
+/// `(epoch, leader)`: the higher one wins (fencing, split-brain resolution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Term {
+    pub epoch: u64,
+    pub leader: Uuid,
+}
+
+/// One row of a snapshot: values with their field clocks, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRow {
+    pub model: String,
+    pub uuid: Uuid,
+    pub values: Vec<crate::model::Value>,
+    /// `(hlc, device)` per synced field.
+    pub clocks: Vec<(u64, Uuid)>,
+    /// Memberships: present or removed.
+    pub present: bool,
+}
+
+/// A tombstone in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotTombstone {
+    pub model: String,
+    pub uuid: Uuid,
+    pub hlc: u64,
+    pub dev: Uuid,
+}
+
+/// Where a snapshot stream resumes: the model index and the last UUID sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCursor {
+    pub part: u32,
+    pub after: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Msg {
+    // ---- requests ----
+    /// Leader → follower: entries `from_seq..=to_seq` are sequenced; fetch them.
+    NewEntries {
+        term: Term,
+        from_seq: u64,
+        to_seq: u64,
+    },
+    /// Follower → leader: entries with library sequence above `since_seq`.
+    FetchEntries {
+        term: Term,
+        since_seq: u64,
+        limit: u32,
+    },
+    /// Follower → leader: applied up to `up_to_seq`; `vv` is the follower's
+    /// version vector (used for pruning and lag).
+    Acknowledge {
+        term: Term,
+        up_to_seq: u64,
+        vv: VersionVector,
+    },
+    /// Liveness and view exchange, sent by leaders every heartbeat interval and
+    /// by followers probing during an election.
+    Heartbeat {
+        term: Term,
+        role: Role,
+        seq: u64,
+        vv: VersionVector,
+        /// Leader only: the version vector every registered device has reached
+        /// (entries it covers may be pruned).
+        horizon: Option<VersionVector>,
+    },
+    /// Follower → leader: the follower's own new entries.
+    ProposeEntries {
+        entries: Vec<LogEntry>,
+    },
+    /// "This is my version vector; send what I lack and yours."
+    Reconcile {
+        vv: VersionVector,
+        limit: u32,
+    },
+    /// Entries the receiver lacks (reconciliation's second half).
+    PushEntries {
+        entries: Vec<LogEntry>,
+    },
+    /// Ask for the current state from `cursor` on.
+    Snapshot {
+        cursor: SnapshotCursor,
+    },
+
+    // ---- responses ----
+    Ok,
+    EntriesResponse {
+        entries: Vec<LogEntry>,
+        has_more: bool,
+    },
+    HeartbeatReply {
+        term: Term,
+        role: Role,
+        seq: u64,
+        vv: VersionVector,
+    },
+    ReconcileResponse {
+        vv: VersionVector,
+        entries: Vec<LogEntry>,
+        has_more: bool,
+        term: Term,
+        seq: u64,
+    },
+    SnapshotChunk {
+        rows: Vec<SnapshotRow>,
+        tombstones: Vec<SnapshotTombstone>,
+        next: Option<SnapshotCursor>,
+        /// The sender's version vector when the snapshot started (first chunk)
+        /// and ended (last chunk): the receiver continues from the first one.
+        vv: VersionVector,
+    },
+    /// The request carried an older term than the receiver's; here is the newer.
+    StaleTerm {
+        term: Term,
+    },
+    /// The requester must reconcile or take a snapshot.
+    SyncRequired {
+        reason: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl Msg {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::NewEntries { .. } => "NewEntries",
+            Msg::FetchEntries { .. } => "FetchEntries",
+            Msg::Acknowledge { .. } => "Acknowledge",
+            Msg::Heartbeat { .. } => "Heartbeat",
+            Msg::ProposeEntries { .. } => "ProposeEntries",
+            Msg::Reconcile { .. } => "Reconcile",
+            Msg::PushEntries { .. } => "PushEntries",
+            Msg::Snapshot { .. } => "Snapshot",
+            Msg::Ok => "Ok",
+            Msg::EntriesResponse { .. } => "EntriesResponse",
+            Msg::HeartbeatReply { .. } => "HeartbeatReply",
+            Msg::ReconcileResponse { .. } => "ReconcileResponse",
+            Msg::SnapshotChunk { .. } => "SnapshotChunk",
+            Msg::StaleTerm { .. } => "StaleTerm",
+            Msg::SyncRequired { .. } => "SyncRequired",
+            Msg::Error { .. } => "Error",
+        }
+    }
+
+    /// Check the bounds a decoder cannot: batch sizes and vector sizes.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        let vv_ok = |vv: &VersionVector| vv.len() <= MAX_VV_ORIGINS;
+        let ok = match self {
+            Msg::ProposeEntries { entries }
+            | Msg::PushEntries { entries }
+            | Msg::EntriesResponse { entries, .. } => entries.len() <= MAX_BATCH_ENTRIES,
+            Msg::ReconcileResponse { entries, vv, .. } => {
+                entries.len() <= MAX_BATCH_ENTRIES && vv_ok(vv)
+            }
+            Msg::Heartbeat { vv, horizon, .. } => vv_ok(vv) && horizon.as_ref().is_none_or(vv_ok),
+            Msg::HeartbeatReply { vv, .. }
+            | Msg::Acknowledge { vv, .. }
+            | Msg::Reconcile { vv, .. } => vv_ok(vv),
+            Msg::SnapshotChunk {
+                rows,
+                tombstones,
+                vv,
+                ..
+            } => {
+                rows.len() <= MAX_SNAPSHOT_ROWS
+                    && tombstones.len() <= MAX_SNAPSHOT_ROWS
+                    && vv_ok(vv)
+            }
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{} exceeds a size limit", self.name()))
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The sync service's durable state in `sync.db`: the term, sequencing, pruning
+//! floors and peer acknowledgements.
+
+use rusqlite::{params, OptionalExtension};
+use uuid::Uuid;
+
+use super::protocol::Term;
+use crate::error::{Error, Result};
+use crate::sync::entry::LogEntry;
+use crate::sync::log::{SyncLog, VersionVector};
+
+impl SyncLog {
+    /// The last term this device adopted, if any.
+    pub fn term(&self) -> Result<Option<Term>> {
+        let epoch: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'term_epoch'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let leader: Option<Uuid> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'term_leader'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match (epoch, leader) {
+            (Some(e), Some(l)) => Some(Term {
+                epoch: e as u64,
+                leader: l,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Persist a term.
+    pub fn set_term(&mut self, term: Term) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('term_epoch', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [term.epoch as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('term_leader', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [term.leader],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Leader: give every unsequenced entry the next library sequence number, in
+    /// log order. Returns the range assigned, if any.
+    pub fn sequence_pending(&mut self, epoch: u64) -> Result<Option<(u64, u64)>> {
+        let tx = self.conn.transaction()?;
+        let top: i64 = tx.query_row("SELECT COALESCE(MAX(lib_seq), 0) FROM log", [], |r| {
+            r.get(0)
+        })?;
+        let n = tx.execute(
+            "UPDATE log SET lib_seq = ?1 + (SELECT COUNT(*) FROM log AS o WHERE o.lib_seq IS NULL AND o.id <= log.id), epoch = ?2
+             WHERE lib_seq IS NULL",
+            params![top, epoch as i64],
+        )?;
+        tx.commit()?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some((top as u64 + 1, top as u64 + n as u64)))
+    }
+
+    /// Entries of one origin after `after_seq`, in order.
+    pub fn fetch_origin(
+        &self,
+        origin: Uuid,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>> {
+        // Claim every other origin complete, so only `origin` has anything missing.
+        let mut vv: VersionVector = self
+            .version_vector()?
+            .into_keys()
+            .map(|o| (o, i64::MAX as u64))
+            .collect();
+        vv.insert(origin, after_seq);
+        self.fetch_missing(&vv, limit)
+    }
+
+    /// Per origin, the highest `origin_seq` pruned from this log.
+    pub fn pruned_floor(&self) -> Result<VersionVector> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT origin, through FROM pruned")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Uuid>(0)?, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Remove entries every device has (`horizon`: per origin, the highest
+    /// `origin_seq` all registered devices hold). Returns how many went.
+    pub fn prune_covered(&mut self, horizon: &VersionVector) -> Result<u64> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        for (origin, through) in horizon {
+            if *through == 0 {
+                continue;
+            }
+            n += tx.execute(
+                "DELETE FROM log WHERE origin = ?1 AND origin_seq <= ?2",
+                params![origin, *through as i64],
+            )? as u64;
+            tx.execute(
+                "INSERT INTO pruned (origin, through) VALUES (?1, ?2)
+                 ON CONFLICT(origin) DO UPDATE SET through = MAX(through, excluded.through)",
+                params![origin, *through as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// After a snapshot: this device now holds, as state, everything up to `vv`.
+    pub fn raise_version_vector(&mut self, vv: &VersionVector, max_hlc: u64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for (origin, seq) in vv {
+            tx.execute(
+                "INSERT INTO origins (origin, contiguous, max_seq, max_hlc) VALUES (?1, ?2, ?2, ?3)
+                 ON CONFLICT(origin) DO UPDATE SET contiguous = MAX(contiguous, excluded.contiguous),
+                   max_seq = MAX(max_seq, excluded.max_seq), max_hlc = MAX(max_hlc, excluded.max_hlc)",
+                params![origin, *seq as i64, max_hlc as i64],
+            )?;
+            // Entries this device cannot serve any more: it holds them only as state.
+            tx.execute(
+                "INSERT INTO pruned (origin, through) VALUES (?1, ?2)
+                 ON CONFLICT(origin) DO UPDATE SET through = MAX(through, excluded.through)",
+                params![origin, *seq as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Record what a peer acknowledged and when.
+    pub fn record_ack(&mut self, device: Uuid, vv: &VersionVector, at_ms: u64) -> Result<()> {
+        let bytes = postcard::to_allocvec(vv).map_err(|e| Error::Other(e.to_string()))?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO peer_acks (device, vv, at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(device) DO UPDATE SET vv = excluded.vv, at = excluded.at",
+            )?
+            .execute(params![device, bytes, at_ms as i64])?;
+        Ok(())
+    }
+
+    /// Every peer's last acknowledgement: `(device, vv, at_ms)`.
+    pub fn acks(&self) -> Result<Vec<(Uuid, VersionVector, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT device, vv, at FROM peer_acks")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Uuid>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (d, b, at) = row?;
+            let vv: VersionVector = postcard::from_bytes(&b).unwrap_or_default();
+            out.push((d, vv, at as u64));
+        }
+        Ok(out)
+    }
+}
+
+/// Elementwise minimum of version vectors (an origin missing from one counts as 0).
+pub fn vv_min<'a>(vvs: impl IntoIterator<Item = &'a VersionVector>) -> VersionVector {
+    let mut iter = vvs.into_iter();
+    let Some(first) = iter.next() else {
+        return VersionVector::new();
+    };
+    let mut out = first.clone();
+    for vv in iter {
+        for (origin, seq) in out.iter_mut() {
+            *seq = (*seq).min(vv.get(origin).copied().unwrap_or(0));
+        }
+    }
+    out.retain(|_, s| *s > 0);
+    out
+}
+
+/// Entries `a` has that `b` lacks, counted per origin.
+pub fn vv_lag(a: &VersionVector, b: &VersionVector) -> u64 {
+    a.iter()
+        .map(|(o, s)| s.saturating_sub(b.get(o).copied().unwrap_or(0)))
+        .sum()
+}
+
+/// Whether `a` covers everything in `b`.
+pub fn vv_covers(a: &VersionVector, b: &VersionVector) -> bool {
+    b.iter().all(|(o, s)| a.get(o).copied().unwrap_or(0) >= *s)
+}

@@ -1,0 +1,345 @@
+//! The SyncService over an in-memory transport: replication, failover, partition,
+//! pruning and snapshot. Real libraries on real SQLite files.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use concord::digest::{digest, Scope};
+use concord::hlc::SystemClock;
+use concord::model::{Device, Tag};
+use concord::service::protocol::{Envelope, Role};
+use concord::service::transport::{BoxFuture, Transport, TransportError};
+use concord::service::{SyncConfig, SyncService};
+use concord::sync::entry::LogEntry;
+use concord::{Change, Library, Uuid};
+
+#[derive(Default)]
+struct Net {
+    nodes: Mutex<HashMap<Uuid, SyncService>>,
+    down: Mutex<HashSet<Uuid>>,
+}
+
+struct Link {
+    net: Arc<Net>,
+    me: Uuid,
+}
+
+impl Transport for Link {
+    fn request(&self, to: Uuid, req: Envelope) -> BoxFuture<'_, Result<Envelope, TransportError>> {
+        Box::pin(async move {
+            {
+                let down = self.net.down.lock().unwrap();
+                if down.contains(&to) || down.contains(&self.me) {
+                    return Err(TransportError::Unreachable(to));
+                }
+            }
+            let svc = self.net.nodes.lock().unwrap().get(&to).cloned();
+            match svc {
+                Some(s) => Ok(s.handle(req).await),
+                None => Err(TransportError::Unreachable(to)),
+            }
+        })
+    }
+}
+
+fn config() -> SyncConfig {
+    SyncConfig {
+        heartbeat_interval: Duration::from_millis(50),
+        leader_timeout: Duration::from_millis(200),
+        retention: Duration::from_secs(3600),
+        ..SyncConfig::default()
+    }
+}
+
+struct Cluster {
+    net: Arc<Net>,
+    libs: Vec<Arc<Library>>,
+    devices: Vec<Uuid>,
+    tasks: HashMap<Uuid, tokio::task::JoinHandle<()>>,
+    config: SyncConfig,
+}
+
+impl Cluster {
+    fn new(dir: &std::path::Path, n: usize, config: SyncConfig) -> Cluster {
+        let lib_id = Uuid::now_v7();
+        let mut devices: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
+        devices.sort();
+        // The creator (lowest id, so failover must move the lead) registers everyone.
+        let creator = devices[0];
+        let a = Library::create(
+            &dir.join("0"),
+            lib_id,
+            "lib",
+            creator,
+            Box::new(SystemClock),
+        )
+        .unwrap();
+        for (i, d) in devices.iter().enumerate() {
+            a.commit(Change::insert(&Device {
+                id: *d,
+                name: format!("d{i}"),
+                node_id: None,
+            }))
+            .unwrap();
+        }
+        a.with_log(|l| {
+            l.set_term(concord::service::protocol::Term {
+                epoch: 1,
+                leader: creator,
+            })
+        })
+        .unwrap();
+        let entries: Vec<LogEntry> = a
+            .with_log(|l| {
+                Ok(l.fetch_after_id(0, usize::MAX)?
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .collect())
+            })
+            .unwrap();
+        let mut libs = vec![Arc::new(a)];
+        for (i, d) in devices.iter().enumerate().skip(1) {
+            let l = Library::create(
+                &dir.join(i.to_string()),
+                lib_id,
+                "lib",
+                *d,
+                Box::new(SystemClock),
+            )
+            .unwrap();
+            l.apply_remote(&entries).unwrap();
+            libs.push(Arc::new(l));
+        }
+        Cluster {
+            net: Arc::new(Net::default()),
+            libs,
+            devices,
+            tasks: HashMap::new(),
+            config,
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let d = self.devices[i];
+        let svc = SyncService::new(
+            self.libs[i].clone(),
+            Arc::new(Link {
+                net: self.net.clone(),
+                me: d,
+            }),
+            self.config.clone(),
+        )
+        .unwrap();
+        self.net.nodes.lock().unwrap().insert(d, svc.clone());
+        self.net.down.lock().unwrap().remove(&d);
+        self.tasks.insert(d, tokio::spawn(svc.run()));
+    }
+
+    fn kill(&mut self, i: usize) {
+        let d = self.devices[i];
+        self.net.down.lock().unwrap().insert(d);
+        if let Some(s) = self.net.nodes.lock().unwrap().remove(&d) {
+            s.stop();
+        }
+        if let Some(t) = self.tasks.remove(&d) {
+            t.abort();
+        }
+    }
+
+    fn svc(&self, i: usize) -> SyncService {
+        self.net
+            .nodes
+            .lock()
+            .unwrap()
+            .get(&self.devices[i])
+            .cloned()
+            .unwrap()
+    }
+
+    fn digest(&self, i: usize) -> String {
+        self.libs[i].read(|c| digest(c, Scope::All)).unwrap().0
+    }
+
+    async fn wait_converged(&self, which: &[usize]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ds: Vec<String> = which.iter().map(|i| self.digest(*i)).collect();
+            if ds.windows(2).all(|w| w[0] == w[1]) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no convergence: {ds:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn tag(lib: &Library, name: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    lib.commit(Change::insert(&Tag {
+        id,
+        name: name.into(),
+        color: None,
+    }))
+    .unwrap();
+    id
+}
+
+fn count_tags(lib: &Library) -> i64 {
+    lib.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tags", [], |r| r.get(0))?))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_failover_and_rejoin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 3, config());
+    for i in 0..3 {
+        c.start(i);
+    }
+    tag(&c.libs[0], "from-a");
+    tag(&c.libs[1], "from-b");
+    c.wait_converged(&[0, 1, 2]).await;
+    assert_eq!(count_tags(&c.libs[2]), 2);
+
+    // Kill the leader (device 0). The highest id (device 2) takes over at epoch 2.
+    c.kill(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (t1, t2) = (c.svc(1).term(), c.svc(2).term());
+        if t1 == t2 && t1.leader == c.devices[2] && t1.epoch >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new leader: {t1:?} {t2:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(c.svc(2).role(), Role::Leader);
+    // Writes during the outage, including on the dead leader's files.
+    tag(&c.libs[1], "b-during");
+    tag(&c.libs[2], "c-during");
+    tag(&c.libs[0], "a-offline");
+    c.wait_converged(&[1, 2]).await;
+    c.start(0);
+    c.wait_converged(&[0, 1, 2]).await;
+    assert_eq!(count_tags(&c.libs[0]), 5);
+    assert_eq!(
+        c.svc(0).term().leader,
+        c.devices[2],
+        "the old leader stepped down"
+    );
+    // No entry lost or duplicated: every device holds every origin's entries
+    // without gaps (pruned ones were held by all), the same on every device, and
+    // each tag exactly once.
+    let vvs: Vec<_> = c
+        .libs
+        .iter()
+        .map(|l| l.with_log(|log| log.version_vector()).unwrap())
+        .collect();
+    assert!(vvs.windows(2).all(|w| w[0] == w[1]), "{vvs:?}");
+    for (i, l) in c.libs.iter().enumerate() {
+        for (origin, contiguous) in &vvs[i] {
+            assert_eq!(
+                l.with_log(|log| log.max_seq(*origin)).unwrap(),
+                *contiguous,
+                "gap in {origin}'s entries"
+            );
+        }
+        let names: Vec<String> = l
+            .read(|x| {
+                let mut st = x.prepare("SELECT name FROM tags ORDER BY name")?;
+                let v = st
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                Ok(v)
+            })
+            .unwrap();
+        assert_eq!(
+            names,
+            ["a-offline", "b-during", "c-during", "from-a", "from-b"]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_concurrent_edits_and_conflicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 2, config());
+    c.start(0);
+    c.start(1);
+    let t = tag(&c.libs[0], "shared");
+    c.wait_converged(&[0, 1]).await;
+    c.kill(1);
+    c.libs[0]
+        .commit(Change::update::<Tag>(t).set("name", "from-a"))
+        .unwrap();
+    c.libs[1]
+        .commit(Change::update::<Tag>(t).set("name", "from-b"))
+        .unwrap();
+    tag(&c.libs[1], "b-offline");
+    c.start(1);
+    c.wait_converged(&[0, 1]).await;
+    let conflicts: i64 = (0..2)
+        .map(|i| {
+            c.libs[i]
+                .read(|c| {
+                    Ok(c.query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get::<_, i64>(0))?)
+                })
+                .unwrap()
+        })
+        .sum();
+    assert!(conflicts >= 1, "the overridden rename is in a conflict log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn away_past_retention_gets_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.retention = Duration::from_millis(300);
+    let mut c = Cluster::new(tmp.path(), 2, cfg);
+    c.start(0);
+    c.start(1);
+    let doomed = tag(&c.libs[0], "doomed");
+    c.wait_converged(&[0, 1]).await;
+    c.kill(1);
+    for i in 0..20 {
+        tag(&c.libs[0], &format!("t{i}"));
+    }
+    c.libs[0].commit(Change::delete::<Tag>(doomed)).unwrap();
+    // Wait until the leader pruned past device 1's position.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let a = c.devices[0];
+    let top = c.libs[0].with_log(|l| l.max_seq(a)).unwrap();
+    while c.libs[0]
+        .with_log(|l| l.pruned_floor())
+        .unwrap()
+        .get(&a)
+        .copied()
+        .unwrap_or(0)
+        < top
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.start(1);
+    c.wait_converged(&[0, 1]).await;
+    assert!(
+        c.svc(1).status().await.unwrap().stats.snapshots >= 1
+            || c.svc(0).status().await.unwrap().stats.snapshots >= 1
+    );
+    let n: i64 = c.libs[1]
+        .read(|x| {
+            Ok(
+                x.query_row("SELECT COUNT(*) FROM tags WHERE uuid = ?1", [doomed], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .unwrap();
+    assert_eq!(n, 0, "deleted while away stays deleted");
+}
