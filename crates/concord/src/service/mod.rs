@@ -25,7 +25,7 @@ pub mod snapshot;
 pub mod store;
 pub mod transport;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -99,7 +99,7 @@ struct State {
     cursor_term: Option<Term>,
     /// Highest own `origin_seq` the leader has taken.
     proposed_upto: u64,
-    peers: HashMap<Uuid, PeerInfo>,
+    peers: BTreeMap<Uuid, PeerInfo>,
     stats: Stats,
     /// Leader only: highest sequence assigned.
     seq: u64,
@@ -179,7 +179,7 @@ impl SyncService {
                     cursor: 0,
                     cursor_term: None,
                     proposed_upto: 0,
-                    peers: HashMap::new(),
+                    peers: BTreeMap::new(),
                     stats: Stats::default(),
                     seq,
                 }),
@@ -217,7 +217,9 @@ impl SyncService {
                 dirty = false;
                 self.on_change().await;
             }
+            // `biased`: a fixed polling order keeps the simulation deterministic.
             tokio::select! {
+                biased;
                 _ = stop.changed() => break,
                 ev = events.recv() => {
                     match ev {

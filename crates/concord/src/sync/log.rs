@@ -108,14 +108,20 @@ impl SyncLog {
         Ok(fresh)
     }
 
-    /// Whether the log holds (or held before pruning) this entry.
-    pub fn contains(&self, origin: Uuid, origin_seq: u64) -> Result<bool> {
+    /// Highest `origin_seq` up to which the log holds (or held before pruning)
+    /// every entry of `origin`: the version-vector position, 0 if none.
+    pub fn contiguous(&self, origin: Uuid) -> Result<u64> {
         let contiguous: Option<i64> = self
             .conn
             .prepare_cached("SELECT contiguous FROM origins WHERE origin = ?1")?
             .query_row([origin], |r| r.get(0))
             .optional()?;
-        if contiguous.is_some_and(|c| origin_seq as i64 <= c) {
+        Ok(contiguous.unwrap_or(0) as u64)
+    }
+
+    /// Whether the log holds (or held before pruning) this entry.
+    pub fn contains(&self, origin: Uuid, origin_seq: u64) -> Result<bool> {
+        if origin_seq <= self.contiguous(origin)? {
             return Ok(true);
         }
         Ok(self

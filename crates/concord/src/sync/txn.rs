@@ -278,11 +278,13 @@ impl Library {
         Ok(library)
     }
 
-    /// Move the outbox into the log, apply log entries past the watermark, and
+    /// Apply log entries past the watermark, move the outbox into the log, and
     /// seed the HLC and the next `origin_seq` from what is durable.
     fn recover(&self) -> Result<()> {
         let mut inner = self.lock();
-        flush_outbox(&mut inner)?;
+        // Apply the log past the watermark before moving the outbox: the flush
+        // advances the watermark to the end of the log, which would skip remote
+        // entries a crash left logged but not applied.
         let mut watermark: i64 = match meta_get(&inner.lib, "applied_log_id")? {
             Some(rusqlite::types::Value::Integer(i)) => i,
             _ => 0,
@@ -306,6 +308,7 @@ impl Library {
             tx.commit()?;
             watermark = last;
         }
+        flush_outbox(&mut inner)?;
         self.hlc.observe_floor(inner.log.max_hlc()?);
         inner.next_seq = inner.log.max_seq(self.device)? + 1;
         Ok(())
