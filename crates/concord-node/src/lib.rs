@@ -12,6 +12,7 @@ pub mod node;
 pub mod pairing;
 pub mod peers;
 pub mod setup;
+pub mod sync;
 pub mod ticket;
 
 pub use error::NetError;

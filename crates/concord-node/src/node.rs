@@ -11,6 +11,7 @@ use std::time::Duration;
 use concord::datadir::DataDir;
 use concord::hlc::{Clock, SystemClock};
 use concord::model::Device;
+use concord::service::SyncService;
 use concord::{Change, Library, Uuid};
 use iroh::endpoint::{presets, Connection, PortmapperConfig};
 use iroh::protocol::Router;
@@ -34,6 +35,8 @@ pub struct NodeConfig {
     pub invite_ttl: Duration,
     /// Timeout for connecting and for each request.
     pub request_timeout: Duration,
+    /// Settings of every library's sync service.
+    pub sync: concord::service::SyncConfig,
 }
 
 impl Default for NodeConfig {
@@ -44,6 +47,7 @@ impl Default for NodeConfig {
             presence_interval: Duration::from_secs(15),
             invite_ttl: Duration::from_secs(5 * 60),
             request_timeout: Duration::from_secs(10),
+            sync: concord::service::SyncConfig::default(),
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct NodeState {
     pub(crate) invites: Mutex<HashMap<[u8; 8], pairing::Invite>>,
     libraries: Mutex<HashMap<Uuid, Arc<Library>>>,
     connections: tokio::sync::Mutex<HashMap<(EndpointId, &'static [u8]), Connection>>,
+    services: Mutex<HashMap<Uuid, SyncService>>,
+    pub traffic: crate::sync::Traffic,
     clock: SystemClock,
 }
 
@@ -133,13 +139,18 @@ impl Node {
             invites: Mutex::new(HashMap::new()),
             libraries: Mutex::new(HashMap::new()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
+            services: Mutex::new(HashMap::new()),
+            traffic: crate::sync::Traffic::default(),
             clock: SystemClock,
         });
         let router = Router::builder(endpoint)
             .accept(PAIRING_ALPN, pairing::PairingHandler::new(state.clone()))
             .accept(LIBRARY_ALPN, setup::SetupHandler::new(state.clone()))
-            .accept(SYNC_ALPN, setup::SyncPlaceholder)
+            .accept(SYNC_ALPN, crate::sync::SyncHandler::new(state.clone()))
             .spawn();
+        for l in state.data.list_libraries()? {
+            crate::sync::start_service(&state, l.id)?;
+        }
         let presence = tokio::spawn(presence_loop(state.clone()));
         Ok(Node {
             state,
@@ -164,6 +175,15 @@ impl Node {
     /// Stop accepting, close connections, flush libraries.
     pub async fn shutdown(self) {
         self.presence.abort();
+        for svc in self
+            .state
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            svc.1.stop();
+        }
         let _ = self.router.shutdown().await;
         self.state
             .libraries
@@ -246,6 +266,80 @@ impl NodeState {
         self.register_self(&lib)?;
         libs.insert(id, lib.clone());
         Ok(lib)
+    }
+
+    /// The running sync service of a library.
+    pub fn service(&self, library: Uuid) -> Option<SyncService> {
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&library)
+            .cloned()
+    }
+
+    pub(crate) fn forget_service(&self, library: Uuid) {
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&library);
+    }
+
+    pub(crate) fn insert_service(&self, library: Uuid, svc: SyncService) {
+        self.services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(library, svc);
+    }
+
+    /// How to reach a device for a library: paired devices by their remembered
+    /// addresses, other members of the library by the node id it registered.
+    pub fn peer_for_device(&self, device: Uuid, library: Uuid) -> Result<Peer, NetError> {
+        if let Some(p) = self.peers.by_device(device) {
+            return Ok(p);
+        }
+        let lib = self.library(library)?;
+        let node: Option<String> = lib.read(|c| {
+            use concord::rusqlite::OptionalExtension;
+            Ok(c.query_row(
+                "SELECT node_id FROM devices WHERE uuid = ?1",
+                [device],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+        })?;
+        node.map(|n| crate::sync::member_peer(device, n))
+            .ok_or_else(|| NetError::Unreachable(format!("device {device} (no known node id)")))
+    }
+
+    /// The device behind a node id: a paired device, or a member of one of our
+    /// libraries. `None` for strangers.
+    pub fn device_for_node(&self, node_id: &str) -> Option<Uuid> {
+        if let Some(p) = self.peers.by_node(node_id) {
+            return Some(p.device_id);
+        }
+        let libs = self.data.list_libraries().ok()?;
+        for l in libs {
+            let Ok(lib) = self.library(l.id) else {
+                continue;
+            };
+            let found: Option<Uuid> = lib
+                .read(|c| {
+                    use concord::rusqlite::OptionalExtension;
+                    Ok(c.query_row(
+                        "SELECT uuid FROM devices WHERE node_id = ?1",
+                        [node_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?)
+                })
+                .ok()
+                .flatten();
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
     }
 
     /// Forget a cached library handle (after a failed join removed it).

@@ -12,14 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use concord::model::Device;
-use concord::sync::entry::LogEntry;
 use concord::{Change, Library, Uuid};
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NetError;
-use crate::frame::{compress, decompress, expect_msg, read_msg, write_msg};
+use crate::frame::{expect_msg, write_msg};
 use crate::node::NodeState;
 use crate::peers::Peer;
 use crate::LIBRARY_ALPN;
@@ -178,31 +177,17 @@ impl SetupHandler {
                     )));
                 }
                 register(&lib, &peer)?;
-                let total = lib.with_log(|l| l.count())?;
+                // The joiner backfills through the sync protocol (reconcile, or a
+                // snapshot where the log was pruned).
+                crate::sync::start_service(st, library)?;
                 write_msg(
                     send,
                     &Response::JoinAccepted {
                         name: lib.name().to_string(),
-                        entries: total,
+                        entries: lib.with_log(|l| l.count())?,
                     },
                 )
-                .await?;
-                let mut after = 0i64;
-                loop {
-                    let lib2 = lib.clone();
-                    let batch = tokio::task::spawn_blocking(move || {
-                        lib2.with_log(|l| l.fetch_after_id(after, BATCH_ENTRIES))
-                    })
-                    .await
-                    .map_err(|e| NetError::Other(e.to_string()))??;
-                    let Some(&(last, _)) = batch.last() else {
-                        break;
-                    };
-                    after = last;
-                    let entries: Vec<LogEntry> = batch.into_iter().map(|(_, e)| e).collect();
-                    write_msg(send, &Response::Entries(compress(&entries)?)).await?;
-                }
-                write_msg(send, &Response::Done).await
+                .await
             }
             Request::Share { library } => {
                 join_library(st, library, &peer).await?;
@@ -227,17 +212,6 @@ impl ProtocolHandler for SetupHandler {
                 }
             });
         }
-        Ok(())
-    }
-}
-
-/// The sync ALPN is reserved; the sync service arrives in a later release.
-#[derive(Debug, Clone)]
-pub struct SyncPlaceholder;
-
-impl ProtocolHandler for SyncPlaceholder {
-    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
-        conn.close(2u32.into(), b"sync not available yet");
         Ok(())
     }
 }
@@ -342,7 +316,7 @@ pub async fn list_remote(st: &NodeState, peer: &Peer) -> Result<Vec<RemoteLibrar
 }
 
 /// `library share LIB DEVICE`: register the device, then ask it to join.
-pub async fn share(st: &NodeState, library: Uuid, peer: &Peer) -> Result<(), NetError> {
+pub async fn share(st: &Arc<NodeState>, library: Uuid, peer: &Peer) -> Result<(), NetError> {
     let lib = st.library(library)?;
     register(&lib, peer)?;
     let (_send, mut recv) = request(st, peer, &Request::Share { library }).await?;
@@ -356,10 +330,14 @@ pub async fn share(st: &NodeState, library: Uuid, peer: &Peer) -> Result<(), Net
 }
 
 /// `library join LIB DEVICE`: copy the library from `peer` (same UUID).
-pub async fn join_library(st: &NodeState, library: Uuid, peer: &Peer) -> Result<(), NetError> {
+pub async fn join_library(st: &Arc<NodeState>, library: Uuid, peer: &Peer) -> Result<(), NetError> {
     let existed = st.data.list_libraries()?.iter().any(|l| l.id == library);
     let result = join_inner(st, library, peer, existed).await;
     if result.is_err() && !existed {
+        if let Some(svc) = st.service(library) {
+            svc.stop();
+        }
+        st.forget_service(library);
         st.forget_library(library);
         let dir = st.data.root().join("libraries").join(library.to_string());
         let _ = std::fs::remove_dir_all(dir);
@@ -368,16 +346,18 @@ pub async fn join_library(st: &NodeState, library: Uuid, peer: &Peer) -> Result<
 }
 
 async fn join_inner(
-    st: &NodeState,
+    st: &Arc<NodeState>,
     library: Uuid,
     peer: &Peer,
     existed: bool,
 ) -> Result<(), NetError> {
-    let (_send, mut recv) = request(st, peer, &Request::Join { library }).await?;
-    let name = match expect_msg(&mut recv, MAX_CONTROL_FRAME).await? {
-        Response::JoinAccepted { name, .. } => name,
-        Response::Error { message } => return Err(refused(message)),
-        _ => return Err(NetError::Protocol("unexpected reply to join".into())),
+    let name = {
+        let (_send, mut recv) = request(st, peer, &Request::Join { library }).await?;
+        match expect_msg(&mut recv, MAX_CONTROL_FRAME).await? {
+            Response::JoinAccepted { name, .. } => name,
+            Response::Error { message } => return Err(refused(message)),
+            _ => return Err(NetError::Protocol("unexpected reply to join".into())),
+        }
     };
     concord::validate::name("library name", &name)
         .map_err(|e| NetError::Protocol(e.to_string()))?;
@@ -387,40 +367,19 @@ async fn join_inner(
                 "a different local library is already named {name:?}; rename it first"
             )));
         }
-        let created = st.data.create_library_with_id(library, &name)?;
-        drop(created);
+        drop(st.data.create_library_with_id(library, &name)?);
     }
-    let lib = st.library(library)?;
-    loop {
-        let msg = tokio::time::timeout(
-            st.config.request_timeout,
-            read_msg::<Response>(&mut recv, MAX_BATCH_FRAME),
-        )
+    let (svc, created) = match st.service(library) {
+        Some(s) => (s, false),
+        None => (crate::sync::create_service(st, library)?, true),
+    };
+    // Backfill: everything the owner has (a snapshot if it pruned its log), and
+    // our registration back to it.
+    svc.reconcile_with(peer.device_id)
         .await
-        .map_err(|_| NetError::Timeout("waiting for library data".into()))??;
-        match msg {
-            Some(Response::Entries(bytes)) => {
-                let entries: Vec<LogEntry> = decompress(&bytes, MAX_BATCH_INFLATED)?;
-                if entries.len() > BATCH_ENTRIES {
-                    return Err(NetError::Protocol("entry batch too large".into()));
-                }
-                let lib2 = lib.clone();
-                let report = tokio::task::spawn_blocking(move || lib2.apply_remote(&entries))
-                    .await
-                    .map_err(|e| NetError::Other(e.to_string()))??;
-                if !report.rejected.is_empty() {
-                    tracing::warn!(rejected = report.rejected.len(), first = %report.rejected[0], "join: entries rejected");
-                }
-            }
-            Some(Response::Done) => break,
-            Some(Response::Error { message }) => return Err(refused(message)),
-            Some(_) => return Err(NetError::Protocol("unexpected message during join".into())),
-            None => {
-                return Err(NetError::Protocol(
-                    "the other device ended the join early".into(),
-                ))
-            }
-        }
+        .map_err(|e| NetError::Other(format!("backfill from {} failed: {e}", peer.name)))?;
+    if created {
+        tokio::spawn(svc.run());
     }
     Ok(())
 }

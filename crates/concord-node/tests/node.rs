@@ -119,3 +119,74 @@ async fn pair_join_library_and_refusals() {
     b.shutdown().await;
     c.shutdown().await;
 }
+
+async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_flow_both_ways_over_iroh() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.sync.heartbeat_interval = Duration::from_millis(100);
+    cfg.sync.leader_timeout = Duration::from_millis(300);
+    let start = |dir: std::path::PathBuf, name: &str| {
+        let mut c = cfg.clone();
+        c.name = Some(name.to_string());
+        Node::start(dir, c)
+    };
+    let a = start(tmp.path().join("a"), "alpha").await.unwrap();
+    let b = start(tmp.path().join("b"), "beta").await.unwrap();
+    pairing::join(&b.state, &pairing::invite(&a.state, None).encode())
+        .await
+        .unwrap();
+    let lib_id = a.state.data.create_library("photos").unwrap().id();
+    concord_node::sync::start_service(&a.state, lib_id).unwrap();
+    let pa = b.state.resolve_peer("alpha").unwrap();
+    setup::join_library(&b.state, lib_id, &pa).await.unwrap();
+    let la = a.state.library(lib_id).unwrap();
+    let lb = b.state.library(lib_id).unwrap();
+    let count = |l: &concord::Library, name: &str| -> i64 {
+        l.read(|c| {
+            Ok(
+                c.query_row("SELECT COUNT(*) FROM tags WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .unwrap()
+    };
+    la.commit(Change::insert(&Tag {
+        id: Uuid::now_v7(),
+        name: "from-a".into(),
+        color: None,
+    }))
+    .unwrap();
+    wait_for("A's tag on B", || count(&lb, "from-a") == 1).await;
+    lb.commit(Change::insert(&Tag {
+        id: Uuid::now_v7(),
+        name: "from-b".into(),
+        color: None,
+    }))
+    .unwrap();
+    wait_for("B's tag on A", || count(&la, "from-b") == 1).await;
+    wait_for("equal digests", || {
+        la.read(|c| digest(c, Scope::All)).unwrap() == lb.read(|c| digest(c, Scope::All)).unwrap()
+    })
+    .await;
+    let st = b.state.service(lib_id).unwrap().status().await.unwrap();
+    assert_eq!(st.leader, a.device_id());
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -57,16 +57,24 @@ impl SyncLog {
         let top: i64 = tx.query_row("SELECT COALESCE(MAX(lib_seq), 0) FROM log", [], |r| {
             r.get(0)
         })?;
-        let n = tx.execute(
-            "UPDATE log SET lib_seq = ?1 + (SELECT COUNT(*) FROM log AS o WHERE o.lib_seq IS NULL AND o.id <= log.id), epoch = ?2
-             WHERE lib_seq IS NULL",
-            params![top, epoch as i64],
-        )?;
+        let pending: Vec<i64> = {
+            let mut stmt =
+                tx.prepare_cached("SELECT id FROM log WHERE lib_seq IS NULL ORDER BY id")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        {
+            let mut upd =
+                tx.prepare_cached("UPDATE log SET lib_seq = ?1, epoch = ?2 WHERE id = ?3")?;
+            for (i, id) in pending.iter().enumerate() {
+                upd.execute(params![top + 1 + i as i64, epoch as i64, id])?;
+            }
+        }
         tx.commit()?;
-        if n == 0 {
+        if pending.is_empty() {
             return Ok(None);
         }
-        Ok(Some((top as u64 + 1, top as u64 + n as u64)))
+        Ok(Some((top as u64 + 1, top as u64 + pending.len() as u64)))
     }
 
     /// Entries of one origin after `after_seq`, in order.

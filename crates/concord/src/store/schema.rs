@@ -132,6 +132,7 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
     "
 CREATE TABLE pruned (origin BLOB PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE peer_acks (device BLOB PRIMARY KEY, vv BLOB NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX log_unsequenced ON log(id) WHERE lib_seq IS NULL;
 "
     .to_string()]
 }
