@@ -223,12 +223,27 @@ impl Library {
                 dir.display()
             )));
         }
-        {
-            let lib = open_db(&dir.join("library.db"), true, &schema::library_migrations())?;
-            meta_set(&lib, "id", id)?;
-            meta_set(&lib, "name", name)?;
-            meta_set(&lib, "applied_log_id", 0i64)?;
+        // Build library.db under another name and rename it into place, so that a
+        // crash leaves a complete library or none (a leftover is started over).
+        let partial = dir.join("library.db.creating");
+        for suffix in ["", "-wal", "-shm"] {
+            let f = dir.join(format!("library.db.creating{suffix}"));
+            if f.exists() {
+                std::fs::remove_file(f)?;
+            }
         }
+        {
+            let mut lib = open_db(&partial, true, &schema::library_migrations())?;
+            let tx = lib.transaction()?;
+            meta_set(&tx, "id", id)?;
+            meta_set(&tx, "name", name)?;
+            meta_set(&tx, "applied_log_id", 0i64)?;
+            tx.commit()?;
+            // Everything into the one file before it is renamed (open_db sets WAL again).
+            lib.pragma_update(None, "journal_mode", "DELETE")?;
+            lib.close().map_err(|(_, e)| e)?;
+        }
+        std::fs::rename(&partial, dir.join("library.db"))?;
         Self::open_with(dir, device, clock, LibraryOptions::default())
     }
 
