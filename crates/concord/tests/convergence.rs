@@ -1219,3 +1219,79 @@ fn remote_entry_an_hour_ahead_is_rejected_and_changes_nothing() {
     assert_eq!(r.applied, 1, "{r:?}");
     assert!(lib.hlc().tick().time > all_entries(&near)[0].hlc);
 }
+
+// ---------------------------------------------------------------------------
+// Regressions for merge bugs (each a minimal failing sequence).
+
+fn fresh_lib(dir: &std::path::Path, dev: u128) -> Library {
+    Library::create(
+        dir,
+        Uuid::from_u128(0x11b),
+        "r",
+        Uuid::from_u128(dev),
+        Box::new(ManualClock::new(T0 + 1000)),
+    )
+    .unwrap()
+}
+
+/// Regression: a membership is named by its members (`derived_uuid` of its key
+/// fields), but apply accepted any id. Two entries giving one id different members
+/// then diverged: the first to arrive fixed the members and the other was refused
+/// as "cannot change its tag", so each device kept a different pair. Now an entry
+/// whose id is not its members' is refused wherever it arrives.
+#[test]
+fn membership_whose_id_is_not_its_members_is_refused_in_any_order() {
+    use concord::sync::entry::FieldWrite;
+    let tmp = scratch();
+    let m = TagAssignment::INFO;
+    let (t1, t2, e) = (
+        Uuid::from_u128(21),
+        Uuid::from_u128(22),
+        Uuid::from_u128(23),
+    );
+    let id = TagAssignment::new(t1, e).id;
+    let add = |origin: u128, tag: Uuid| LogEntry {
+        origin: Uuid::from_u128(origin),
+        origin_seq: 1,
+        hlc: Hlc::pack(T0, 1),
+        lib_seq: None,
+        epoch: None,
+        model: m.name.into(),
+        record: id,
+        op: Op::Insert(vec![
+            FieldWrite {
+                field: m.field_index("tag").unwrap() as u16,
+                value: Value::Uuid(tag),
+                base: 0,
+            },
+            FieldWrite {
+                field: m.field_index("entry").unwrap() as u16,
+                value: Value::Uuid(e),
+                base: 0,
+            },
+        ]),
+    };
+    let (honest, forged) = (add(0xa, t1), add(0xb, t2));
+    let r1 = fresh_lib(&tmp.path().join("r1"), 0xc1);
+    let r2 = fresh_lib(&tmp.path().join("r2"), 0xc2);
+    r1.apply_remote(&[honest.clone(), forged.clone()]).unwrap();
+    let r = r2.apply_remote(&[forged, honest]).unwrap();
+    assert_eq!(r.refused, 1, "{r:?}");
+    assert_eq!(dig(&r1), dig(&r2));
+    let tag_of = |l: &Library| -> Uuid {
+        l.read(|c| Ok(c.query_row("SELECT tag FROM tag_assignments", [], |r| r.get(0))?))
+            .unwrap()
+    };
+    assert_eq!(tag_of(&r1), t1);
+    assert_eq!(tag_of(&r2), t1);
+
+    // The TM never writes one: a hand-made membership with a foreign id fails.
+    let lib = fresh_lib(&tmp.path().join("local"), 0xd);
+    let bad = TagAssignment {
+        id: Uuid::from_u128(99),
+        tag: t1,
+        entry: e,
+    };
+    assert!(lib.commit(Change::insert(&bad)).is_err());
+    assert_eq!(lib.with_log(|l| l.count()).unwrap(), 0);
+}

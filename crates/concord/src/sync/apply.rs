@@ -11,7 +11,8 @@
 //!   tombstoned too, on every device, whatever the arrival order. Key fields are
 //!   immutable, which is what makes this order-independent.
 //! - **Memberships**: presence is last-writer-wins on `(hlc time, present, device)`,
-//!   so an exact time tie between add and remove keeps the member.
+//!   so an exact time tie between add and remove keeps the member. A membership's
+//!   id is derived from its members; an entry that says otherwise is refused.
 //! - **Ownership**: a device-owned record changes only by entries from its owner.
 //!
 //! Applying is idempotent: an entry applied twice changes nothing the second time.
@@ -21,7 +22,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::model::{registry, ModelInfo, ModelKind, Ownership, Value};
+use crate::model::{derived_uuid, registry, ModelInfo, ModelKind, Ownership, Value};
 use crate::sync::entry::{FieldWrite, LogEntry, Op};
 
 /// What applying an entry did.
@@ -147,6 +148,23 @@ impl Applier<'_, '_> {
             return Ok(Outcome::Applied);
         }
         let stamp = e.stamp();
+
+        // A membership is named by its members. An entry giving its id other members
+        // would make the members a device keeps depend on arrival order.
+        if m.kind == ModelKind::Membership {
+            let members: Option<Vec<Uuid>> = m
+                .key_indices()
+                .map(|i| find(writes, i).and_then(Value::as_uuid))
+                .collect();
+            if members.map(|k| derived_uuid(m.name, &k)) != Some(e.record) {
+                return self.refuse(
+                    e,
+                    m,
+                    "*",
+                    format!("{} {} is not the id of its members", m.name, e.record),
+                );
+            }
+        }
 
         // Ownership of the entry itself: the owner field it carries must be its origin.
         if m.ownership == Ownership::DeviceOwned {
