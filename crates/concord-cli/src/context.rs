@@ -83,19 +83,37 @@ impl ProgressSink for NoProgress {
 pub struct Context {
     data_dir: DataDir,
     progress: Box<dyn ProgressSink>,
+    opener: Option<Opener>,
 }
+
+/// How a node hands out its open libraries (one `Library` per library per process).
+pub type Opener = Arc<dyn Fn(Uuid) -> CliResult<Arc<Library>> + Send + Sync>;
 
 impl Context {
     pub fn new(data_dir: DataDir) -> Self {
         Context {
             data_dir,
             progress: Box::new(NoProgress),
+            opener: None,
         }
     }
 
     pub fn with_progress(mut self, progress: Box<dyn ProgressSink>) -> Self {
         self.progress = progress;
         self
+    }
+
+    /// Open libraries through `opener` instead of opening them anew.
+    pub fn with_opener(mut self, opener: Opener) -> Self {
+        self.opener = Some(opener);
+        self
+    }
+
+    fn open(&self, id: Uuid) -> CliResult<Arc<Library>> {
+        match &self.opener {
+            Some(open) => open(id),
+            None => Ok(Arc::new(self.data_dir.open_library(id)?)),
+        }
     }
 
     pub fn data_dir(&self) -> &DataDir {
@@ -109,11 +127,16 @@ impl Context {
     /// Open `LIB` (a UUID or a unique name).
     pub fn library(&self, key: &str) -> CliResult<Arc<Library>> {
         if let Ok(id) = Uuid::parse_str(key) {
-            match self.data_dir.open_library(id) {
-                Ok(lib) => return Ok(Arc::new(lib)),
-                Err(Error::LibraryNotFound(_)) => {} // maybe a library named like a UUID
-                Err(e) => return Err(e.into()),
+            let db = self
+                .data_dir
+                .root()
+                .join("libraries")
+                .join(id.to_string())
+                .join("library.db");
+            if db.exists() {
+                return self.open(id);
             }
+            // else: maybe a library named like a UUID
         }
         let id = match self.data_dir.resolve_library(key) {
             Ok(id) => id,
@@ -124,6 +147,6 @@ impl Context {
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(Arc::new(self.data_dir.open_library(id)?))
+        self.open(id)
     }
 }

@@ -7,6 +7,8 @@
 //! to it instead and only the rendering happens here.
 
 mod context;
+mod daemon;
+mod demo;
 mod ops;
 mod progress;
 mod render;
@@ -40,8 +42,46 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// This device: id, node id and name
-    Device,
+    /// Run the node in the foreground (libraries, networking, sync)
+    Start {
+        /// Name this device
+        #[arg(long)]
+        name: Option<String>,
+        /// Socket address to listen on, e.g. 127.0.0.1:0
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Leader heartbeat interval in milliseconds [default: 30000]
+        #[arg(long, value_name = "MS", hide = true)]
+        heartbeat_ms: Option<u64>,
+        /// Leader timeout in milliseconds [default: 60000]
+        #[arg(long, value_name = "MS", hide = true)]
+        leader_timeout_ms: Option<u64>,
+        /// How often paired devices are contacted, in milliseconds [default: 15000]
+        #[arg(long, value_name = "MS", hide = true)]
+        presence_ms: Option<u64>,
+        /// Log retention for absent devices, in milliseconds [default: 30 days]
+        #[arg(long, value_name = "MS", hide = true)]
+        retention_ms: Option<u64>,
+    },
+    /// Stop the running node
+    Stop,
+    /// Pair with another device
+    #[command(subcommand)]
+    Pair(PairCmd),
+    /// This device (id, node id, name); `device list|remove` for paired devices
+    Device {
+        #[command(subcommand)]
+        action: Option<DeviceCmd>,
+    },
+    /// Sync state of a library
+    #[command(subcommand)]
+    Sync(SyncCmd),
+    /// Start several devices on this machine and show them syncing
+    Demo {
+        /// How many devices
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+    },
     /// Create, list, digest and export libraries
     #[command(subcommand)]
     Library(LibraryCmd),
@@ -60,9 +100,70 @@ enum Command {
 }
 
 #[derive(Subcommand, Debug)]
+enum PairCmd {
+    /// Make a one-time ticket (valid 5 minutes); prints it
+    Invite {
+        /// Validity in milliseconds (for tests)
+        #[arg(long, value_name = "MS", hide = true)]
+        ttl_ms: Option<u64>,
+    },
+    /// Pair with the device that made TICKET
+    Join { ticket: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCmd {
+    /// Paired devices
+    List,
+    /// Unpair a device; it loses access at once
+    Remove {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SyncCmd {
+    /// Leader, epoch, version vector and peers of a library
+    Status {
+        #[arg(value_name = "LIB")]
+        library: String,
+    },
+    /// Overridden writes recorded on this device
+    Conflicts {
+        #[arg(value_name = "LIB")]
+        library: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum LibraryCmd {
     /// Create a library; prints its UUID
-    Create { name: String },
+    Create {
+        name: String,
+        /// Visible only to devices it is shared with (`library share`)
+        #[arg(long)]
+        private: bool,
+    },
+    /// Libraries of a paired device
+    Remote {
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// Share a local library with a paired device
+    Share {
+        #[arg(value_name = "LIB")]
+        library: String,
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
+    /// Join a paired device's library and backfill it
+    Join {
+        #[arg(value_name = "LIB")]
+        library: String,
+        #[arg(value_name = "DEVICE")]
+        device: String,
+    },
     /// Local libraries
     List,
     /// Digest of the library's synced state
@@ -252,9 +353,26 @@ fn entry_refs(args: Vec<PathBuf>) -> CliResult<Vec<EntryRef>> {
 
 fn request(cmd: Command) -> CliResult<Request> {
     Ok(match cmd {
-        Command::Device => Request::Device,
+        Command::Start { .. } | Command::Demo { .. } => {
+            return Err(CliError::new("internal: start/demo are not requests"))
+        }
+        Command::Stop => Request::Stop,
+        Command::Pair(PairCmd::Invite { ttl_ms }) => Request::PairInvite { ttl_ms },
+        Command::Pair(PairCmd::Join { ticket }) => Request::PairJoin { ticket },
+        Command::Device { action: None } => Request::Device,
+        Command::Device {
+            action: Some(DeviceCmd::List),
+        } => Request::DeviceList,
+        Command::Device {
+            action: Some(DeviceCmd::Remove { device }),
+        } => Request::DeviceRemove { device },
+        Command::Sync(SyncCmd::Status { library }) => Request::SyncStatus { library },
+        Command::Sync(SyncCmd::Conflicts { library }) => Request::SyncConflicts { library },
         Command::Library(c) => match c {
-            LibraryCmd::Create { name } => Request::LibraryCreate { name },
+            LibraryCmd::Create { name, private } => Request::LibraryCreate { name, private },
+            LibraryCmd::Remote { device } => Request::LibraryRemote { device },
+            LibraryCmd::Share { library, device } => Request::LibraryShare { library, device },
+            LibraryCmd::Join { library, device } => Request::LibraryJoin { library, device },
             LibraryCmd::List => Request::LibraryList,
             LibraryCmd::Digest { library, shared } => Request::LibraryDigest { library, shared },
             LibraryCmd::Export { library } => Request::LibraryExport { library },
@@ -394,9 +512,45 @@ fn data_dir(flag: Option<PathBuf>) -> CliResult<PathBuf> {
 
 /// Run the command; `(command name, --json value)` on success.
 fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
-    let req = request(cli.command)?;
-    let name = req.name();
     let dir = data_dir(cli.data_dir)?;
+    match cli.command {
+        Command::Start {
+            name,
+            listen,
+            heartbeat_ms,
+            leader_timeout_ms,
+            presence_ms,
+            retention_ms,
+        } => {
+            let opts = daemon::StartOptions {
+                name,
+                listen,
+                heartbeat_ms,
+                leader_timeout_ms,
+                presence_ms,
+                retention_ms,
+            };
+            daemon::start(dir, opts, cli.json)?;
+            return Ok(("start", serde_json::Value::Null));
+        }
+        Command::Demo { devices } => {
+            return Ok(("demo", demo::run(devices, cli.json)?));
+        }
+        command => run_request(dir, request(command)?),
+    }
+}
+
+fn run_request(dir: PathBuf, req: Request) -> CliResult<(&'static str, serde_json::Value)> {
+    let name = req.name();
+    if let Some(answer) = daemon::forward(&dir, &req) {
+        return answer.map(|v| (name, v));
+    }
+    if req.needs_node() {
+        return Err(CliError::new(format!(
+            "no node is running for {}; start one with `concord start` (`{name}` needs the network)",
+            dir.display()
+        )));
+    }
     let mut ctx = Context::new(DataDir::open(&dir)?);
     if std::io::stderr().is_terminal() {
         ctx = ctx.with_progress(Box::<progress::TerminalProgress>::default());
@@ -407,8 +561,17 @@ fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr, quiet unless RUST_LOG asks (stdout is the command's output).
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .try_init();
     let json = cli.json;
     match run(cli) {
+        Ok(("start", _)) | Ok(("demo", serde_json::Value::Null)) => ExitCode::SUCCESS,
         Ok((name, value)) => {
             let skipped = value.get("skipped").and_then(|s| s.as_u64()).unwrap_or(0);
             if skipped > 0 {

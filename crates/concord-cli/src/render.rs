@@ -39,8 +39,49 @@ fn plain(command: &str, v: &Value) -> String {
             &["ID", "KIND", "SIZE", "PATH", "TAGS"],
             &["id", "kind", "size", "path", "tags"],
         ),
+        "pair invite" => text(&v["ticket"]),
+        "pair join" => text(&v["device_id"]),
+        "device list" => list(
+            v,
+            &["ID", "NAME", "ONLINE", "LAST SEEN"],
+            &["device_id", "name", "online", "last_seen"],
+        ),
+        "library remote" => list(
+            v,
+            &["ID", "NAME", "DEVICES", "ENTRIES"],
+            &["id", "name", "devices", "entries"],
+        ),
+        "sync status" => sync_status(v),
+        "sync conflicts" => list(
+            v,
+            &["RECORD", "FIELD", "KEPT", "DISCARDED", "AT"],
+            &["record", "field", "kept", "discarded", "at"],
+        ),
         _ => String::new(),
     }
+}
+
+fn sync_status(v: &Value) -> String {
+    let mut out = table(
+        &[],
+        vec![
+            vec!["leader".into(), text(&v["leader"])],
+            vec!["epoch".into(), text(&v["epoch"])],
+            vec!["role".into(), text(&v["role"])],
+            vec!["seq".into(), text(&v["seq"])],
+            vec!["conflicts".into(), text(&v["conflicts"])],
+        ],
+    );
+    let peers = list(
+        &v["peers"],
+        &["PEER", "ONLINE", "LAG", "LAST SEEN"],
+        &["device_id", "online", "lag_entries", "last_seen"],
+    );
+    if !peers.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&peers);
+    }
+    out
 }
 
 /// A JSON value as a table cell: strings bare, null as `-`, arrays joined by `,`.

@@ -27,6 +27,9 @@ pub enum Request {
 
     LibraryCreate {
         name: String,
+        /// Visible only to devices it is shared with.
+        #[serde(default)]
+        private: bool,
     },
     LibraryList,
     LibraryDigest {
@@ -119,6 +122,36 @@ pub enum Request {
         location: Option<String>,
         device: Option<String>,
     },
+
+    // ---- served by a running node ----
+    Stop,
+    PairInvite {
+        ttl_ms: Option<u64>,
+    },
+    PairJoin {
+        ticket: String,
+    },
+    DeviceList,
+    DeviceRemove {
+        device: String,
+    },
+    LibraryRemote {
+        device: String,
+    },
+    LibraryShare {
+        library: String,
+        device: String,
+    },
+    LibraryJoin {
+        library: String,
+        device: String,
+    },
+    SyncStatus {
+        library: String,
+    },
+    SyncConflicts {
+        library: String,
+    },
 }
 
 impl Request {
@@ -148,7 +181,32 @@ impl Request {
             Request::LocationRescan { .. } => "location rescan",
             Request::LocationRemove { .. } => "location remove",
             Request::EntryList { .. } => "entry list",
+            Request::Stop => "stop",
+            Request::PairInvite { .. } => "pair invite",
+            Request::PairJoin { .. } => "pair join",
+            Request::DeviceList => "device list",
+            Request::DeviceRemove { .. } => "device remove",
+            Request::LibraryRemote { .. } => "library remote",
+            Request::LibraryShare { .. } => "library share",
+            Request::LibraryJoin { .. } => "library join",
+            Request::SyncStatus { .. } => "sync status",
+            Request::SyncConflicts { .. } => "sync conflicts",
         }
+    }
+
+    /// Commands only a running node can serve (they need the network).
+    pub fn needs_node(&self) -> bool {
+        matches!(
+            self,
+            Request::Stop
+                | Request::PairInvite { .. }
+                | Request::PairJoin { .. }
+                | Request::DeviceRemove { .. }
+                | Request::LibraryRemote { .. }
+                | Request::LibraryShare { .. }
+                | Request::LibraryJoin { .. }
+                | Request::SyncStatus { .. }
+        )
     }
 }
 

@@ -392,11 +392,7 @@ impl NodeState {
     }
 
     pub fn set_settings(&self, id: Uuid, s: &LibrarySettings) -> Result<(), NetError> {
-        concord::datadir::write_atomic(
-            &self.settings_path(id),
-            &serde_json::to_vec(s).unwrap_or_default(),
-        )?;
-        Ok(())
+        write_settings(self.data.root(), id, s)
     }
 
     fn settings_path(&self, id: Uuid) -> PathBuf {
@@ -511,4 +507,18 @@ impl NodeState {
         self.disconnect(&peer.node_id).await;
         Ok(peer)
     }
+}
+
+/// Write a library's device-local settings (also used without a running node).
+pub fn write_settings(
+    data_root: &std::path::Path,
+    id: Uuid,
+    s: &LibrarySettings,
+) -> Result<(), NetError> {
+    let path = data_root
+        .join("libraries")
+        .join(id.to_string())
+        .join("settings.json");
+    concord::datadir::write_atomic(&path, &serde_json::to_vec(s).unwrap_or_default())?;
+    Ok(())
 }

@@ -3,21 +3,62 @@
 use concord::digest::Scope;
 use serde_json::{json, Value};
 
-use crate::context::{CliResult, Context};
+use crate::context::{CliError, CliResult, Context};
 
 pub fn device(ctx: &Context) -> CliResult<Value> {
     let id = ctx.data_dir().identity();
-    // The node id exists once networking does; until then it is unknown.
+    let key = concord_node::identity::load_or_create(ctx.data_dir().root())
+        .map_err(|e| CliError::new(e.to_string()))?;
     Ok(json!({
         "device_id": id.device_id.to_string(),
-        "node_id": null,
+        "node_id": key.public().to_string(),
         "name": id.name,
     }))
 }
 
-pub fn create(ctx: &Context, name: &str) -> CliResult<Value> {
+pub fn create(ctx: &Context, name: &str, private: bool) -> CliResult<Value> {
     let lib = ctx.data_dir().create_library(name)?;
+    if private {
+        let settings = concord_node::node::LibrarySettings { private: true };
+        concord_node::node::write_settings(ctx.data_dir().root(), lib.id(), &settings)
+            .map_err(|e| CliError::new(e.to_string()))?;
+    }
     Ok(json!({ "id": lib.id().to_string(), "name": lib.name() }))
+}
+
+/// `sync conflicts LIB`: the overridden writes this device recorded, newest first.
+pub fn conflicts(ctx: &Context, library: &str) -> CliResult<Value> {
+    let lib = ctx.library(library)?;
+    let rows = lib.read(|c| {
+        let mut stmt = c.prepare(
+            "SELECT model, record, field, kept, discarded, at FROM conflicts ORDER BY at DESC, id DESC LIMIT 10000",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(json!({
+                "model": r.get::<_, String>(0)?,
+                "record": r.get::<_, concord::Uuid>(1)?.to_string(),
+                "field": r.get::<_, String>(2)?,
+                "kept": r.get::<_, String>(3)?,
+                "discarded": r.get::<_, String>(4)?,
+                "at": r.get::<_, i64>(5)?,
+            }))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })?;
+    Ok(Value::Array(rows))
+}
+
+/// `device list` without a node: paired devices, all shown offline.
+pub fn device_list_offline(ctx: &Context) -> CliResult<Value> {
+    let peers = concord_node::peers::PeerStore::open(ctx.data_dir().root())
+        .map_err(|e| CliError::new(e.to_string()))?;
+    Ok(Value::Array(
+        peers
+            .list()
+            .into_iter()
+            .map(|p| json!({"device_id": p.device_id.to_string(), "name": p.name, "online": false, "last_seen": null}))
+            .collect(),
+    ))
 }
 
 pub fn list(ctx: &Context) -> CliResult<Value> {

@@ -20,7 +20,7 @@ use crate::request::Request;
 pub fn execute(ctx: &Context, req: Request) -> CliResult<Value> {
     match req {
         Request::Device => library::device(ctx),
-        Request::LibraryCreate { name } => library::create(ctx, &name),
+        Request::LibraryCreate { name, private } => library::create(ctx, &name, private),
         Request::LibraryList => library::list(ctx),
         Request::LibraryDigest { library, shared } => library::digest(ctx, &library, shared),
         Request::LibraryExport { library } => library::export(ctx, &library),
@@ -81,5 +81,11 @@ pub fn execute(ctx: &Context, req: Request) -> CliResult<Value> {
             location,
             device,
         } => locations::entries(ctx, &library, location.as_deref(), device.as_deref()),
+        Request::SyncConflicts { library } => library::conflicts(ctx, &library),
+        Request::DeviceList => library::device_list_offline(ctx),
+        other => Err(crate::context::CliError::new(format!(
+            "`{}` needs a running node for this data dir; start one with `concord start`",
+            other.name()
+        ))),
     }
 }

@@ -1,0 +1,325 @@
+//! `concord start`: the node in the foreground, and the control socket through
+//! which every other command runs while it is up.
+//!
+//! Control protocol (`<data-dir>/concord.sock`, Unix stream): the client writes
+//! one line of JSON `{"request": Request}`; the node answers one line,
+//! `{"ok": value}` or `{"error": "message"}`. Lines are capped at 1 MiB.
+//!
+//! One node per data dir: `node.lock` is held with an OS file lock for the
+//! node's life (a killed node releases it with its process), and a socket file
+//! left behind by a killed node is replaced on start.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord::datadir::DataDir;
+use concord::Uuid;
+use concord_node::node::NodeState;
+use concord_node::{pairing, setup, Node, NodeConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::context::{CliError, CliResult, Context};
+use crate::ops;
+use crate::request::Request;
+
+/// Longest control line accepted.
+const MAX_LINE: usize = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ControlRequest {
+    pub request: Request,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlResponse {
+    Ok(Value),
+    Error(String),
+}
+
+/// `concord start` options.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub heartbeat_ms: Option<u64>,
+    pub leader_timeout_ms: Option<u64>,
+    pub presence_ms: Option<u64>,
+    pub retention_ms: Option<u64>,
+}
+
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("concord.sock")
+}
+
+fn node_config(opts: &StartOptions) -> CliResult<NodeConfig> {
+    let mut c = NodeConfig::default();
+    if let Some(l) = &opts.listen {
+        c.listen = l.parse().map_err(|_| {
+            CliError::new(format!(
+                "invalid --listen address {l:?}; expected IP:PORT such as 127.0.0.1:0"
+            ))
+        })?;
+    }
+    c.name = opts.name.clone();
+    if let Some(ms) = opts.heartbeat_ms {
+        c.sync.heartbeat_interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = opts.leader_timeout_ms {
+        c.sync.leader_timeout = Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = opts.presence_ms {
+        c.presence_interval = Duration::from_millis(ms.max(1));
+    }
+    if let Some(ms) = opts.retention_ms {
+        c.sync.retention = Duration::from_millis(ms);
+    }
+    Ok(c)
+}
+
+/// Run the node until SIGINT, SIGTERM or `concord stop`.
+pub fn start(dir: PathBuf, opts: StartOptions, json: bool) -> CliResult<()> {
+    if let Some(name) = &opts.name {
+        concord::validate::name("device name", name)?;
+    }
+    let config = node_config(&opts)?;
+    std::fs::create_dir_all(&dir)?;
+    let lock = File::create(dir.join("node.lock"))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(CliError::new(format!(
+                "a node is already running for {}; stop it with `concord stop`",
+                dir.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(serve(dir.clone(), config, json));
+    let _ = std::fs::remove_file(socket_path(&dir));
+    drop(lock);
+    result
+}
+
+async fn serve(dir: PathBuf, config: NodeConfig, json: bool) -> CliResult<()> {
+    let node = Node::start(dir.clone(), config)
+        .await
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let sock = socket_path(&dir);
+    // Held the lock, so any socket file is a leftover of a killed node.
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)
+        .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", sock.display())))?;
+    let state = node.state.clone();
+    let opener_state = state.clone();
+    let ctx = Arc::new(Context::new(DataDir::open(&dir)?).with_opener(Arc::new(
+        move |id: Uuid| {
+            opener_state
+                .library(id)
+                .map_err(|e| CliError::new(e.to_string()))
+        },
+    )));
+    let ready = if json {
+        json!({
+            "device_id": node.device_id().to_string(),
+            "node_id": node.node_id().to_string(),
+            "addrs": node.addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        })
+        .to_string()
+    } else {
+        "ready".to_string()
+    };
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{ready}").and_then(|_| out.flush());
+    }
+    tracing::info!(device = %node.device_id(), node = %node.node_id(), "node ready");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = stop_rx.changed() => break,
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let (state, ctx, stop) = (state.clone(), ctx.clone(), stop_tx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = client(stream, state, ctx, stop).await {
+                        tracing::debug!("control connection: {e}");
+                    }
+                });
+            }
+        }
+    }
+    tracing::info!("node stopping");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn client(
+    stream: UnixStream,
+    state: Arc<NodeState>,
+    ctx: Arc<Context>,
+    stop: tokio::sync::watch::Sender<bool>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read).take(MAX_LINE as u64);
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<ControlRequest>(&line) {
+        Ok(ControlRequest {
+            request: Request::Stop,
+        }) => {
+            let _ = stop.send(true);
+            ControlResponse::Ok(json!({}))
+        }
+        Ok(ControlRequest { request }) => match execute(&state, ctx, request).await {
+            Ok(v) => ControlResponse::Ok(v),
+            Err(e) => ControlResponse::Error(e.line()),
+        },
+        Err(e) => ControlResponse::Error(format!("malformed control request: {e}")),
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+fn net(e: concord_node::NetError) -> CliError {
+    CliError::new(e.to_string())
+}
+
+/// Run a request inside the node.
+async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> CliResult<Value> {
+    match req {
+        Request::PairInvite { ttl_ms } => {
+            let t = pairing::invite(state, ttl_ms);
+            Ok(json!({ "ticket": t.encode(), "expires_at": t.expires_at }))
+        }
+        Request::PairJoin { ticket } => {
+            let p = pairing::join(state, &ticket).await.map_err(net)?;
+            Ok(json!({ "device_id": p.device_id.to_string(), "name": p.name }))
+        }
+        Request::DeviceList => Ok(serde_json::to_value(state.device_list()).unwrap_or_default()),
+        Request::DeviceRemove { device } => {
+            let p = state.remove_device(&device).await.map_err(net)?;
+            Ok(json!({ "device_id": p.device_id.to_string(), "name": p.name }))
+        }
+        Request::LibraryRemote { device } => {
+            let peer = state.resolve_peer(&device).map_err(net)?;
+            let libs = setup::list_remote(state, &peer).await.map_err(net)?;
+            Ok(serde_json::to_value(libs).unwrap_or_default())
+        }
+        Request::LibraryShare { library, device } => {
+            let peer = state.resolve_peer(&device).map_err(net)?;
+            let id = ctx.library(&library)?.id();
+            setup::share(state, id, &peer).await.map_err(net)?;
+            Ok(json!({ "id": id.to_string(), "device_id": peer.device_id.to_string() }))
+        }
+        Request::LibraryJoin { library, device } => {
+            let peer = state.resolve_peer(&device).map_err(net)?;
+            let id = resolve_remote_library(state, &peer, &library).await?;
+            setup::join_library(state, id, &peer).await.map_err(net)?;
+            Ok(json!({ "id": id.to_string() }))
+        }
+        Request::SyncStatus { library } => {
+            let id = ctx.library(&library)?.id();
+            let svc = state
+                .service(id)
+                .ok_or_else(|| CliError::new("the library's sync service is not running"))?;
+            let st = svc.status().await?;
+            Ok(json!({
+                "leader": st.leader.to_string(),
+                "epoch": st.epoch,
+                "role": st.role,
+                "seq": st.seq,
+                "version_vector": st.version_vector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+                "peers": st.peers,
+                "conflicts": st.conflicts,
+                "stats": st.stats,
+            }))
+        }
+        other => {
+            let create = matches!(other, Request::LibraryCreate { .. });
+            let c = ctx.clone();
+            let value = tokio::task::spawn_blocking(move || ops::execute(&c, other))
+                .await
+                .map_err(|e| CliError::new(format!("command failed: {e}")))??;
+            if create {
+                if let Some(id) = value["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()) {
+                    concord_node::sync::start_service(state, id).map_err(net)?;
+                }
+            }
+            Ok(value)
+        }
+    }
+}
+
+/// `LIB` for `library join`: a UUID, or the unique name of one of the device's
+/// libraries.
+async fn resolve_remote_library(
+    state: &Arc<NodeState>,
+    peer: &concord_node::peers::Peer,
+    key: &str,
+) -> CliResult<Uuid> {
+    let libs = setup::list_remote(state, peer).await.map_err(net)?;
+    if let Ok(id) = key.parse::<Uuid>() {
+        return Ok(id);
+    }
+    let m: Vec<_> = libs.iter().filter(|l| l.name == key).collect();
+    match m.len() {
+        1 => Ok(m[0].id),
+        0 => Err(CliError::new(format!(
+            "{} has no library {key:?} visible to this device; see `concord library remote {}`",
+            peer.name, peer.name
+        ))),
+        _ => Err(CliError::new(format!(
+            "{} has more than one library named {key:?}; use its UUID",
+            peer.name
+        ))),
+    }
+}
+
+/// Send a request to the node running for `dir`, if one is.
+pub fn forward(dir: &Path, req: &Request) -> Option<CliResult<Value>> {
+    use std::io::{BufRead, Read, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket_path(dir)).ok()?;
+    let mut line = match serde_json::to_vec(&ControlRequest {
+        request: req.clone(),
+    }) {
+        Ok(l) => l,
+        Err(e) => return Some(Err(CliError::new(e.to_string()))),
+    };
+    line.push(b'\n');
+    let mut w = &stream;
+    if let Err(e) = w.write_all(&line) {
+        return Some(Err(CliError::new(format!(
+            "the node stopped answering: {e}"
+        ))));
+    }
+    let mut reader = std::io::BufReader::new(&stream).take(64 * MAX_LINE as u64);
+    let mut answer = String::new();
+    if let Err(e) = reader.read_line(&mut answer) {
+        return Some(Err(CliError::new(format!(
+            "the node stopped answering: {e}"
+        ))));
+    }
+    Some(match serde_json::from_str::<ControlResponse>(&answer) {
+        Ok(ControlResponse::Ok(v)) => Ok(v),
+        Ok(ControlResponse::Error(e)) => Err(CliError::new(e)),
+        Err(_) => Err(CliError::new(
+            "the node ended the connection without an answer",
+        )),
+    })
+}
