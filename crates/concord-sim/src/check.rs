@@ -1,0 +1,223 @@
+//! The invariants checked at the end of a run (and, for clocks, all along).
+//!
+//! - **Convergence (I2)**: every device has the same shared digest
+//!   (`Scope::Shared`), the same file entries among those that travel through
+//!   the log (rows written by `commit_bulk` stay on their owner by design,
+//!   DESIGN §7, so they are left out) and the same file-entry tombstones, the
+//!   same version vector and the same term.
+//! - **No acknowledged write lost**: every entry whose commit returned `Ok` is
+//!   covered by every device's version vector, and its effect is visible there:
+//!   the record is tombstoned, or each field it wrote carries its stamp or a
+//!   later one (memberships: presence decided at or after it; bulk: the bulk
+//!   operation is recorded).
+//! - **Deletes are final**: a record whose delete was acknowledged is absent and
+//!   tombstoned everywhere.
+//! - **Clocks** (checked after every step): each device's HLC never goes
+//!   backwards, across restarts too, and never runs further ahead of the
+//!   highest wall-clock time that device has seen than the drift bound — a
+//!   stamp from a device whose clock is out of bounds is refused, not obeyed.
+
+use std::collections::BTreeSet;
+
+use concord::digest::{digest, Scope};
+use concord::model::{model_by_name, ModelKind};
+use concord::rusqlite::OptionalExtension;
+use concord::sync::entry::Op;
+use concord::sync::log::VersionVector;
+use concord::{Library, Result};
+use uuid::Uuid;
+
+/// An entry whose commit was acknowledged to its author.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub origin: Uuid,
+    pub seq: u64,
+    pub hlc: u64,
+    pub model: String,
+    pub record: Uuid,
+    pub op: Op,
+}
+
+/// What convergence compares, per device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub shared: String,
+    pub files: String,
+    pub vv: VersionVector,
+}
+
+pub fn view(lib: &Library, bulk: &BTreeSet<Uuid>) -> Result<View> {
+    let shared = lib.read(|c| digest(c, Scope::Shared))?.0;
+    let files = lib.read(|c| {
+        let mut h = blake3::Hasher::new();
+        let mut st = c.prepare_cached(
+            "SELECT uuid, device, location, parent, name, path, kind, size, modified
+             FROM file_entries ORDER BY uuid",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: Uuid = r.get(0)?;
+            if bulk.contains(&id) {
+                continue;
+            }
+            h.update(id.as_bytes());
+            for i in 1..9 {
+                h.update(format!("{:?}|", r.get_ref(i)?).as_bytes());
+            }
+        }
+        h.update(b"tombstones");
+        let mut st = c.prepare_cached(
+            "SELECT uuid FROM tombstones WHERE model = 'file_entry' ORDER BY uuid",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            h.update(r.get::<_, Uuid>(0)?.as_bytes());
+        }
+        Ok(h.finalize().to_hex()[..16].to_string())
+    })?;
+    let vv = lib.with_log(|l| l.version_vector())?;
+    Ok(View { shared, files, vv })
+}
+
+/// Check that every acknowledged entry is held and took effect on `lib`.
+pub fn acked_effects(lib: &Library, acked: &[Acked]) -> std::result::Result<(), String> {
+    let vv = lib
+        .with_log(|l| l.version_vector())
+        .map_err(|e| e.to_string())?;
+    for a in acked {
+        if vv.get(&a.origin).copied().unwrap_or(0) < a.seq {
+            return Err(format!(
+                "acknowledged entry {}:{} ({} {} {}) is not covered by the version vector",
+                a.origin,
+                a.seq,
+                a.model,
+                a.record,
+                op_name(&a.op)
+            ));
+        }
+        effect(lib, a).map_err(|e| {
+            format!(
+                "acknowledged entry {}:{} ({} {} {}): {e}",
+                a.origin,
+                a.seq,
+                a.model,
+                a.record,
+                op_name(&a.op)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn op_name(op: &Op) -> &'static str {
+    match op {
+        Op::Insert(_) => "insert",
+        Op::Update(_) => "update",
+        Op::Delete(_) => "delete",
+        Op::Bulk(_) => "bulk",
+    }
+}
+
+fn effect(lib: &Library, a: &Acked) -> std::result::Result<(), String> {
+    let q = |f: &dyn Fn(&concord::rusqlite::Connection) -> concord::rusqlite::Result<bool>| {
+        lib.read(|c| Ok(f(c)?)).map_err(|e| e.to_string())
+    };
+    if let Op::Bulk(_) = a.op {
+        let held = q(&|c| {
+            c.query_row(
+                "SELECT 1 FROM bulk_operations WHERE origin = ?1 AND origin_seq = ?2",
+                concord::rusqlite::params![a.origin, a.seq as i64],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+        })?;
+        return if held {
+            Ok(())
+        } else {
+            Err("bulk operation missing".into())
+        };
+    }
+    let m = model_by_name(&a.model).ok_or("unknown model")?;
+    let tombstoned = q(&|c| {
+        c.query_row(
+            "SELECT 1 FROM tombstones WHERE uuid = ?1",
+            [a.record],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|r| r.is_some())
+    })?;
+    let row_exists = q(&|c| {
+        c.query_row(
+            &format!("SELECT 1 FROM {} WHERE uuid = ?1", m.table),
+            [a.record],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|r| r.is_some())
+    })?;
+    if tombstoned {
+        return if row_exists {
+            Err("tombstoned but its row is back".into())
+        } else {
+            Ok(())
+        };
+    }
+    if m.kind == ModelKind::Record && matches!(a.op, Op::Delete(_)) {
+        return Err("deleted (acknowledged) but not tombstoned".into());
+    }
+    if !row_exists {
+        return Err("its record is missing".into());
+    }
+    let stamp = (a.hlc, a.origin);
+    match m.kind {
+        ModelKind::Membership => {
+            let add = !matches!(a.op, Op::Delete(_));
+            let (t, present, d): (i64, i64, Uuid) = lib
+                .read(|c| {
+                    Ok(c.query_row(
+                        &format!(
+                            "SELECT _hlc, present, _dev FROM {} WHERE uuid = ?1",
+                            m.table
+                        ),
+                        [a.record],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )?)
+                })
+                .map_err(|e| e.to_string())?;
+            if (t as u64, present != 0, d) < (a.hlc, add, a.origin) {
+                return Err(format!(
+                    "membership decided at ({t}, {present}) older than this write"
+                ));
+            }
+        }
+        ModelKind::Record => {
+            for w in a.op.writes() {
+                let f = &m.fields[w.field as usize];
+                if f.key || f.owner {
+                    continue;
+                }
+                let (t, d): (i64, Uuid) = lib
+                    .read(|c| {
+                        Ok(c.query_row(
+                            &format!(
+                                "SELECT COALESCE({0}__hlc, _hlc), COALESCE({0}__dev, _dev) FROM {1} WHERE uuid = ?1",
+                                f.name, m.table
+                            ),
+                            [a.record],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )?)
+                    })
+                    .map_err(|e| e.to_string())?;
+                if ((t as u64), d) < stamp {
+                    return Err(format!(
+                        "field {} has clock {t} older than this write ({})",
+                        f.name, a.hlc
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

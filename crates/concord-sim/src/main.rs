@@ -1,0 +1,148 @@
+//! `concord-sim`: run seeds of the deterministic simulation.
+//!
+//! ```text
+//! cargo run --release -p concord-sim -- --seeds 200
+//! cargo run --release -p concord-sim -- --seed 42 --seeds 1 --devices 5 --faults all
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Parser;
+use concord_sim::{run, Faults, Options, Report};
+
+#[derive(Parser, Debug)]
+#[command(about = "Deterministic simulation of Concord devices syncing a library")]
+struct Args {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed (seeds run are SEED, SEED+1, ...).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Devices per run (3-7); drawn from the seed when omitted.
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Faults to inject: all, none, a list (drop,dup,delay,partition,crash,clock,leader-kill,prune)
+    /// or all but some (-clock,-prune).
+    #[arg(long, default_value = "all", allow_hyphen_values = true)]
+    faults: String,
+    /// Parallel runs (each seed is single-threaded and deterministic on its own).
+    #[arg(long, short = 'j')]
+    jobs: Option<usize>,
+    /// Print one line per seed, not only failures.
+    #[arg(long, short = 'v')]
+    verbose: bool,
+    /// Stop at the first failure.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+fn replay(args: &Args, r: &Report, faults: &Faults) -> String {
+    format!(
+        "cargo run --release -p concord-sim -- --seed {} --seeds 1 --devices {} --faults {} -v",
+        r.seed,
+        r.devices,
+        faults.arg()
+    )
+    .replace("--devices 0 ", if args.devices.is_none() { "" } else { "" })
+}
+
+fn line(r: &Report) -> String {
+    format!(
+        "seed {:>6} devices {} trace {} events {:>6} | commits {:>4} acked {:>4} crashes {} leader-kills {} partitions {} clock {} snapshots {} rejected {} epoch {} jump {}s | msgs {} dropped {} dup {} | sim {:.1}s",
+        r.seed,
+        r.devices,
+        r.trace,
+        r.events,
+        r.commits,
+        r.acked_entries,
+        r.crashes,
+        r.leader_kills,
+        r.partitions,
+        r.clock_faults,
+        r.snapshots,
+        r.rejected,
+        r.max_epoch,
+        r.time_jump_s,
+        r.net.delivered,
+        r.net.dropped,
+        r.net.duplicated,
+        r.sim_ms as f64 / 1000.0
+    )
+}
+
+fn main() {
+    let args = Args::parse();
+    let faults = match Faults::parse(&args.faults) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("concord-sim: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Some(d) = args.devices {
+        if !(2..=16).contains(&d) {
+            eprintln!("concord-sim: --devices must be between 2 and 16");
+            std::process::exit(2);
+        }
+    }
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let started = Instant::now();
+    let next = AtomicU64::new(0);
+    let failures: Mutex<Vec<Report>> = Mutex::new(Vec::new());
+    let done = AtomicU64::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| loop {
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let k = next.fetch_add(1, Ordering::SeqCst);
+                if k >= args.seeds {
+                    return;
+                }
+                let opts = Options {
+                    seed: args.seed + k,
+                    devices: args.devices,
+                    faults,
+                    chaos: None,
+                };
+                let r = run(&opts);
+                done.fetch_add(1, Ordering::SeqCst);
+                if args.verbose || r.failure.is_some() {
+                    println!("{}", line(&r));
+                }
+                if let Some(f) = &r.failure {
+                    println!("FAILED seed {}: {f}", r.seed);
+                    println!("  replay: {}", replay(&args, &r, &faults));
+                    failures.lock().unwrap().push(r);
+                    if args.fail_fast {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    let ran = done.load(Ordering::SeqCst);
+    println!(
+        "concord-sim: {ran} seeds ({}..{}), faults {}, {} failed, wall time {:.1}s",
+        args.seed,
+        args.seed + ran,
+        faults.arg(),
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !failures.is_empty() {
+        let mut seeds: Vec<u64> = failures.iter().map(|r| r.seed).collect();
+        seeds.sort_unstable();
+        println!("failing seeds: {seeds:?}");
+        std::process::exit(1);
+    }
+}
