@@ -857,3 +857,79 @@ fn kill_9_during_library_creation_leaves_a_library_or_nothing() {
     }
     eprintln!("create: {opened} libraries opened, {interrupted} interrupted and created again");
 }
+
+/// Regression: when `apply_remote` failed after appending to the log (here a
+/// trigger makes `library.db` refuse the row, as a full disk would), the entries
+/// stayed logged but unapplied, and the next successful `apply_remote` or outbox
+/// flush moved the watermark past them: retries saw duplicates, reopening did not
+/// replay them, and the device differed for good from peers it forwarded them to.
+#[test]
+fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
+    let tmp = scratch();
+    let peer = Library::create(
+        &tmp.path().join("peer"),
+        LIB,
+        "p",
+        PEER,
+        Box::new(SystemClock),
+    )
+    .unwrap();
+    for (via_reopen, name) in [(false, "again"), (true, "reopen")] {
+        let dir = tmp.path().join(name);
+        let lib = Library::create(&dir, LIB, "r", DEVICE, Box::new(SystemClock)).unwrap();
+        let boom = Uuid::now_v7();
+        peer.commit(Change::insert(&Tag {
+            id: boom,
+            name: "boom".into(),
+            color: None,
+        }))
+        .unwrap();
+        let raw = rusqlite::Connection::open(dir.join("library.db")).unwrap();
+        raw.execute_batch(
+            "CREATE TRIGGER fail BEFORE INSERT ON tags WHEN NEW.name = 'boom'
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+        assert!(lib.apply_remote(&all_entries(&peer)).is_err());
+        raw.execute_batch("DROP TRIGGER fail").unwrap();
+        drop(raw);
+
+        // Life goes on: a local change moves the outbox into the log...
+        lib.commit(Change::insert(&Tag {
+            id: Uuid::now_v7(),
+            name: "local".into(),
+            color: None,
+        }))
+        .unwrap();
+        lib.flush().unwrap();
+        let lib = if via_reopen {
+            drop(lib);
+            Library::open(&dir, DEVICE, Box::new(SystemClock)).unwrap()
+        } else {
+            // ...and more entries arrive, the failed ones among them.
+            peer.commit(Change::insert(&Tag {
+                id: Uuid::now_v7(),
+                name: "more".into(),
+                color: None,
+            }))
+            .unwrap();
+            lib.apply_remote(&all_entries(&peer)).unwrap();
+            lib
+        };
+        assert_eq!(
+            count(&lib, "SELECT COUNT(*) FROM tags WHERE uuid = ?1", [boom]),
+            1,
+            "{name}: the entry the failed apply logged was applied"
+        );
+        let replica = Library::create(
+            &tmp.path().join(format!("{name}-replica")),
+            LIB,
+            "x",
+            SHADOW,
+            Box::new(SystemClock),
+        )
+        .unwrap();
+        replica.apply_remote(&all_entries(&lib)).unwrap();
+        check_replica(&lib, &replica, name);
+    }
+}

@@ -12,8 +12,9 @@
 //!   any point leaves the change and its entry both committed or both absent.
 //! - **Remote entries** are appended to `sync.db` first, then applied to
 //!   `library.db` in one transaction that also advances the `applied_log_id`
-//!   watermark. On open, log entries past the watermark are applied again
-//!   (applying is idempotent).
+//!   watermark. On open, and at the next `apply_remote` after one failed, log
+//!   entries past the watermark are applied again (applying is idempotent), and
+//!   nothing moves the watermark past entries not applied yet.
 //!
 //! Every write holds one mutex, so the log position and the watermark move in step.
 
@@ -300,6 +301,17 @@ impl Library {
         // Apply the log past the watermark before moving the outbox: the flush
         // advances the watermark to the end of the log, which would skip remote
         // entries a crash left logged but not applied.
+        self.replay_log(&mut inner)?;
+        flush_outbox(&mut inner)?;
+        self.hlc.observe_floor(inner.log.max_hlc()?);
+        inner.next_seq = inner.log.max_seq(self.device)? + 1;
+        Ok(())
+    }
+
+    /// Apply the log entries past the "applied up to" watermark: those a crash or a
+    /// failed [`Library::apply_remote`] left logged but not applied. Applying is
+    /// idempotent; when the watermark is at the end of the log this is one query.
+    fn replay_log(&self, inner: &mut Inner) -> Result<()> {
         let mut watermark: i64 = match meta_get(&inner.lib, "applied_log_id")? {
             Some(rusqlite::types::Value::Integer(i)) => i,
             _ => 0,
@@ -323,9 +335,6 @@ impl Library {
             tx.commit()?;
             watermark = last;
         }
-        flush_outbox(&mut inner)?;
-        self.hlc.observe_floor(inner.log.max_hlc()?);
-        inner.next_seq = inner.log.max_seq(self.device)? + 1;
         Ok(())
     }
 
@@ -552,6 +561,9 @@ impl Library {
         let mut report = ApplyReport::default();
         let mut guard = self.lock();
         let inner = &mut *guard;
+        // Entries an earlier failed call logged come first: the watermark set below
+        // must not pass over them.
+        self.replay_log(inner)?;
         let mut accepted: Vec<(LogEntry, &'static ModelInfo)> = Vec::new();
         let mut held_through: Vec<(Uuid, u64)> = Vec::new();
         for e in entries {
@@ -740,11 +752,20 @@ fn flush_outbox(inner: &mut Inner) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
+    let before = inner.log.latest_id()?;
     inner.log.append(&entries)?;
     let latest = inner.log.latest_id()?;
     let tx = inner.lib.transaction()?;
     tx.execute("DELETE FROM outbox", [])?;
-    meta_set(&tx, "applied_log_id", latest)?;
+    // Not past entries that are logged but not applied (a failed `apply_remote`):
+    // they are replayed from the watermark, the outbox entries again with them.
+    let watermark = match meta_get(&tx, "applied_log_id")? {
+        Some(rusqlite::types::Value::Integer(i)) => i,
+        _ => 0,
+    };
+    if watermark >= before {
+        meta_set(&tx, "applied_log_id", latest)?;
+    }
     tx.commit()?;
     Ok(())
 }
