@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord::digest::{digest, Scope};
-use concord::hlc::{Hlc, ManualClock, SystemClock};
+use concord::hlc::{Clock, Hlc, ManualClock, SystemClock};
 use concord::model::{
     entry_kind, Album, AlbumItem, FileEntry, Location, Syncable, Tag, TagAssignment, UserMetadata,
     Value, Volume,
@@ -863,20 +863,25 @@ fn kill_9_during_library_creation_leaves_a_library_or_nothing() {
 /// stayed logged but unapplied, and the next successful `apply_remote` or outbox
 /// flush moved the watermark past them: retries saw duplicates, reopening did not
 /// replay them, and the device differed for good from peers it forwarded them to.
+/// Replaying them must also move the clock past their stamps, or a later local
+/// edit could lose to the older change it overwrote.
 #[test]
 fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
     let tmp = scratch();
+    let now = SystemClock.now_ms();
+    // The peer's clock runs a minute ahead, so its stamps are above ours.
     let peer = Library::create(
         &tmp.path().join("peer"),
         LIB,
         "p",
         PEER,
-        Box::new(SystemClock),
+        Box::new(ManualClock::new(now + 60_000)),
     )
     .unwrap();
-    for (via_reopen, name) in [(false, "again"), (true, "reopen")] {
+    for (path, name) in [(0, "again"), (1, "more"), (2, "reopen")] {
         let dir = tmp.path().join(name);
-        let lib = Library::create(&dir, LIB, "r", DEVICE, Box::new(SystemClock)).unwrap();
+        let clock = || Box::new(ManualClock::new(now));
+        let lib = Library::create(&dir, LIB, "r", DEVICE, clock()).unwrap();
         let boom = Uuid::now_v7();
         peer.commit(Change::insert(&Tag {
             id: boom,
@@ -884,17 +889,19 @@ fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
             color: None,
         }))
         .unwrap();
+        let sent = all_entries(&peer);
+        let boom_hlc = sent.last().unwrap().hlc;
         let raw = rusqlite::Connection::open(dir.join("library.db")).unwrap();
         raw.execute_batch(
             "CREATE TRIGGER fail BEFORE INSERT ON tags WHEN NEW.name = 'boom'
              BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
         )
         .unwrap();
-        assert!(lib.apply_remote(&all_entries(&peer)).is_err());
+        assert!(lib.apply_remote(&sent).is_err());
         raw.execute_batch("DROP TRIGGER fail").unwrap();
         drop(raw);
 
-        // Life goes on: a local change moves the outbox into the log...
+        // Life goes on: a local change moves the outbox into the log.
         lib.commit(Change::insert(&Tag {
             id: Uuid::now_v7(),
             name: "local".into(),
@@ -902,24 +909,36 @@ fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
         }))
         .unwrap();
         lib.flush().unwrap();
-        let lib = if via_reopen {
-            drop(lib);
-            Library::open(&dir, DEVICE, Box::new(SystemClock)).unwrap()
-        } else {
-            // ...and more entries arrive, the failed ones among them.
-            peer.commit(Change::insert(&Tag {
-                id: Uuid::now_v7(),
-                name: "more".into(),
-                color: None,
-            }))
-            .unwrap();
-            lib.apply_remote(&all_entries(&peer)).unwrap();
-            lib
+        let lib = match path {
+            // The same entries are sent again.
+            0 => {
+                lib.apply_remote(&sent).unwrap();
+                lib
+            }
+            // Newer entries arrive.
+            1 => {
+                peer.commit(Change::insert(&Tag {
+                    id: Uuid::now_v7(),
+                    name: "more".into(),
+                    color: None,
+                }))
+                .unwrap();
+                lib.apply_remote(&all_entries(&peer)[sent.len()..]).unwrap();
+                lib
+            }
+            _ => {
+                drop(lib);
+                Library::open(&dir, DEVICE, clock()).unwrap()
+            }
         };
         assert_eq!(
             count(&lib, "SELECT COUNT(*) FROM tags WHERE uuid = ?1", [boom]),
             1,
             "{name}: the entry the failed apply logged was applied"
+        );
+        assert!(
+            lib.hlc().last() >= boom_hlc,
+            "{name}: the clock absorbed the replayed entry's stamp"
         );
         let replica = Library::create(
             &tmp.path().join(format!("{name}-replica")),

@@ -330,6 +330,8 @@ impl Library {
                 if let Ok(m) = entry::validate(e) {
                     applier.apply(e, m)?;
                 }
+                // Later local stamps must be above what was applied.
+                self.hlc.observe_floor(e.hlc);
             }
             meta_set(&tx, "applied_log_id", last)?;
             tx.commit()?;
