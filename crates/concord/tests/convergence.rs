@@ -1295,3 +1295,124 @@ fn membership_whose_id_is_not_its_members_is_refused_in_any_order() {
     assert!(lib.commit(Change::insert(&bad)).is_err());
     assert_eq!(lib.with_log(|l| l.count()).unwrap(), 0);
 }
+
+/// The tie rules on their own: equal packed HLC times, in both arrival orders.
+/// A rename tie goes to the higher device id; an add/remove tie keeps the member.
+#[test]
+fn exact_hlc_ties_resolve_the_same_way_in_any_order() {
+    let tmp = scratch();
+    let lib_id = Uuid::from_u128(0x11b);
+    let clock = Arc::new(ManualClock::new(T0));
+    let mk = |name: &str, dev: u128| {
+        Library::create(
+            &tmp.path().join(name),
+            lib_id,
+            name,
+            Uuid::from_u128(dev),
+            Box::new(clock.clone()),
+        )
+        .unwrap()
+    };
+    let (lo, hi) = (mk("lo", 0x2), mk("hi", 0x3));
+    let (t, e) = (Uuid::from_u128(10), Uuid::from_u128(11));
+    let m = TagAssignment::new(t, e);
+    lo.commit_batch(vec![Change::insert(&tag(t, "start")), Change::insert(&m)])
+        .unwrap();
+    hi.apply_remote(&all_entries(&lo)).unwrap();
+
+    // Same wall time, nothing exchanged: both stamps are pack(T0 + 1000, 0).
+    clock.set(T0 + 1000);
+    hi.commit(rename::<Tag>(t, "from hi")).unwrap();
+    lo.commit(rename::<Tag>(t, "from lo")).unwrap();
+    clock.set(T0 + 2000);
+    // hi removes the member; a device that never saw it adds it at the same time,
+    // and has the lowest device id, so only "an add wins a tie" can keep it.
+    hi.commit(Change::delete::<TagAssignment>(m.id)).unwrap();
+    let (eh, el) = (all_entries(&hi), all_entries(&lo));
+    let last = |v: &[LogEntry]| v.last().unwrap().hlc;
+    assert_eq!(eh[eh.len() - 2].hlc, last(&el), "the renames tie exactly");
+
+    let third = mk("third", 0x1);
+    third.apply_remote(&el[..1]).unwrap(); // the tag, not the member
+    third.commit(Change::insert(&m)).unwrap();
+    let et = all_entries(&third);
+    assert_eq!(last(&et), last(&eh), "the add and the remove tie exactly");
+
+    let everything: Vec<LogEntry> = [eh, el, et].concat();
+    let mut digests = Vec::new();
+    for (i, order) in [false, true].into_iter().enumerate() {
+        let r = fresh_lib(&tmp.path().join(format!("r{i}")), 0xf0 + i as u128);
+        let mut es = everything.clone();
+        if order {
+            es.reverse();
+        }
+        r.apply_remote(&es).unwrap();
+        let name: String = r
+            .read(|c| Ok(c.query_row("SELECT name FROM tags", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(name, "from hi", "the higher device id wins the tie");
+        let present = count(&r, "SELECT COUNT(*) FROM tag_assignments WHERE present = 1");
+        assert_eq!(present, 1, "an add/remove tie keeps the member");
+        digests.push(dig(&r));
+    }
+    assert_eq!(digests[0], digests[1]);
+}
+
+/// Device-owned data changes only by its owner (DESIGN §4): entries from another
+/// device about it are refused in any order, whether they name the real owner or
+/// not, and change nothing.
+#[test]
+fn changes_to_another_devices_data_are_refused() {
+    use concord::sync::entry::FieldWrite;
+    let tmp = scratch();
+    let owner = fresh_lib(&tmp.path().join("owner"), 0xa);
+    let vol = Volume {
+        id: Uuid::from_u128(10),
+        device: owner.device(),
+        name: "disk".into(),
+        fingerprint: "fp".into(),
+        mount_point: "/".into(),
+    };
+    owner.commit(Change::insert(&vol)).unwrap();
+    let m = Volume::INFO;
+    let intruder = Uuid::from_u128(0xb);
+    let f = |name: &str, value: Value| FieldWrite {
+        field: m.field_index(name).unwrap() as u16,
+        value,
+        base: 0,
+    };
+    // Renames the owner's volume, naming the real owner.
+    let forged = LogEntry {
+        origin: intruder,
+        origin_seq: 1,
+        hlc: Hlc::pack(T0 + 500, 0),
+        lib_seq: None,
+        epoch: None,
+        model: m.name.into(),
+        record: vol.id,
+        op: Op::Update(vec![
+            f("device", Value::Uuid(owner.device())),
+            f("name", Value::Text("mine now".into())),
+        ]),
+    };
+    let honest = all_entries(&owner);
+    let mut digests = Vec::new();
+    for (i, es) in [
+        [honest.clone(), vec![forged.clone()]].concat(),
+        [vec![forged.clone()], honest.clone()].concat(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = fresh_lib(&tmp.path().join(format!("r{i}")), 0xc0 + i as u128);
+        let rep = r.apply_remote(&es).unwrap();
+        assert_eq!((rep.applied, rep.refused), (1, 1), "{rep:?}");
+        let name: String = r
+            .read(|c| Ok(c.query_row("SELECT name FROM volumes", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(name, "disk");
+        digests.push(dig(&r));
+    }
+    assert_eq!(digests[0], digests[1]);
+    assert_eq!(digests[0], dig(&owner));
+}
