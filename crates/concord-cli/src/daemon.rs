@@ -247,6 +247,7 @@ async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> Cli
                 "version_vector": st.version_vector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "peers": st.peers,
                 "conflicts": st.conflicts,
+                "log_entries": st.log_entries,
                 "stats": st.stats,
             }))
         }

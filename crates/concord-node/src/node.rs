@@ -194,7 +194,17 @@ impl Node {
 }
 
 async fn bind(secret: iroh::SecretKey, addr: SocketAddr) -> Result<Endpoint, NetError> {
+    // Notice a vanished peer within seconds, so a cached connection to a killed
+    // node is dropped instead of swallowing requests until they time out.
+    let idle = Duration::from_secs(5)
+        .try_into()
+        .map_err(|_| NetError::Other("idle timeout out of range".into()))?;
+    let transport = iroh::endpoint::QuicTransportConfig::builder()
+        .keep_alive_interval(Duration::from_secs(1))
+        .max_idle_timeout(Some(idle))
+        .build();
     Endpoint::builder(presets::Minimal)
+        .transport_config(transport)
         .portmapper_config(PortmapperConfig::Disabled)
         .clear_ip_transports()
         .bind_addr(addr)

@@ -246,30 +246,52 @@ pub fn register(lib: &Library, peer: &Peer) -> Result<(), NetError> {
     Ok(())
 }
 
-/// One request, one response stream.
-async fn request(
+/// One request on a fresh stream of the cached connection; the reply.
+async fn round_trip(
     st: &NodeState,
     peer: &Peer,
     req: &Request,
-) -> Result<(SendStream, RecvStream), NetError> {
+    max: usize,
+) -> Result<Response, NetError> {
     let conn = st.connect(peer, LIBRARY_ALPN).await?;
-    let (mut send, recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(_) => {
-            // A cached connection may have died quietly: dial again once.
-            st.disconnect(&peer.node_id).await;
-            let conn = st.connect(peer, LIBRARY_ALPN).await?;
-            conn.open_bi()
-                .await
-                .map_err(|e| NetError::Io(e.to_string()))?
-        }
-    };
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| NetError::Io(e.to_string()))?;
     write_msg(&mut send, req).await?;
-    Ok((send, recv))
+    let _ = send.finish();
+    match expect_msg(&mut recv, max).await? {
+        Response::Error { message } => Err(NetError::Refused(message)),
+        r => Ok(r),
+    }
 }
 
-fn refused(message: String) -> NetError {
-    NetError::Refused(message)
+/// A request with a timeout. A failure of the connection itself (a peer that
+/// restarted or went away leaves a dead cached connection behind) drops the
+/// cached connection and tries once more on a fresh one; refusals are final.
+async fn call(
+    st: &NodeState,
+    peer: &Peer,
+    req: &Request,
+    max: usize,
+    what: &str,
+) -> Result<Response, NetError> {
+    let timeout = st.config.request_timeout;
+    let mut last = NetError::Timeout(what.to_string());
+    for _ in 0..2 {
+        match tokio::time::timeout(timeout, round_trip(st, peer, req, max)).await {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(e @ NetError::Refused(_))) => return Err(e),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = NetError::Timeout(what.to_string()),
+        }
+        st.disconnect(&peer.node_id).await;
+    }
+    Err(last)
+}
+
+fn unexpected(what: &str) -> NetError {
+    NetError::Protocol(format!("unexpected reply to {what}"))
 }
 
 /// Ping a paired device; marks it seen and learns its addresses.
@@ -279,53 +301,57 @@ pub async fn ping(st: &NodeState, peer: &Peer) -> Result<(), NetError> {
         name: st.device_name(),
         addrs: st.local_addrs(),
     };
-    let fut = async {
-        let (_send, mut recv) = request(st, peer, &req).await?;
-        match expect_msg(&mut recv, MAX_CONTROL_FRAME).await? {
-            Response::Pong {
-                device_id,
-                name,
-                addrs,
-            } if device_id == peer.device_id => {
-                st.peers.mark_seen(peer.device_id, st.now_ms());
-                st.peers.update_addrs(peer.device_id, Some(&name), &addrs)?;
-                Ok(())
-            }
-            Response::Error { message } => Err(refused(message)),
-            _ => Err(NetError::Protocol("unexpected reply to ping".into())),
+    match call(
+        st,
+        peer,
+        &req,
+        MAX_CONTROL_FRAME,
+        &format!("ping {}", peer.name),
+    )
+    .await?
+    {
+        Response::Pong {
+            device_id,
+            name,
+            addrs,
+        } if device_id == peer.device_id => {
+            st.peers.mark_seen(peer.device_id, st.now_ms());
+            st.peers.update_addrs(peer.device_id, Some(&name), &addrs)
         }
-    };
-    tokio::time::timeout(st.config.request_timeout, fut)
-        .await
-        .map_err(|_| NetError::Timeout(format!("ping {}", peer.name)))?
+        _ => Err(unexpected("ping")),
+    }
 }
 
 /// `library remote DEVICE`.
 pub async fn list_remote(st: &NodeState, peer: &Peer) -> Result<Vec<RemoteLibrary>, NetError> {
-    let fut = async {
-        let (_send, mut recv) = request(st, peer, &Request::List).await?;
-        match expect_msg(&mut recv, MAX_BATCH_FRAME).await? {
-            Response::Libraries(l) => Ok(l),
-            Response::Error { message } => Err(refused(message)),
-            _ => Err(NetError::Protocol("unexpected reply to list".into())),
-        }
-    };
-    tokio::time::timeout(st.config.request_timeout, fut)
-        .await
-        .map_err(|_| NetError::Timeout(format!("listing libraries of {}", peer.name)))?
+    let what = format!("listing libraries of {}", peer.name);
+    match call(st, peer, &Request::List, MAX_BATCH_FRAME, &what).await? {
+        Response::Libraries(l) => Ok(l),
+        _ => Err(unexpected("list")),
+    }
 }
 
 /// `library share LIB DEVICE`: register the device, then ask it to join.
 pub async fn share(st: &Arc<NodeState>, library: Uuid, peer: &Peer) -> Result<(), NetError> {
     let lib = st.library(library)?;
     register(&lib, peer)?;
-    let (_send, mut recv) = request(st, peer, &Request::Share { library }).await?;
-    match expect_msg(&mut recv, MAX_CONTROL_FRAME).await? {
-        Response::Done => Ok(()),
-        Response::Error { message } => {
-            Err(refused(format!("{} could not join: {message}", peer.name)))
-        }
-        _ => Err(NetError::Protocol("unexpected reply to share".into())),
+    let what = format!("sharing with {}", peer.name);
+    match call(
+        st,
+        peer,
+        &Request::Share { library },
+        MAX_CONTROL_FRAME,
+        &what,
+    )
+    .await
+    {
+        Ok(Response::Done) => Ok(()),
+        Ok(_) => Err(unexpected("share")),
+        Err(NetError::Refused(m)) => Err(NetError::Refused(format!(
+            "{} could not join: {m}",
+            peer.name
+        ))),
+        Err(e) => Err(e),
     }
 }
 
@@ -351,13 +377,18 @@ async fn join_inner(
     peer: &Peer,
     existed: bool,
 ) -> Result<(), NetError> {
-    let name = {
-        let (_send, mut recv) = request(st, peer, &Request::Join { library }).await?;
-        match expect_msg(&mut recv, MAX_CONTROL_FRAME).await? {
-            Response::JoinAccepted { name, .. } => name,
-            Response::Error { message } => return Err(refused(message)),
-            _ => return Err(NetError::Protocol("unexpected reply to join".into())),
-        }
+    let what = format!("joining a library of {}", peer.name);
+    let name = match call(
+        st,
+        peer,
+        &Request::Join { library },
+        MAX_CONTROL_FRAME,
+        &what,
+    )
+    .await?
+    {
+        Response::JoinAccepted { name, .. } => name,
+        _ => return Err(unexpected("join")),
     };
     concord::validate::name("library name", &name)
         .map_err(|e| NetError::Protocol(e.to_string()))?;

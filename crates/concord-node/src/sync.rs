@@ -34,6 +34,37 @@ pub struct Traffic {
     pub sent: std::sync::atomic::AtomicU64,
     pub received: std::sync::atomic::AtomicU64,
     pub requests: std::sync::atomic::AtomicU64,
+    /// Frames sent, per message type ([`Msg::name`]).
+    pub by_msg: std::sync::Mutex<std::collections::BTreeMap<&'static str, MsgTraffic>>,
+}
+
+/// Frames of one message type sent: how many, bytes on the wire (framing and
+/// compression included) and bytes of the postcard encoding before compression.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MsgTraffic {
+    pub frames: u64,
+    pub wire: u64,
+    pub raw: u64,
+}
+
+impl Traffic {
+    /// A copy of the per-message-type counters.
+    pub fn by_msg(&self) -> std::collections::BTreeMap<&'static str, MsgTraffic> {
+        self.by_msg
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record(&self, msg: &'static str, wire: usize, raw: usize) {
+        self.sent
+            .fetch_add(wire as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut m = self.by_msg.lock().unwrap_or_else(|e| e.into_inner());
+        let t = m.entry(msg).or_default();
+        t.frames += 1;
+        t.wire += wire as u64;
+        t.raw += raw as u64;
+    }
 }
 
 async fn write_envelope(
@@ -42,6 +73,7 @@ async fn write_envelope(
     traffic: &Traffic,
 ) -> Result<(), NetError> {
     let raw = postcard::to_allocvec(env).map_err(|e| NetError::Protocol(format!("encode: {e}")))?;
+    let raw_len = raw.len();
     let (flag, body) = if raw.len() > COMPRESS_ABOVE {
         (
             1u8,
@@ -60,9 +92,7 @@ async fn write_envelope(
     send.write_all(&frame)
         .await
         .map_err(|e| NetError::Io(e.to_string()))?;
-    traffic
-        .sent
-        .fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    traffic.record(env.msg.name(), frame.len(), raw_len);
     Ok(())
 }
 
@@ -139,12 +169,25 @@ impl Transport for IrohTransport {
     fn request(&self, to: Uuid, req: Envelope) -> BoxFuture<'_, Result<Envelope, TransportError>> {
         Box::pin(async move {
             let timeout = self.state.config.request_timeout;
-            match tokio::time::timeout(timeout, self.call(to, req)).await {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(NetError::Unreachable(_))) => Err(TransportError::Unreachable(to)),
-                Ok(Err(e)) => Err(TransportError::Failed(to, e.to_string())),
-                Err(_) => Err(TransportError::Timeout(to)),
+            let library = req.library;
+            let mut result = Err(TransportError::Timeout(to));
+            for attempt in 0..2 {
+                result = match tokio::time::timeout(timeout, self.call(to, req.clone())).await {
+                    Ok(Ok(r)) => return Ok(r),
+                    Ok(Err(NetError::Unreachable(_))) => Err(TransportError::Unreachable(to)),
+                    Ok(Err(e)) => Err(TransportError::Failed(to, e.to_string())),
+                    Err(_) => Err(TransportError::Timeout(to)),
+                };
+                // Maybe a dead cached connection (the peer restarted): drop it,
+                // and try a broken one once more on a fresh connection.
+                if let Ok(peer) = self.state.peer_for_device(to, library) {
+                    self.state.disconnect(&peer.node_id).await;
+                }
+                if attempt == 0 && !matches!(result, Err(TransportError::Failed(..))) {
+                    break;
+                }
             }
+            result
         })
     }
 }

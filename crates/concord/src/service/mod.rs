@@ -144,6 +144,8 @@ pub struct SyncStatus {
     pub version_vector: VersionVector,
     pub peers: Vec<PeerStatus>,
     pub conflicts: u64,
+    /// Entries held in this device's log (pruning shrinks it).
+    pub log_entries: u64,
     pub stats: Stats,
 }
 
@@ -610,6 +612,7 @@ impl SyncService {
     pub async fn reconcile_with(&self, peer: Uuid) -> Result<()> {
         let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
         let mut their_vv;
+        let mut snapshot_taken = false;
         loop {
             let vv = self.version_vector().await;
             match self.send(peer, Msg::Reconcile { vv, limit }).await {
@@ -633,8 +636,16 @@ impl SyncService {
                     }
                 }
                 Ok(Msg::SyncRequired { reason }) => {
+                    // One snapshot per round: if it did not satisfy the peer,
+                    // asking again would loop forever; retry on a later round.
+                    if snapshot_taken {
+                        return Err(Error::Other(format!(
+                            "{peer} still requires a snapshot after one: {reason}"
+                        )));
+                    }
                     tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot needed: {reason}");
                     self.snapshot_from(peer).await?;
+                    snapshot_taken = true;
                     continue;
                 }
                 Ok(Msg::StaleTerm { .. }) => continue,
@@ -922,13 +933,14 @@ impl SyncService {
                 Ok(Msg::SnapshotChunk {
                     rows,
                     tombstones,
+                    bulk,
                     next,
                     vv,
                 }) => {
                     if start_vv.is_none() {
                         start_vv = Some(vv);
                     }
-                    self.blocking(move |lib| snapshot::apply(lib, rows, tombstones))
+                    self.blocking(move |lib| snapshot::apply(lib, rows, tombstones, bulk))
                         .await?;
                     match next {
                         Some(n) => cursor = n,
@@ -955,14 +967,15 @@ impl SyncService {
     /// `sync status`.
     pub async fn status(&self) -> Result<SyncStatus> {
         let members = self.members().await;
-        let (vv, conflicts, latest) = self
+        let (vv, conflicts, latest, log_entries) = self
             .blocking(|lib| {
                 let vv = lib.with_log(|l| l.version_vector())?;
                 let latest = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
+                let log_entries = lib.with_log(|l| l.count())?;
                 let conflicts = lib.read(|c| {
                     Ok(c.query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get::<_, i64>(0))?)
                 })?;
-                Ok((vv, conflicts as u64, latest))
+                Ok((vv, conflicts as u64, latest, log_entries))
             })
             .await?;
         let window = self.shared.config.leader_timeout;
@@ -991,6 +1004,7 @@ impl SyncService {
             version_vector: vv,
             peers,
             conflicts,
+            log_entries,
             stats: st.stats.clone(),
         })
     }

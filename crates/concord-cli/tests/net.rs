@@ -1,0 +1,482 @@
+//! Multi-process tests: real `concord` nodes on 127.0.0.1 with real Iroh.
+//! Pairing and its refusals, library setup, restarts, SIGKILL, replication,
+//! leader failover, partitions with conflicts, snapshot after retention.
+//!
+//! Every wait is on a condition with a generous deadline, never a fixed sleep.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_concord");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Node {
+    dir: PathBuf,
+    name: String,
+    child: Option<Child>,
+    retention_ms: Option<u64>,
+}
+
+impl Node {
+    fn new(root: &Path, name: &str) -> Node {
+        Node {
+            dir: root.join(name),
+            name: name.to_string(),
+            child: None,
+            retention_ms: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir")
+            .arg(&self.dir)
+            .args(["start", "--name", &self.name, "--listen", "127.0.0.1:0"])
+            .args([
+                "--heartbeat-ms",
+                "100",
+                "--leader-timeout-ms",
+                "500",
+                "--presence-ms",
+                "200",
+            ]);
+        if let Some(r) = self.retention_ms {
+            cmd.args(["--retention-ms", &r.to_string()]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn concord start");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(DEADLINE).expect("node did not print ready");
+        assert_eq!(line.trim(), "ready", "{}: {line}", self.name);
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no cleanup.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// `concord stop`, then wait for the process to end.
+    fn stop(&mut self) {
+        let out = self.run(&["stop"]);
+        assert!(
+            out.status.success(),
+            "stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(mut c) = self.child.take() {
+            c.wait().unwrap();
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("run concord")
+    }
+
+    /// Run with `--json`; must succeed.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.run(&a);
+        assert!(
+            out.status.success(),
+            "{} {:?} failed: {}",
+            self.name,
+            args,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON value")
+    }
+
+    /// Run expecting failure: exit 1 and one `error:` line; returns it.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?} should fail; stderr: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one error line: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(out.stdout.is_empty());
+        err
+    }
+
+    fn device_id(&self) -> String {
+        self.json(&["device"])["device_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn digest(&self, lib: &str) -> String {
+        self.json(&["library", "digest", lib])["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn tags(&self, lib: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .json(&["tag", "list", lib])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn peers(&self) -> Vec<Value> {
+        self.json(&["device", "list"]).as_array().unwrap().clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pair(inviter: &Node, joiner: &Node) {
+    let ticket = inviter.json(&["pair", "invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = joiner.json(&["pair", "join", &ticket]);
+    assert_eq!(j["name"], inviter.name.as_str());
+}
+
+fn online(n: &Node, other: &str) -> bool {
+    n.peers()
+        .iter()
+        .any(|p| p["name"] == other && p["online"] == true)
+}
+
+fn converged(nodes: &[&Node], lib: &str) -> bool {
+    let d: Vec<String> = nodes.iter().map(|n| n.digest(lib)).collect();
+    d.windows(2).all(|w| w[0] == w[1])
+}
+
+#[test]
+fn pairing_library_setup_refusals_restart_and_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Node::new(tmp.path(), "alpha");
+    let mut b = Node::new(tmp.path(), "beta");
+    let mut c = Node::new(tmp.path(), "gamma");
+    a.start();
+    b.start();
+    c.start();
+
+    // Refusals before anything is paired: nothing stored anywhere.
+    let ticket = a.json(&["pair", "invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut wrong: Vec<char> = ticket.chars().collect();
+    let i = wrong.len() - 20; // inside the secret
+    wrong[i] = if wrong[i] == 'a' { 'b' } else { 'a' };
+    let wrong: String = wrong.into_iter().collect();
+    assert!(b.fails(&["pair", "join", &wrong]).contains("wrong secret"));
+    let expired = a.json(&["pair", "invite", "--ttl-ms", "1"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(b.fails(&["pair", "join", &expired]).contains("expired"));
+    assert!(b
+        .fails(&["pair", "join", &ticket[..ticket.len() / 2]])
+        .contains("invalid ticket"));
+    assert!(b
+        .fails(&["pair", "join", "not-a-ticket"])
+        .contains("invalid ticket"));
+    assert!(a.peers().is_empty() && b.peers().is_empty());
+
+    // A invites, B joins; both list each other online.
+    b.json(&["pair", "join", &ticket]);
+    wait_until("A and B online", || {
+        online(&a, "beta") && online(&b, "alpha")
+    });
+    // The ticket is used up.
+    assert!(c.fails(&["pair", "join", &ticket]).contains("already used"));
+    assert!(c.peers().is_empty());
+    assert_eq!(a.peers().len(), 1);
+
+    // A library with tags and albums; B lists it, joins it, same digest.
+    a.json(&["library", "create", "photos"]);
+    a.json(&["tag", "create", "photos", "holiday", "--color", "#ff8800"]);
+    a.json(&["tag", "create", "photos", "family"]);
+    a.json(&["album", "create", "photos", "summer"]);
+    let remote = b.json(&["library", "remote", "alpha"]);
+    assert_eq!(remote.as_array().unwrap().len(), 1);
+    assert_eq!(remote[0]["name"], "photos");
+    b.json(&["library", "join", "photos", "alpha"]);
+    assert_eq!(a.digest("photos"), b.digest("photos"));
+
+    // Replication both ways (issue 4's first acceptance point).
+    a.json(&["tag", "create", "photos", "from-a"]);
+    b.json(&["tag", "create", "photos", "from-b"]);
+    wait_until("tags everywhere", || {
+        a.tags("photos") == b.tags("photos") && a.tags("photos").len() == 4
+    });
+    wait_until("digests match", || converged(&[&a, &b], "photos"));
+
+    // A private library is not listed to B nor joinable.
+    a.json(&["library", "create", "secret", "--private"]);
+    let remote = b.json(&["library", "remote", "alpha"]);
+    assert!(remote
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["name"] != "secret"));
+    let secret_id = a
+        .json(&["library", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "secret")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(b
+        .fails(&["library", "join", &secret_id, "alpha"])
+        .contains("not shared"));
+    assert!(b
+        .json(&["library", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["name"] != "secret"));
+
+    // A never-paired device that knows A's address is refused by A itself.
+    let peers_b = std::fs::read(b.dir.join("peers.json")).unwrap();
+    c.stop();
+    std::fs::write(c.dir.join("peers.json"), &peers_b).unwrap();
+    c.start();
+    assert!(c
+        .fails(&["library", "remote", "alpha"])
+        .contains("not paired"));
+    let photos_id = a
+        .json(&["library", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "photos")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(c
+        .fails(&["library", "join", &photos_id, "alpha"])
+        .contains("not paired"));
+    assert!(c.json(&["library", "list"]).as_array().unwrap().is_empty());
+    let members = a
+        .json(&["library", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "photos")
+        .unwrap()["devices"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(members, 2, "C was not registered");
+
+    // Both stopped and restarted: online again without a new ticket.
+    a.stop();
+    b.stop();
+    a.start();
+    b.start();
+    wait_until("online after restart", || {
+        online(&a, "beta") && online(&b, "alpha")
+    });
+    b.json(&["tag", "create", "photos", "after-restart"]);
+    wait_until("sync after restart", || {
+        a.tags("photos").contains(&"after-restart".to_string())
+    });
+
+    // SIGKILL, then a clean start (stale lock and socket recovered).
+    a.kill();
+    assert!(
+        a.dir.join("concord.sock").exists(),
+        "the killed node left its socket"
+    );
+    a.start();
+    assert_eq!(a.tags("photos").len(), 5);
+    wait_until("online after kill", || online(&b, "alpha"));
+
+    // Removal: B loses access at once.
+    let b_id = b.device_id();
+    a.json(&["device", "remove", &b_id]);
+    let err = b.fails(&["library", "remote", "alpha"]);
+    assert!(err.contains("not paired"), "{err}");
+    assert!(a.peers().is_empty());
+}
+
+#[test]
+fn three_devices_leader_killed_failover_and_offline_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| Node::new(tmp.path(), n))
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    pair(&nodes[0], &nodes[1]);
+    pair(&nodes[0], &nodes[2]);
+    pair(&nodes[1], &nodes[2]);
+    nodes[0].json(&["library", "create", "lib"]);
+    nodes[0].json(&["tag", "create", "lib", "seed"]);
+    nodes[1].json(&["library", "join", "lib", "n1"]);
+    nodes[2].json(&["library", "join", "lib", "n1"]);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until("initial convergence", || converged(&refs, "lib"));
+    let leader0 = nodes[0].device_id();
+    let st = nodes[1].json(&["sync", "status", "lib"]);
+    assert_eq!(st["leader"], leader0.as_str());
+    assert_eq!(st["epoch"], 1);
+
+    // Kill the leader; the other two elect the higher device id at a higher epoch.
+    nodes[0].kill();
+    let ids = [nodes[1].device_id(), nodes[2].device_id()];
+    let expected = ids.iter().max().unwrap().clone();
+    wait_until("new leader", || {
+        let s1 = nodes[1].json(&["sync", "status", "lib"]);
+        let s2 = nodes[2].json(&["sync", "status", "lib"]);
+        s1["leader"] == expected.as_str()
+            && s2["leader"] == expected.as_str()
+            && s1["epoch"].as_u64() >= Some(2)
+    });
+
+    // Writes on every side during the outage, including the dead leader's data
+    // dir in direct mode (no node runs there).
+    nodes[1].json(&["tag", "create", "lib", "during-n2"]);
+    nodes[2].json(&["tag", "create", "lib", "during-n3"]);
+    nodes[0].json(&["tag", "create", "lib", "offline-n1"]);
+    wait_until("survivors converge", || {
+        converged(&[&nodes[1], &nodes[2]], "lib")
+    });
+    nodes[0].start();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_until("all converge", || converged(&refs, "lib"));
+    // Every write arrived exactly once.
+    let want = vec!["during-n2", "during-n3", "offline-n1", "seed"];
+    for n in &nodes {
+        assert_eq!(n.tags("lib"), want);
+    }
+    let s = nodes[0].json(&["sync", "status", "lib"]);
+    assert_eq!(
+        s["leader"],
+        expected.as_str(),
+        "the restarted leader follows the new one"
+    );
+    // Version vectors equal everywhere.
+    let vvs: Vec<Value> = nodes
+        .iter()
+        .map(|n| n.json(&["sync", "status", "lib"])["version_vector"].clone())
+        .collect();
+    wait_until("equal version vectors", || {
+        let vvs: Vec<Value> = nodes
+            .iter()
+            .map(|n| n.json(&["sync", "status", "lib"])["version_vector"].clone())
+            .collect();
+        vvs.windows(2).all(|w| w[0] == w[1])
+    });
+    drop(vvs);
+}
+
+#[test]
+fn partition_conflicts_and_snapshot_after_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Node::new(tmp.path(), "left");
+    let mut b = Node::new(tmp.path(), "right");
+    a.retention_ms = Some(300);
+    b.retention_ms = Some(300);
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    let t = a.json(&["tag", "create", "lib", "shared"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doomed = a.json(&["tag", "create", "lib", "doomed"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.json(&["library", "join", "lib", "left"]);
+    wait_until("joined", || converged(&[&a, &b], "lib"));
+
+    // Partition: B stops; both sides keep writing, including the same tag.
+    b.stop();
+    a.json(&["tag", "rename", "lib", &t, "renamed-left"]);
+    b.json(&["tag", "rename", "lib", &t, "renamed-right"]);
+    b.json(&["tag", "create", "lib", "right-offline"]);
+    a.json(&["tag", "delete", "lib", &doomed]);
+    // Away longer than the retention: A prunes what B would need.
+    wait_until("A pruned its log", || {
+        a.json(&["sync", "status", "lib"])["log_entries"] == 0
+    });
+    b.start();
+    wait_until("healed", || converged(&[&a, &b], "lib"));
+    let names = a.tags("lib");
+    assert!(names.contains(&"right-offline".to_string()));
+    assert!(
+        !names.contains(&"doomed".to_string()),
+        "deleted while away stays deleted"
+    );
+    assert_eq!(names.len(), 2);
+    let conflicts: Vec<Value> = [&a, &b]
+        .iter()
+        .flat_map(|n| {
+            n.json(&["sync", "conflicts", "lib"])
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    assert!(
+        conflicts
+            .iter()
+            .any(|c| c["record"] == t.as_str() && c["field"] == "name"),
+        "the overridden rename is recorded: {conflicts:?}"
+    );
+    let snapshots = b.json(&["sync", "status", "lib"])["stats"]["snapshots"]
+        .as_u64()
+        .unwrap()
+        + a.json(&["sync", "status", "lib"])["stats"]["snapshots"]
+            .as_u64()
+            .unwrap();
+    assert!(snapshots >= 1, "the returning device got a snapshot");
+}
