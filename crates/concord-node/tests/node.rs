@@ -190,3 +190,216 @@ async fn changes_flow_both_ways_over_iroh() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Send raw bytes on a fresh sync stream and return what came back (if anything).
+async fn raw_sync(from: &Node, to: &Node, bytes: Vec<u8>) -> Vec<u8> {
+    let addr = iroh::EndpointAddr::new(to.node_id()).with_ip_addr(to.addrs()[0]);
+    let conn = from
+        .state
+        .endpoint
+        .connect(addr, concord_node::SYNC_ALPN)
+        .await
+        .unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let _ = send.write_all(&bytes).await;
+    let _ = send.finish();
+    let out = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20)).await;
+    conn.close(0u32.into(), b"");
+    out.ok().and_then(|r| r.ok()).unwrap_or_default()
+}
+
+fn frame(env: &concord::service::protocol::Envelope) -> Vec<u8> {
+    let raw = postcard::to_allocvec(env).unwrap();
+    let mut f = ((raw.len() + 1) as u32).to_be_bytes().to_vec();
+    f.push(0);
+    f.extend(raw);
+    f
+}
+
+fn reply(bytes: &[u8]) -> concord::service::protocol::Msg {
+    assert!(bytes.len() > 5, "no reply");
+    postcard::from_bytes::<concord::service::protocol::Envelope>(&bytes[5..])
+        .unwrap()
+        .msg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
+    use concord::model::Volume;
+    use concord::model::{Syncable, Value};
+    use concord::service::protocol::{Envelope, Msg};
+    use concord::sync::entry::{FieldWrite, LogEntry, Op};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.sync.heartbeat_interval = Duration::from_millis(100);
+    cfg.sync.leader_timeout = Duration::from_millis(300);
+    let start = |dir: std::path::PathBuf, name: &str| {
+        let mut c = cfg.clone();
+        c.name = Some(name.to_string());
+        Node::start(dir, c)
+    };
+    let a = start(tmp.path().join("a"), "alpha").await.unwrap();
+    let b = start(tmp.path().join("b"), "beta").await.unwrap();
+    let m = start(tmp.path().join("m"), "mallory").await.unwrap();
+    pairing::join(&b.state, &pairing::invite(&a.state, None).encode())
+        .await
+        .unwrap();
+    pairing::join(&m.state, &pairing::invite(&a.state, None).encode())
+        .await
+        .unwrap();
+    let lib_id = a.state.data.create_library("photos").unwrap().id();
+    concord_node::sync::start_service(&a.state, lib_id).unwrap();
+    setup::join_library(&b.state, lib_id, &b.state.resolve_peer("alpha").unwrap())
+        .await
+        .unwrap();
+    let la = a.state.library(lib_id).unwrap();
+    let lb = b.state.library(lib_id).unwrap();
+    let before = la.read(|c| digest(c, Scope::All)).unwrap();
+    let env = |msg: Msg| Envelope {
+        id: 7,
+        library: lib_id,
+        from: m.device_id(),
+        msg,
+    };
+
+    // Oversized frame: refused before allocation, stream closed, no reply.
+    let mut huge = u32::MAX.to_be_bytes().to_vec();
+    huge.extend([0u8; 64]);
+    assert!(raw_sync(&m, &a, huge).await.is_empty());
+    // Garbage bytes.
+    assert!(
+        raw_sync(&m, &a, vec![0, 0, 0, 9, 0, 255, 1, 2, 3, 4, 5, 6, 7])
+            .await
+            .is_empty()
+    );
+    // Entries for a library mallory is not registered in.
+    let tag = LogEntry {
+        origin: m.device_id(),
+        origin_seq: 1,
+        hlc: concord::hlc::Hlc::pack(a.state.now_ms(), 0),
+        lib_seq: None,
+        epoch: None,
+        model: "tag".into(),
+        record: Uuid::now_v7(),
+        op: Op::Insert(vec![FieldWrite {
+            field: 0,
+            value: Value::Text("evil".into()),
+            base: 0,
+        }]),
+    };
+    let r = reply(
+        &raw_sync(
+            &m,
+            &a,
+            frame(&env(Msg::PushEntries {
+                entries: vec![tag.clone()],
+            })),
+        )
+        .await,
+    );
+    assert!(
+        matches!(&r, Msg::Error { message } if message.contains("not registered")),
+        "{r:?}"
+    );
+    // An envelope claiming to come from another device.
+    let mut forged = env(Msg::PushEntries { entries: vec![tag] });
+    forged.from = b.device_id();
+    let r = reply(&raw_sync(&m, &a, frame(&forged)).await);
+    assert!(
+        matches!(&r, Msg::Error { message } if message.contains("does not match")),
+        "{r:?}"
+    );
+    assert_eq!(
+        la.read(|c| digest(c, Scope::All)).unwrap(),
+        before,
+        "nothing applied"
+    );
+
+    // A registered member sending a device-owned change for another owner.
+    setup::join_library(&m.state, lib_id, &m.state.resolve_peer("alpha").unwrap())
+        .await
+        .unwrap();
+    let before = la.read(|c| digest(c, Scope::All)).unwrap();
+    let vol = Volume {
+        id: Uuid::now_v7(),
+        device: a.device_id(),
+        name: "v".into(),
+        fingerprint: "f".into(),
+        mount_point: "/".into(),
+    };
+    let writes = vol
+        .to_values()
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| FieldWrite {
+            field: i as u16,
+            value,
+            base: 0,
+        })
+        .collect();
+    let stolen = LogEntry {
+        origin: m.device_id(),
+        origin_seq: 1_000_000,
+        hlc: concord::hlc::Hlc::pack(a.state.now_ms(), 0),
+        lib_seq: None,
+        epoch: None,
+        model: "volume".into(),
+        record: vol.id,
+        op: Op::Insert(writes),
+    };
+    let r = reply(
+        &raw_sync(
+            &m,
+            &a,
+            frame(&env(Msg::PushEntries {
+                entries: vec![stolen.clone()],
+            })),
+        )
+        .await,
+    );
+    assert!(matches!(r, Msg::Ok), "{r:?}");
+    let n: i64 = la
+        .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM volumes", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(n, 0, "another device's volume was refused");
+    // Proposing entries of another origin is refused outright.
+    let mut other = stolen;
+    other.origin = b.device_id();
+    let r = reply(
+        &raw_sync(
+            &m,
+            &a,
+            frame(&env(Msg::ProposeEntries {
+                entries: vec![other],
+            })),
+        )
+        .await,
+    );
+    assert!(matches!(&r, Msg::Error { .. }), "{r:?}");
+    let after = la.read(|c| digest(c, Scope::All)).unwrap();
+    assert_eq!(after, before);
+
+    // Honest sync goes on.
+    la.commit(Change::insert(&Tag {
+        id: Uuid::now_v7(),
+        name: "still-syncing".into(),
+        color: None,
+    }))
+    .unwrap();
+    wait_for("honest sync", || {
+        lb.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM tags WHERE name = 'still-syncing'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })
+        .unwrap()
+            == 1
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+    m.shutdown().await;
+}
