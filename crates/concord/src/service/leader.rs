@@ -80,7 +80,7 @@ impl SyncService {
                 vv: vv.clone(),
                 horizon: Some(horizon.clone()),
             };
-            tasks.spawn(async move { (to, me.send(to, msg).await) });
+            tasks.spawn(async move { (to, me.probe(to, msg).await) });
         }
         let mut differing = Vec::new();
         while let Some(done) = tasks.join_next().await {
@@ -136,7 +136,7 @@ impl SyncService {
                 vv: vv.clone(),
                 horizon: None,
             };
-            tasks.spawn(async move { (to, me.send(to, msg).await) });
+            tasks.spawn(async move { (to, me.probe(to, msg).await) });
         }
         let mut reachable = vec![self.shared.me];
         let mut top_epoch = term.epoch;

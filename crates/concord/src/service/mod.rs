@@ -26,7 +26,7 @@ pub mod store;
 pub mod transport;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -55,6 +55,10 @@ pub struct SyncConfig {
     /// Run SQLite work inline on the async task instead of `spawn_blocking`
     /// (the deterministic simulation needs this).
     pub inline_blocking: bool,
+    /// Longest wait for a response. Heartbeats, probes and notifications wait
+    /// at most one `heartbeat_interval`, so an unreachable device never stalls
+    /// an election or a push for longer than that.
+    pub request_timeout: Duration,
 }
 
 impl Default for SyncConfig {
@@ -65,6 +69,7 @@ impl Default for SyncConfig {
             fetch_batch: 1000,
             retention: Duration::from_secs(30 * 24 * 3600),
             inline_blocking: false,
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -116,6 +121,11 @@ struct Shared {
     wake: Notify,
     /// One fetch/reconcile at a time.
     fetching: tokio::sync::Mutex<()>,
+    /// Change propagation runs off the main loop, one run at a time.
+    changed: AtomicBool,
+    propagating: tokio::sync::Mutex<()>,
+    /// At most one heartbeat/election round at a time.
+    ticking: AtomicBool,
     stop: watch::Sender<bool>,
 }
 
@@ -189,6 +199,9 @@ impl SyncService {
                 next_id: AtomicU64::new(1),
                 wake: Notify::new(),
                 fetching: tokio::sync::Mutex::new(()),
+                changed: AtomicBool::new(false),
+                propagating: tokio::sync::Mutex::new(()),
+                ticking: AtomicBool::new(false),
                 stop,
             }),
         })
@@ -217,7 +230,7 @@ impl SyncService {
             }
             if dirty {
                 dirty = false;
-                self.on_change().await;
+                self.kick_changes();
             }
             // `biased`: a fixed polling order keeps the simulation deterministic.
             tokio::select! {
@@ -237,14 +250,44 @@ impl SyncService {
                     }
                 }
                 _ = sh.wake.notified() => {
-                    self.catch_up().await;
+                    let me = self.clone();
+                    tokio::spawn(async move { me.catch_up().await });
                 }
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick = Instant::now() + sh.config.heartbeat_interval;
-                    self.tick().await;
+                    if !sh.ticking.swap(true, Ordering::SeqCst) {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.tick().await;
+                            me.shared.ticking.store(false, Ordering::SeqCst);
+                        });
+                    }
                 }
             }
         }
+    }
+
+    /// Propagate new entries without blocking the main loop: one propagation
+    /// runs at a time and picks up everything that changed meanwhile.
+    fn kick_changes(&self) {
+        self.shared.changed.store(true, Ordering::SeqCst);
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Ok(_running) = me.shared.propagating.try_lock() else {
+                        return; // the running one will see `changed`
+                    };
+                    while me.shared.changed.swap(false, Ordering::SeqCst) {
+                        me.on_change().await;
+                    }
+                }
+                // A change may have arrived just as the runner finished.
+                if !me.shared.changed.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+        });
     }
 
     fn st(&self) -> MutexGuard<'_, State> {
@@ -296,6 +339,27 @@ impl SyncService {
     }
 
     async fn send(&self, to: Uuid, msg: Msg) -> std::result::Result<Msg, TransportError> {
+        self.send_within(to, msg, self.shared.config.request_timeout)
+            .await
+    }
+
+    /// For heartbeats, probes and notifications: wait at most one heartbeat interval.
+    async fn probe(&self, to: Uuid, msg: Msg) -> std::result::Result<Msg, TransportError> {
+        let limit = self
+            .shared
+            .config
+            .heartbeat_interval
+            .min(self.shared.config.request_timeout);
+        self.send_within(to, msg, limit.max(Duration::from_millis(50)))
+            .await
+    }
+
+    async fn send_within(
+        &self,
+        to: Uuid,
+        msg: Msg,
+        limit: Duration,
+    ) -> std::result::Result<Msg, TransportError> {
         let env = Envelope {
             id: self.shared.next_id.fetch_add(1, Ordering::Relaxed),
             library: self.shared.lib.id(),
@@ -303,7 +367,11 @@ impl SyncService {
             msg,
         };
         self.st().stats.sent += 1;
-        let reply = self.shared.transport.request(to, env).await;
+        let reply = match tokio::time::timeout(limit, self.shared.transport.request(to, env)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout(to)),
+        };
         match &reply {
             Ok(r) => {
                 let now = self.now_ms();
@@ -391,7 +459,7 @@ impl SyncService {
             let me = self.clone();
             tasks.spawn(async move {
                 let _ = me
-                    .send(
+                    .probe(
                         to,
                         Msg::NewEntries {
                             term,
@@ -889,6 +957,13 @@ impl SyncService {
             st.peers.entry(from).or_default().vv = vv.clone();
             if role == Role::Leader && term == st.term {
                 st.last_leader_contact = Instant::now();
+                // The leader holds (or held) entries we lack: the cursor cannot
+                // fetch them if they were sequenced below it or pruned while this
+                // device did not count (away past retention), so reconcile by
+                // version vector, which falls back to a snapshot when needed.
+                if !vv_covers(&my_vv, &vv) {
+                    st.cursor_term = None;
+                }
             }
             let lacking = role == Role::Leader
                 && term == st.term
