@@ -251,6 +251,41 @@ async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> Cli
                 "stats": st.stats,
             }))
         }
+        Request::LocationPull { library, location } => {
+            let lib = ctx.library(&library)?;
+            let targets = remote_locations(&ctx, &lib, &library, location.as_deref(), None)?;
+            let (mut locations, mut entries) = (0u64, 0u64);
+            for loc in targets {
+                let r = pull(state, &lib, loc).await?;
+                locations += 1;
+                entries += r.rows;
+            }
+            Ok(json!({ "locations": locations, "entries": entries }))
+        }
+        Request::EntryList {
+            library,
+            location,
+            device,
+        } if location.is_some() || device.is_some() => {
+            // Browsing another device's entries pulls (or refreshes) them first.
+            let lib = ctx.library(&library)?;
+            let targets =
+                remote_locations(&ctx, &lib, &library, location.as_deref(), device.as_deref())?;
+            for loc in targets {
+                if let Err(e) = pull(state, &lib, loc).await {
+                    tracing::warn!(location = %loc, "showing cached entries; refresh failed: {}", e.line());
+                }
+            }
+            let c = ctx.clone();
+            let req = Request::EntryList {
+                library,
+                location,
+                device,
+            };
+            tokio::task::spawn_blocking(move || ops::execute(&c, req))
+                .await
+                .map_err(|e| CliError::new(format!("command failed: {e}")))?
+        }
         other => {
             let create = matches!(other, Request::LibraryCreate { .. });
             let c = ctx.clone();
@@ -265,6 +300,44 @@ async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> Cli
             Ok(value)
         }
     }
+}
+
+/// Locations of other devices selected by `LOC` and/or `DEVICE` (all of them
+/// when neither is given).
+fn remote_locations(
+    _ctx: &Context,
+    lib: &concord::Library,
+    lib_key: &str,
+    location: Option<&str>,
+    device: Option<&str>,
+) -> CliResult<Vec<Uuid>> {
+    let me = lib.device();
+    if let Some(key) = location {
+        let loc = crate::resolve::location(lib, lib_key, key)?;
+        return Ok(if loc.device == me {
+            Vec::new()
+        } else {
+            vec![loc.id]
+        });
+    }
+    let owner = device.map(|d| crate::resolve::device(lib, d)).transpose()?;
+    let all = concord::query::locations(lib)?;
+    Ok(all
+        .into_iter()
+        .filter(|l| l.location.device != me && owner.is_none_or(|o| l.location.device == o))
+        .map(|l| l.location.id)
+        .collect())
+}
+
+async fn pull(
+    state: &Arc<NodeState>,
+    lib: &concord::Library,
+    location: Uuid,
+) -> CliResult<concord::service::pull::PullReport> {
+    let svc = state
+        .service(lib.id())
+        .ok_or_else(|| CliError::new("the library's sync service is not running"))?;
+    Ok(svc.pull_location(location).await?)
 }
 
 /// `LIB` for `library join`: a UUID, or the unique name of one of the device's

@@ -51,7 +51,12 @@ impl Demo {
     fn say(&self, msg: impl AsRef<str>) {
         if !self.quiet {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "[{:5.1}s] {}", self.started.elapsed().as_secs_f64(), msg.as_ref());
+            let _ = writeln!(
+                out,
+                "[{:5.1}s] {}",
+                self.started.elapsed().as_secs_f64(),
+                msg.as_ref()
+            );
         }
     }
 
@@ -61,13 +66,23 @@ impl Demo {
             .arg("--data-dir")
             .arg(&d.dir)
             .args(["start", "--name", &d.name, "--listen", "127.0.0.1:0"])
-            .args(["--heartbeat-ms", "200", "--leader-timeout-ms", "1000", "--presence-ms", "300"])
+            .args([
+                "--heartbeat-ms",
+                "200",
+                "--leader-timeout-ms",
+                "1000",
+                "--presence-ms",
+                "300",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| CliError::new(format!("cannot start a node: {e}")))?;
-        let stdout = child.stdout.take().ok_or_else(|| CliError::new("no stdout from the node"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| CliError::new("no stdout from the node"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut line = String::new();
@@ -109,7 +124,8 @@ impl Demo {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        serde_json::from_slice(&out.stdout).map_err(|e| CliError::new(format!("bad output from concord: {e}")))
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| CliError::new(format!("bad output from concord: {e}")))
     }
 
     fn wait(&self, what: &str, mut done: impl FnMut() -> CliResult<bool>) -> CliResult<()> {
@@ -130,7 +146,12 @@ impl Demo {
     fn digests(&self, which: &[usize]) -> CliResult<Vec<String>> {
         which
             .iter()
-            .map(|&i| Ok(self.cli(i, &["library", "digest", "demo"])?["digest"].as_str().unwrap_or("").to_string()))
+            .map(|&i| {
+                Ok(self.cli(i, &["library", "digest", "demo"])?["digest"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string())
+            })
             .collect()
     }
 
@@ -141,7 +162,10 @@ impl Demo {
 
     fn status(&self, i: usize) -> CliResult<(String, u64)> {
         let s = self.cli(i, &["sync", "status", "demo"])?;
-        Ok((s["leader"].as_str().unwrap_or("").to_string(), s["epoch"].as_u64().unwrap_or(0)))
+        Ok((
+            s["leader"].as_str().unwrap_or("").to_string(),
+            s["epoch"].as_u64().unwrap_or(0),
+        ))
     }
 
     fn name_of(&self, id: &str, ids: &[String]) -> String {
@@ -156,7 +180,8 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
     if !(2..=7).contains(&n) {
         return Err(CliError::new("--devices takes 2 to 7 devices"));
     }
-    let exe = std::env::current_exe().map_err(|e| CliError::new(format!("cannot find the concord binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(format!("cannot find the concord binary: {e}")))?;
     let root = std::env::temp_dir().join(format!("concord-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
@@ -173,12 +198,20 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
         started: Instant::now(),
         quiet: json,
     };
-    demo.say(format!("starting {n} devices on 127.0.0.1 in {}", root.display()));
+    demo.say(format!(
+        "starting {n} devices on 127.0.0.1 in {}",
+        root.display()
+    ));
     for i in 0..n {
         demo.start(i)?;
     }
     let ids: Vec<String> = (0..n)
-        .map(|i| Ok(demo.cli(i, &["device"])?["device_id"].as_str().unwrap_or("").to_string()))
+        .map(|i| {
+            Ok(demo.cli(i, &["device"])?["device_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string())
+        })
         .collect::<CliResult<_>>()?;
 
     demo.say("pairing every device with every other (one-time tickets)");
@@ -191,7 +224,10 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
 
     demo.say("device-1 creates library \"demo\"; the others join it");
     demo.cli(0, &["library", "create", "demo"])?;
-    demo.cli(0, &["tag", "create", "demo", "shared", "--color", "#3366ff"])?;
+    demo.cli(
+        0,
+        &["tag", "create", "demo", "shared", "--color", "#3366ff"],
+    )?;
     for j in 1..n {
         demo.cli(j, &["library", "join", "demo", &demo.devices[0].name])?;
     }
@@ -200,7 +236,10 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
     for i in 0..n {
         let name = demo.devices[i].name.clone();
         demo.cli(i, &["tag", "create", "demo", &format!("tag-from-{name}")])?;
-        demo.cli(i, &["album", "create", "demo", &format!("album-from-{name}")])?;
+        demo.cli(
+            i,
+            &["album", "create", "demo", &format!("album-from-{name}")],
+        )?;
     }
     let all: Vec<usize> = (0..n).collect();
     demo.wait("first convergence", || demo.converged(&all))?;
@@ -212,12 +251,18 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
     ));
 
     let dead = ids.iter().position(|x| *x == leader).unwrap_or(0);
-    demo.say(format!("killing the leader, {} (SIGKILL)", demo.devices[dead].name));
+    demo.say(format!(
+        "killing the leader, {} (SIGKILL)",
+        demo.devices[dead].name
+    ));
     demo.kill(dead);
     let survivors: Vec<usize> = (0..n).filter(|&i| i != dead).collect();
     let mut new_leader = (String::new(), 0);
     demo.wait("a new leader", || {
-        let views: Vec<(String, u64)> = survivors.iter().map(|&i| demo.status(i)).collect::<CliResult<_>>()?;
+        let views: Vec<(String, u64)> = survivors
+            .iter()
+            .map(|&i| demo.status(i))
+            .collect::<CliResult<_>>()?;
         let agreed = views.windows(2).all(|w| w[0] == w[1]);
         if agreed && views[0].1 > epoch && !views[0].0.is_empty() && views[0].0 != leader {
             new_leader = views[0].clone();
@@ -237,13 +282,19 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
         demo.cli(i, &["tag", "create", "demo", &format!("outage-{name}")])?;
     }
     let dead_name = demo.devices[dead].name.clone();
-    demo.cli(dead, &["tag", "create", "demo", &format!("offline-{dead_name}")])?;
+    demo.cli(
+        dead,
+        &["tag", "create", "demo", &format!("offline-{dead_name}")],
+    )?;
     demo.wait("survivors to converge", || demo.converged(&survivors))?;
 
     demo.say(format!("restarting {dead_name}"));
     demo.start(dead)?;
     demo.wait("every device to converge", || demo.converged(&all))?;
-    let tags = demo.cli(0, &["tag", "list", "demo"])?.as_array().map_or(0, Vec::len);
+    let tags = demo
+        .cli(0, &["tag", "list", "demo"])?
+        .as_array()
+        .map_or(0, Vec::len);
     let digest = demo.digests(&[0])?[0].clone();
     let (leader_after, epoch_after) = demo.status(dead)?;
     demo.say(format!(
@@ -263,6 +314,9 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
         "tags": tags,
         "seconds": demo.started.elapsed().as_secs_f64(),
     });
-    demo.say(format!("done in {:.1} s", demo.started.elapsed().as_secs_f64()));
+    demo.say(format!(
+        "done in {:.1} s",
+        demo.started.elapsed().as_secs_f64()
+    ));
     Ok(if json { summary } else { Value::Null })
 }

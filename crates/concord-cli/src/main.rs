@@ -300,6 +300,13 @@ enum LocationCmd {
         #[arg(value_name = "LOC")]
         location: String,
     },
+    /// Fetch or refresh another device's location(s) now (all when LOC is omitted)
+    Pull {
+        #[arg(value_name = "LIB")]
+        library: String,
+        #[arg(value_name = "LOC")]
+        location: Option<String>,
+    },
     /// Forget a location of this device and its entries (files stay on disk)
     Remove {
         #[arg(value_name = "LIB")]
@@ -467,6 +474,7 @@ fn request(cmd: Command) -> CliResult<Request> {
             LocationCmd::Rescan { library, location } => {
                 Request::LocationRescan { library, location }
             }
+            LocationCmd::Pull { library, location } => Request::LocationPull { library, location },
             LocationCmd::Remove { library, location } => {
                 Request::LocationRemove { library, location }
             }

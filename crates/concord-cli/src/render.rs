@@ -52,6 +52,11 @@ fn plain(command: &str, v: &Value) -> String {
             &["id", "name", "devices", "entries"],
         ),
         "sync status" => sync_status(v),
+        "location pull" => format!(
+            "{} entries from {} locations",
+            text(&v["entries"]),
+            text(&v["locations"])
+        ),
         "sync conflicts" => list(
             v,
             &["RECORD", "FIELD", "KEPT", "DISCARDED", "AT"],

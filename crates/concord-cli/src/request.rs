@@ -152,6 +152,10 @@ pub enum Request {
     SyncConflicts {
         library: String,
     },
+    LocationPull {
+        library: String,
+        location: Option<String>,
+    },
 }
 
 impl Request {
@@ -191,6 +195,7 @@ impl Request {
             Request::LibraryJoin { .. } => "library join",
             Request::SyncStatus { .. } => "sync status",
             Request::SyncConflicts { .. } => "sync conflicts",
+            Request::LocationPull { .. } => "location pull",
         }
     }
 
@@ -206,6 +211,7 @@ impl Request {
                 | Request::LibraryShare { .. }
                 | Request::LibraryJoin { .. }
                 | Request::SyncStatus { .. }
+                | Request::LocationPull { .. }
         )
     }
 }

@@ -480,3 +480,99 @@ fn partition_conflicts_and_snapshot_after_retention() {
             .unwrap();
     assert!(snapshots >= 1, "the returning device got a snapshot");
 }
+
+fn make_tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i % 20));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}.txt")), format!("file {i}")).unwrap();
+    }
+}
+
+#[test]
+fn remote_browsing_incremental_refresh_and_tags_on_remote_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    make_tree(&tree, 3000);
+    let mut a = Node::new(tmp.path(), "owner");
+    let mut b = Node::new(tmp.path(), "viewer");
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    let log_before = a.json(&["sync", "status", "lib"])["stats"].clone();
+    let added = a.json(&["location", "add", "lib", tree.to_str().unwrap()]);
+    assert_eq!(added["entries"], 3020, "3000 files in 20 folders");
+    drop(log_before);
+    b.json(&["library", "join", "lib", "owner"]);
+    wait_until("B sees A's location", || {
+        b.json(&["location", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+
+    // Browsing A's entries pulls them on demand.
+    let a_id = a.device_id();
+    let listed = b.json(&["entry", "list", "lib", "--device", &a_id]);
+    assert_eq!(listed.as_array().unwrap().len(), 3020);
+
+    // 50 files change on A; A rescans; B's refresh moves about 50 rows.
+    for i in 0..50 {
+        let p = tree.join(format!("d{}", i % 20)).join(format!("f{i}.txt"));
+        std::fs::write(p, format!("changed contents of file {i}, longer")).unwrap();
+    }
+    a.json(&["location", "rescan", "lib", tree.to_str().unwrap()]);
+    let pulled = b.json(&["location", "pull", "lib"]);
+    let rows = pulled["entries"].as_u64().unwrap();
+    assert!(
+        (50..=70).contains(&rows),
+        "refresh moved {rows} rows, not about 50"
+    );
+    let sizes: Vec<i64> = b
+        .json(&["entry", "list", "lib", "--device", &a_id])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["path"].as_str().unwrap().ends_with("/f7.txt"))
+        .map(|e| e["size"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![std::fs::metadata(tree.join("d7/f7.txt")).unwrap().len() as i64]
+    );
+
+    // A tag applied on B to one of A's files shows on A; removing it on A removes it on B.
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "d3/f3.txt")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.json(&["tag", "create", "lib", "starred"]);
+    b.json(&["tag", "apply", "lib", "starred", &entry]);
+    let tagged = |n: &Node| {
+        n.json(&["entry", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| {
+                e["id"] == entry.as_str()
+                    && e["tags"].as_array().unwrap().iter().any(|t| t == "starred")
+            })
+    };
+    wait_until("tag on A", || tagged(&a));
+    a.json(&["tag", "remove", "lib", "starred", &entry]);
+    wait_until("untagged on B", || !tagged(&b));
+    wait_until("shared digests match", || {
+        a.json(&["library", "digest", "lib", "--shared"])
+            == b.json(&["library", "digest", "lib", "--shared"])
+    });
+    // Having pulled every location, the full digests match too.
+    b.json(&["location", "pull", "lib"]);
+    assert_eq!(a.digest("lib"), b.digest("lib"));
+}

@@ -21,6 +21,7 @@
 
 pub mod leader;
 pub mod protocol;
+pub mod pull;
 pub mod snapshot;
 pub mod store;
 pub mod transport;
@@ -108,6 +109,8 @@ struct State {
     stats: Stats,
     /// Leader only: highest sequence assigned.
     seq: u64,
+    /// Remote-browsing pulls of this run, by location.
+    pulls: BTreeMap<Uuid, pull::PullProgress>,
 }
 
 struct Shared {
@@ -156,6 +159,8 @@ pub struct SyncStatus {
     pub conflicts: u64,
     /// Entries held in this device's log (pruning shrinks it).
     pub log_entries: u64,
+    /// Pulls of other devices' locations (remote browsing) since start.
+    pub pulls: Vec<pull::PullProgress>,
     pub stats: Stats,
 }
 
@@ -194,6 +199,7 @@ impl SyncService {
                     peers: BTreeMap::new(),
                     stats: Stats::default(),
                     seq,
+                    pulls: BTreeMap::new(),
                 }),
                 config,
                 next_id: AtomicU64::new(1),
@@ -681,8 +687,17 @@ impl SyncService {
         let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
         let mut their_vv;
         let mut snapshot_taken = false;
+        // Where the next page starts: our version vector, raised past what each
+        // page carried. Asking from the version vector alone would repeat the
+        // same page forever when we already hold what the peer has beyond a gap
+        // that neither of us can fill.
+        let mut ask: Option<VersionVector> = None;
         loop {
-            let vv = self.version_vector().await;
+            let vv = match ask.take() {
+                Some(vv) => vv,
+                None => self.version_vector().await,
+            };
+            let mut next = vv.clone();
             match self.send(peer, Msg::Reconcile { vv, limit }).await {
                 Ok(Msg::ReconcileResponse {
                     vv,
@@ -693,8 +708,18 @@ impl SyncService {
                 }) => {
                     their_vv = vv;
                     self.adopt(term);
+                    for e in &entries {
+                        let slot = next.entry(e.origin).or_insert(0);
+                        *slot = (*slot).max(e.origin_seq);
+                    }
                     self.apply(entries).await?;
-                    if !has_more {
+                    if has_more {
+                        for (origin, seq) in self.version_vector().await {
+                            let slot = next.entry(origin).or_insert(0);
+                            *slot = (*slot).max(seq);
+                        }
+                        ask = Some(next);
+                    } else {
                         let mut st = self.st();
                         if st.term == term && term.leader == peer {
                             st.cursor = seq;
@@ -921,6 +946,10 @@ impl SyncService {
                 self.st().stats.snapshots += 1;
                 Ok(chunk)
             }
+            Msg::PullEntries { location, cursor } => {
+                self.blocking(move |lib| pull::page(lib, location, &cursor))
+                    .await
+            }
             other => Err(Error::Invalid(format!("{} is not a request", other.name()))),
         }
     }
@@ -1080,6 +1109,7 @@ impl SyncService {
             peers,
             conflicts,
             log_entries,
+            pulls: st.pulls.values().cloned().collect(),
             stats: st.stats.clone(),
         })
     }

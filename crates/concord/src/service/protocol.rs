@@ -63,6 +63,15 @@ pub struct SnapshotTombstone {
     pub dev: Uuid,
 }
 
+/// Where a pull resumes: rows changed after `since` (a clock time), past UUID
+/// `after`; `position` is fixed by the first page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullCursor {
+    pub since: u64,
+    pub after: Option<Uuid>,
+    pub position: Option<u64>,
+}
+
 /// Where a snapshot stream resumes: the model index and the last UUID sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotCursor {
@@ -120,6 +129,12 @@ pub enum Msg {
     Snapshot {
         cursor: SnapshotCursor,
     },
+    /// Remote browsing (DESIGN §7): the file entries of `location` changed since
+    /// `cursor.since`, a page at a time.
+    PullEntries {
+        location: Uuid,
+        cursor: PullCursor,
+    },
 
     // ---- responses ----
     Ok,
@@ -143,10 +158,22 @@ pub enum Msg {
     SnapshotChunk {
         rows: Vec<SnapshotRow>,
         tombstones: Vec<SnapshotTombstone>,
+        /// Bulk operations recorded (DESIGN §7): their rows stay on their
+        /// owner, but every device learns of them, snapshot or not.
+        bulk: Vec<LogEntry>,
         next: Option<SnapshotCursor>,
         /// The sender's version vector when the snapshot started (first chunk)
         /// and ended (last chunk): the receiver continues from the first one.
         vv: VersionVector,
+    },
+    PullPage {
+        rows: Vec<SnapshotRow>,
+        /// Where the next page starts; `None` when this was the last.
+        next: Option<PullCursor>,
+        /// Rows in the whole pull (first page only, else 0).
+        total: u64,
+        /// The position to pull from next time: everything up to it was sent.
+        position: u64,
     },
     /// The request carried an older term than the receiver's; here is the newer.
     StaleTerm {
@@ -178,6 +205,8 @@ impl Msg {
             Msg::HeartbeatReply { .. } => "HeartbeatReply",
             Msg::ReconcileResponse { .. } => "ReconcileResponse",
             Msg::SnapshotChunk { .. } => "SnapshotChunk",
+            Msg::PullEntries { .. } => "PullEntries",
+            Msg::PullPage { .. } => "PullPage",
             Msg::StaleTerm { .. } => "StaleTerm",
             Msg::SyncRequired { .. } => "SyncRequired",
             Msg::Error { .. } => "Error",
@@ -198,14 +227,17 @@ impl Msg {
             Msg::HeartbeatReply { vv, .. }
             | Msg::Acknowledge { vv, .. }
             | Msg::Reconcile { vv, .. } => vv_ok(vv),
+            Msg::PullPage { rows, .. } => rows.len() <= MAX_SNAPSHOT_ROWS,
             Msg::SnapshotChunk {
                 rows,
                 tombstones,
+                bulk,
                 vv,
                 ..
             } => {
                 rows.len() <= MAX_SNAPSHOT_ROWS
                     && tombstones.len() <= MAX_SNAPSHOT_ROWS
+                    && bulk.len() <= MAX_SNAPSHOT_ROWS
                     && vv_ok(vv)
             }
             _ => true,

@@ -12,7 +12,7 @@
 use crate::model::{ModelInfo, ModelKind};
 
 /// Schema version of `library.db`; bump and add a step to [`LIBRARY_MIGRATIONS`].
-pub const LIBRARY_SCHEMA_VERSION: i64 = 1;
+pub const LIBRARY_SCHEMA_VERSION: i64 = 2;
 
 /// `CREATE TABLE` and indexes for one model.
 pub fn model_ddl(m: &ModelInfo) -> String {
@@ -95,7 +95,19 @@ pub fn library_migrations() -> Vec<String> {
     for m in crate::model::registry() {
         v1.push_str(&model_ddl(m));
     }
-    vec![v1]
+    // v2: remote browsing (pull positions per location) and lookups by path.
+    let v2 = "
+CREATE TABLE pulls (
+  location BLOB PRIMARY KEY,
+  owner BLOB NOT NULL,
+  position INTEGER NOT NULL,
+  rows INTEGER NOT NULL,
+  at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX file_entries_by_location_path ON file_entries(location, path);
+"
+    .to_string();
+    vec![v1, v2]
 }
 
 /// Schema version of `sync.db`.

@@ -1,0 +1,258 @@
+//! Remote browsing (DESIGN §7): another device's file entries, pulled on demand
+//! from their owner as a cursor-paginated state stream, cached locally as that
+//! owner's rows, and refreshed incrementally.
+//!
+//! Rows written by `commit_bulk` never travel through the log, so a device sees
+//! them only by pulling. A pull asks for the rows of one location whose clock
+//! (row clock or any field clock) is above the position of the previous pull;
+//! the first pull starts at 0 and takes everything. Each page is at most
+//! [`MAX_SNAPSHOT_ROWS`] rows; the owner fixes the new position at the first
+//! page, so a row changed while paging is sent again next time rather than lost.
+//! Deletes need no pull: they always travel through the log.
+
+use std::time::Instant;
+
+use rusqlite::OptionalExtension;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::protocol::{Msg, PullCursor, SnapshotRow, MAX_SNAPSHOT_ROWS};
+use super::SyncService;
+use crate::error::{Error, Result};
+use crate::model::{FileEntry, ModelInfo, Syncable, Value};
+use crate::sync::txn::Library;
+
+/// Progress of a pull, for `sync status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PullProgress {
+    pub location: Uuid,
+    pub done: u64,
+    pub total: u64,
+    /// Rows per second so far.
+    pub rate: f64,
+    pub finished: bool,
+}
+
+/// What a pull transferred.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PullReport {
+    pub location: Uuid,
+    pub rows: u64,
+    pub pages: u64,
+}
+
+fn changed_expr(m: &ModelInfo) -> String {
+    let mut parts = vec!["_hlc".to_string()];
+    for f in m.fields.iter().filter(|f| !f.key && !f.owner) {
+        parts.push(format!("COALESCE({}__hlc, 0)", f.name));
+    }
+    format!("MAX({})", parts.join(", "))
+}
+
+fn clock_cols(m: &ModelInfo) -> Vec<String> {
+    m.fields
+        .iter()
+        .map(|f| {
+            if f.key || f.owner {
+                "_hlc, _dev".to_string()
+            } else {
+                format!("COALESCE({0}__hlc, _hlc), COALESCE({0}__dev, _dev)", f.name)
+            }
+        })
+        .collect()
+}
+
+/// Owner side: one page of `location`'s entries changed after `cursor.since`.
+pub fn page(lib: &Library, location: Uuid, cursor: &PullCursor) -> Result<Msg> {
+    let m = FileEntry::INFO;
+    let changed = changed_expr(m);
+    let position = cursor.position.unwrap_or_else(|| lib.hlc().last());
+    lib.read(|c| {
+        let total = if cursor.position.is_none() {
+            c.prepare_cached(&format!(
+                "SELECT COUNT(*) FROM {} WHERE location = ?1 AND {changed} > ?2",
+                m.table
+            ))?
+            .query_row(rusqlite::params![location, cursor.since as i64], |r| r.get::<_, i64>(0))?
+                as u64
+        } else {
+            0
+        };
+        let mut cols: Vec<String> = vec!["uuid".into()];
+        cols.extend(m.fields.iter().map(|f| f.name.to_string()));
+        cols.extend(clock_cols(m));
+        let sql = format!(
+            "SELECT {} FROM {} WHERE location = ?1 AND uuid > ?2 AND {changed} > ?3 ORDER BY uuid LIMIT {}",
+            cols.join(", "),
+            m.table,
+            MAX_SNAPSHOT_ROWS
+        );
+        let mut stmt = c.prepare_cached(&sql)?;
+        let mut q = stmt.query(rusqlite::params![
+            location,
+            cursor.after.unwrap_or_default(),
+            cursor.since as i64
+        ])?;
+        let n = m.fields.len();
+        let mut rows = Vec::new();
+        while let Some(r) = q.next()? {
+            let mut values = Vec::with_capacity(n);
+            for (i, f) in m.fields.iter().enumerate() {
+                values.push(Value::from_sql(f.kind, r.get_ref(1 + i)?)?);
+            }
+            let mut clocks = Vec::with_capacity(n);
+            for i in 0..n {
+                clocks.push((
+                    r.get::<_, i64>(1 + n + 2 * i)? as u64,
+                    r.get::<_, Uuid>(2 + n + 2 * i)?,
+                ));
+            }
+            rows.push(SnapshotRow {
+                model: m.name.to_string(),
+                uuid: r.get(0)?,
+                values,
+                clocks,
+                present: true,
+            });
+        }
+        let next = (rows.len() == MAX_SNAPSHOT_ROWS).then(|| PullCursor {
+            since: cursor.since,
+            after: rows.last().map(|r| r.uuid),
+            position: Some(position),
+        });
+        Ok(Msg::PullPage {
+            rows,
+            next,
+            total,
+            position,
+        })
+    })
+}
+
+/// Rows a peer sent for `location` of `owner`: file entries of that location,
+/// owned by that device, and nothing else.
+fn check_page(rows: &[SnapshotRow], location: Uuid, owner: Uuid) -> Result<()> {
+    let m = FileEntry::INFO;
+    let loc = m.field_index("location").unwrap_or(usize::MAX);
+    let own = m.owner_index().unwrap_or(usize::MAX);
+    for r in rows {
+        let ok = r.model == m.name
+            && r.values.get(loc) == Some(&Value::Uuid(location))
+            && r.values.get(own) == Some(&Value::Uuid(owner));
+        if !ok {
+            return Err(Error::Malformed(format!(
+                "pulled row {} is not a file entry of location {location} owned by {owner}",
+                r.uuid
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl SyncService {
+    /// Pull (or refresh) another device's location from its owner.
+    pub async fn pull_location(&self, location: Uuid) -> Result<PullReport> {
+        let me = self.shared.me;
+        let (owner, since) = self
+            .blocking(move |lib| {
+                lib.read(|c| {
+                    let owner: Option<Uuid> = c
+                        .query_row(
+                            "SELECT device FROM locations WHERE uuid = ?1",
+                            [location],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    let since: Option<i64> = c
+                        .query_row(
+                            "SELECT position FROM pulls WHERE location = ?1",
+                            [location],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    Ok((owner, since.unwrap_or(0) as u64))
+                })
+            })
+            .await?;
+        let owner = owner.ok_or_else(|| Error::NotFound {
+            model: "location",
+            id: location,
+        })?;
+        let mut report = PullReport {
+            location,
+            ..PullReport::default()
+        };
+        if owner == me {
+            return Ok(report);
+        }
+        let started = Instant::now();
+        let mut cursor = PullCursor {
+            since,
+            after: None,
+            position: None,
+        };
+        let mut total = 0;
+        let position = loop {
+            let reply = self
+                .send(
+                    owner,
+                    Msg::PullEntries {
+                        location,
+                        cursor: cursor.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| Error::Other(format!("pulling from {owner}: {e}")))?;
+            let Msg::PullPage {
+                rows,
+                next,
+                total: t,
+                position,
+            } = reply
+            else {
+                return Err(Error::Other(format!(
+                    "pull refused by {owner}: {}",
+                    reply.name()
+                )));
+            };
+            check_page(&rows, location, owner)?;
+            if report.pages == 0 {
+                total = t;
+            }
+            report.pages += 1;
+            report.rows += rows.len() as u64;
+            self.blocking(move |lib| super::snapshot::apply(lib, rows, Vec::new(), Vec::new()))
+                .await?;
+            let secs = started.elapsed().as_secs_f64().max(1e-6);
+            self.st().pulls.insert(
+                location,
+                PullProgress {
+                    location,
+                    done: report.rows,
+                    total,
+                    rate: report.rows as f64 / secs,
+                    finished: next.is_none(),
+                },
+            );
+            match next {
+                Some(n) => cursor = n,
+                None => break position,
+            }
+        };
+        let (rows, now) = (report.rows, self.now_ms());
+        self.blocking(move |lib| {
+            lib.with_lib_tx(|tx| {
+                tx.execute(
+                    "INSERT INTO pulls (location, owner, position, rows, at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(location) DO UPDATE SET position = excluded.position,
+                       rows = pulls.rows + excluded.rows, at = excluded.at",
+                    rusqlite::params![location, owner, position as i64, rows as i64, now as i64],
+                )?;
+                Ok(())
+            })
+        })
+        .await?;
+        tracing::info!(library = %self.shared.lib.id(), %location, rows = report.rows, "pulled");
+        Ok(report)
+    }
+}
