@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::model::{model_by_name, registry, ModelInfo, ModelKind, Value};
 use crate::sync::apply::{is_tombstoned, Applier};
+use crate::sync::entry::{self, BulkOperation, LogEntry, Op};
 use crate::sync::txn::Library;
+use crate::sync::BULK_MODEL;
 
 fn clocked(m: &ModelInfo, i: usize) -> bool {
     let f = &m.fields[i];
@@ -90,6 +92,7 @@ pub fn chunk(lib: &Library, cursor: &SnapshotCursor) -> Result<Msg> {
             Ok(Msg::SnapshotChunk {
                 rows,
                 tombstones: Vec::new(),
+                bulk: Vec::new(),
                 next: Some(next),
                 vv,
             })
@@ -108,18 +111,68 @@ pub fn chunk(lib: &Library, cursor: &SnapshotCursor) -> Result<Msg> {
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            let next = (tombstones.len() == MAX_SNAPSHOT_ROWS).then(|| SnapshotCursor {
-                part: cursor.part,
-                after: tombstones.last().map(|t| t.uuid),
-            });
+            let next = if tombstones.len() == MAX_SNAPSHOT_ROWS {
+                SnapshotCursor {
+                    part: cursor.part,
+                    after: tombstones.last().map(|t| t.uuid),
+                }
+            } else {
+                SnapshotCursor {
+                    part: cursor.part + 1,
+                    after: None,
+                }
+            };
             Ok(Msg::SnapshotChunk {
                 rows: Vec::new(),
                 tombstones,
-                next,
+                bulk: Vec::new(),
+                next: Some(next),
                 vv,
             })
         } else {
-            Err(Error::Invalid(format!("snapshot part {part} does not exist")))
+            // Bulk operations, one page per part (they are keyed by origin and
+            // sequence, not by UUID; a page that shifts under a concurrent insert
+            // only repeats rows, and rows newer than `vv` come through the log).
+            let page = (part - models.len() - 1) as i64;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT origin, origin_seq, hlc, payload FROM bulk_operations
+                 ORDER BY origin, origin_seq LIMIT {MAX_SNAPSHOT_ROWS} OFFSET ?1"
+            ))?;
+            let raw: Vec<(Uuid, i64, i64, Vec<u8>)> = stmt
+                .query_map([page * MAX_SNAPSHOT_ROWS as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut bulk = Vec::with_capacity(raw.len());
+            for (origin, seq, hlc, payload) in raw {
+                let op = Op::decode(&payload)?;
+                let record = match &op {
+                    Op::Bulk(BulkOperation::InitialIndex { location, .. })
+                    | Op::Bulk(BulkOperation::Rescan { location, .. }) => *location,
+                    _ => continue,
+                };
+                bulk.push(LogEntry {
+                    origin,
+                    origin_seq: seq as u64,
+                    hlc: hlc as u64,
+                    lib_seq: None,
+                    epoch: None,
+                    model: BULK_MODEL.to_string(),
+                    record,
+                    op,
+                });
+            }
+            let next = (bulk.len() == MAX_SNAPSHOT_ROWS).then(|| SnapshotCursor {
+                part: cursor.part + 1,
+                after: None,
+            });
+            Ok(Msg::SnapshotChunk {
+                rows: Vec::new(),
+                tombstones: Vec::new(),
+                bulk,
+                next,
+                vv,
+            })
         }
     })
 }
@@ -129,8 +182,31 @@ pub fn apply(
     lib: &Library,
     rows: Vec<SnapshotRow>,
     tombstones: Vec<SnapshotTombstone>,
+    bulk: Vec<LogEntry>,
 ) -> Result<()> {
-    let mut top = 0u64;
+    for e in &bulk {
+        if e.model != BULK_MODEL || e.origin_seq == 0 || e.origin_seq > i64::MAX as u64 {
+            return Err(Error::Malformed(format!(
+                "snapshot bulk entry {}:{} is not a bulk operation",
+                e.origin, e.origin_seq
+            )));
+        }
+        entry::validate(e)?;
+        lib.hlc().check(&e.stamp())?;
+    }
+    // A clock too far ahead is refused here as on the log path (DESIGN §2):
+    // absorbing it would drag this device's HLC along.
+    let top = tombstones
+        .iter()
+        .map(|t| t.hlc)
+        .chain(rows.iter().flat_map(|r| r.clocks.iter().map(|c| c.0)))
+        .max()
+        .unwrap_or(0);
+    if let Some(t) = tombstones.iter().find(|t| t.hlc == top) {
+        lib.hlc().check(&Hlc::new(top, t.dev))?;
+    } else if let Some(c) = rows.iter().flat_map(|r| &r.clocks).find(|c| c.0 == top) {
+        lib.hlc().check(&Hlc::new(c.0, c.1))?;
+    }
     lib.with_lib_tx(|tx| {
         let applier = Applier {
             tx,
@@ -139,23 +215,25 @@ pub fn apply(
         for t in &tombstones {
             let m = model_by_name(&t.model)
                 .ok_or_else(|| Error::Malformed(format!("unknown model {}", t.model)))?;
-            top = top.max(t.hlc);
             if !is_tombstoned(tx, t.uuid)? {
                 let stamp = Hlc::new(t.hlc, t.dev);
                 applier.tombstone(m, t.uuid, stamp)?;
                 applier.cascade(m, t.uuid, stamp)?;
             }
         }
+        for e in &bulk {
+            applier.apply(e, &entry::BULK_INFO)?;
+        }
         for row in &rows {
             let m = model_by_name(&row.model)
                 .ok_or_else(|| Error::Malformed(format!("unknown model {}", row.model)))?;
             check_row(m, row)?;
-            top = top.max(row.clocks.iter().map(|c| c.0).max().unwrap_or(0));
             merge_row(&applier, tx, m, row)?;
         }
         Ok(())
     })?;
-    lib.hlc().observe_floor(top);
+    lib.hlc()
+        .observe_floor(top.max(bulk.iter().map(|e| e.hlc).max().unwrap_or(0)));
     Ok(())
 }
 
@@ -166,9 +244,12 @@ fn check_row(m: &ModelInfo, row: &SnapshotRow) -> Result<()> {
             m.name
         )));
     }
-    for (f, v) in m.fields.iter().zip(&row.values) {
+    for (i, (f, v)) in m.fields.iter().zip(&row.values).enumerate() {
         let ok = match v {
-            Value::Null => f.nullable,
+            // A partial row (an update that arrived before its insert, or a
+            // bulk-written file entry its owner changed) holds no value yet in
+            // the fields nobody wrote: their clock is the bottom one.
+            Value::Null => f.nullable || (clocked(m, i) && row.clocks[i] == (0, Uuid::nil())),
             Value::Int(_) => matches!(
                 f.kind,
                 crate::model::FieldKind::Int | crate::model::FieldKind::Bool

@@ -107,10 +107,23 @@ impl SyncLog {
 
     /// Remove entries every device has (`horizon`: per origin, the highest
     /// `origin_seq` all registered devices hold). Returns how many went.
+    ///
+    /// Never past what this log holds itself: a horizon from a leader that no
+    /// longer counts this device may run ahead of it, and a pruned floor above
+    /// the version vector would make every peer that reconciles here take a
+    /// snapshot that cannot lift it over that floor, forever.
     pub fn prune_covered(&mut self, horizon: &VersionVector) -> Result<u64> {
         let tx = self.conn.transaction()?;
         let mut n = 0;
         for (origin, through) in horizon {
+            let held: Option<i64> = tx
+                .query_row(
+                    "SELECT contiguous FROM origins WHERE origin = ?1",
+                    [origin],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let through = &(*through).min(held.unwrap_or(0) as u64);
             if *through == 0 {
                 continue;
             }
