@@ -75,6 +75,14 @@ fn line(r: &Report) -> String {
 
 fn main() {
     let args = Args::parse();
+    // `CONCORD_SIM_LOG=debug` shows the services' own logs (to stderr).
+    if let Ok(filter) = std::env::var("CONCORD_SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     let faults = match Faults::parse(&args.faults) {
         Ok(f) => f,
         Err(e) => {

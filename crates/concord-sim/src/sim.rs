@@ -305,6 +305,8 @@ async fn run_async(opts: &Options, dir: PathBuf) -> Report {
             Duration::from_secs(3600 * 24)
         },
         inline_blocking: true,
+        // The simulated network times out first (150 ms); this is the backstop.
+        request_timeout: Duration::from_millis(200),
     };
     let chaos = opts
         .chaos

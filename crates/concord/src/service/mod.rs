@@ -228,15 +228,20 @@ impl SyncService {
         let mut events = sh.lib.subscribe();
         let mut stop = sh.stop.subscribe();
         let mut next_tick = Instant::now();
+        // Work spawned off the loop belongs to it: when the loop ends (stopped,
+        // or its task aborted as in a crash) the set is dropped and that work
+        // is cancelled, so nothing keeps acting for a stopped service.
+        let mut work = tokio::task::JoinSet::new();
         // A fresh start reconciles with everyone reachable.
         let mut dirty = true;
         loop {
             if *stop.borrow() {
                 break;
             }
+            while work.try_join_next().is_some() {}
             if dirty {
                 dirty = false;
-                self.kick_changes();
+                self.kick_changes(&mut work);
             }
             // `biased`: a fixed polling order keeps the simulation deterministic.
             tokio::select! {
@@ -257,13 +262,13 @@ impl SyncService {
                 }
                 _ = sh.wake.notified() => {
                     let me = self.clone();
-                    tokio::spawn(async move { me.catch_up().await });
+                    work.spawn(async move { me.catch_up().await });
                 }
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick = Instant::now() + sh.config.heartbeat_interval;
                     if !sh.ticking.swap(true, Ordering::SeqCst) {
                         let me = self.clone();
-                        tokio::spawn(async move {
+                        work.spawn(async move {
                             me.tick().await;
                             me.shared.ticking.store(false, Ordering::SeqCst);
                         });
@@ -275,10 +280,10 @@ impl SyncService {
 
     /// Propagate new entries without blocking the main loop: one propagation
     /// runs at a time and picks up everything that changed meanwhile.
-    fn kick_changes(&self) {
+    fn kick_changes(&self, work: &mut tokio::task::JoinSet<()>) {
         self.shared.changed.store(true, Ordering::SeqCst);
         let me = self.clone();
-        tokio::spawn(async move {
+        work.spawn(async move {
             loop {
                 {
                     let Ok(_running) = me.shared.propagating.try_lock() else {
