@@ -207,6 +207,9 @@ pub fn apply(
     } else if let Some(c) = rows.iter().flat_map(|r| &r.clocks).find(|c| c.0 == top) {
         lib.hlc().check(&Hlc::new(c.0, c.1))?;
     }
+    // Write-ahead: the floor is durable before any row carrying it is.
+    let floor = top.max(bulk.iter().map(|e| e.hlc).max().unwrap_or(0));
+    lib.with_log(|l| l.raise_hlc_floor(floor))?;
     lib.with_lib_tx(|tx| {
         let applier = Applier {
             tx,
@@ -232,8 +235,7 @@ pub fn apply(
         }
         Ok(())
     })?;
-    lib.hlc()
-        .observe_floor(top.max(bulk.iter().map(|e| e.hlc).max().unwrap_or(0)));
+    lib.hlc().observe_floor(floor);
     Ok(())
 }
 

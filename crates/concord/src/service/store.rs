@@ -151,6 +151,32 @@ impl SyncLog {
                    max_seq = MAX(max_seq, excluded.max_seq), max_hlc = MAX(max_hlc, excluded.max_hlc)",
                 params![origin, *seq as i64, max_hlc as i64],
             )?;
+            // Entries held beyond the new position (they arrived across a gap
+            // the snapshot filled) extend it: they will never be "fresh" again.
+            let (mut contiguous, max_seq): (i64, i64) = tx.query_row(
+                "SELECT contiguous, max_seq FROM origins WHERE origin = ?1",
+                [origin],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let start = contiguous;
+            while contiguous < max_seq
+                && tx
+                    .query_row(
+                        "SELECT 1 FROM log WHERE origin = ?1 AND origin_seq = ?2",
+                        params![origin, contiguous + 1],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some()
+            {
+                contiguous += 1;
+            }
+            if contiguous != start {
+                tx.execute(
+                    "UPDATE origins SET contiguous = ?2 WHERE origin = ?1",
+                    params![origin, contiguous],
+                )?;
+            }
             // Entries this device cannot serve any more: it holds them only as state.
             tx.execute(
                 "INSERT INTO pruned (origin, through) VALUES (?1, ?2)
@@ -159,6 +185,17 @@ impl SyncLog {
             )?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Persist a stamp absorbed outside the log (snapshot rows), so the HLC
+    /// re-seeded on open stays above every clock stored in `library.db`.
+    pub fn raise_hlc_floor(&mut self, hlc: u64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('hlc_floor', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+            [hlc as i64],
+        )?;
         Ok(())
     }
 

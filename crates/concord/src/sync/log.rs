@@ -228,11 +228,15 @@ impl SyncLog {
         Ok(v.unwrap_or(0) as u64)
     }
 
-    /// Highest HLC time of any entry ever logged (pruned ones included).
+    /// Highest HLC time of any entry ever logged (pruned ones included) or
+    /// absorbed outside the log (snapshot rows, see `raise_hlc_floor`).
     pub fn max_hlc(&self) -> Result<u64> {
-        let v: Option<i64> = self
-            .conn
-            .query_row("SELECT MAX(max_hlc) FROM origins", [], |r| r.get(0))?;
+        let v: Option<i64> = self.conn.query_row(
+            "SELECT MAX(m) FROM (SELECT MAX(max_hlc) AS m FROM origins
+             UNION ALL SELECT value FROM meta WHERE key = 'hlc_floor')",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(v.unwrap_or(0) as u64)
     }
 
