@@ -165,15 +165,12 @@ impl DataDir {
             if !ent.path().join("library.db").exists() {
                 continue;
             }
-            let lib = self.open_library(id)?;
-            let devices = lib.read(|c| {
-                Ok(c.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get::<_, i64>(0))? as u64)
-            })?;
-            out.push(LibrarySummary {
-                id,
-                name: lib.name().to_string(),
-                devices,
-            });
+            // Read-only peek: no recovery, no lock, so listing works while a
+            // node (or another command) holds the library open.
+            match peek(&ent.path().join("library.db")) {
+                Ok((name, devices)) => out.push(LibrarySummary { id, name, devices }),
+                Err(e) => tracing::warn!(library = %id, "cannot read library: {e}"),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         Ok(out)
@@ -207,4 +204,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// Name and member count of a library, read without opening it for writing.
+fn peek(db: &Path) -> Result<(String, u64)> {
+    use rusqlite::{Connection, OpenFlags};
+    let c = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    let name: String = c.query_row("SELECT value FROM meta WHERE key = 'name'", [], |r| {
+        r.get(0)
+    })?;
+    let devices: i64 = c.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))?;
+    Ok((name, devices as u64))
 }

@@ -12,6 +12,13 @@
 //!   and writes the differences by size (DESIGN §7): fewer than
 //!   [`SINGLE_COMMIT_BELOW`] as single commits, up to [`BATCH_MAX`] as one batch,
 //!   more with new entries through `commit_bulk` and the rest in batches.
+//!   [`rescan_location_with`] can instead keep to batches of at most [`BATCH_MAX`]
+//!   ([`WritePolicy::Windows`]) and be cancelled.
+//! - [`refresh_dirs`] does the same for a few folders of a location, reading only
+//!   their listings (and the contents of folders that are new): what a filesystem
+//!   watcher calls.
+//!
+//! Rescans and refreshes of one location run one at a time in a process.
 //!
 //! Progress is reported through a `FnMut(done, total)` callback: during the walk
 //! `total` is `None` and `done` counts entries found; while writing, `total` is
@@ -22,11 +29,13 @@ mod walk;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{FileEntry, Location, Value, Volume};
+use crate::model::{entry_kind, FileEntry, Location, Value, Volume};
 use crate::query;
 use crate::sync::entry::{BulkOperation, MAX_TEXT_BYTES};
 
@@ -165,7 +174,7 @@ pub fn add_location(lib: &Library, path: &Path, progress: Progress<'_>) -> Resul
     changes.push(Change::insert(&location));
     lib.commit_batch(changes)?;
 
-    let rows = to_rows(&scan.entries, me, location.id, |_| None);
+    let rows = to_rows(&scan.entries, me, location.id, None, |_| None);
     let total = rows.len() as u64;
     let written = write_bulk(
         lib,
@@ -203,12 +212,13 @@ fn to_rows<'a>(
     scanned: &[ScannedEntry],
     device: Uuid,
     location: Uuid,
+    root_parent: Option<Uuid>,
     existing: impl Fn(&str) -> Option<&'a FileEntry>,
 ) -> Vec<FileEntry> {
     let mut rows: Vec<FileEntry> = Vec::with_capacity(scanned.len());
     for s in scanned {
         let id = existing(&s.path).map_or_else(Uuid::now_v7, |e| e.id);
-        let parent = s.parent.map(|i| rows[i].id);
+        let parent = s.parent.map_or(root_parent, |i| Some(rows[i].id));
         rows.push(FileEntry {
             id,
             device,
@@ -269,6 +279,8 @@ pub enum WriteMode {
     Batch,
     /// More: new entries in one `commit_bulk`, the rest in batches.
     Bulk,
+    /// More, written in batches of at most [`BATCH_MAX`] ([`WritePolicy::Windows`]).
+    Batches,
 }
 
 enum Diff {
@@ -278,34 +290,98 @@ enum Diff {
     Delete(Uuid),
 }
 
-/// Walk a location of this device again and write what changed.
-pub fn rescan_location(
-    lib: &Library,
-    location: Uuid,
-    progress: Progress<'_>,
-) -> Result<RescanReport> {
-    let me = lib.device();
+/// How a rescan writes the differences it found (DESIGN §7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WritePolicy {
+    /// By size: fewer than [`SINGLE_COMMIT_BELOW`] as single commits, up to
+    /// [`BATCH_MAX`] as one batch, more with new entries through `commit_bulk`
+    /// (which peers do not receive through the log; they pull them).
+    #[default]
+    BySize,
+    /// Never `commit_bulk`: fewer than [`SINGLE_COMMIT_BELOW`] as single commits,
+    /// otherwise batches of at most [`BATCH_MAX`] changes each, so that every
+    /// change reaches peers through the log (the filesystem watcher's choice).
+    Windows,
+}
+
+/// Options of [`rescan_location_with`] and [`refresh_dirs`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RescanOptions<'a> {
+    pub policy: WritePolicy,
+    /// When set, the rescan stops before its next write with an error; what was
+    /// already committed stays (each commit is complete on its own).
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+impl RescanOptions<'_> {
+    fn check(&self) -> Result<()> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::Other("the rescan was cancelled".into()));
+        }
+        Ok(())
+    }
+}
+
+/// One lock per location in this process: rescans and refreshes of the same
+/// location (a watcher, an index job, the CLI) run one at a time, since each
+/// diffs against what the previous one wrote.
+fn location_lock(location: Uuid) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<Uuid, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut map = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    map.entry(location).or_default().clone()
+}
+
+/// A location of this device whose folder is there.
+fn own_location(lib: &Library, location: Uuid) -> Result<Location> {
     let loc = query::location(lib, location)?.ok_or(Error::NotFound {
         model: "location",
         id: location,
     })?;
-    if loc.device != me {
+    if loc.device != lib.device() {
         return Err(Error::Invalid(format!(
             "location {} belongs to device {}; rescan it on that device",
             loc.name, loc.device
         )));
     }
-    let root = Path::new(&loc.path);
-    if !root.is_dir() {
+    if !Path::new(&loc.path).is_dir() {
         return Err(Error::Invalid(format!(
             "{} is missing or not a folder; reconnect its drive, or remove the location",
             loc.path
         )));
     }
-    let scan = scan(root, progress)?;
+    Ok(loc)
+}
+
+/// Walk a location of this device again and write what changed, by size.
+pub fn rescan_location(
+    lib: &Library,
+    location: Uuid,
+    progress: Progress<'_>,
+) -> Result<RescanReport> {
+    rescan_location_with(lib, location, RescanOptions::default(), progress)
+}
+
+/// [`rescan_location`] with a choice of write policy and a cancel flag.
+pub fn rescan_location_with(
+    lib: &Library,
+    location: Uuid,
+    opts: RescanOptions<'_>,
+    progress: Progress<'_>,
+) -> Result<RescanReport> {
+    let lock = location_lock(location);
+    let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let me = lib.device();
+    let loc = own_location(lib, location)?;
+    let scan = scan(Path::new(&loc.path), progress)?;
+    opts.check()?;
     let stored = query::location_entries(lib, location)?;
     let by_path: HashMap<&str, &FileEntry> = stored.iter().map(|e| (e.path.as_str(), e)).collect();
-    let rows = to_rows(&scan.entries, me, location, |p| by_path.get(p).copied());
+    let rows = to_rows(&scan.entries, me, location, None, |p| {
+        by_path.get(p).copied()
+    });
 
     let mut diffs = Vec::new();
     let mut report = RescanReport {
@@ -332,12 +408,9 @@ pub fn rescan_location(
     }
     let seen: HashSet<&str> = scan.entries.iter().map(|s| s.path.as_str()).collect();
     let kept = |p: &str| {
-        scan.incomplete.iter().any(|i| {
-            i.is_empty()
-                || p == i
-                || p.strip_prefix(i.as_str())
-                    .is_some_and(|r| r.starts_with('/'))
-        })
+        scan.incomplete
+            .iter()
+            .any(|i| i.is_empty() || at_or_below(p, i))
     };
     let gone: HashSet<Uuid> = stored
         .iter()
@@ -352,27 +425,246 @@ pub fn rescan_location(
         .map(|e| Diff::Delete(e.id))
         .collect();
     deletes.append(&mut diffs);
-    let diffs = deletes;
-
     let n = (report.inserted + report.updated + report.deleted) as usize;
-    report.mode = if n == 0 {
+    report.mode = write_diffs(lib, &loc, deletes, n, opts, progress)?;
+    Ok(report)
+}
+
+/// Is `path` equal to `dir` or inside it (both relative, `/`-separated)?
+fn at_or_below(path: &str, dir: &str) -> bool {
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The folder containing a relative path (`""` for the root's children).
+fn parent_dir(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// Bring some folders of a location of this device up to date, reading only
+/// those folders: each folder's listing is compared by name with its stored
+/// children. A new entry is inserted (a new folder with its whole contents), a
+/// gone one is deleted (a folder with its contents), a changed size or time is
+/// updated, and an entry that changed kind (a file replaced by a folder) is
+/// deleted and inserted anew. This is what the filesystem watcher calls with the
+/// folders around the paths it saw change.
+///
+/// `dirs` are paths relative to the location root, `/`-separated, `""` for the
+/// root. A folder that is no longer there, or that is not stored as a folder yet,
+/// stands for its nearest ancestor that is (whose listing shows the change).
+/// Entries inside a folder are only looked at when that folder is given (or is
+/// new): a change deeper down is the business of that deeper folder.
+pub fn refresh_dirs(
+    lib: &Library,
+    location: Uuid,
+    dirs: &[String],
+    opts: RescanOptions<'_>,
+    progress: Progress<'_>,
+) -> Result<RescanReport> {
+    let lock = location_lock(location);
+    let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let me = lib.device();
+    let loc = own_location(lib, location)?;
+    let root = Path::new(&loc.path);
+
+    // Each folder as it stands: path, and stored entry (`None` for the root).
+    let mut targets: HashMap<String, Option<FileEntry>> = HashMap::new();
+    for d in dirs {
+        let mut d: &str = d.trim_matches('/');
+        let plain = Path::new(d)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            d = "";
+        }
+        loop {
+            if d.is_empty() {
+                targets.insert(String::new(), None);
+                break;
+            }
+            let on_disk = std::fs::symlink_metadata(root.join(d)).is_ok_and(|m| m.is_dir());
+            if on_disk {
+                if let Some(e) = query::file_entry_by_path(lib, location, d)? {
+                    if e.kind == entry_kind::DIR {
+                        targets.insert(d.to_string(), Some(e));
+                        break;
+                    }
+                }
+            }
+            d = parent_dir(d);
+        }
+    }
+    let mut targets: Vec<(String, Option<FileEntry>)> = targets.into_iter().collect();
+    targets.sort_by(|a, b| {
+        let depth = |p: &str| {
+            if p.is_empty() {
+                0
+            } else {
+                p.matches('/').count() + 1
+            }
+        };
+        depth(&a.0).cmp(&depth(&b.0)).then_with(|| a.0.cmp(&b.0))
+    });
+
+    let mut report = RescanReport::default();
+    let (mut deletes, mut inserts, mut updates) = (Vec::new(), Vec::new(), Vec::new());
+    // Folders inserted or deleted whole by this refresh: nothing below them is
+    // looked at again.
+    let mut whole: Vec<String> = Vec::new();
+    let mut updated: HashSet<Uuid> = HashSet::new();
+    for (dir, entry) in targets {
+        if whole.iter().any(|w| at_or_below(&dir, w)) {
+            continue;
+        }
+        let id = entry.as_ref().map(|e| e.id);
+        // The folder's own time changes with its listing; its parent's listing
+        // (which holds it) is not necessarily refreshed.
+        if let Some(e) = entry {
+            if let Some((modified, inode)) = walk::folder_stat(&root.join(&dir)) {
+                if e.modified != modified && updated.insert(e.id) {
+                    report.updated += 1;
+                    updates.push(Diff::Update(FileEntry {
+                        modified,
+                        inode,
+                        ..e
+                    }));
+                }
+            }
+        }
+        let listing = match walk::scan_at(&root.join(&dir), &dir, false, &mut |_, _| {}) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(location = %location, dir = %dir, "cannot refresh a folder: {e}");
+                report.skipped += 1;
+                continue;
+            }
+        };
+        report.skipped += listing.skipped;
+        let stored = query::child_entries(lib, location, id)?;
+        let by_name: HashMap<&str, &FileEntry> =
+            stored.iter().map(|e| (e.name.as_str(), e)).collect();
+        let mut listed: HashSet<&str> = HashSet::new();
+        for s in &listing.entries {
+            listed.insert(s.name.as_str());
+            match by_name.get(s.name.as_str()) {
+                Some(old) if old.kind == s.kind => {
+                    let changed = old.size != s.size || old.modified != s.modified;
+                    if changed && updated.insert(old.id) {
+                        report.updated += 1;
+                        updates.push(Diff::Update(FileEntry {
+                            id: old.id,
+                            device: me,
+                            location,
+                            parent: id,
+                            name: s.name.clone(),
+                            path: s.path.clone(),
+                            kind: s.kind,
+                            size: s.size,
+                            modified: s.modified,
+                            inode: s.inode,
+                        }));
+                    }
+                }
+                other => {
+                    if let Some(old) = other {
+                        report.deleted += 1 + query::count_below(lib, location, &old.path)?;
+                        deletes.push(Diff::Delete(old.id));
+                    }
+                    let new = insert_new(root, s, me, location, id, progress, &mut report);
+                    report.inserted += new.len() as u64;
+                    inserts.extend(new.into_iter().map(Diff::Insert));
+                    if other.is_some() || s.kind == entry_kind::DIR {
+                        whole.push(s.path.clone());
+                    }
+                }
+            }
+        }
+        for old in &stored {
+            let kept = listing.incomplete.iter().any(|i| at_or_below(&old.path, i));
+            if !listed.contains(old.name.as_str()) && !kept {
+                report.deleted += 1 + query::count_below(lib, location, &old.path)?;
+                deletes.push(Diff::Delete(old.id));
+                whole.push(old.path.clone());
+            }
+        }
+    }
+    opts.check()?;
+    // Deletes first (a replaced entry's path is free again), then inserts with
+    // parents before contents, then updates.
+    deletes.append(&mut inserts);
+    deletes.append(&mut updates);
+    let n = (report.inserted + report.updated + report.deleted) as usize;
+    report.mode = write_diffs(lib, &loc, deletes, n, opts, progress)?;
+    Ok(report)
+}
+
+/// Rows for a new entry of a refreshed folder and, for a folder, everything in it.
+fn insert_new(
+    root: &Path,
+    s: &ScannedEntry,
+    device: Uuid,
+    location: Uuid,
+    parent: Option<Uuid>,
+    progress: Progress<'_>,
+    report: &mut RescanReport,
+) -> Vec<FileEntry> {
+    let mut rows = to_rows(std::slice::from_ref(s), device, location, parent, |_| None);
+    if s.kind == entry_kind::DIR {
+        let id = rows[0].id;
+        match walk::scan_at(&root.join(&s.path), &s.path, true, progress) {
+            Ok(sub) => {
+                report.skipped += sub.skipped;
+                rows.extend(to_rows(&sub.entries, device, location, Some(id), |_| None));
+            }
+            // Gone or unreadable meanwhile: its contents come with a later event.
+            Err(e) => tracing::warn!(path = %s.path, "cannot read a new folder: {e}"),
+        }
+    }
+    rows
+}
+
+/// Write `diffs` (ordered: deletes, then parents before contents), which stand for
+/// `n` changed entries, as `opts.policy` says.
+fn write_diffs(
+    lib: &Library,
+    loc: &Location,
+    diffs: Vec<Diff>,
+    n: usize,
+    opts: RescanOptions<'_>,
+    progress: Progress<'_>,
+) -> Result<WriteMode> {
+    let mode = if n == 0 {
         WriteMode::None
     } else if n < SINGLE_COMMIT_BELOW {
         WriteMode::Single
     } else if n <= BATCH_MAX {
         WriteMode::Batch
+    } else if opts.policy == WritePolicy::Windows {
+        WriteMode::Batches
     } else {
         WriteMode::Bulk
     };
-    match report.mode {
+    let total = diffs.len() as u64;
+    match mode {
         WriteMode::None => {}
         WriteMode::Single => {
             for d in diffs {
+                opts.check()?;
                 lib.with_tx(|ctx| write_diff(ctx, d))?;
             }
         }
-        WriteMode::Batch => {
-            lib.with_tx(|ctx| diffs.into_iter().try_for_each(|d| write_diff(ctx, d)))?;
+        WriteMode::Batch | WriteMode::Batches => {
+            let mut done = 0u64;
+            let mut diffs = diffs.into_iter().peekable();
+            while diffs.peek().is_some() {
+                opts.check()?;
+                let chunk: Vec<Diff> = diffs.by_ref().take(BATCH_MAX).collect();
+                done += chunk.len() as u64;
+                lib.with_tx(|ctx| chunk.into_iter().try_for_each(|d| write_diff(ctx, d)))?;
+                progress(done, Some(total));
+            }
         }
         WriteMode::Bulk => {
             let (inserts, others): (Vec<Diff>, Vec<Diff>) = diffs
@@ -380,10 +672,12 @@ pub fn rescan_location(
                 .partition(|d| matches!(d, Diff::Insert(_)));
             let mut others = others.into_iter().peekable();
             while others.peek().is_some() {
+                opts.check()?;
                 let chunk: Vec<Diff> = others.by_ref().take(BATCH_MAX).collect();
                 lib.with_tx(|ctx| chunk.into_iter().try_for_each(|d| write_diff(ctx, d)))?;
             }
             if !inserts.is_empty() {
+                opts.check()?;
                 let fingerprint = query::volumes(lib)?
                     .into_iter()
                     .find(|v| v.id == loc.volume)
@@ -400,7 +694,7 @@ pub fn rescan_location(
                     lib,
                     rows,
                     BulkOperation::Rescan {
-                        location,
+                        location: loc.id,
                         path: loc.path.clone(),
                         volume_fingerprint: fingerprint,
                         count: 0,
@@ -410,7 +704,7 @@ pub fn rescan_location(
             }
         }
     }
-    Ok(report)
+    Ok(mode)
 }
 
 fn write_diff(ctx: &mut TxCtx<'_, '_>, d: Diff) -> Result<()> {
@@ -556,6 +850,142 @@ mod tests {
         assert!(add_location(&l, &root.join("inner"), &mut no_progress()).is_err());
         assert!(add_location(&l, &root.join("missing"), &mut no_progress()).is_err());
         assert!(add_location(&l, &root.join("file"), &mut no_progress()).is_err());
+    }
+
+    /// The stored entries of a location are exactly what a walk finds now: same
+    /// paths, kinds, sizes and times, and every parent is the entry of the
+    /// containing folder.
+    fn assert_matches_disk(l: &Library, location: Uuid, root: &Path) {
+        let stored = query::location_entries(l, location).unwrap();
+        let by_id: HashMap<Uuid, &FileEntry> = stored.iter().map(|e| (e.id, e)).collect();
+        let mut have: Vec<(String, i64, i64, Option<i64>, String)> = stored
+            .iter()
+            .map(|e| {
+                let parent = e.parent.map_or(String::new(), |p| by_id[&p].path.clone());
+                (e.path.clone(), e.kind, e.size, e.modified, parent)
+            })
+            .collect();
+        have.sort();
+        let walked = scan(root, &mut no_progress()).unwrap();
+        let mut want: Vec<(String, i64, i64, Option<i64>, String)> = walked
+            .entries
+            .iter()
+            .map(|s| {
+                let parent = s
+                    .parent
+                    .map_or(String::new(), |i| walked.entries[i].path.clone());
+                (s.path.clone(), s.kind, s.size, s.modified, parent)
+            })
+            .collect();
+        want.sort();
+        assert_eq!(have, want);
+    }
+
+    #[test]
+    fn refresh_dirs_reads_only_the_given_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = lib(&tmp.path().join("lib"));
+        let root = tmp.path().join("tree");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f.txt"), "hello").unwrap();
+        std::fs::write(root.join("a/g.txt"), "g").unwrap();
+        std::fs::write(root.join("top.txt"), "x").unwrap();
+        let id = add_location(&l, &root, &mut no_progress())
+            .unwrap()
+            .location
+            .id;
+        let opts = RescanOptions::default();
+        let refresh = |dirs: &[&str]| {
+            let dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+            refresh_dirs(&l, id, &dirs, opts, &mut no_progress()).unwrap()
+        };
+
+        // Nothing changed: nothing written.
+        let before = log_len(&l);
+        assert_eq!(refresh(&["", "a", "a/b"]).mode, WriteMode::None);
+        assert_eq!(log_len(&l), before);
+
+        // A change in a folder not given is not seen; given, it is.
+        std::fs::write(root.join("a/b/f.txt"), "hello, world").unwrap();
+        assert_eq!(refresh(&["a"]).updated, 0);
+        let r = refresh(&["a/b"]);
+        assert_eq!((r.inserted, r.updated, r.deleted), (0, 1, 0));
+        assert_matches_disk(&l, id, &root);
+
+        // A new folder with contents, given by a path inside it that is not
+        // stored yet: its nearest stored ancestor is read, the folder walked.
+        std::fs::create_dir_all(root.join("a/new/deeper")).unwrap();
+        std::fs::write(root.join("a/new/deeper/x"), "1").unwrap();
+        std::fs::write(root.join("a/new/y"), "22").unwrap();
+        std::fs::remove_file(root.join("top.txt")).unwrap();
+        let r = refresh(&["a/new/deeper", ""]);
+        assert_eq!((r.inserted, r.deleted), (4, 1));
+        assert_matches_disk(&l, id, &root);
+
+        // A renamed folder: the old path goes with its contents, the new comes.
+        std::fs::rename(root.join("a/new"), root.join("a/renamed")).unwrap();
+        let r = refresh(&["a", "a/new"]);
+        assert_eq!((r.inserted, r.deleted), (4, 4));
+        assert_matches_disk(&l, id, &root);
+
+        // A file replaced by a folder of the same name, and a folder by a file.
+        std::fs::remove_file(root.join("a/g.txt")).unwrap();
+        std::fs::create_dir(root.join("a/g.txt")).unwrap();
+        std::fs::write(root.join("a/g.txt/inside"), "i").unwrap();
+        std::fs::remove_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b"), "now a file").unwrap();
+        refresh(&["a/b", "a/g.txt"]);
+        assert_matches_disk(&l, id, &root);
+
+        // A path that leaves the location is read as the root.
+        std::fs::write(root.join("late.txt"), "l").unwrap();
+        assert_eq!(refresh(&["../elsewhere"]).inserted, 1);
+        assert_matches_disk(&l, id, &root);
+    }
+
+    #[test]
+    fn windows_policy_never_writes_bulk() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = lib(&tmp.path().join("lib"));
+        let root = tmp.path().join("tree");
+        std::fs::create_dir_all(&root).unwrap();
+        let id = add_location(&l, &root, &mut no_progress())
+            .unwrap()
+            .location
+            .id;
+        std::fs::create_dir(root.join("many")).unwrap();
+        for i in 0..2500 {
+            std::fs::write(root.join(format!("many/{i}")), "").unwrap();
+        }
+        let mut events = l.subscribe();
+        let before = log_len(&l);
+        let opts = RescanOptions {
+            policy: WritePolicy::Windows,
+            cancel: None,
+        };
+        let r = refresh_dirs(&l, id, &[String::new()], opts, &mut no_progress()).unwrap();
+        assert_eq!((r.inserted, r.mode), (2501, WriteMode::Batches));
+        // Every entry through the log, in three commits of at most a thousand.
+        assert_eq!(log_len(&l) - before, 2501);
+        let mut commits = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            commits.push(e.entries);
+        }
+        assert_eq!(commits, vec![1000, 1000, 501]);
+        assert_matches_disk(&l, id, &root);
+
+        // The same through a full rescan, and a cancelled one writes nothing.
+        std::fs::remove_dir_all(root.join("many")).unwrap();
+        let cancel = AtomicBool::new(true);
+        let stopped = RescanOptions {
+            policy: WritePolicy::Windows,
+            cancel: Some(&cancel),
+        };
+        assert!(rescan_location_with(&l, id, stopped, &mut no_progress()).is_err());
+        assert_eq!(query::location_entries(&l, id).unwrap().len(), 2501);
+        let r = rescan_location_with(&l, id, opts, &mut no_progress()).unwrap();
+        assert_eq!((r.deleted, r.mode), (2501, WriteMode::Batches));
+        assert_matches_disk(&l, id, &root);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::model::{Album, Device, FileEntry, Location, Syncable, Tag, Value, Volume};
+use crate::sync::entry::{BulkOperation, Op};
 use crate::sync::txn::Library;
 
 /// `SELECT uuid, <synced fields>, <local fields> FROM <table> <tail>` as models.
@@ -187,6 +188,71 @@ pub fn file_entry_by_path(lib: &Library, location: Uuid, path: &str) -> Result<O
                 .into_iter()
                 .next(),
         )
+    })
+}
+
+/// The file entries directly inside a folder of a location (`parent` `None`: the
+/// location root), for refreshing one folder's listing.
+pub fn child_entries(
+    lib: &Library,
+    location: Uuid,
+    parent: Option<Uuid>,
+) -> Result<Vec<FileEntry>> {
+    lib.read(|c| match parent {
+        Some(p) => load(c, "WHERE parent = ?1 AND location = ?2", &[&p, &location]),
+        None => load(c, "WHERE location = ?1 AND parent IS NULL", &[&location]),
+    })
+}
+
+/// How many file entries of a location lie strictly below `path` (a folder's
+/// contents, at any depth).
+pub fn count_below(lib: &Library, location: Uuid, path: &str) -> Result<u64> {
+    // Paths below `p` sort between `p/` and `p0` ('0' follows '/').
+    let (lo, hi) = (format!("{path}/"), format!("{path}0"));
+    lib.read(|c| {
+        Ok(c.prepare_cached(
+            "SELECT COUNT(*) FROM file_entries WHERE location = ?1 AND path >= ?2 AND path < ?3",
+        )?
+        .query_row(rusqlite::params![location, lo, hi], |r| r.get::<_, i64>(0))? as u64)
+    })
+}
+
+/// A bulk operation this device has seen (DESIGN §7), its own or a peer's, and
+/// the device-local state of what was done about it.
+#[derive(Debug, Clone)]
+pub struct BulkRecord {
+    pub origin: Uuid,
+    pub origin_seq: u64,
+    pub hlc: u64,
+    /// `None` when the stored payload does not decode.
+    pub op: Option<BulkOperation>,
+    /// `seen` when recorded; the node's job runner moves it on.
+    pub state: String,
+}
+
+/// Every recorded bulk operation, oldest first (by HLC).
+pub fn bulk_operations(lib: &Library) -> Result<Vec<BulkRecord>> {
+    lib.read(|c| {
+        let mut stmt = c.prepare_cached(
+            "SELECT origin, origin_seq, hlc, payload, state FROM bulk_operations \
+             ORDER BY hlc, origin, origin_seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let payload: Vec<u8> = r.get(3)?;
+            out.push(BulkRecord {
+                origin: r.get(0)?,
+                origin_seq: r.get::<_, i64>(1)? as u64,
+                hlc: r.get::<_, i64>(2)? as u64,
+                op: match Op::decode(&payload) {
+                    Ok(Op::Bulk(b)) => Some(b),
+                    _ => None,
+                },
+                state: r.get(4)?,
+            });
+        }
+        Ok(out)
     })
 }
 

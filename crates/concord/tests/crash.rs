@@ -781,7 +781,7 @@ fn recovery_applies_logged_remote_entries_when_the_outbox_is_not_empty() {
         color: None,
     }))
     .unwrap();
-    std::mem::forget(lib); // no orderly close: that would flush the outbox
+    lib.simulate_crash(); // no orderly close: that would flush the outbox
 
     let lib = Library::open(&dir, DEVICE, Box::new(SystemClock)).unwrap();
     assert_eq!(

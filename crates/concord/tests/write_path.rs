@@ -191,3 +191,28 @@ fn reopen_recovers_and_continues_sequence() {
     );
     assert!(e[1].hlc > e[0].hlc);
 }
+
+#[test]
+fn a_library_is_open_in_one_place_at_a_time() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Uuid::now_v7();
+    let first = new_lib(tmp.path(), Uuid::now_v7(), dev);
+    let opened = Arc::new(AtomicBool::new(false));
+    let (dir, flag) = (tmp.path().to_path_buf(), opened.clone());
+    let second = std::thread::spawn(move || {
+        let l = Library::open(&dir, dev, Box::new(SystemClock)).unwrap();
+        flag.store(true, Ordering::SeqCst);
+        l
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !opened.load(Ordering::SeqCst),
+        "a second open must wait for the first to close"
+    );
+    drop(first);
+    let l = second.join().unwrap();
+    assert!(opened.load(Ordering::SeqCst));
+    drop(l);
+}

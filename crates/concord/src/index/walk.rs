@@ -40,9 +40,21 @@ pub struct Scan {
 
 /// Walk `root` (a folder) without following symbolic links.
 pub fn scan(root: &Path, progress: Progress<'_>) -> Result<Scan> {
+    scan_at(root, "", true, progress)
+}
+
+/// Walk `dir`, which is at `prefix` under a location root (`""` for the root
+/// itself): entries are named by their path under the root. With `recursive`
+/// false, only `dir`'s own listing. Entries directly in `dir` have no parent.
+pub(crate) fn scan_at(
+    dir: &Path,
+    prefix: &str,
+    recursive: bool,
+    progress: Progress<'_>,
+) -> Result<Scan> {
     let mut out = Scan::default();
     let mut stack: Vec<(PathBuf, Option<usize>, String)> =
-        vec![(root.to_path_buf(), None, String::new())];
+        vec![(dir.to_path_buf(), None, prefix.to_string())];
     while let Some((dir, parent, rel)) = stack.pop() {
         let listing = match std::fs::read_dir(&dir) {
             Ok(l) => l,
@@ -110,7 +122,7 @@ pub fn scan(root: &Path, progress: Progress<'_>) -> Result<Scan> {
                 continue;
             };
             let idx = out.entries.len();
-            if kind == entry_kind::DIR {
+            if kind == entry_kind::DIR && recursive {
                 stack.push((item.path(), Some(idx), path.clone()));
             }
             out.entries.push(ScannedEntry {
@@ -129,6 +141,13 @@ pub fn scan(root: &Path, progress: Progress<'_>) -> Result<Scan> {
     }
     progress(out.entries.len() as u64, None);
     Ok(out)
+}
+
+/// Modification time and inode of a folder itself (not following a link), or
+/// `None` when it is not a folder or cannot be read.
+pub(crate) fn folder_stat(path: &Path) -> Option<(Option<i64>, Option<i64>)> {
+    let md = std::fs::symlink_metadata(path).ok()?;
+    md.is_dir().then(|| (modified_ms(&md), inode(&md)))
 }
 
 fn modified_ms(md: &std::fs::Metadata) -> Option<i64> {

@@ -43,3 +43,24 @@ fn migrate(conn: &mut Connection, migrations: &[String]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Generated SQL text, built once per `(model, statement kind, field set)` and kept
+/// for the life of the process, so hot paths neither format nor allocate it again.
+/// The number of distinct keys is bounded by the models and the field sets their
+/// writes use.
+pub(crate) fn cached_sql(
+    model: &'static crate::model::ModelInfo,
+    kind: &'static str,
+    fields: u64,
+    build: impl FnOnce() -> String,
+) -> &'static str {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (&'static str, &'static str, u64);
+    static CACHE: OnceLock<Mutex<HashMap<Key, &'static str>>> = OnceLock::new();
+    let key = (model.name, kind, fields);
+    let cache = CACHE.get_or_init(Default::default);
+    let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(key)
+        .or_insert_with(|| Box::leak(build().into_boxed_str()))
+}

@@ -192,6 +192,37 @@ pub struct Library {
     hlc: HlcGenerator,
     inner: Mutex<Inner>,
     events: broadcast::Sender<ResourceChanged>,
+    /// Held for the library's life: one open `Library` per library, across
+    /// processes (two would hand out the same `origin_seq`).
+    lock: Option<std::fs::File>,
+}
+
+/// How long `open` waits for another process to close the library.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn lock_library(dir: &Path) -> Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("library.lock"))?;
+    let start = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Other(format!(
+                    "library {} is in use by another concord process; if a node runs for this \
+                     data dir, run commands while it is up (they go through it)",
+                    dir.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
 }
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<rusqlite::types::Value>> {
@@ -263,6 +294,7 @@ impl Library {
         if !lib_path.exists() {
             return Err(Error::LibraryNotFound(dir.display().to_string()));
         }
+        let lock = lock_library(dir)?;
         let lib = open_db(&lib_path, false, &schema::library_migrations())?;
         let sync = open_db(&dir.join("sync.db"), true, &schema::sync_migrations())?;
         let id: Uuid = match meta_get(&lib, "id")? {
@@ -277,6 +309,7 @@ impl Library {
         let hlc = HlcGenerator::new(device, clock).with_max_drift(opts.max_clock_drift);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         let library = Library {
+            lock: Some(lock),
             id,
             name,
             dir: dir.to_path_buf(),
@@ -622,7 +655,12 @@ impl Library {
             };
             for &i in &fresh {
                 let (e, m) = &accepted[i];
-                match applier.apply(e, m)? {
+                let outcome = if applier.apply_update_fast(e, m)? {
+                    Outcome::Applied
+                } else {
+                    applier.apply(e, m)?
+                };
+                match outcome {
                     Outcome::Applied => {
                         report.applied += 1;
                         if !models.contains(&m.name) {
@@ -683,6 +721,15 @@ impl Library {
     pub fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
         let inner = self.lock();
         f(&inner.lib)
+    }
+
+    /// Leave without closing cleanly, as a crash would: the outbox is not
+    /// flushed, but the lock is released as the dying process would release it.
+    /// For crash tests.
+    #[doc(hidden)]
+    pub fn simulate_crash(mut self) {
+        drop(self.lock.take());
+        std::mem::forget(self);
     }
 
     /// Move pending local entries into `sync.db` now.
@@ -793,7 +840,15 @@ impl TxCtx<'_, '_> {
     /// that name it through non-key references (a folder's contents).
     pub fn log(&mut self, change: Change) -> Result<()> {
         let m = change.model;
-        let existing = load_values(self.tx, m, change.record)?;
+        // A record insert does not look the row up: `append` writes it directly
+        // and the UNIQUE index on `uuid` turns an existing row into AlreadyExists.
+        let fresh_insert =
+            m.kind == ModelKind::Record && matches!(change.op, ChangeOp::Insert { .. });
+        let existing = if fresh_insert {
+            None
+        } else {
+            load_values(self.tx, m, change.record)?
+        };
         let writes: Vec<FieldWrite>;
         let op = match change.op {
             ChangeOp::Insert { values, local } => {
@@ -846,6 +901,9 @@ impl TxCtx<'_, '_> {
                         base: 0,
                     })
                     .collect();
+                if fresh_insert {
+                    return self.append_insert(m, change.record, writes, &local);
+                }
                 self.append(m, change.record, Op::Insert(writes))?;
                 if !local.is_empty() && m.kind == ModelKind::Record {
                     self.write_local(m, change.record, &local)?;
@@ -995,6 +1053,78 @@ impl TxCtx<'_, '_> {
         Ok(())
     }
 
+    /// Log and write a record's first insert without looking the row up. The
+    /// caller checked what [`Applier::apply`] would (record and key targets not
+    /// tombstoned, owner is this device); applying an insert to an absent row is
+    /// exactly this INSERT (row clock = the entry's stamp, no field clocks), and a
+    /// present row fails the UNIQUE index on `uuid` (AlreadyExists, nothing
+    /// written). The device-local values go into the same INSERT.
+    fn append_insert(
+        &mut self,
+        m: &'static ModelInfo,
+        record: Uuid,
+        writes: Vec<FieldWrite>,
+        local: &[Value],
+    ) -> Result<()> {
+        let stamp = self.library.hlc.tick();
+        let e = LogEntry {
+            origin: self.library.device,
+            origin_seq: self.next_seq,
+            hlc: stamp.time,
+            lib_seq: None,
+            epoch: None,
+            model: m.name.to_string(),
+            record,
+            op: Op::Insert(writes),
+        };
+        if !local.is_empty() && local.len() != m.local_fields.len() {
+            return Err(Error::Invalid(format!(
+                "{} takes {} device-local fields",
+                m.name,
+                m.local_fields.len()
+            )));
+        }
+        let sql = crate::store::cached_sql(m, "insert_fresh", local.len() as u64, || {
+            let mut cols: Vec<&str> = vec!["uuid"];
+            cols.extend(m.fields.iter().map(|f| f.name));
+            cols.extend(m.local_fields.iter().take(local.len()).map(|f| f.name));
+            cols.extend(["_hlc", "_dev"]);
+            format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                m.table,
+                cols.join(", "),
+                vec!["?"; cols.len()].join(", ")
+            )
+        });
+        {
+            let mut stmt = self.tx.prepare_cached(sql)?;
+            let mut i = 1;
+            stmt.raw_bind_parameter(i, record)?;
+            for w in e.op.writes() {
+                i += 1;
+                stmt.raw_bind_parameter(i, &w.value)?;
+            }
+            for v in local {
+                i += 1;
+                stmt.raw_bind_parameter(i, v)?;
+            }
+            stmt.raw_bind_parameter(i + 1, stamp.time as i64)?;
+            stmt.raw_bind_parameter(i + 2, stamp.device)?;
+            stmt.raw_execute().map_err(|err| match err {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    Error::AlreadyExists {
+                        model: m.name,
+                        id: record,
+                    }
+                }
+                err => err.into(),
+            })?;
+        }
+        self.finish_append(m, e)
+    }
+
     fn append(&mut self, m: &'static ModelInfo, record: Uuid, op: Op) -> Result<()> {
         let stamp = self.library.hlc.tick();
         let e = LogEntry {
@@ -1011,9 +1141,17 @@ impl TxCtx<'_, '_> {
             tx: self.tx,
             now_ms: self.library.hlc.now_ms(),
         };
+        if applier.apply_update_fast(&e, m)? {
+            return self.finish_append(m, e);
+        }
         if let Outcome::Refused(why) = applier.apply(&e, m)? {
             return Err(Error::Invalid(why));
         }
+        self.finish_append(m, e)
+    }
+
+    /// Write the applied entry `e` to the outbox and account for it.
+    fn finish_append(&mut self, m: &'static ModelInfo, e: LogEntry) -> Result<()> {
         outbox_insert(self.tx, &e)?;
         self.next_seq += 1;
         self.receipt.entries.push((e.origin, e.origin_seq));
