@@ -576,3 +576,28 @@ fn remote_browsing_incremental_refresh_and_tags_on_remote_files() {
     b.json(&["location", "pull", "lib"]);
     assert_eq!(a.digest("lib"), b.digest("lib"));
 }
+
+#[test]
+fn demo_exits_zero_with_converged_devices() {
+    let out = Command::new(BIN)
+        .args(["--json", "demo", "--devices", "3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "demo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON value");
+    assert_eq!(v["devices"], 3);
+    assert!(
+        v["epoch"].as_u64().unwrap() >= 2,
+        "a re-election happened: {v}"
+    );
+    assert_ne!(v["leader_before"], v["leader_after"]);
+    assert_eq!(
+        v["tags"],
+        1 + 3 + 2 + 1,
+        "seed + one per device + outage writes + offline write"
+    );
+}
