@@ -8,6 +8,7 @@
 pub mod error;
 pub mod frame;
 pub mod identity;
+pub mod jobs;
 pub mod node;
 pub mod pairing;
 pub mod peers;

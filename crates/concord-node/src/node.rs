@@ -37,6 +37,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Settings of every library's sync service.
     pub sync: concord::service::SyncConfig,
+    /// Watch this device's locations and write their changes as they happen
+    /// (see [`crate::jobs`]).
+    pub watch: bool,
 }
 
 impl Default for NodeConfig {
@@ -48,6 +51,7 @@ impl Default for NodeConfig {
             invite_ttl: Duration::from_secs(5 * 60),
             request_timeout: Duration::from_secs(10),
             sync: concord::service::SyncConfig::default(),
+            watch: true,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct NodeState {
     services: Mutex<HashMap<Uuid, SyncService>>,
     pub traffic: crate::sync::Traffic,
     clock: SystemClock,
+    /// Index jobs and location watchers, per library.
+    pub(crate) job_runner: crate::jobs::Jobs,
 }
 
 /// A running node.
@@ -142,6 +148,7 @@ impl Node {
             services: Mutex::new(HashMap::new()),
             traffic: crate::sync::Traffic::default(),
             clock: SystemClock,
+            job_runner: crate::jobs::Jobs::default(),
         });
         let router = Router::builder(endpoint)
             .accept(PAIRING_ALPN, pairing::PairingHandler::new(state.clone()))
@@ -175,6 +182,7 @@ impl Node {
     /// Stop accepting, close connections, flush libraries.
     pub async fn shutdown(self) {
         self.presence.abort();
+        self.state.job_runner.stop_all();
         for svc in self
             .state
             .services

@@ -412,5 +412,6 @@ async fn join_inner(
     if created {
         tokio::spawn(svc.run());
     }
+    crate::jobs::start(st, library)?;
     Ok(())
 }

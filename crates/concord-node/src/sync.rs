@@ -295,6 +295,7 @@ pub fn start_service(state: &Arc<NodeState>, library: Uuid) -> Result<SyncServic
     }
     let svc = create_service(state, library)?;
     tokio::spawn(svc.clone().run());
+    crate::jobs::start(state, library)?;
     Ok(svc)
 }
 
