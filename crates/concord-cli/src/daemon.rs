@@ -239,6 +239,7 @@ async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> Cli
                 .service(id)
                 .ok_or_else(|| CliError::new("the library's sync service is not running"))?;
             let st = svc.status().await?;
+            let jobs = state.jobs(id).map_err(net)?;
             Ok(json!({
                 "leader": st.leader.to_string(),
                 "epoch": st.epoch,
@@ -249,6 +250,8 @@ async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> Cli
                 "conflicts": st.conflicts,
                 "log_entries": st.log_entries,
                 "stats": st.stats,
+                "jobs": jobs,
+                "watching": state.watching(id),
             }))
         }
         Request::LocationPull { library, location } => {

@@ -86,6 +86,15 @@ fn sync_status(v: &Value) -> String {
         out.push_str("\n\n");
         out.push_str(&peers);
     }
+    let jobs = list(
+        &v["jobs"],
+        &["INDEXED BY", "PATH", "STATE", "DONE", "TOTAL", "PER SECOND"],
+        &["origin", "path", "state", "done", "total", "rate"],
+    );
+    if !jobs.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&jobs);
+    }
     out
 }
 
