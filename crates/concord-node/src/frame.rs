@@ -74,3 +74,16 @@ pub fn decompress<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, Ne
         .map_err(|e| NetError::Protocol(format!("decompress: {e}")))?;
     postcard::from_bytes(&raw).map_err(|e| NetError::Protocol(format!("undecodable batch: {e}")))
 }
+
+/// Serve every bidirectional stream a peer opens on `conn`, each on its own
+/// task, until the connection ends. QUIC's stream limit bounds how many run at
+/// once per connection.
+pub async fn for_each_stream<F, Fut>(conn: &iroh::endpoint::Connection, mut serve: F)
+where
+    F: FnMut(SendStream, RecvStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        tokio::spawn(serve(send, recv));
+    }
+}

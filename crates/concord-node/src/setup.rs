@@ -200,18 +200,15 @@ impl SetupHandler {
 impl ProtocolHandler for SetupHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let remote = conn.remote_id();
-        loop {
-            let (send, recv) = match conn.accept_bi().await {
-                Ok(s) => s,
-                Err(_) => break,
-            };
+        crate::frame::for_each_stream(&conn, |send, recv| {
             let me = self.clone();
-            tokio::spawn(async move {
+            async move {
                 if let Err(e) = me.serve(remote, send, recv).await {
                     tracing::warn!(node = %remote.fmt_short(), "library request failed: {e}");
                 }
-            });
-        }
+            }
+        })
+        .await;
         Ok(())
     }
 }

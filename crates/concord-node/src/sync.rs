@@ -259,18 +259,15 @@ impl ProtocolHandler for SyncHandler {
             conn.close(3u32.into(), b"not paired and not a library member");
             return Ok(());
         };
-        loop {
-            let (send, recv) = match conn.accept_bi().await {
-                Ok(s) => s,
-                Err(_) => break,
-            };
+        crate::frame::for_each_stream(&conn, |send, recv| {
             let me = self.clone();
-            tokio::spawn(async move {
+            async move {
                 if let Err(e) = me.serve(device, send, recv).await {
                     tracing::warn!(device = %device, "sync stream closed: {e}");
                 }
-            });
-        }
+            }
+        })
+        .await;
         Ok(())
     }
 }
