@@ -225,7 +225,7 @@ async fn peer_bulk_index_becomes_own_job_5k() {
 
 /// The acceptance size: `cargo test -p concord-node --release --test files -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "200k real files: about a minute"]
+#[ignore = "200k real files: about 30 s"]
 async fn peer_bulk_index_becomes_own_job_200k() {
     peer_bulk_index_becomes_own_job(200_000, Duration::from_secs(900)).await;
 }
@@ -392,6 +392,50 @@ async fn watched_location_changes_reach_the_peer_live() {
     assert!(written as usize > BURST, "{written}");
     assert_eq!(sizes.iter().sum::<usize>(), written as usize);
     assert_eq!(own_bulk(&la), bulk_before, "no bulk write");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Changes made while the node was stopped are picked up when it starts again
+/// (each watched location is rescanned once) and reach the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_stopped_are_caught_up_on_start() {
+    init_tracing();
+    let limit = Duration::from_secs(60);
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("kept.txt"), "kept").unwrap();
+    std::fs::write(tree.join("gone.txt"), "gone").unwrap();
+    let (a, b, lib_id) = two_nodes(tmp.path(), true).await;
+    let la = a.state.library(lib_id).unwrap();
+    let lb = b.state.library(lib_id).unwrap();
+    let loc = add_location(&la, &tree).await;
+    drop(la);
+    wait_for("A's location on B", limit, || {
+        query::location(&lb, loc).unwrap().is_some()
+    })
+    .await;
+    a.shutdown().await;
+
+    std::fs::remove_file(tree.join("gone.txt")).unwrap();
+    std::fs::write(tree.join("while-stopped.txt"), "offline").unwrap();
+
+    let a = Node::start(tmp.path().join("a"), config("alpha", true))
+        .await
+        .unwrap();
+    let la = a.state.library(lib_id).unwrap();
+    wait_for("the catch-up on A", limit, || {
+        entry_on(&la, loc, "while-stopped.txt").is_some()
+            && entry_on(&la, loc, "gone.txt").is_none()
+    })
+    .await;
+    // The new file went through the log (a small change: single commits).
+    wait_for("the catch-up on B", limit, || {
+        entry_on(&lb, loc, "while-stopped.txt").is_some_and(|e| e.size == 7)
+    })
+    .await;
+    assert!(a.state.watching(lib_id).iter().any(|w| w.location == loc));
     a.shutdown().await;
     b.shutdown().await;
 }
