@@ -313,6 +313,29 @@ async fn watched_location_changes_reach_the_peer_live() {
     .await;
     timings.push(("mkdir", t.elapsed()));
 
+    // A renamed folder keeps being watched under its new name.
+    std::fs::create_dir(tree.join("dir1")).unwrap();
+    std::fs::write(tree.join("dir1/x.txt"), "x").unwrap();
+    wait_for("a file in a new folder on B", limit, || {
+        entry_on(&lb, loc, "dir1/x.txt").is_some()
+    })
+    .await;
+    let t = Instant::now();
+    std::fs::rename(tree.join("dir1"), tree.join("dir2")).unwrap();
+    wait_for("the renamed folder on B", limit, || {
+        entry_on(&lb, loc, "dir1/x.txt").is_none() && entry_on(&lb, loc, "dir2/x.txt").is_some()
+    })
+    .await;
+    timings.push(("rename folder", t.elapsed()));
+    let t = Instant::now();
+    std::fs::write(tree.join("dir2/y.txt"), "yy").unwrap();
+    wait_for("a file in the renamed folder on B", limit, || {
+        entry_on(&lb, loc, "dir2/y.txt").is_some_and(|e| e.size == 2)
+    })
+    .await;
+    timings.push(("create in renamed folder", t.elapsed()));
+    std::fs::remove_dir_all(tree.join("dir2")).unwrap();
+
     // Delete.
     let t = Instant::now();
     std::fs::remove_file(tree.join("renamed.txt")).unwrap();
