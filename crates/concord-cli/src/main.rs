@@ -539,11 +539,9 @@ fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
                 retention_ms,
             };
             daemon::start(dir, opts, cli.json)?;
-            return Ok(("start", serde_json::Value::Null));
+            Ok(("start", serde_json::Value::Null))
         }
-        Command::Demo { devices } => {
-            return Ok(("demo", demo::run(devices, cli.json)?));
-        }
+        Command::Demo { devices } => Ok(("demo", demo::run(devices, cli.json)?)),
         command => run_request(dir, request(command)?),
     }
 }
