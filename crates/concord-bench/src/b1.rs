@@ -6,7 +6,7 @@ use concord::hlc::SystemClock;
 use concord::model::Tag;
 use concord::{Change, Library, Uuid};
 
-use crate::common::{open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, UuidGen};
+use crate::common::{last_cpu, open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, UuidGen};
 use crate::progress;
 use crate::report::Row;
 
@@ -48,6 +48,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         }
         Ok(())
     })?;
+    progress!("raw sqlite, single: {}", last_cpu());
     let (_, raw_batch_s) = timed(|| {
         for chunk in batch_rows.chunks(BATCH) {
             let tx = conn.transaction()?;
@@ -61,6 +62,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         }
         Ok(())
     })?;
+    progress!("raw sqlite, batched: {}", last_cpu());
     drop(conn);
     let raw_peak = peak_rss_mb().unwrap_or(0.0);
     let raw_single = singles as f64 / raw_single_s;
@@ -83,6 +85,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         lib.flush()?;
         Ok(())
     })?;
+    progress!("concord, single: {}", last_cpu());
     let (_, batch_s) = timed(|| {
         for chunk in batch_rows.chunks(BATCH) {
             lib.commit_batch(chunk.iter().map(Change::insert).collect())?;
@@ -90,6 +93,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         lib.flush()?;
         Ok(())
     })?;
+    progress!("concord, batched: {}", last_cpu());
     let entries = lib.with_log(|l| l.count())?;
     anyhow::ensure!(
         entries == (singles + batched) as u64,

@@ -18,6 +18,9 @@
 //! - yrs 0.28: one document, a root map keyed the same way; each side renames in
 //!   transactions of 1,000, then applies the other side's diff as one decoded
 //!   `Update` (in memory; decoding not timed).
+//!
+//! Development aid: `CONCORD_BENCH_SKIP_CRDT=1` skips the automerge and yrs
+//! baselines (and their result lines) for quicker runs while optimising.
 
 use std::collections::BTreeMap;
 
@@ -34,7 +37,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{Doc, Map, ReadTxn, Transact, Update};
 
 use crate::common::{
-    open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, SplitMix64, UuidGen,
+    last_cpu, open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, SplitMix64, UuidGen,
 };
 use crate::progress;
 use crate::report::Row;
@@ -92,27 +95,15 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     reset_peak_rss();
     let raw_s = raw_lww(&plan, tmp.path())?;
     let raw = changes / raw_s;
-    progress!("raw sqlite LWW: {raw:.0} changes/s ({raw_s:.2} s)");
+    progress!("raw sqlite LWW: {raw:.0} changes/s ({})", last_cpu());
 
     reset_peak_rss();
     let concord_s = concord(&plan, tmp.path())?;
     let concord_peak = peak_rss_mb().unwrap_or(0.0);
     let rate = changes / concord_s;
-    progress!("concord: {rate:.0} changes/s ({concord_s:.2} s)");
+    progress!("concord: {rate:.0} changes/s ({})", last_cpu());
 
-    reset_peak_rss();
-    let am_s = automerge(&plan)?;
-    let am_peak = peak_rss_mb().unwrap_or(0.0);
-    let am = changes / am_s;
-    progress!("automerge: {am:.0} changes/s ({am_s:.2} s)");
-
-    reset_peak_rss();
-    let y_s = yrs(&plan)?;
-    let y_peak = peak_rss_mb().unwrap_or(0.0);
-    let y = changes / y_s;
-    progress!("yrs: {y:.0} changes/s ({y_s:.2} s)");
-
-    Ok(vec![
+    let mut rows = vec![
         Row::at_least(
             "B2",
             "apply_rate",
@@ -131,6 +122,24 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
             raw,
             0.7,
         ),
+    ];
+    if std::env::var_os("CONCORD_BENCH_SKIP_CRDT").is_some() {
+        return Ok(rows);
+    }
+
+    reset_peak_rss();
+    let am_s = automerge(&plan)?;
+    let am_peak = peak_rss_mb().unwrap_or(0.0);
+    let am = changes / am_s;
+    progress!("automerge: {am:.0} changes/s ({})", last_cpu());
+
+    reset_peak_rss();
+    let y_s = yrs(&plan)?;
+    let y_peak = peak_rss_mb().unwrap_or(0.0);
+    let y = changes / y_s;
+    progress!("yrs: {y:.0} changes/s ({})", last_cpu());
+
+    rows.extend([
         Row::at_least("B2", "apply_rate", rate, "changes/s", "automerge", am, 3.0),
         Row::info("B2", "apply_rate", rate, "changes/s", "yrs_in_memory", y),
         Row::info("B2", "peak_rss", concord_peak, "MB", "automerge", am_peak),
@@ -142,7 +151,8 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
             "yrs_in_memory",
             y_peak,
         ),
-    ])
+    ]);
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------- Concord

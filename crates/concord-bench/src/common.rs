@@ -98,11 +98,44 @@ pub fn open_baseline(path: &Path) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
-/// Wall time of `f` in seconds, with its result.
+/// Wall time of `f` in seconds, with its result. The CPU time it used (user and
+/// system, from `/proc/self/stat`) is kept for [`last_cpu`].
 pub fn timed<R>(f: impl FnOnce() -> anyhow::Result<R>) -> anyhow::Result<(R, f64)> {
+    let cpu0 = cpu_seconds();
     let t = Instant::now();
     let r = f()?;
-    Ok((r, t.elapsed().as_secs_f64()))
+    let wall = t.elapsed().as_secs_f64();
+    if let (Some(a), Some(b)) = (cpu0, cpu_seconds()) {
+        if let Ok(mut last) = LAST_CPU.lock() {
+            *last = Some((b.0 - a.0, b.1 - a.1, wall));
+        }
+    }
+    Ok((r, wall))
+}
+
+static LAST_CPU: std::sync::Mutex<Option<(f64, f64, f64)>> = std::sync::Mutex::new(None);
+
+/// `user s, sys s, wall s` of the last [`timed`] call, for progress lines.
+pub fn last_cpu() -> String {
+    match LAST_CPU.lock().ok().and_then(|l| *l) {
+        Some((user, sys, wall)) => {
+            format!("cpu {user:.2} s user + {sys:.2} s sys of {wall:.2} s wall")
+        }
+        None => String::new(),
+    }
+}
+
+/// User and system CPU seconds of this process so far (clock ticks of 10 ms).
+fn cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = 100.0; // USER_HZ on Linux
+    Some((
+        f.get(11)?.parse::<f64>().ok()? / tick,
+        f.get(12)?.parse::<f64>().ok()? / tick,
+    ))
 }
 
 /// Reset the process's peak resident set size (Linux: `clear_refs` 5), so the
