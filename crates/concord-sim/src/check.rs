@@ -13,7 +13,9 @@
 //! - **Deletes are final**: a record whose delete was acknowledged is absent and
 //!   tombstoned everywhere.
 //! - **Clocks** (checked after every step): each device's HLC never goes
-//!   backwards, across restarts too, and never runs further ahead of the
+//!   backwards while it runs, restarts above every clock stored in its
+//!   databases (a stamp issued for a commit that then failed was never used,
+//!   so it need not survive a restart), and never runs further ahead of the
 //!   highest wall-clock time that device has seen than the drift bound — a
 //!   stamp from a device whose clock is out of bounds is refused, not obeyed.
 
@@ -220,4 +222,31 @@ fn effect(lib: &Library, a: &Acked) -> std::result::Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The highest HLC time stored anywhere in `lib`'s databases: row and field
+/// clocks, tombstones, bulk operations and the sync log.
+pub fn max_stored_clock(lib: &Library) -> Result<u64> {
+    let mut cols: Vec<String> = vec![
+        "SELECT MAX(hlc) FROM tombstones".into(),
+        "SELECT MAX(hlc) FROM bulk_operations".into(),
+    ];
+    for m in concord::model::registry() {
+        cols.push(format!("SELECT MAX(_hlc) FROM {}", m.table));
+        if m.kind == ModelKind::Record {
+            for f in m.fields.iter().filter(|f| !f.key && !f.owner) {
+                cols.push(format!("SELECT MAX({}__hlc) FROM {}", f.name, m.table));
+            }
+        }
+    }
+    let sql = format!(
+        "SELECT MAX(v) FROM ({})",
+        cols.iter()
+            .map(|c| format!("SELECT ({c}) AS v"))
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    );
+    let stored: Option<i64> = lib.read(|c| Ok(c.query_row(&sql, [], |r| r.get(0))?))?;
+    let logged = lib.with_log(|l| l.max_hlc())?;
+    Ok((stored.unwrap_or(0) as u64).max(logged))
 }

@@ -466,6 +466,17 @@ impl World {
                 l
             }
         };
+        // A reopened clock starts above every stamp stored on this device.
+        let stored = check::max_stored_clock(&lib).map_err(|e| e.to_string())?;
+        let last = lib.hlc().last();
+        if last < stored {
+            return Err(format!(
+                "device {i}'s HLC restarted at {} below a stored clock {}",
+                Hlc::new(last, d.id),
+                Hlc::new(stored, d.id)
+            ));
+        }
+        d.hlc_seen = last;
         let svc = SyncService::new(lib, self.net.link(d.id), self.config.clone())
             .map_err(|e| e.to_string())?;
         self.net.set_service(d.id, Some(svc.clone()));
@@ -563,7 +574,7 @@ impl World {
         let last = lib.hlc().last();
         if last < d.hlc_seen {
             return Err(format!(
-                "device {i}'s HLC went backwards: {} after {}",
+                "device {i}'s HLC went backwards while running: {} after {}",
                 Hlc::new(last, d.id),
                 Hlc::new(d.hlc_seen, d.id)
             ));
