@@ -111,7 +111,7 @@ CREATE INDEX file_entries_by_location_path ON file_entries(location, path);
 }
 
 /// Schema version of `sync.db`.
-pub const SYNC_SCHEMA_VERSION: i64 = 2;
+pub const SYNC_SCHEMA_VERSION: i64 = 3;
 
 /// `sync.db`: the append-only log and per-origin positions.
 pub fn sync_migrations() -> Vec<String> {
@@ -145,6 +145,14 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE pruned (origin BLOB PRIMARY KEY, through INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE peer_acks (device BLOB PRIMARY KEY, vv BLOB NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX log_unsequenced ON log(id) WHERE lib_seq IS NULL;
+"
+    .to_string(),
+    // v3 (performance): no index by record. Entries arrive in record order only
+    // by chance, so each append touched a random page of this index, doubling the
+    // pages a batch of remote updates writes (B2 in PERFORMANCE.md); nothing on a
+    // hot path reads the log by record (`SyncLog::fetch_record` scans).
+    "
+DROP INDEX IF EXISTS log_by_record;
 "
     .to_string()]
 }

@@ -197,7 +197,9 @@ impl SyncLog {
         Ok(out)
     }
 
-    /// Every entry about one record, in stamp order.
+    /// Every entry about one record, in stamp order. Scans the log (there is no
+    /// index by record; see the v3 migration of `sync.db`): for inspection, not
+    /// for hot paths.
     pub fn fetch_record(&self, record: Uuid) -> Result<Vec<LogEntry>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {ENTRY_COLUMNS} FROM log WHERE record = ?1 ORDER BY hlc, origin"
