@@ -17,6 +17,20 @@ use crate::sync::entry::{LogEntry, Op};
 /// Per-origin highest contiguous `origin_seq`.
 pub type VersionVector = BTreeMap<Uuid, u64>;
 
+/// A log entry in its stored form: the operation encoded (`Op::encode`), its kind
+/// code alongside.
+pub(crate) struct StoredEntry<'a> {
+    pub origin: Uuid,
+    pub origin_seq: u64,
+    pub hlc: u64,
+    pub lib_seq: Option<u64>,
+    pub epoch: Option<u64>,
+    pub model: &'a str,
+    pub record: Uuid,
+    pub kind: i64,
+    pub payload: std::borrow::Cow<'a, [u8]>,
+}
+
 /// The log in one `sync.db` connection.
 pub struct SyncLog {
     pub(crate) conn: Connection,
@@ -70,6 +84,25 @@ impl SyncLog {
     /// Append entries in one transaction; entries already present (same origin and
     /// `origin_seq`) are skipped. Returns the entries that were new.
     pub fn append(&mut self, entries: &[LogEntry]) -> Result<Vec<usize>> {
+        self.append_stored(entries.iter().map(|e| StoredEntry {
+            origin: e.origin,
+            origin_seq: e.origin_seq,
+            hlc: e.hlc,
+            lib_seq: e.lib_seq,
+            epoch: e.epoch,
+            model: &e.model,
+            record: e.record,
+            kind: e.op.kind(),
+            payload: std::borrow::Cow::Owned(e.op.encode()),
+        }))
+    }
+
+    /// [`SyncLog::append`] for entries whose operation is already encoded (the
+    /// outbox holds them so): no decoding and encoding again on the way.
+    pub(crate) fn append_stored<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = StoredEntry<'a>>,
+    ) -> Result<Vec<usize>> {
         let tx = self.conn.transaction()?;
         let mut fresh = Vec::new();
         let mut per_origin: HashMap<Uuid, (Vec<u64>, u64)> = HashMap::new();
@@ -78,7 +111,7 @@ impl SyncLog {
                 "INSERT OR IGNORE INTO log (origin, origin_seq, hlc, lib_seq, epoch, model, record, kind, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for (i, e) in entries.iter().enumerate() {
+            for (i, e) in entries.into_iter().enumerate() {
                 let n = ins.execute(params![
                     e.origin,
                     e.origin_seq as i64,
@@ -87,8 +120,8 @@ impl SyncLog {
                     e.epoch.map(|v| v as i64),
                     e.model,
                     e.record,
-                    e.op.kind(),
-                    e.op.encode(),
+                    e.kind,
+                    e.payload.as_ref(),
                 ])?;
                 if n == 1 {
                     fresh.push(i);

@@ -31,7 +31,7 @@ use crate::model::{registry, ModelInfo, ModelKind, Ownership, Syncable, Value};
 use crate::store::{open_db, schema};
 use crate::sync::apply::{is_tombstoned, Applier, Outcome};
 use crate::sync::entry::{self, BulkOperation, FieldWrite, LogEntry, Op};
-use crate::sync::log::SyncLog;
+use crate::sync::log::{StoredEntry, SyncLog};
 use crate::sync::BULK_MODEL;
 
 /// Local entries kept in the outbox before they are moved to `sync.db`.
@@ -767,42 +767,44 @@ fn outbox_insert(tx: &Transaction<'_>, e: &LogEntry) -> Result<()> {
 /// watermark (every log entry is applied at this point: local ones were applied
 /// when committed, remote ones before the lock was released).
 fn flush_outbox(inner: &mut Inner) -> Result<()> {
-    let entries: Vec<LogEntry> = {
+    // Moved as stored: the payload was encoded by `outbox_insert` exactly as the
+    // log stores it, so it is neither decoded nor encoded again.
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(Uuid, i64, i64, String, Uuid, i64, Vec<u8>)> = {
         let mut stmt = inner.lib.prepare_cached(
-            "SELECT origin, origin_seq, hlc, model, record, payload FROM outbox ORDER BY origin, origin_seq",
+            "SELECT origin, origin_seq, hlc, model, record, kind, payload FROM outbox ORDER BY origin, origin_seq",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((
-                r.get::<_, Uuid>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Uuid>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
             ))
         })?;
-        let mut v = Vec::new();
-        for row in rows {
-            let (origin, seq, hlc, model, record, payload) = row?;
-            v.push(LogEntry {
-                origin,
-                origin_seq: seq as u64,
-                hlc: hlc as u64,
-                lib_seq: None,
-                epoch: None,
-                model,
-                record,
-                op: Op::decode(&payload)?,
-            });
-        }
-        v
+        rows.collect::<rusqlite::Result<_>>()?
     };
     inner.outbox_len = 0;
-    if entries.is_empty() {
+    if rows.is_empty() {
         return Ok(());
     }
     let before = inner.log.latest_id()?;
-    inner.log.append(&entries)?;
+    inner.log.append_stored(rows.iter().map(
+        |(origin, seq, hlc, model, record, kind, payload)| StoredEntry {
+            origin: *origin,
+            origin_seq: *seq as u64,
+            hlc: *hlc as u64,
+            lib_seq: None,
+            epoch: None,
+            model,
+            record: *record,
+            kind: *kind,
+            payload: std::borrow::Cow::Borrowed(payload),
+        },
+    ))?;
     let latest = inner.log.latest_id()?;
     let tx = inner.lib.transaction()?;
     tx.execute("DELETE FROM outbox", [])?;
