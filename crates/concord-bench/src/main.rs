@@ -7,8 +7,13 @@
 
 mod b1;
 mod b2;
+mod b3;
+mod b4;
+mod b5;
 mod b6;
+mod b7;
 mod common;
+mod net;
 mod report;
 
 use common::Scale;
@@ -23,7 +28,11 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
         b1::run,
     ),
     ("B2", "applying a peer's renames (LWW merge)", b2::run),
+    ("B3", "commit-to-event latency between two nodes", b3::run),
+    ("B4", "backfilling a large library to a new device", b4::run),
+    ("B5", "healing a partition: round trips and bytes", b5::run),
     ("B6", "indexing a file tree with commit_bulk", b6::run),
+    ("B7", "an offline follower catching up", b7::run),
 ];
 
 fn usage() -> String {
@@ -37,6 +46,10 @@ fn usage() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    // B4 runs its joiner as a child process (this binary, re-executed).
+    if std::env::args().nth(1).as_deref() == Some(b4::JOINER_ARG) {
+        return b4::joiner(std::env::args().skip(2).collect());
+    }
     let mut scale = Scale::Full;
     let mut json = false;
     let mut chosen: Vec<&(&str, &str, Workload)> = Vec::new();
