@@ -1024,21 +1024,15 @@ impl SyncService {
 
     /// Take the state from `peer` in chunks, then continue from its version vector.
     async fn snapshot_from(&self, peer: Uuid) -> Result<()> {
-        let mut cursor = protocol::SnapshotCursor {
+        let first = protocol::SnapshotCursor {
             part: 0,
             after: None,
         };
         let mut start_vv: Option<VersionVector> = None;
+        // Pipelined: the next chunk is requested while this one is applied.
+        let mut reply = self.send(peer, Msg::Snapshot { cursor: first }).await;
         loop {
-            match self
-                .send(
-                    peer,
-                    Msg::Snapshot {
-                        cursor: cursor.clone(),
-                    },
-                )
-                .await
-            {
+            match reply {
                 Ok(Msg::SnapshotChunk {
                     rows,
                     tombstones,
@@ -1049,11 +1043,19 @@ impl SyncService {
                     if start_vv.is_none() {
                         start_vv = Some(vv);
                     }
-                    self.blocking(move |lib| snapshot::apply(lib, rows, tombstones, bulk))
-                        .await?;
+                    let apply =
+                        self.blocking(move |lib| snapshot::apply(lib, rows, tombstones, bulk));
                     match next {
-                        Some(n) => cursor = n,
-                        None => break,
+                        Some(cursor) => {
+                            let fetch = self.send(peer, Msg::Snapshot { cursor });
+                            let (applied, fetched) = tokio::join!(apply, fetch);
+                            applied?;
+                            reply = fetched;
+                        }
+                        None => {
+                            apply.await?;
+                            break;
+                        }
                     }
                 }
                 Ok(other) => {

@@ -227,11 +227,20 @@ pub fn apply(
         for e in &bulk {
             applier.apply(e, &entry::BULK_INFO)?;
         }
+        // The statements of each model are built once per chunk, not per row.
+        let mut sqls: Vec<(&'static str, MergeSql)> = Vec::new();
         for row in &rows {
             let m = model_by_name(&row.model)
                 .ok_or_else(|| Error::Malformed(format!("unknown model {}", row.model)))?;
             check_row(m, row)?;
-            merge_row(&applier, tx, m, row)?;
+            let i = match sqls.iter().position(|(name, _)| *name == m.name) {
+                Some(i) => i,
+                None => {
+                    sqls.push((m.name, MergeSql::new(m)));
+                    sqls.len() - 1
+                }
+            };
+            merge_row(&applier, tx, m, row, &sqls[i].1)?;
         }
         Ok(())
     })?;
@@ -272,11 +281,54 @@ fn check_row(m: &ModelInfo, row: &SnapshotRow) -> Result<()> {
     Ok(())
 }
 
+/// The statements that look up and insert a snapshot row of one model.
+struct MergeSql {
+    select: String,
+    insert: String,
+}
+
+impl MergeSql {
+    fn new(m: &ModelInfo) -> MergeSql {
+        let mut cols: Vec<String> = clock_cols(m);
+        if m.kind == ModelKind::Membership {
+            cols.push("present".into());
+        } else {
+            cols.push("1".into());
+        }
+        let select = format!(
+            "SELECT {} FROM {} WHERE uuid = ?1",
+            cols.join(", "),
+            m.table
+        );
+        let mut names: Vec<String> = vec!["uuid".into()];
+        for (i, f) in m.fields.iter().enumerate() {
+            names.push(f.name.into());
+            if clocked(m, i) {
+                names.push(format!("{}__hlc", f.name));
+                names.push(format!("{}__dev", f.name));
+            }
+        }
+        if m.kind == ModelKind::Membership {
+            names.push("present".into());
+        }
+        names.push("_hlc".into());
+        names.push("_dev".into());
+        let insert = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            m.table,
+            names.join(", "),
+            vec!["?"; names.len()].join(", ")
+        );
+        MergeSql { select, insert }
+    }
+}
+
 fn merge_row(
     applier: &Applier<'_, '_>,
     tx: &Transaction<'_>,
     m: &'static ModelInfo,
     row: &SnapshotRow,
+    sql: &MergeSql,
 ) -> Result<()> {
     if is_tombstoned(tx, row.uuid)? {
         return Ok(());
@@ -292,19 +344,8 @@ fn merge_row(
         }
     }
     let n = m.fields.len();
-    let mut cols: Vec<String> = clock_cols(m);
-    if m.kind == ModelKind::Membership {
-        cols.push("present".into());
-    } else {
-        cols.push("1".into());
-    }
-    let sql = format!(
-        "SELECT {} FROM {} WHERE uuid = ?1",
-        cols.join(", "),
-        m.table
-    );
     let current: Option<(Vec<Hlc>, bool)> = tx
-        .prepare_cached(&sql)?
+        .prepare_cached(&sql.select)?
         .query_row([row.uuid], |r| {
             let mut clocks = Vec::with_capacity(n);
             for i in 0..n {
@@ -323,33 +364,22 @@ fn merge_row(
         .unwrap_or(Hlc::new(0, Uuid::nil()));
     match (current, m.kind) {
         (None, _) => {
-            let mut names: Vec<String> = vec!["uuid".into()];
-            let mut vals: Vec<Value> = vec![Value::Uuid(row.uuid)];
-            for (i, f) in m.fields.iter().enumerate() {
-                names.push(f.name.into());
-                vals.push(row.values[i].clone());
+            // Values in the column order of `sql.insert`.
+            let mut vals: Vec<Value> = Vec::with_capacity(3 * n + 4);
+            vals.push(Value::Uuid(row.uuid));
+            for (i, v) in row.values.iter().enumerate() {
+                vals.push(v.clone());
                 if clocked(m, i) {
-                    names.push(format!("{}__hlc", f.name));
-                    names.push(format!("{}__dev", f.name));
                     vals.push(Value::Int(incoming[i].time as i64));
                     vals.push(Value::Uuid(incoming[i].device));
                 }
             }
             if m.kind == ModelKind::Membership {
-                names.push("present".into());
                 vals.push(Value::Int(row.present as i64));
             }
-            names.push("_hlc".into());
-            names.push("_dev".into());
             vals.push(Value::Int(row_clock.time as i64));
             vals.push(Value::Uuid(row_clock.device));
-            let sql = format!(
-                "INSERT INTO {} ({}) VALUES ({})",
-                m.table,
-                names.join(", "),
-                vec!["?"; names.len()].join(", ")
-            );
-            tx.prepare_cached(&sql)?
+            tx.prepare_cached(&sql.insert)?
                 .execute(params_from_iter(vals.iter()))?;
         }
         (Some((clocks, present)), ModelKind::Membership) => {
