@@ -120,10 +120,10 @@ fn shaped_entry() -> impl Strategy<Value = LogEntry> {
     (
         0..registry().len(),
         (0u128..4).prop_map(Uuid::from_u128),
-        1u64..50,
-        (0u64..1 << 20).prop_map(|ms| (1_700_000_000_000 + ms) << 16),
-        (0u128..6).prop_map(Uuid::from_u128),
-        0..3u8,
+        1u64..1_000_000,
+        (0u64..400_000).prop_map(|ms| (1_700_000_000_000 + ms) << 16),
+        (0u128..64).prop_map(Uuid::from_u128),
+        prop_oneof![4 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
         proptest::collection::vec(
             (
                 any::<i64>(),
@@ -288,6 +288,7 @@ fn huge_length_prefixes_do_not_allocate() {
 fn apply_remote_of_arbitrary_entries() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = library(tmp.path());
+    let applied = std::cell::Cell::new(0usize);
     let mut runner = TestRunner::new(Config {
         cases: 256,
         ..Config::default()
@@ -298,10 +299,16 @@ fn apply_remote_of_arbitrary_entries() {
             |entries| {
                 let report = lib.apply_remote(&entries);
                 prop_assert!(report.is_ok(), "{report:?}");
+                applied.set(applied.get() + report.unwrap().applied);
                 Ok(())
             },
         )
         .unwrap();
+    assert!(
+        applied.get() > 50,
+        "the fuzzer reached the merge rules too rarely: {}",
+        applied.get()
+    );
 }
 
 fn row() -> impl Strategy<Value = SnapshotRow> {
