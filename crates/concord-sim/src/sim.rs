@@ -271,7 +271,9 @@ fn scratch() -> tempfile::TempDir {
 
 async fn run_async(opts: &Options, dir: PathBuf) -> Report {
     let mut rng = Rng::new(opts.seed);
-    let n = opts.devices.unwrap_or_else(|| rng.range(3, 7) as usize);
+    // Always drawn, so that naming the drawn count replays the same run.
+    let drawn = rng.range(3, 7) as usize;
+    let n = opts.devices.unwrap_or(drawn);
     let f = opts.faults;
     let start = Instant::now();
     let trace = Arc::new(Trace::new(start));
