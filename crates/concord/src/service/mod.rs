@@ -232,8 +232,16 @@ impl SyncService {
         // or its task aborted as in a crash) the set is dropped and that work
         // is cancelled, so nothing keeps acting for a stopped service.
         let mut work = tokio::task::JoinSet::new();
-        // A fresh start reconciles with everyone reachable.
-        let mut dirty = true;
+        // A fresh start reconciles with everyone reachable. A follower that
+        // knows its leader catches up with it at once (reconcile, then propose
+        // what the leader still lacks) instead of waiting for a heartbeat;
+        // proposing before that reconcile could resend what the leader holds.
+        let catch_up_first = self.role() == Role::Follower && self.term().leader != Uuid::nil();
+        let mut dirty = !catch_up_first;
+        if catch_up_first {
+            sh.wake.notify_one();
+            next_tick = Instant::now() + sh.config.heartbeat_interval;
+        }
         loop {
             if *stop.borrow() {
                 break;
@@ -488,9 +496,16 @@ impl SyncService {
     /// reachable leader, push them to whoever is reachable.
     async fn propose(&self) {
         let me = self.shared.me;
+        // Never below what the leader last reported holding of ours (a restart
+        // forgets `proposed_upto`; a reconcile tells it again).
         let (leader, upto) = {
             let st = self.st();
-            (st.term.leader, st.proposed_upto)
+            let held = st
+                .peers
+                .get(&st.term.leader)
+                .and_then(|p| p.vv.get(&me).copied())
+                .unwrap_or(0);
+            (st.term.leader, st.proposed_upto.max(held))
         };
         let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
         let entries = match self
@@ -697,13 +712,19 @@ impl SyncService {
         // same page forever when we already hold what the peer has beyond a gap
         // that neither of us can fill.
         let mut ask: Option<VersionVector> = None;
+        // The reply to a page asked for while the previous one was applied.
+        let mut prefetched = None;
         loop {
             let vv = match ask.take() {
                 Some(vv) => vv,
                 None => self.version_vector().await,
             };
             let mut next = vv.clone();
-            match self.send(peer, Msg::Reconcile { vv, limit }).await {
+            let reply = match prefetched.take() {
+                Some(r) => r,
+                None => self.send(peer, Msg::Reconcile { vv, limit }).await,
+            };
+            match reply {
                 Ok(Msg::ReconcileResponse {
                     vv,
                     entries,
@@ -717,14 +738,21 @@ impl SyncService {
                         let slot = next.entry(e.origin).or_insert(0);
                         *slot = (*slot).max(e.origin_seq);
                     }
-                    self.apply(entries).await?;
                     if has_more {
-                        for (origin, seq) in self.version_vector().await {
-                            let slot = next.entry(origin).or_insert(0);
-                            *slot = (*slot).max(seq);
-                        }
+                        // Pipelined: ask for the next page while applying this one.
+                        let fetch = self.send(
+                            peer,
+                            Msg::Reconcile {
+                                vv: next.clone(),
+                                limit,
+                            },
+                        );
+                        let (applied, fetched) = tokio::join!(self.apply(entries), fetch);
+                        applied?;
+                        prefetched = Some(fetched);
                         ask = Some(next);
                     } else {
+                        self.apply(entries).await?;
                         let mut st = self.st();
                         if st.term == term && term.leader == peer {
                             st.cursor = seq;
@@ -777,6 +805,8 @@ impl SyncService {
                 break;
             }
         }
+        // What the peer holds now (lets `propose` skip what it already has).
+        self.st().peers.entry(peer).or_default().vv = their_vv;
         Ok(())
     }
 
