@@ -12,7 +12,7 @@
 use crate::model::{ModelInfo, ModelKind};
 
 /// Schema version of `library.db`; bump and add a step to [`LIBRARY_MIGRATIONS`].
-pub const LIBRARY_SCHEMA_VERSION: i64 = 2;
+pub const LIBRARY_SCHEMA_VERSION: i64 = 3;
 
 /// `CREATE TABLE` and indexes for one model.
 pub fn model_ddl(m: &ModelInfo) -> String {
@@ -107,7 +107,14 @@ CREATE TABLE pulls (
 CREATE INDEX file_entries_by_location_path ON file_entries(location, path);
 "
     .to_string();
-    vec![v1, v2]
+    // v3 (performance): the outbox keeps one row per transaction, its entries in
+    // one blob, instead of one row per entry (B1 in PERFORMANCE.md). Rows left in
+    // the old `outbox` table are still moved into the log.
+    let v3 = "
+CREATE TABLE outbox_batches (id INTEGER PRIMARY KEY, entries BLOB NOT NULL);
+"
+    .to_string();
+    vec![v1, v2, v3]
 }
 
 /// Schema version of `sync.db`.

@@ -6,7 +6,8 @@
 //! nothing here relies on it:
 //!
 //! - **Local changes** are applied to `library.db` together with their log entry,
-//!   written to the `outbox` table of the same database, in one transaction. The
+//!   written to the outbox of the same database (`outbox_batches`: one row holding
+//!   every entry of the transaction), in one transaction. The
 //!   outbox is moved into `sync.db` (idempotently: the log ignores an entry it
 //!   already holds) in batches, whenever the log is read, and on open. A crash at
 //!   any point leaves the change and its entry both committed or both absent.
@@ -433,14 +434,17 @@ impl Library {
             next_seq: inner.next_seq,
             receipt: Receipt::default(),
             models: Vec::new(),
+            outbox: Vec::new(),
         };
         let out = f(&mut ctx)?;
         let TxCtx {
             next_seq,
             receipt,
             models,
+            outbox,
             ..
         } = ctx;
+        outbox_write(&tx, &outbox)?;
         tx.commit()?;
         inner.next_seq = next_seq;
         inner.outbox_len += receipt.entries.len();
@@ -572,7 +576,7 @@ impl Library {
             now_ms: self.hlc.now_ms(),
         }
         .apply(&e, &entry::BULK_INFO)?;
-        outbox_insert(&tx, &e)?;
+        outbox_write(&tx, &[OutboxEntry::of(&e)])?;
         tx.commit()?;
         inner.next_seq = seq + 1;
         inner.outbox_len += 1;
@@ -747,19 +751,44 @@ impl Drop for Library {
     }
 }
 
-fn outbox_insert(tx: &Transaction<'_>, e: &LogEntry) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO outbox (origin, origin_seq, hlc, model, record, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        e.origin,
-        e.origin_seq as i64,
-        e.hlc as i64,
-        e.model,
-        e.record,
-        e.op.kind(),
-        e.op.encode()
-    ])?;
+/// A local entry as the outbox keeps it: the operation encoded as the log
+/// stores it (`Op::encode`).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OutboxEntry {
+    origin: Uuid,
+    origin_seq: u64,
+    hlc: u64,
+    model: String,
+    record: Uuid,
+    kind: i64,
+    payload: Vec<u8>,
+}
+
+impl OutboxEntry {
+    fn of(e: &LogEntry) -> Self {
+        OutboxEntry {
+            origin: e.origin,
+            origin_seq: e.origin_seq,
+            hlc: e.hlc,
+            model: e.model.clone(),
+            record: e.record,
+            kind: e.op.kind(),
+            payload: e.op.encode(),
+        }
+    }
+}
+
+/// Write the entries of one transaction to the outbox, in that transaction (I1),
+/// as ONE row: a batch of 1,000 changes then costs one insert here and one read
+/// when the outbox is moved, not 1,000 of each.
+fn outbox_write(tx: &Transaction<'_>, entries: &[OutboxEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let blob = postcard::to_allocvec(entries)
+        .map_err(|e| Error::Other(format!("encoding outbox entries: {e}")))?;
+    tx.prepare_cached("INSERT INTO outbox_batches (entries) VALUES (?1)")?
+        .execute([blob])?;
     Ok(())
 }
 
@@ -767,47 +796,59 @@ fn outbox_insert(tx: &Transaction<'_>, e: &LogEntry) -> Result<()> {
 /// watermark (every log entry is applied at this point: local ones were applied
 /// when committed, remote ones before the lock was released).
 fn flush_outbox(inner: &mut Inner) -> Result<()> {
-    // Moved as stored: the payload was encoded by `outbox_insert` exactly as the
-    // log stores it, so it is neither decoded nor encoded again.
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(Uuid, i64, i64, String, Uuid, i64, Vec<u8>)> = {
+    // Moved as stored: the payload was encoded by `outbox_write` exactly as the
+    // log stores it, so it is neither decoded nor encoded again. Rows of the
+    // per-entry `outbox` table (schema before v3) are moved too.
+    let mut rows: Vec<OutboxEntry> = {
         let mut stmt = inner.lib.prepare_cached(
-            "SELECT origin, origin_seq, hlc, model, record, kind, payload FROM outbox ORDER BY origin, origin_seq",
+            "SELECT origin, origin_seq, hlc, model, record, kind, payload FROM outbox",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
+            Ok(OutboxEntry {
+                origin: r.get(0)?,
+                origin_seq: r.get::<_, i64>(1)? as u64,
+                hlc: r.get::<_, i64>(2)? as u64,
+                model: r.get(3)?,
+                record: r.get(4)?,
+                kind: r.get(5)?,
+                payload: r.get(6)?,
+            })
         })?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    {
+        let mut stmt = inner
+            .lib
+            .prepare_cached("SELECT entries FROM outbox_batches ORDER BY id")?;
+        let mut batches = stmt.query([])?;
+        while let Some(b) = batches.next()? {
+            let blob = b.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+            let batch: Vec<OutboxEntry> = postcard::from_bytes(blob)
+                .map_err(|e| Error::Other(format!("corrupt outbox batch: {e}")))?;
+            rows.extend(batch);
+        }
+    }
     inner.outbox_len = 0;
     if rows.is_empty() {
         return Ok(());
     }
+    rows.sort_by_key(|e| (e.origin, e.origin_seq));
     let before = inner.log.latest_id()?;
-    inner.log.append_stored(rows.iter().map(
-        |(origin, seq, hlc, model, record, kind, payload)| StoredEntry {
-            origin: *origin,
-            origin_seq: *seq as u64,
-            hlc: *hlc as u64,
-            lib_seq: None,
-            epoch: None,
-            model,
-            record: *record,
-            kind: *kind,
-            payload: std::borrow::Cow::Borrowed(payload),
-        },
-    ))?;
+    inner.log.append_stored(rows.iter().map(|e| StoredEntry {
+        origin: e.origin,
+        origin_seq: e.origin_seq,
+        hlc: e.hlc,
+        lib_seq: None,
+        epoch: None,
+        model: &e.model,
+        record: e.record,
+        kind: e.kind,
+        payload: std::borrow::Cow::Borrowed(&e.payload),
+    }))?;
     let latest = inner.log.latest_id()?;
     let tx = inner.lib.transaction()?;
     tx.execute("DELETE FROM outbox", [])?;
+    tx.execute("DELETE FROM outbox_batches", [])?;
     // Not past entries that are logged but not applied (a failed `apply_remote`):
     // they are replayed from the watermark, the outbox entries again with them.
     let watermark = match meta_get(&tx, "applied_log_id")? {
@@ -828,6 +869,8 @@ pub struct TxCtx<'a, 'c> {
     next_seq: u64,
     receipt: Receipt,
     models: Vec<&'static str>,
+    /// Entries for the outbox, written when the transaction commits.
+    outbox: Vec<OutboxEntry>,
 }
 
 impl TxCtx<'_, '_> {
@@ -1152,9 +1195,10 @@ impl TxCtx<'_, '_> {
         self.finish_append(m, e)
     }
 
-    /// Write the applied entry `e` to the outbox and account for it.
+    /// Queue the applied entry `e` for the outbox (written with the transaction's
+    /// other entries when it commits) and account for it.
     fn finish_append(&mut self, m: &'static ModelInfo, e: LogEntry) -> Result<()> {
-        outbox_insert(self.tx, &e)?;
+        self.outbox.push(OutboxEntry::of(&e));
         self.next_seq += 1;
         self.receipt.entries.push((e.origin, e.origin_seq));
         if !self.models.contains(&m.name) {

@@ -1,6 +1,11 @@
-//! `Applier::apply_update_fast` must be invisible: a stream of entries applied with
-//! the fast path first (falling back to `Applier::apply`) leaves exactly the rows,
-//! clocks, tombstones and conflict log that `Applier::apply` alone leaves.
+//! The performance shortcuts change nothing observable.
+//!
+//! - `Applier::apply_update_fast` is invisible: a stream of entries applied with
+//!   the fast path first (falling back to `Applier::apply`) leaves exactly the
+//!   rows, clocks, tombstones and conflict log that `Applier::apply` alone leaves.
+//! - The outbox keeps one row per transaction (`outbox_batches`); entries a
+//!   library written before that left in the per-entry `outbox` table still reach
+//!   the log, in order, once.
 
 use concord::model::{Syncable, Tag, Value, Volume};
 use concord::store::{open_db, schema};
@@ -212,4 +217,91 @@ fn fast_path_matches_the_general_path() {
     assert_eq!(state(&ftx, true), state(&stx, true));
     eprintln!("fast path taken {fast_hits} times");
     assert!(fast_hits > 500, "the fast path was taken {fast_hits} times");
+}
+
+#[test]
+fn entries_in_the_old_per_entry_outbox_reach_the_log() {
+    use concord::hlc::SystemClock;
+    use concord::{Change, Library};
+    let tmp = tempfile::tempdir().unwrap();
+    let dev = Uuid::from_u128(0xD1);
+    let lib = Library::create(
+        tmp.path(),
+        Uuid::from_u128(0x11B),
+        "t",
+        dev,
+        Box::new(SystemClock),
+    )
+    .unwrap();
+    let tag = |i: u128, name: &str| Tag {
+        id: Uuid::from_u128(0x7A6 + i),
+        name: name.into(),
+        color: None,
+    };
+    lib.commit(Change::insert(&tag(0, "zero"))).unwrap();
+    lib.flush().unwrap();
+    // An entry as the pre-v3 code left it: a row of the per-entry outbox (its
+    // change already applied in the same transaction).
+    let old = LogEntry {
+        origin: dev,
+        origin_seq: 2,
+        hlc: lib.hlc().tick().time,
+        lib_seq: None,
+        epoch: None,
+        model: Tag::INFO.name.to_string(),
+        record: tag(1, "one").id,
+        op: Op::Insert(
+            tag(1, "one")
+                .to_values()
+                .into_iter()
+                .enumerate()
+                .map(|(i, value)| FieldWrite {
+                    field: i as u16,
+                    value,
+                    base: 0,
+                })
+                .collect(),
+        ),
+    };
+    lib.read(|c| {
+        c.execute(
+            "INSERT INTO outbox (origin, origin_seq, hlc, model, record, kind, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                old.origin,
+                old.origin_seq as i64,
+                old.hlc as i64,
+                old.model,
+                old.record,
+                old.op.kind(),
+                old.op.encode()
+            ],
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    drop(lib);
+    let lib = Library::open(tmp.path(), dev, Box::new(SystemClock)).unwrap();
+    lib.commit(Change::insert(&tag(2, "two"))).unwrap();
+    let log: Vec<LogEntry> = lib
+        .with_log(|l| l.fetch_after_id(0, usize::MAX))
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(
+        log.iter().map(|e| e.origin_seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(log[1], old);
+    let left: i64 = lib
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT (SELECT COUNT(*) FROM outbox) + (SELECT COUNT(*) FROM outbox_batches)",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(left, 0, "the outbox is empty once moved");
 }
