@@ -14,6 +14,7 @@ mod b6;
 mod b7;
 mod common;
 mod net;
+mod p1;
 mod report;
 
 use common::Scale;
@@ -33,6 +34,11 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
     ("B5", "healing a partition: round trips and bytes", b5::run),
     ("B6", "indexing a file tree with commit_bulk", b6::run),
     ("B7", "an offline follower catching up", b7::run),
+    (
+        "P1",
+        "pulling another device's location (remote browsing)",
+        p1::run,
+    ),
 ];
 
 fn usage() -> String {
