@@ -54,9 +54,12 @@ impl SyncLog {
     /// log order. Returns the range assigned, if any.
     pub fn sequence_pending(&mut self, epoch: u64) -> Result<Option<(u64, u64)>> {
         let tx = self.conn.transaction()?;
-        let top: i64 = tx.query_row("SELECT COALESCE(MAX(lib_seq), 0) FROM log", [], |r| {
-            r.get(0)
-        })?;
+        // `IS NOT NULL`: read off the partial index, not a scan of the log.
+        let top: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(lib_seq), 0) FROM log WHERE lib_seq IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
         let pending: Vec<i64> = {
             let mut stmt =
                 tx.prepare_cached("SELECT id FROM log WHERE lib_seq IS NULL ORDER BY id")?;

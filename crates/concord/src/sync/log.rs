@@ -286,7 +286,13 @@ impl SyncLog {
     pub fn latest_seq(&self) -> Result<Option<u64>> {
         let v: Option<i64> = self
             .conn
-            .query_row("SELECT MAX(lib_seq) FROM log", [], |r| r.get(0))?;
+            // The `IS NOT NULL` lets SQLite read the maximum off the partial
+            // index `log_by_lib_seq` instead of scanning the whole log.
+            .query_row(
+                "SELECT MAX(lib_seq) FROM log WHERE lib_seq IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
         Ok(v.map(|v| v as u64))
     }
 
