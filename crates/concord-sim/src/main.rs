@@ -37,6 +37,9 @@ struct Args {
     /// Stop at the first failure.
     #[arg(long)]
     fail_fast: bool,
+    /// Print a progress line (to stderr) every N seeds; 0: never.
+    #[arg(long, default_value_t = 0)]
+    progress: u64,
 }
 
 /// The command that replays one seed exactly (the device count is part of
@@ -123,7 +126,15 @@ fn main() {
                     chaos: None,
                 };
                 let r = run(&opts);
-                done.fetch_add(1, Ordering::SeqCst);
+                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                if args.progress > 0 && n % args.progress == 0 {
+                    eprintln!(
+                        "progress: {n}/{} seeds, {} failed, {:.0}s",
+                        args.seeds,
+                        failures.lock().unwrap().len(),
+                        started.elapsed().as_secs_f64()
+                    );
+                }
                 if args.verbose || r.failure.is_some() {
                     println!("{}", line(&r));
                 }
