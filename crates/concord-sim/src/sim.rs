@@ -675,13 +675,10 @@ impl World {
                     }
                 }
                 930..=949 if f.partition && heal_at.is_none() => {
-                    let groups: BTreeMap<Uuid, u32> = self
-                        .devs
-                        .iter()
-                        .map(|d| (d.id, 0))
-                        .collect::<Vec<_>>()
+                    let ids: Vec<Uuid> = self.devs.iter().map(|d| d.id).collect();
+                    let groups: BTreeMap<Uuid, u32> = ids
                         .into_iter()
-                        .map(|(id, _)| (id, self.rng.below(2) as u32))
+                        .map(|id| (id, self.rng.below(2) as u32))
                         .collect();
                     self.net.set_partition(groups.clone());
                     let long = f.prune && self.rng.chance(0.2);
@@ -857,7 +854,7 @@ impl World {
             check::acked_effects(d.lib.as_ref().unwrap(), &self.acked)
                 .map_err(|e| format!("device {i}: {e}"))?;
         }
-        for (i, d) in self.devs.iter().enumerate() {
+        for d in &self.devs {
             let s = d
                 .svc
                 .as_ref()
@@ -868,7 +865,6 @@ impl World {
             self.report.snapshots += s.stats.snapshots;
             self.report.rejected += s.stats.rejected;
             self.report.max_epoch = self.report.max_epoch.max(s.epoch);
-            let _ = i;
         }
         let views = self.views()?;
         self.trace.event(
