@@ -127,7 +127,7 @@ fn main() {
                 };
                 let r = run(&opts);
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                if args.progress > 0 && n % args.progress == 0 {
+                if args.progress > 0 && n.is_multiple_of(args.progress) {
                     eprintln!(
                         "progress: {n}/{} seeds, {} failed, {:.0}s",
                         args.seeds,
