@@ -49,7 +49,8 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let rt = net::runtime()?;
     let tmp = tempfile::tempdir()?;
     let mut config = net::node_config("b7");
-    config.request_timeout = Duration::from_secs(2);
+    // Short, so the leader's attempts to reach the absent B end quickly.
+    config.request_timeout = Duration::from_secs(1);
     let ids = tag_ids(tags);
     let (secs, entries, b_dev, copy, same) = rt.block_on(async {
         let ids2 = ids.clone();
@@ -91,8 +92,10 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         );
         let entries = c.la.with_log(|l| l.fetch_missing(&vv0, usize::MAX))?;
         anyhow::ensure!(entries.len() == changes, "{} new entries", entries.len());
-        // Let A's failed pushes to the absent B run out.
-        tokio::time::sleep(config.request_timeout + Duration::from_millis(500)).await;
+        // Let A's attempts to notify the absent B run out (one at a time, each
+        // up to `request_timeout`; the commits above coalesce into two): a
+        // notification still in flight when B returns is not part of healing.
+        tokio::time::sleep(config.request_timeout * 3).await;
 
         let t = Instant::now();
         c.start_b().await?;

@@ -40,7 +40,7 @@ use crate::error::{Error, Result};
 use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
 use crate::sync::txn::{ApplyReport, Library, Source};
-use protocol::{Envelope, Msg, Role, Term, MAX_BATCH_ENTRIES};
+use protocol::{Envelope, Msg, Role, Term, MAX_BATCH_ENTRIES, MAX_INLINE_ENTRIES};
 use store::{vv_covers, vv_lag};
 use transport::{Transport, TransportError};
 
@@ -473,9 +473,41 @@ impl SyncService {
                 .collect()
         };
         let members = self.members().await;
+        // What a follower lacks of a range travels inside the notification
+        // when it is small (saves a fetch and an acknowledgement); otherwise
+        // the follower fetches.
+        let count = to_seq + 1 - from_seq;
+        let inline = if count as usize <= MAX_BATCH_ENTRIES {
+            self.blocking(move |lib| {
+                lib.with_log(|l| l.fetch_since_seq(from_seq - 1, count as usize))
+            })
+            .await
+            .ok()
+            .filter(|e| e.len() as u64 == count)
+        } else {
+            None
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for to in targets.into_iter().filter(|d| members.contains(d)) {
             let me = self.clone();
+            // Leave out what `to` is known to hold: its own entries, and what
+            // it last reported (a lower bound of what it has).
+            let entries = inline
+                .as_ref()
+                .map(|all| {
+                    let known = self.st().peers.get(&to).map(|p| p.vv.clone());
+                    all.iter()
+                        .filter(|e| {
+                            e.origin != to
+                                && known
+                                    .as_ref()
+                                    .and_then(|vv| vv.get(&e.origin))
+                                    .is_none_or(|held| *held < e.origin_seq)
+                        })
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .filter(|e| e.len() <= MAX_INLINE_ENTRIES);
             tasks.spawn(async move {
                 let _ = me
                     .probe(
@@ -484,6 +516,7 @@ impl SyncService {
                             term,
                             from_seq,
                             to_seq,
+                            entries,
                         },
                     )
                     .await;
@@ -755,7 +788,14 @@ impl SyncService {
                         self.apply(entries).await?;
                         let mut st = self.st();
                         if st.term == term && term.leader == peer {
-                            st.cursor = seq;
+                            // The cursor is valid for this term from here on, so
+                            // the leader's next notification is applied in step.
+                            st.cursor = if st.cursor_term == Some(term) {
+                                st.cursor.max(seq)
+                            } else {
+                                seq
+                            };
+                            st.cursor_term = Some(term);
                             st.last_leader_contact = Instant::now();
                         }
                         break;
@@ -856,14 +896,32 @@ impl SyncService {
 
     async fn dispatch(&self, from: Uuid, msg: Msg) -> Result<Msg> {
         match msg {
-            Msg::NewEntries { term, to_seq, .. } => {
+            Msg::NewEntries {
+                term,
+                from_seq,
+                to_seq,
+                entries,
+            } => {
                 if let Some(stale) = self.fence(term) {
                     return Ok(stale);
                 }
-                let mut st = self.st();
-                if term.leader == from {
-                    st.last_leader_contact = Instant::now();
+                let in_step = {
+                    let mut st = self.st();
+                    if term.leader == from {
+                        st.last_leader_contact = Instant::now();
+                    }
+                    st.cursor_term == Some(term) && st.cursor.saturating_add(1) >= from_seq
+                };
+                if let (true, Some(entries)) = (in_step, entries) {
+                    // Everything up to `to_seq` this device lacks is here.
+                    self.apply(entries).await?;
+                    let mut st = self.st();
+                    if st.cursor_term == Some(term) {
+                        st.cursor = st.cursor.max(to_seq);
+                    }
+                    return Ok(Msg::Ok);
                 }
+                let st = self.st();
                 let behind = st.cursor_term != Some(term) || st.cursor < to_seq;
                 drop(st);
                 if behind {

@@ -12,6 +12,8 @@ use crate::sync::log::VersionVector;
 
 /// Largest number of entries in one message.
 pub const MAX_BATCH_ENTRIES: usize = 1000;
+/// Largest sequenced range whose entries a leader sends inside `NewEntries`.
+pub const MAX_INLINE_ENTRIES: usize = 256;
 /// Largest number of snapshot rows in one chunk.
 pub const MAX_SNAPSHOT_ROWS: usize = 2000;
 /// Most origins a version vector may name.
@@ -82,11 +84,16 @@ pub struct SnapshotCursor {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     // ---- requests ----
-    /// Leader → follower: entries `from_seq..=to_seq` are sequenced; fetch them.
+    /// Leader → follower: entries `from_seq..=to_seq` are sequenced. For a
+    /// small range (at most [`MAX_INLINE_ENTRIES`]) `entries` carries them,
+    /// minus those the follower is known to hold (its own among them): a
+    /// follower whose cursor reaches `from_seq - 1` applies them and moves its
+    /// cursor to `to_seq` without a fetch. `None`: fetch them.
     NewEntries {
         term: Term,
         from_seq: u64,
         to_seq: u64,
+        entries: Option<Vec<LogEntry>>,
     },
     /// Follower → leader: entries with library sequence above `since_seq`.
     FetchEntries {
@@ -220,6 +227,9 @@ impl Msg {
             Msg::ProposeEntries { entries }
             | Msg::PushEntries { entries }
             | Msg::EntriesResponse { entries, .. } => entries.len() <= MAX_BATCH_ENTRIES,
+            Msg::NewEntries { entries, .. } => entries
+                .as_ref()
+                .is_none_or(|e| e.len() <= MAX_INLINE_ENTRIES),
             Msg::ReconcileResponse { entries, vv, .. } => {
                 entries.len() <= MAX_BATCH_ENTRIES && vv_ok(vv)
             }
