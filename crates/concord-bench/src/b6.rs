@@ -105,21 +105,26 @@ fn walk(root: &Path, location: Uuid) -> anyhow::Result<Vec<FileEntry>> {
     Ok(out)
 }
 
-/// `n` generated rows under 1,000 made-up folders.
+/// `n` generated rows under 1,000 made-up folders, a folder's rows together (as
+/// an indexer writes them: paths arrive in walk order, not scattered).
 fn synthetic(location: Uuid, n: usize) -> impl Iterator<Item = FileEntry> {
     let mut ids = UuidGen::new(0xB65);
     let folders: Vec<Uuid> = (0..1000).map(|_| ids.next_id()).collect();
-    (0..n).map(move |i| FileEntry {
-        id: ids.next_id(),
-        device: DEV,
-        location,
-        parent: Some(folders[i % 1000]),
-        name: format!("file{i:07}.jpg"),
-        path: format!("d{:03}/file{i:07}.jpg", i % 1000),
-        kind: entry_kind::FILE,
-        size: (i as i64 * 7919) % 10_000_000,
-        modified: Some(1_700_000_000_000 + i as i64),
-        inode: Some(i as i64 + 1_000_000),
+    let per_folder = n.div_ceil(1000).max(1);
+    (0..n).map(move |i| {
+        let folder = i / per_folder;
+        FileEntry {
+            id: ids.next_id(),
+            device: DEV,
+            location,
+            parent: Some(folders[folder]),
+            name: format!("file{i:07}.jpg"),
+            path: format!("d{folder:03}/file{i:07}.jpg"),
+            kind: entry_kind::FILE,
+            size: (i as i64 * 7919) % 10_000_000,
+            modified: Some(1_700_000_000_000 + i as i64),
+            inode: Some(i as i64 + 1_000_000),
+        }
     })
 }
 
