@@ -139,8 +139,21 @@ fn cpu_seconds() -> Option<(f64, f64)> {
 }
 
 /// Reset the process's peak resident set size (Linux: `clear_refs` 5), so the
-/// next [`peak_rss_mb`] covers only what runs in between. Best effort.
+/// next [`peak_rss_mb`] covers only what runs in between. Freed heap memory is
+/// handed back to the OS first (glibc keeps it resident otherwise, and an earlier
+/// phase's peak would count again). Best effort.
 pub fn reset_peak_rss() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free heap pages; it takes
+        // no pointers and is safe to call at any time.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
