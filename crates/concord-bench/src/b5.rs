@@ -13,8 +13,9 @@
 //!
 //! Bytes are counted before compression (`raw`, the postcard encoding of every
 //! envelope sent) so that "control bytes" = raw bytes − the postcard size of the
-//! 1,000 change entries; bytes on the wire (framed, zstd above 4 KiB) are shown
-//! too. Negentropy-style set reconciliation is quoted at about 4 round trips and
+//! 1,000 change entries as committed (before the leader gives them a library
+//! sequence number and epoch: those travel as control bytes); bytes on the wire
+//! (framed, zstd above 4 KiB) are shown too. Negentropy-style set reconciliation is quoted at about 4 round trips and
 //! 0.6 MB for this case (PERFORMANCE.md); it is not run here.
 
 use std::time::{Duration, Instant};
@@ -116,6 +117,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         let (sa0, _, ra0) = net::traffic(&c.a);
         let t = Instant::now();
         c.start_b().await?;
+        let start_ms = t.elapsed().as_secs_f64() * 1e3;
         c.wait_converged(Duration::from_secs(120)).await?;
         let heal = t.elapsed();
         c.wait_quiet(Duration::from_millis(1_000), Duration::from_secs(60))
@@ -151,8 +153,9 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         drop(lb);
         let control = raw as f64 - change_bytes as f64;
         progress!(
-            "healed in {:.1} ms: {requests} requests, {raw} B raw / {wire} B on the wire, \
-             changes {change_bytes} B, control {control:.0} B; full digests {}",
+            "healed in {:.1} ms (B's node start {start_ms:.1} ms included): {requests} requests, \
+             {raw} B raw / {wire} B on the wire, changes {change_bytes} B, control {control:.0} B; \
+             full digests {}",
             heal.as_secs_f64() * 1e3,
             if same { "equal" } else { "DIFFER" }
         );
