@@ -124,6 +124,7 @@ struct Shared {
     wake: Notify,
     /// One fetch/reconcile at a time.
     fetching: tokio::sync::Mutex<()>,
+    catch_up_wanted: AtomicBool,
     /// Change propagation runs off the main loop, one run at a time.
     changed: AtomicBool,
     propagating: tokio::sync::Mutex<()>,
@@ -205,6 +206,7 @@ impl SyncService {
                 next_id: AtomicU64::new(1),
                 wake: Notify::new(),
                 fetching: tokio::sync::Mutex::new(()),
+                catch_up_wanted: AtomicBool::new(false),
                 changed: AtomicBool::new(false),
                 propagating: tokio::sync::Mutex::new(()),
                 ticking: AtomicBool::new(false),
@@ -625,9 +627,25 @@ impl SyncService {
 
     /// Bring this device up to date with its leader (or, leaderless, with peers).
     async fn catch_up(&self) {
-        let Ok(_guard) = self.shared.fetching.try_lock() else {
-            return;
-        };
+        // A wake-up that arrives while a catch-up runs is not lost: the runner
+        // goes round again (the same pattern as `kick_changes`).
+        self.shared.catch_up_wanted.store(true, Ordering::SeqCst);
+        loop {
+            {
+                let Ok(_running) = self.shared.fetching.try_lock() else {
+                    return;
+                };
+                while self.shared.catch_up_wanted.swap(false, Ordering::SeqCst) {
+                    self.catch_up_once().await;
+                }
+            }
+            if !self.shared.catch_up_wanted.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    async fn catch_up_once(&self) {
         let (role, term, cursor_term) = {
             let st = self.st();
             (st.role, st.term, st.cursor_term)
