@@ -9,6 +9,15 @@ use concord_node::frame::{compress, decompress};
 use concord_node::ticket::{Ticket, MAX_TICKET_LEN};
 use proptest::prelude::*;
 
+/// Cases per property: the default keeps the suite fast; `CONCORD_FUZZ_CASES`
+/// raises it for long fuzzing runs.
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("CONCORD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn ticket() -> Ticket {
     Ticket {
         node_id: *iroh::SecretKey::generate().public().as_bytes(),
@@ -24,7 +33,7 @@ fn ticket() -> Ticket {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: fuzz_cases(512), ..ProptestConfig::default() })]
 
     #[test]
     fn ticket_decode_of_arbitrary_strings(s in any::<String>()) {

@@ -15,6 +15,15 @@ use concord::{Library, Uuid};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
+/// Cases per property: the default keeps the suite fast; `CONCORD_FUZZ_CASES`
+/// raises it for long fuzzing runs.
+fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("CONCORD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn uuid() -> impl Strategy<Value = Uuid> {
     prop_oneof![
         Just(Uuid::nil()),
@@ -191,7 +200,7 @@ fn library(dir: &std::path::Path) -> Library {
 }
 
 proptest! {
-    #![proptest_config(Config { cases: 512, ..Config::default() })]
+    #![proptest_config(Config { cases: fuzz_cases(512), ..Config::default() })]
 
     /// Arbitrary payload bytes: an error or an `Op` that re-encodes to a decodable value.
     #[test]
@@ -290,7 +299,7 @@ fn apply_remote_of_arbitrary_entries() {
     let lib = library(tmp.path());
     let applied = std::cell::Cell::new(0usize);
     let mut runner = TestRunner::new(Config {
-        cases: 256,
+        cases: fuzz_cases(256),
         ..Config::default()
     });
     runner
@@ -375,7 +384,7 @@ fn snapshot_apply_of_arbitrary_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = library(tmp.path());
     let mut runner = TestRunner::new(Config {
-        cases: 384,
+        cases: fuzz_cases(384),
         ..Config::default()
     });
     let chunk = (
