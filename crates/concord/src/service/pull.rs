@@ -49,19 +49,6 @@ fn changed_expr(m: &ModelInfo) -> String {
     format!("MAX({})", parts.join(", "))
 }
 
-fn clock_cols(m: &ModelInfo) -> Vec<String> {
-    m.fields
-        .iter()
-        .map(|f| {
-            if f.key || f.owner {
-                "_hlc, _dev".to_string()
-            } else {
-                format!("COALESCE({0}__hlc, _hlc), COALESCE({0}__dev, _dev)", f.name)
-            }
-        })
-        .collect()
-}
-
 /// Owner side: one page of `location`'s entries changed after `cursor.since`.
 pub fn page(lib: &Library, location: Uuid, cursor: &PullCursor) -> Result<Msg> {
     let m = FileEntry::INFO;
@@ -80,7 +67,7 @@ pub fn page(lib: &Library, location: Uuid, cursor: &PullCursor) -> Result<Msg> {
         };
         let mut cols: Vec<String> = vec!["uuid".into()];
         cols.extend(m.fields.iter().map(|f| f.name.to_string()));
-        cols.extend(clock_cols(m));
+        cols.extend(super::snapshot::clock_cols(m));
         let sql = format!(
             // `+location`: walk the uuid index from `after` (one pass over the
             // table across all pages) instead of re-sorting the location's rows

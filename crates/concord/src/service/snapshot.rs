@@ -19,7 +19,7 @@ fn clocked(m: &ModelInfo, i: usize) -> bool {
     m.kind == ModelKind::Record && !f.key && !f.owner
 }
 
-fn clock_cols(m: &ModelInfo) -> Vec<String> {
+pub(super) fn clock_cols(m: &ModelInfo) -> Vec<String> {
     (0..m.fields.len())
         .map(|i| {
             if clocked(m, i) {

@@ -1111,17 +1111,7 @@ impl TxCtx<'_, '_> {
         writes: Vec<FieldWrite>,
         local: &[Value],
     ) -> Result<()> {
-        let stamp = self.library.hlc.tick();
-        let e = LogEntry {
-            origin: self.library.device,
-            origin_seq: self.next_seq,
-            hlc: stamp.time,
-            lib_seq: None,
-            epoch: None,
-            model: m.name.to_string(),
-            record,
-            op: Op::Insert(writes),
-        };
+        let (stamp, e) = self.next_entry(m, record, Op::Insert(writes));
         if !local.is_empty() && local.len() != m.local_fields.len() {
             return Err(Error::Invalid(format!(
                 "{} takes {} device-local fields",
@@ -1170,7 +1160,14 @@ impl TxCtx<'_, '_> {
         self.finish_append(m, e)
     }
 
-    fn append(&mut self, m: &'static ModelInfo, record: Uuid, op: Op) -> Result<()> {
+    /// This device's next log entry: a fresh stamp and the next `origin_seq`
+    /// (which `finish_append` consumes).
+    fn next_entry(
+        &self,
+        m: &'static ModelInfo,
+        record: Uuid,
+        op: Op,
+    ) -> (crate::hlc::Hlc, LogEntry) {
         let stamp = self.library.hlc.tick();
         let e = LogEntry {
             origin: self.library.device,
@@ -1182,6 +1179,11 @@ impl TxCtx<'_, '_> {
             record,
             op,
         };
+        (stamp, e)
+    }
+
+    fn append(&mut self, m: &'static ModelInfo, record: Uuid, op: Op) -> Result<()> {
+        let (_, e) = self.next_entry(m, record, op);
         let applier = Applier {
             tx: self.tx,
             now_ms: self.library.hlc.now_ms(),
