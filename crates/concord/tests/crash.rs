@@ -203,9 +203,15 @@ fn child_main(dir: &Path, seed: u64) -> ! {
             0..=24 => lib
                 .commit(one_change(&lib, &mut rng, main_loc, n))
                 .map(drop),
-            25..=54 => {
+            25..=44 => {
                 let k = rng.range(10, 50);
                 let changes = (0..k).map(|i| one_change(&lib, &mut rng, main_loc, n * 100 + i));
+                lib.commit_batch(changes.collect()).map(drop)
+            }
+            // Large enough, and nothing device-local: logged first (DESIGN §3).
+            45..=54 => {
+                let k = rng.range(64, 200);
+                let changes = (0..k).map(|i| new_tag(n * 1000 + i));
                 lib.commit_batch(changes.collect()).map(drop)
             }
             55..=69 => lib.commit(one_delete(&lib, &mut rng)).map(drop),

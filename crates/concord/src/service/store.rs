@@ -7,7 +7,8 @@ use uuid::Uuid;
 use super::protocol::Term;
 use crate::error::{Error, Result};
 use crate::sync::entry::LogEntry;
-use crate::sync::log::{SyncLog, VersionVector};
+use crate::sync::log::{trim_segment, walk_contiguous, SyncLog, VersionVector};
+use crate::sync::segment::{segment_from_row, SEGMENT_COLUMNS};
 
 impl SyncLog {
     /// The last term this device adopted, if any.
@@ -51,33 +52,33 @@ impl SyncLog {
     }
 
     /// Leader: give every unsequenced entry the next library sequence number, in
-    /// log order. Returns the range assigned, if any.
+    /// log order (segment by segment: a segment's entries get consecutive
+    /// numbers). Returns the range assigned, if any.
     pub fn sequence_pending(&mut self, epoch: u64) -> Result<Option<(u64, u64)>> {
+        let top = self.latest_seq()?.unwrap_or(0);
         let tx = self.conn.transaction()?;
-        // `IS NOT NULL`: read off the partial index, not a scan of the log.
-        let top: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(lib_seq), 0) FROM log WHERE lib_seq IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )?;
-        let pending: Vec<i64> = {
-            let mut stmt =
-                tx.prepare_cached("SELECT id FROM log WHERE lib_seq IS NULL ORDER BY id")?;
-            let rows = stmt.query_map([], |r| r.get(0))?;
+        // Read off the partial index `segments_unsequenced`.
+        let pending: Vec<(i64, i64)> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, last_seq - first_seq + 1 FROM segments WHERE lib_seq IS NULL ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        let mut next = top + 1;
         {
             let mut upd =
-                tx.prepare_cached("UPDATE log SET lib_seq = ?1, epoch = ?2 WHERE id = ?3")?;
-            for (i, id) in pending.iter().enumerate() {
-                upd.execute(params![top + 1 + i as i64, epoch as i64, id])?;
+                tx.prepare_cached("UPDATE segments SET lib_seq = ?1, epoch = ?2 WHERE id = ?3")?;
+            for (id, n) in &pending {
+                upd.execute(params![next as i64, epoch as i64, id])?;
+                next += *n as u64;
             }
         }
         tx.commit()?;
         if pending.is_empty() {
             return Ok(None);
         }
-        Ok(Some((top as u64 + 1, top as u64 + pending.len() as u64)))
+        Ok(Some((top + 1, next - 1)))
     }
 
     /// Entries of one origin after `after_seq`, in order.
@@ -130,10 +131,30 @@ impl SyncLog {
             if *through == 0 {
                 continue;
             }
-            n += tx.execute(
-                "DELETE FROM log WHERE origin = ?1 AND origin_seq <= ?2",
+            n += tx.query_row(
+                "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM segments
+                 WHERE origin = ?1 AND last_seq <= ?2",
                 params![origin, *through as i64],
+                |r| r.get::<_, i64>(0),
             )? as u64;
+            tx.execute(
+                "DELETE FROM segments WHERE origin = ?1 AND last_seq <= ?2",
+                params![origin, *through as i64],
+            )?;
+            // The segment `through` falls inside keeps the entries after it.
+            let partial = tx
+                .query_row(
+                    &format!(
+                        "SELECT {SEGMENT_COLUMNS} FROM segments WHERE origin = ?1 AND last_seq > ?2
+                         ORDER BY last_seq LIMIT 1"
+                    ),
+                    params![origin, *through as i64],
+                    segment_from_row,
+                )
+                .optional()?;
+            if let Some(seg) = partial {
+                n += trim_segment(&tx, &seg, through + 1)?;
+            }
             tx.execute(
                 "INSERT INTO pruned (origin, through) VALUES (?1, ?2)
                  ON CONFLICT(origin) DO UPDATE SET through = MAX(through, excluded.through)",
@@ -156,24 +177,13 @@ impl SyncLog {
             )?;
             // Entries held beyond the new position (they arrived across a gap
             // the snapshot filled) extend it: they will never be "fresh" again.
-            let (mut contiguous, max_seq): (i64, i64) = tx.query_row(
+            let (contiguous, max_seq): (i64, i64) = tx.query_row(
                 "SELECT contiguous, max_seq FROM origins WHERE origin = ?1",
                 [origin],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             let start = contiguous;
-            while contiguous < max_seq
-                && tx
-                    .query_row(
-                        "SELECT 1 FROM log WHERE origin = ?1 AND origin_seq = ?2",
-                        params![origin, contiguous + 1],
-                        |_| Ok(()),
-                    )
-                    .optional()?
-                    .is_some()
-            {
-                contiguous += 1;
-            }
+            let contiguous = walk_contiguous(&tx, *origin, start as u64, max_seq as u64)? as i64;
             if contiguous != start {
                 tx.execute(
                     "UPDATE origins SET contiguous = ?2 WHERE origin = ?1",

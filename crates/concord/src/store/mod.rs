@@ -22,6 +22,11 @@ pub fn open_db(path: &Path, create: bool, migrations: &[String]) -> Result<Conne
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.pragma_update(None, "cache_size", -16_000)?; // 16 MB
     conn.set_prepared_statement_cache_capacity(256);
+    // Write transactions take the write lock when they begin, where a busy
+    // lock is waited for (`busy_timeout`). A deferred transaction that reads
+    // first and then writes gets SQLITE_BUSY at once, without waiting, if
+    // another connection (a checkpointer, another process) holds a lock then.
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     migrate(&mut conn, migrations)?;
     Ok(conn)
 }
@@ -63,4 +68,96 @@ pub(crate) fn cached_sql(
     let mut map = cache.lock().unwrap_or_else(|e| e.into_inner());
     map.entry(key)
         .or_insert_with(|| Box::leak(build().into_boxed_str()))
+}
+
+/// WAL pages after which a commit asks for a checkpoint (SQLite's default
+/// autocheckpoint threshold).
+const CHECKPOINT_PAGES: i32 = 1000;
+/// WAL pages after which the committing connection checkpoints itself: the
+/// background thread cannot finish while commits keep coming faster than it
+/// copies (the WAL restarts only when a writer finds it fully copied), which
+/// a stream of small commits does.
+const INLINE_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
+
+/// Checkpoint `conn`'s WAL on a background thread instead of in the commit that
+/// crossed the threshold (SQLite's autocheckpoint copies the WAL into the
+/// database inside that commit). A writer's commits then do not wait for the
+/// copy: on a multi-core machine it runs alongside them (B1 in
+/// PERFORMANCE.md). The thread, with its own connection to `path`, is started
+/// at the first checkpoint needed and ends when `conn` closes. A PASSIVE
+/// checkpoint neither blocks nor waits for the writer; if the WAL still grows
+/// past `INLINE_CHECKPOINT_PAGES` the writer checkpoints it itself, and if the
+/// thread cannot start, every checkpoint runs inline (at that size). Durability is
+/// unchanged: a commit is in the WAL either way.
+pub(crate) fn checkpoint_in_background(conn: &mut Connection, path: &Path) -> Result<()> {
+    let path = path.to_path_buf();
+    let mut worker: Option<Option<Checkpointer>> = None;
+    conn.wal_hook(Some(
+        move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+            if pages < CHECKPOINT_PAGES {
+                return Ok(());
+            }
+            let w = worker.get_or_insert_with(|| Checkpointer::spawn(&path));
+            match w {
+                Some(w) if pages < INLINE_CHECKPOINT_PAGES => w.poke(),
+                // Never an error from here: SQLite would report the commit,
+                // which has happened, as failed. A busy checkpoint is retried
+                // at the next commit.
+                _ => {
+                    let _ = wal.checkpoint();
+                }
+            }
+            Ok(())
+        },
+    ))?;
+    Ok(())
+}
+
+/// A thread that runs PASSIVE checkpoints on its own connection when poked.
+struct Checkpointer {
+    poke: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn spawn(path: &Path) -> Option<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ok()?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).ok()?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("concord-checkpoint".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!("background checkpoint failed (retried later): {e}");
+                    }
+                }
+            })
+            .ok()?;
+        Some(Checkpointer {
+            poke: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    fn poke(&self) {
+        if let Some(tx) = &self.poke {
+            // Full: a checkpoint is already due, which covers this commit too.
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.poke.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -12,7 +12,7 @@
 use crate::model::{ModelInfo, ModelKind};
 
 /// Schema version of `library.db`; bump and add a step to [`LIBRARY_MIGRATIONS`].
-pub const LIBRARY_SCHEMA_VERSION: i64 = 3;
+pub const LIBRARY_SCHEMA_VERSION: i64 = 4;
 
 /// `CREATE TABLE` and indexes for one model.
 pub fn model_ddl(m: &ModelInfo) -> String {
@@ -114,11 +114,25 @@ CREATE INDEX file_entries_by_location_path ON file_entries(location, path);
 CREATE TABLE outbox_batches (id INTEGER PRIMARY KEY, entries BLOB NOT NULL);
 "
     .to_string();
-    vec![v1, v2, v3]
+    // v4 (performance): the outbox row of a transaction is a log segment
+    // (`sync::segment`), moved into `sync.db` without decoding. Rows of the
+    // older outbox tables are still moved.
+    let v4 = "
+CREATE TABLE outbox_segments (
+  id INTEGER PRIMARY KEY,
+  origin BLOB NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  max_hlc INTEGER NOT NULL,
+  entries BLOB NOT NULL
+);
+"
+    .to_string();
+    vec![v1, v2, v3, v4]
 }
 
 /// Schema version of `sync.db`.
-pub const SYNC_SCHEMA_VERSION: i64 = 3;
+pub const SYNC_SCHEMA_VERSION: i64 = 4;
 
 /// `sync.db`: the append-only log and per-origin positions.
 pub fn sync_migrations() -> Vec<String> {
@@ -160,6 +174,25 @@ CREATE INDEX log_unsequenced ON log(id) WHERE lib_seq IS NULL;
     // hot path reads the log by record (`SyncLog::fetch_record` scans).
     "
 DROP INDEX IF EXISTS log_by_record;
+"
+    .to_string(),
+    // v4 (performance): the log is stored in segments, one row per run of
+    // consecutive entries of one origin (`sync::segment`): a transaction of
+    // 1,000 changes is one row, not 1,000 (B1 in PERFORMANCE.md). The rows of
+    // the old `log` table are converted by `SyncLog::open`, which then drops it.
+    "
+CREATE TABLE segments (
+  id INTEGER PRIMARY KEY,
+  origin BLOB NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  lib_seq INTEGER,
+  epoch INTEGER,
+  entries BLOB NOT NULL
+);
+CREATE UNIQUE INDEX segments_by_origin ON segments(origin, last_seq);
+CREATE UNIQUE INDEX segments_by_lib_seq ON segments(lib_seq) WHERE lib_seq IS NOT NULL;
+CREATE INDEX segments_unsequenced ON segments(id) WHERE lib_seq IS NULL;
 "
     .to_string()]
 }

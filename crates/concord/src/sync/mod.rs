@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod entry;
 pub mod log;
+pub(crate) mod segment;
 pub mod txn;
 
 /// Model name used by bulk-operation entries.

@@ -5,12 +5,19 @@
 //! SQLite cannot commit one transaction atomically across two WAL databases, so
 //! nothing here relies on it:
 //!
-//! - **Local changes** are applied to `library.db` together with their log entry,
-//!   written to the outbox of the same database (`outbox_batches`: one row holding
-//!   every entry of the transaction), in one transaction. The
-//!   outbox is moved into `sync.db` (idempotently: the log ignores an entry it
-//!   already holds) in batches, whenever the log is read, and on open. A crash at
-//!   any point leaves the change and its entry both committed or both absent.
+//! - **Small local transactions** (and any that write device-local values) are
+//!   applied to `library.db` together with their log entries, written to the
+//!   outbox of the same database (`outbox_segments`: one row holding every entry
+//!   of the transaction, encoded as a log segment), in one transaction. The
+//!   outbox is moved into `sync.db` (skipping entries the log already holds) in
+//!   bulk, whenever the log is read, and on open. A crash at any point leaves
+//!   the change and its entries both committed or both absent.
+//! - **Large local transactions** (`LOG_FIRST_AT` entries or more, nothing
+//!   device-local) are logged first, as DESIGN §3 describes: the entries are
+//!   committed to `sync.db`, then the change to `library.db` with the
+//!   watermark past them. A crash in between leaves entries logged and not
+//!   applied, which are applied on open like remote ones; the entries carry
+//!   the whole change, so nothing of it is lost.
 //! - **Remote entries** are appended to `sync.db` first, then applied to
 //!   `library.db` in one transaction that also advances the `applied_log_id`
 //!   watermark. On open, and at the next `apply_remote` after one failed, log
@@ -32,11 +39,17 @@ use crate::model::{registry, ModelInfo, ModelKind, Ownership, Syncable, Value};
 use crate::store::{open_db, schema};
 use crate::sync::apply::{is_tombstoned, Applier, Outcome};
 use crate::sync::entry::{self, BulkOperation, FieldWrite, LogEntry, Op};
-use crate::sync::log::{StoredEntry, SyncLog};
+use crate::sync::log::{Run, SyncLog, MERGE_SEGMENT_ENTRIES};
+use crate::sync::segment;
 use crate::sync::BULK_MODEL;
 
 /// Local entries kept in the outbox before they are moved to `sync.db`.
 const OUTBOX_FLUSH_AT: usize = 512;
+/// Transactions with at least this many entries and no device-local writes are
+/// logged first (DESIGN §3) instead of going through the outbox: their entries
+/// are written once, to `sync.db`, not also to `library.db` and moved later.
+/// Smaller ones keep the outbox: one commit each, moved in bulk.
+const LOG_FIRST_AT: usize = 64;
 /// Capacity of the change-event channel; slow subscribers see `Lagged`.
 pub const EVENT_CAPACITY: usize = 1024;
 
@@ -228,15 +241,16 @@ fn lock_library(dir: &Path) -> Result<std::fs::File> {
 
 fn meta_get(conn: &Connection, key: &str) -> Result<Option<rusqlite::types::Value>> {
     Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?)
 }
 
 fn meta_set(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
@@ -296,8 +310,11 @@ impl Library {
             return Err(Error::LibraryNotFound(dir.display().to_string()));
         }
         let lock = lock_library(dir)?;
-        let lib = open_db(&lib_path, false, &schema::library_migrations())?;
-        let sync = open_db(&dir.join("sync.db"), true, &schema::sync_migrations())?;
+        let mut lib = open_db(&lib_path, false, &schema::library_migrations())?;
+        let sync_path = dir.join("sync.db");
+        let mut sync = open_db(&sync_path, true, &schema::sync_migrations())?;
+        crate::store::checkpoint_in_background(&mut lib, &lib_path)?;
+        crate::store::checkpoint_in_background(&mut sync, &sync_path)?;
         let id: Uuid = match meta_get(&lib, "id")? {
             Some(rusqlite::types::Value::Blob(b)) => Uuid::from_slice(&b)
                 .map_err(|_| Error::Other("library.db has a corrupt id".into()))?,
@@ -318,7 +335,7 @@ impl Library {
             hlc,
             inner: Mutex::new(Inner {
                 lib,
-                log: SyncLog::new(sync),
+                log: SyncLog::open(sync)?,
                 next_seq: 1,
                 outbox_len: 0,
             }),
@@ -434,30 +451,59 @@ impl Library {
             next_seq: inner.next_seq,
             receipt: Receipt::default(),
             models: Vec::new(),
-            outbox: Vec::new(),
+            outbox: OutboxRun::default(),
+            device_local: std::cell::Cell::new(false),
+            unchecked: Vec::new(),
+            tombstone_max: None,
+            insert_stmt: None,
         };
         let out = f(&mut ctx)?;
-        let TxCtx {
-            next_seq,
-            receipt,
-            models,
-            outbox,
-            ..
-        } = ctx;
-        outbox_write(&tx, &outbox)?;
-        tx.commit()?;
-        inner.next_seq = next_seq;
-        inner.outbox_len += receipt.entries.len();
-        if inner.outbox_len >= OUTBOX_FLUSH_AT {
-            flush_outbox(inner)?;
+        ctx.check_tombstones()?;
+        let next_seq = ctx.next_seq;
+        let receipt = std::mem::take(&mut ctx.receipt);
+        let models = std::mem::take(&mut ctx.models);
+        let outbox = std::mem::take(&mut ctx.outbox);
+        let device_local = ctx.device_local.get();
+        drop(ctx);
+        let n = receipt.entries.len();
+        if n >= LOG_FIRST_AT && !device_local {
+            // Log first (DESIGN §3): the entries (and any outbox entries before
+            // them) are committed to `sync.db`, then the domain change with the
+            // watermark past them. A crash in between leaves them logged and
+            // not applied, and they are applied again from the log on open.
+            let mut runs = pending_outbox(&tx)?;
+            runs.push(outbox.into_run(self.device));
+            let before = inner.log.latest_id()?;
+            inner.log.append_runs(runs)?;
+            // Logged: these sequence numbers are used, whatever happens next.
+            inner.next_seq = next_seq;
+            inner.outbox_len = 0;
+            let latest = inner.log.latest_id()?;
+            let done = clear_outbox(&tx)
+                .and_then(|()| advance_watermark(&tx, before, latest))
+                .and_then(|()| Ok(tx.commit()?));
+            if let Err(e) = done {
+                // The entries are in the log but not applied: apply them now if
+                // possible, else on the next `apply_remote` or open.
+                let _ = self.replay_log(inner);
+                return Err(e);
+            }
+        } else {
+            outbox.write(&tx, self.device)?;
+            tx.commit()?;
+            inner.next_seq = next_seq;
+            inner.outbox_len += n;
+            if inner.outbox_len >= OUTBOX_FLUSH_AT {
+                flush_outbox(inner)?;
+            }
         }
         drop(guard);
-        if !receipt.entries.is_empty() {
+        if n > 0 {
             let _ = self.events.send(ResourceChanged {
                 library: self.id,
                 source: Source::Local,
                 models,
-                entries: receipt.entries.len(),
+                entries: n,
             });
         }
         Ok((out, receipt))
@@ -576,7 +622,9 @@ impl Library {
             now_ms: self.hlc.now_ms(),
         }
         .apply(&e, &entry::BULK_INFO)?;
-        outbox_write(&tx, &[OutboxEntry::of(&e)])?;
+        let mut outbox = OutboxRun::default();
+        outbox.push(&e)?;
+        outbox.write(&tx, self.device)?;
         tx.commit()?;
         inner.next_seq = seq + 1;
         inner.outbox_len += 1;
@@ -646,8 +694,8 @@ impl Library {
         if accepted.is_empty() {
             return Ok(report);
         }
-        let plain: Vec<LogEntry> = accepted.iter().map(|(e, _)| e.clone()).collect();
-        let fresh = inner.log.append(&plain)?;
+        let plain: Vec<&LogEntry> = accepted.iter().map(|(e, _)| e).collect();
+        let fresh = inner.log.append_refs(&plain)?;
         report.duplicates += accepted.len() - fresh.len();
         let latest = inner.log.latest_id()?;
         let mut models: Vec<&'static str> = Vec::new();
@@ -751,10 +799,11 @@ impl Drop for Library {
     }
 }
 
-/// A local entry as the outbox keeps it: the operation encoded as the log
-/// stores it (`Op::encode`).
+/// A local entry as the outbox kept it before schema v4 (tables `outbox` and
+/// `outbox_batches`): still read, so entries an older version left there reach
+/// the log.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct OutboxEntry {
+struct LegacyOutboxEntry {
     origin: Uuid,
     origin_seq: u64,
     hlc: u64,
@@ -764,47 +813,79 @@ struct OutboxEntry {
     payload: Vec<u8>,
 }
 
-impl OutboxEntry {
-    fn of(e: &LogEntry) -> Self {
-        OutboxEntry {
-            origin: e.origin,
-            origin_seq: e.origin_seq,
-            hlc: e.hlc,
-            model: e.model.clone(),
-            record: e.record,
-            kind: e.op.kind(),
-            payload: e.op.encode(),
+/// The entries one transaction writes, encoded as a log segment
+/// (`sync::segment`) as they are made, and stored in the outbox as ONE row
+/// when the transaction commits: a batch of 1,000 changes costs one insert
+/// here and one row when moved into `sync.db`, where it becomes a segment
+/// without being decoded.
+#[derive(Default)]
+struct OutboxRun {
+    blob: Vec<u8>,
+    first_seq: u64,
+    last_seq: u64,
+    max_hlc: u64,
+}
+
+impl OutboxRun {
+    fn push(&mut self, e: &LogEntry) -> Result<()> {
+        self.push_parts(e.origin_seq, e.hlc, &e.model, &e.record, &e.op)
+    }
+
+    fn push_parts(
+        &mut self,
+        seq: u64,
+        hlc: u64,
+        model: &str,
+        record: &Uuid,
+        op: &Op,
+    ) -> Result<()> {
+        segment::encode_entry(&mut self.blob, hlc, model, record, op)?;
+        if self.first_seq == 0 {
+            self.first_seq = seq;
+        }
+        self.last_seq = seq;
+        self.max_hlc = self.max_hlc.max(hlc);
+        Ok(())
+    }
+
+    fn into_run(self, origin: Uuid) -> Run {
+        Run {
+            origin,
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            max_hlc: self.max_hlc,
+            blob: self.blob,
         }
     }
-}
 
-/// Write the entries of one transaction to the outbox, in that transaction (I1),
-/// as ONE row: a batch of 1,000 changes then costs one insert here and one read
-/// when the outbox is moved, not 1,000 of each.
-fn outbox_write(tx: &Transaction<'_>, entries: &[OutboxEntry]) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
+    /// Store the run in the outbox, in the transaction that made it (I1).
+    fn write(&self, tx: &Transaction<'_>, origin: Uuid) -> Result<()> {
+        if self.first_seq == 0 {
+            return Ok(());
+        }
+        tx.prepare_cached(
+            "INSERT INTO outbox_segments (origin, first_seq, last_seq, max_hlc, entries)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            origin,
+            self.first_seq as i64,
+            self.last_seq as i64,
+            self.max_hlc as i64,
+            self.blob
+        ])?;
+        Ok(())
     }
-    let blob = postcard::to_allocvec(entries)
-        .map_err(|e| Error::Other(format!("encoding outbox entries: {e}")))?;
-    tx.prepare_cached("INSERT INTO outbox_batches (entries) VALUES (?1)")?
-        .execute([blob])?;
-    Ok(())
 }
 
-/// Move every outbox entry into `sync.db`, then clear the outbox and advance the
-/// watermark (every log entry is applied at this point: local ones were applied
-/// when committed, remote ones before the lock was released).
-fn flush_outbox(inner: &mut Inner) -> Result<()> {
-    // Moved as stored: the payload was encoded by `outbox_write` exactly as the
-    // log stores it, so it is neither decoded nor encoded again. Rows of the
-    // per-entry `outbox` table (schema before v3) are moved too.
-    let mut rows: Vec<OutboxEntry> = {
-        let mut stmt = inner.lib.prepare_cached(
+/// Outbox entries left in the tables of schema v3 and earlier, as one-entry runs.
+fn legacy_outbox(lib: &Connection) -> Result<Vec<Run>> {
+    let mut rows: Vec<LegacyOutboxEntry> = {
+        let mut stmt = lib.prepare_cached(
             "SELECT origin, origin_seq, hlc, model, record, kind, payload FROM outbox",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok(OutboxEntry {
+            Ok(LegacyOutboxEntry {
                 origin: r.get(0)?,
                 origin_seq: r.get::<_, i64>(1)? as u64,
                 hlc: r.get::<_, i64>(2)? as u64,
@@ -817,47 +898,107 @@ fn flush_outbox(inner: &mut Inner) -> Result<()> {
         rows.collect::<rusqlite::Result<_>>()?
     };
     {
-        let mut stmt = inner
-            .lib
-            .prepare_cached("SELECT entries FROM outbox_batches ORDER BY id")?;
+        let mut stmt = lib.prepare_cached("SELECT entries FROM outbox_batches ORDER BY id")?;
         let mut batches = stmt.query([])?;
         while let Some(b) = batches.next()? {
             let blob = b.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
-            let batch: Vec<OutboxEntry> = postcard::from_bytes(blob)
+            let batch: Vec<LegacyOutboxEntry> = postcard::from_bytes(blob)
                 .map_err(|e| Error::Other(format!("corrupt outbox batch: {e}")))?;
             rows.extend(batch);
         }
     }
-    inner.outbox_len = 0;
-    if rows.is_empty() {
-        return Ok(());
-    }
     rows.sort_by_key(|e| (e.origin, e.origin_seq));
-    let before = inner.log.latest_id()?;
-    inner.log.append_stored(rows.iter().map(|e| StoredEntry {
-        origin: e.origin,
-        origin_seq: e.origin_seq,
-        hlc: e.hlc,
-        lib_seq: None,
-        epoch: None,
-        model: &e.model,
-        record: e.record,
-        kind: e.kind,
-        payload: std::borrow::Cow::Borrowed(&e.payload),
-    }))?;
-    let latest = inner.log.latest_id()?;
-    let tx = inner.lib.transaction()?;
-    tx.execute("DELETE FROM outbox", [])?;
-    tx.execute("DELETE FROM outbox_batches", [])?;
-    // Not past entries that are logged but not applied (a failed `apply_remote`):
-    // they are replayed from the watermark, the outbox entries again with them.
-    let watermark = match meta_get(&tx, "applied_log_id")? {
+    let mut runs = Vec::with_capacity(rows.len());
+    for e in rows {
+        let mut blob = Vec::with_capacity(e.payload.len() + 48);
+        segment::encode_raw(&mut blob, e.hlc, &e.model, &e.record, &e.payload)?;
+        runs.push(Run {
+            origin: e.origin,
+            first_seq: e.origin_seq,
+            last_seq: e.origin_seq,
+            max_hlc: e.hlc,
+            blob,
+        });
+    }
+    Ok(runs)
+}
+
+/// Every entry waiting in the outbox, as runs in `origin_seq` order: runs of
+/// consecutive transactions are merged into one segment (up to
+/// `MERGE_SEGMENT_ENTRIES`), their blobs being concatenations of entries.
+fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
+    let mut runs = legacy_outbox(lib)?;
+    let mut stmt = lib.prepare_cached(
+        "SELECT origin, first_seq, last_seq, max_hlc, entries FROM outbox_segments ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let origin: Uuid = r.get(0)?;
+        let first_seq = r.get::<_, i64>(1)? as u64;
+        let last_seq = r.get::<_, i64>(2)? as u64;
+        let max_hlc = r.get::<_, i64>(3)? as u64;
+        let blob = r.get_ref(4)?.as_blob().map_err(rusqlite::Error::from)?;
+        match runs.last_mut() {
+            Some(prev)
+                if prev.origin == origin
+                    && prev.last_seq.checked_add(1) == Some(first_seq)
+                    && prev.last_seq + 1 - prev.first_seq < MERGE_SEGMENT_ENTRIES =>
+            {
+                prev.blob.extend_from_slice(blob);
+                prev.last_seq = last_seq;
+                prev.max_hlc = prev.max_hlc.max(max_hlc);
+            }
+            _ => runs.push(Run {
+                origin,
+                first_seq,
+                last_seq,
+                max_hlc,
+                blob: blob.to_vec(),
+            }),
+        }
+    }
+    Ok(runs)
+}
+
+fn clear_outbox(lib: &Connection) -> Result<()> {
+    lib.prepare_cached("DELETE FROM outbox")?.execute([])?;
+    lib.prepare_cached("DELETE FROM outbox_batches")?
+        .execute([])?;
+    lib.prepare_cached("DELETE FROM outbox_segments")?
+        .execute([])?;
+    Ok(())
+}
+
+/// After appending log positions `before + 1 ..= latest` whose entries are
+/// applied in this transaction: move the watermark over them, unless entries
+/// before them are logged but not applied yet (a failed `apply_remote`): those
+/// are replayed from the watermark, and these again with them.
+fn advance_watermark(lib: &Connection, before: i64, latest: i64) -> Result<()> {
+    let watermark = match meta_get(lib, "applied_log_id")? {
         Some(rusqlite::types::Value::Integer(i)) => i,
         _ => 0,
     };
     if watermark >= before {
-        meta_set(&tx, "applied_log_id", latest)?;
+        meta_set(lib, "applied_log_id", latest)?;
     }
+    Ok(())
+}
+
+/// Move every outbox entry into `sync.db`, then clear the outbox and advance the
+/// watermark (every log entry is applied at this point: local ones were applied
+/// when committed, remote ones before the lock was released).
+fn flush_outbox(inner: &mut Inner) -> Result<()> {
+    inner.outbox_len = 0;
+    let runs = pending_outbox(&inner.lib)?;
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let before = inner.log.latest_id()?;
+    inner.log.append_runs(runs)?;
+    let latest = inner.log.latest_id()?;
+    let tx = inner.lib.transaction()?;
+    clear_outbox(&tx)?;
+    advance_watermark(&tx, before, latest)?;
     tx.commit()?;
     Ok(())
 }
@@ -870,14 +1011,84 @@ pub struct TxCtx<'a, 'c> {
     receipt: Receipt,
     models: Vec<&'static str>,
     /// Entries for the outbox, written when the transaction commits.
-    outbox: Vec<OutboxEntry>,
+    outbox: OutboxRun,
+    /// Whether the transaction wrote device-local values (raw SQL, local
+    /// fields): those are not in its log entries, so it must commit in one
+    /// `library.db` transaction with its entries (the outbox), never log-first.
+    device_local: std::cell::Cell<bool>,
+    /// Ids the transaction's fresh inserts need not tombstoned, checked in
+    /// bulk (see [`TxCtx::check_tombstones`]): `(id, model named in the error)`.
+    unchecked: Vec<(Uuid, &'static str)>,
+    /// The highest tombstoned id (`Some(None)`: none), while known not to have
+    /// changed in this transaction.
+    tombstone_max: Option<Option<Uuid>>,
+    /// The insert statement of the last fresh insert, kept for the next one:
+    /// `(model, number of local values, statement)`.
+    insert_stmt: Option<(&'static str, usize, rusqlite::CachedStatement<'a>)>,
 }
 
-impl TxCtx<'_, '_> {
+/// Ids per tombstone query of [`TxCtx::check_tombstones`].
+const TOMBSTONE_CHECK_CHUNK: usize = 128;
+
+impl<'a> TxCtx<'a, '_> {
     /// The open `library.db` transaction, for raw SQL on device-local columns.
     /// Synced columns must only change through [`TxCtx::log`].
     pub fn sql(&self) -> &Transaction<'_> {
+        self.device_local.set(true);
         self.tx
+    }
+
+    /// Queue `id` for [`TxCtx::check_tombstones`] unless it is above the highest
+    /// tombstoned id (read once, an index lookup): new records get time-ordered
+    /// UUIDv7 ids above those of records deleted before, so most need no
+    /// lookup at all. Exact: an id above the maximum is not in the table.
+    fn defer_tombstone_check(&mut self, id: Uuid, model: &'static str) -> Result<()> {
+        let max = match self.tombstone_max {
+            Some(max) => max,
+            None => {
+                let max: Option<Uuid> = self
+                    .tx
+                    .prepare_cached("SELECT MAX(uuid) FROM tombstones")?
+                    .query_row([], |r| r.get(0))?;
+                self.tombstone_max = Some(max);
+                max
+            }
+        };
+        if max.is_some_and(|max| id <= max) {
+            self.unchecked.push((id, model));
+        }
+        Ok(())
+    }
+
+    /// Fail with `Deleted` if any id a fresh insert of this transaction needs
+    /// not tombstoned is: one query per `TOMBSTONE_CHECK_CHUNK` ids instead of
+    /// one per insert. Runs before anything else in the transaction reads or
+    /// writes tombstones and before it commits, so each insert is checked
+    /// against the tombstones that existed when it was made; a failed
+    /// transaction writes nothing.
+    fn check_tombstones(&mut self) -> Result<()> {
+        // What comes next may write tombstones.
+        self.tombstone_max = None;
+        if self.unchecked.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.unchecked);
+        for chunk in ids.chunks(TOMBSTONE_CHECK_CHUNK) {
+            let mut stmt = self.tx.prepare_cached(tombstone_query(chunk.len()))?;
+            for (i, (id, _)) in chunk.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, id)?;
+            }
+            let mut rows = stmt.raw_query();
+            if let Some(r) = rows.next()? {
+                let id: Uuid = r.get(0)?;
+                let model = chunk
+                    .iter()
+                    .find(|(x, _)| *x == id)
+                    .map_or("record", |(_, m)| *m);
+                return Err(Error::Deleted { model, id });
+            }
+        }
+        Ok(())
     }
 
     /// Validate a change against the current state, write its log entry and apply
@@ -892,6 +1103,10 @@ impl TxCtx<'_, '_> {
         let existing = if fresh_insert {
             None
         } else {
+            // Anything else may read or write tombstones: settle the deferred
+            // checks first, so each insert is checked against the tombstones
+            // that existed when it was made.
+            self.check_tombstones()?;
             load_values(self.tx, m, change.record)?
         };
         let writes: Vec<FieldWrite>;
@@ -904,7 +1119,9 @@ impl TxCtx<'_, '_> {
                         m.fields.len()
                     )));
                 }
-                if is_tombstoned(self.tx, change.record)? {
+                if fresh_insert {
+                    self.defer_tombstone_check(change.record, m.name)?;
+                } else if is_tombstoned(self.tx, change.record)? {
                     return Err(Error::Deleted {
                         model: m.name,
                         id: change.record,
@@ -929,7 +1146,9 @@ impl TxCtx<'_, '_> {
                 for (i, f) in m.fields.iter().enumerate() {
                     if let (true, Some(_), Value::Uuid(target)) = (f.key, f.references, &values[i])
                     {
-                        if is_tombstoned(self.tx, *target)? {
+                        if fresh_insert {
+                            self.defer_tombstone_check(*target, f.references.unwrap_or("record"))?;
+                        } else if is_tombstoned(self.tx, *target)? {
                             return Err(Error::Deleted {
                                 model: f.references.unwrap_or("record"),
                                 id: *target,
@@ -1082,6 +1301,7 @@ impl TxCtx<'_, '_> {
     }
 
     fn write_local(&self, m: &'static ModelInfo, id: Uuid, local: &[Value]) -> Result<()> {
+        self.device_local.set(true);
         let sets: Vec<String> = m
             .local_fields
             .iter()
@@ -1111,7 +1331,9 @@ impl TxCtx<'_, '_> {
         writes: Vec<FieldWrite>,
         local: &[Value],
     ) -> Result<()> {
-        let (stamp, e) = self.next_entry(m, record, Op::Insert(writes));
+        if local.iter().any(|v| *v != Value::Null) {
+            self.device_local.set(true);
+        }
         if !local.is_empty() && local.len() != m.local_fields.len() {
             return Err(Error::Invalid(format!(
                 "{} takes {} device-local fields",
@@ -1119,45 +1341,54 @@ impl TxCtx<'_, '_> {
                 m.local_fields.len()
             )));
         }
-        let sql = crate::store::cached_sql(m, "insert_fresh", local.len() as u64, || {
-            let mut cols: Vec<&str> = vec!["uuid"];
-            cols.extend(m.fields.iter().map(|f| f.name));
-            cols.extend(m.local_fields.iter().take(local.len()).map(|f| f.name));
-            cols.extend(["_hlc", "_dev"]);
-            format!(
-                "INSERT INTO {} ({}) VALUES ({})",
-                m.table,
-                cols.join(", "),
-                vec!["?"; cols.len()].join(", ")
-            )
-        });
-        {
-            let mut stmt = self.tx.prepare_cached(sql)?;
-            let mut i = 1;
-            stmt.raw_bind_parameter(i, record)?;
-            for w in e.op.writes() {
-                i += 1;
-                stmt.raw_bind_parameter(i, &w.value)?;
-            }
-            for v in local {
-                i += 1;
-                stmt.raw_bind_parameter(i, v)?;
-            }
-            stmt.raw_bind_parameter(i + 1, stamp.time as i64)?;
-            stmt.raw_bind_parameter(i + 2, stamp.device)?;
-            stmt.raw_execute().map_err(|err| match err {
-                rusqlite::Error::SqliteFailure(f, _)
-                    if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    Error::AlreadyExists {
-                        model: m.name,
-                        id: record,
-                    }
-                }
-                err => err.into(),
-            })?;
+        let stamp = self.library.hlc.tick();
+        let op = Op::Insert(writes);
+        let held = matches!(&self.insert_stmt,
+            Some((name, n, _)) if std::ptr::eq(*name, m.name) && *n == local.len());
+        if !held {
+            let sql = crate::store::cached_sql(m, "insert_fresh", local.len() as u64, || {
+                let mut cols: Vec<&str> = vec!["uuid"];
+                cols.extend(m.fields.iter().map(|f| f.name));
+                cols.extend(m.local_fields.iter().take(local.len()).map(|f| f.name));
+                cols.extend(["_hlc", "_dev"]);
+                format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    m.table,
+                    cols.join(", "),
+                    vec!["?"; cols.len()].join(", ")
+                )
+            });
+            self.insert_stmt = None;
+            let tx: &'a Transaction<'_> = self.tx;
+            self.insert_stmt = Some((m.name, local.len(), tx.prepare_cached(sql)?));
         }
-        self.finish_append(m, e)
+        let Some((_, _, stmt)) = self.insert_stmt.as_mut() else {
+            return Err(Error::Other("insert statement missing".into()));
+        };
+        let mut i = 1;
+        stmt.raw_bind_parameter(i, record)?;
+        for w in op.writes() {
+            i += 1;
+            stmt.raw_bind_parameter(i, &w.value)?;
+        }
+        for v in local {
+            i += 1;
+            stmt.raw_bind_parameter(i, v)?;
+        }
+        stmt.raw_bind_parameter(i + 1, stamp.time as i64)?;
+        stmt.raw_bind_parameter(i + 2, stamp.device)?;
+        stmt.raw_execute().map_err(|err| match err {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Error::AlreadyExists {
+                    model: m.name,
+                    id: record,
+                }
+            }
+            err => err.into(),
+        })?;
+        self.push_entry(m, record, stamp.time, &op)
     }
 
     /// This device's next log entry: a fresh stamp and the next `origin_seq`
@@ -1200,14 +1431,37 @@ impl TxCtx<'_, '_> {
     /// Queue the applied entry `e` for the outbox (written with the transaction's
     /// other entries when it commits) and account for it.
     fn finish_append(&mut self, m: &'static ModelInfo, e: LogEntry) -> Result<()> {
-        self.outbox.push(OutboxEntry::of(&e));
+        self.push_entry(m, e.record, e.hlc, &e.op)
+    }
+
+    /// [`TxCtx::finish_append`] from the parts of this device's next entry.
+    fn push_entry(&mut self, m: &'static ModelInfo, record: Uuid, hlc: u64, op: &Op) -> Result<()> {
+        let seq = self.next_seq;
+        self.outbox.push_parts(seq, hlc, m.name, &record, op)?;
         self.next_seq += 1;
-        self.receipt.entries.push((e.origin, e.origin_seq));
+        self.receipt.entries.push((self.library.device, seq));
         if !self.models.contains(&m.name) {
             self.models.push(m.name);
         }
         Ok(())
     }
+}
+
+/// `SELECT uuid FROM tombstones WHERE uuid IN (?, ..., ?) LIMIT 1` with `n`
+/// parameters (1..=`TOMBSTONE_CHECK_CHUNK`), built once per `n`.
+fn tombstone_query(n: usize) -> &'static str {
+    static CACHE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = CACHE.get_or_init(|| {
+        (0..=TOMBSTONE_CHECK_CHUNK)
+            .map(|k| {
+                format!(
+                    "SELECT uuid FROM tombstones WHERE uuid IN ({}) LIMIT 1",
+                    vec!["?"; k.max(1)].join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[n.clamp(1, TOMBSTONE_CHECK_CHUNK)]
 }
 
 /// Current synced values and effective field clock times of a record, and (for
