@@ -23,13 +23,7 @@ fn lib(dir: &std::path::Path, dev: u128, clock: &Arc<ManualClock>) -> Library {
 }
 
 fn entries(lib: &Library) -> Vec<LogEntry> {
-    lib.with_log(|l| {
-        Ok(l.fetch_after_id(0, usize::MAX)?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect())
-    })
-    .unwrap()
+    lib.with_log(|l| l.entries()).unwrap()
 }
 
 /// Every chunk of `from`'s snapshot, applied to `to`; the first error stops it.

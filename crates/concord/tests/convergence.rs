@@ -71,13 +71,7 @@ impl Rng {
 // Helpers on libraries.
 
 fn all_entries(lib: &Library) -> Vec<LogEntry> {
-    lib.with_log(|l| {
-        Ok(l.fetch_after_id(0, usize::MAX)?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect())
-    })
-    .unwrap()
+    lib.with_log(|l| l.entries()).unwrap()
 }
 
 fn dig(lib: &Library) -> String {

@@ -482,13 +482,7 @@ const FILE_TOMBSTONES: &str =
     "SELECT uuid FROM tombstones WHERE model = 'file_entry' ORDER BY uuid";
 
 fn all_entries(lib: &Library) -> Vec<LogEntry> {
-    lib.with_log(|l| {
-        Ok(l.fetch_after_id(0, usize::MAX)?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect())
-    })
-    .unwrap()
+    lib.with_log(|l| l.entries()).unwrap()
 }
 
 fn shared_digest(lib: &Library) -> String {

@@ -36,13 +36,7 @@ fn count(lib: &Library, sql: &str) -> i64 {
 }
 
 fn all_entries(lib: &Library) -> Vec<LogEntry> {
-    lib.with_log(|l| {
-        Ok(l.fetch_after_id(0, usize::MAX)?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect())
-    })
-    .unwrap()
+    lib.with_log(|l| l.entries()).unwrap()
 }
 
 #[test]

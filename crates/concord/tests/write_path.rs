@@ -12,14 +12,7 @@ fn new_lib(dir: &std::path::Path, lib: Uuid, device: Uuid) -> Library {
 }
 
 fn all_entries(l: &Library) -> Vec<LogEntry> {
-    l.with_log(|log| {
-        Ok(log
-            .fetch_after_id(0, usize::MAX)?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect())
-    })
-    .unwrap()
+    l.with_log(|l| l.entries()).unwrap()
 }
 
 fn dig(l: &Library) -> String {

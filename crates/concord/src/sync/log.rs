@@ -202,6 +202,15 @@ impl SyncLog {
         Ok(out)
     }
 
+    /// Every entry held, in log order.
+    pub fn entries(&self) -> Result<Vec<LogEntry>> {
+        Ok(self
+            .fetch_after_id(0, usize::MAX)?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
     /// Entries with a library sequence above `since`, in sequence order.
     pub fn fetch_since_seq(&self, since: u64, limit: usize) -> Result<Vec<LogEntry>> {
         let mut out = Vec::new();
