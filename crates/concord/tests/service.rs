@@ -18,6 +18,16 @@ use concord::{Change, Library, Uuid};
 struct Net {
     nodes: Mutex<HashMap<Uuid, SyncService>>,
     down: Mutex<HashSet<Uuid>>,
+    /// Every exchange that got a response: (from, to, request, response).
+    exchanges: Mutex<Vec<Exchange>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Exchange {
+    from: Uuid,
+    to: Uuid,
+    request: &'static str,
+    response: &'static str,
 }
 
 struct Link {
@@ -35,10 +45,18 @@ impl Transport for Link {
                 }
             }
             let svc = self.net.nodes.lock().unwrap().get(&to).cloned();
-            match svc {
-                Some(s) => Ok(s.handle(req).await),
-                None => Err(TransportError::Unreachable(to)),
-            }
+            let Some(s) = svc else {
+                return Err(TransportError::Unreachable(to));
+            };
+            let request = req.msg.name();
+            let reply = s.handle(req).await;
+            self.net.exchanges.lock().unwrap().push(Exchange {
+                from: self.me,
+                to,
+                request,
+                response: reply.msg.name(),
+            });
+            Ok(reply)
         })
     }
 }
@@ -342,4 +360,149 @@ async fn away_past_retention_gets_a_snapshot() {
         })
         .unwrap();
     assert_eq!(n, 0, "deleted while away stays deleted");
+}
+
+/// No heartbeat, election or anti-entropy round during a test: only the push
+/// path and the catch-up at start move entries, so every exchange is counted.
+fn quiet_config() -> SyncConfig {
+    SyncConfig {
+        heartbeat_interval: Duration::from_secs(60),
+        leader_timeout: Duration::from_secs(120),
+        retention: Duration::from_secs(3600),
+        ..SyncConfig::default()
+    }
+}
+
+impl Cluster {
+    /// Wait until no exchange happened for 300 ms; returns those since `from`.
+    async fn quiet_exchanges(&self, from: usize) -> Vec<Exchange> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = usize::MAX;
+        loop {
+            let n = self.net.exchanges.lock().unwrap().len();
+            if n == seen {
+                return self.net.exchanges.lock().unwrap()[from..].to_vec();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never quiet");
+            seen = n;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    fn exchange_count(&self) -> usize {
+        self.net.exchanges.lock().unwrap().len()
+    }
+
+    /// The leader's sequence (its `seq`) and each follower's cursor.
+    async fn seqs(&self, which: &[usize]) -> Vec<u64> {
+        let mut v = Vec::new();
+        for i in which {
+            v.push(self.svc(*i).status().await.unwrap().seq);
+        }
+        v
+    }
+}
+
+fn exchange(from: Uuid, to: Uuid, request: &'static str, response: &'static str) -> Exchange {
+    Exchange {
+        from,
+        to,
+        request,
+        response,
+    }
+}
+
+/// B5 in small: a follower away while both sides write heals in two round
+/// trips (its `Reconcile`, its `PushEntries`). The leader answers the push
+/// with the range it sequenced B's entries at (`Sequenced`), so no
+/// `NewEntries` about B's own entries follows, and B's cursor still reaches
+/// the leader's sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_heals_in_two_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 2, quiet_config());
+    let (a, b) = (c.devices[0], c.devices[1]);
+    c.start(0);
+    c.start(1);
+    let ids: Vec<Uuid> = (0..20).map(|i| tag(&c.libs[0], &format!("t{i}"))).collect();
+    c.wait_converged(&[0, 1]).await;
+    c.quiet_exchanges(0).await;
+
+    c.kill(1);
+    for (i, id) in ids.iter().enumerate() {
+        let (side, name) = if i % 2 == 0 { (0, "a") } else { (1, "b") };
+        c.libs[side]
+            .commit(Change::update::<Tag>(*id).set("name", format!("{name}-{i}")))
+            .unwrap();
+        // Some records renamed on both sides.
+        if i % 5 == 0 {
+            c.libs[1 - side]
+                .commit(Change::update::<Tag>(*id).set("name", format!("x-{i}")))
+                .unwrap();
+        }
+    }
+    tag(&c.libs[1], "b-offline");
+    tag(&c.libs[0], "a-offline");
+    // The leader's notifications of its own changes failed while B was away.
+    c.quiet_exchanges(0).await;
+
+    let before = c.exchange_count();
+    c.start(1);
+    c.wait_converged(&[0, 1]).await;
+    let heal = c.quiet_exchanges(before).await;
+    assert_eq!(
+        heal,
+        [
+            exchange(b, a, "Reconcile", "ReconcileResponse"),
+            exchange(b, a, "PushEntries", "Sequenced"),
+        ],
+        "two round trips, no NewEntries to B about its own entries"
+    );
+    let seqs = c.seqs(&[0, 1]).await;
+    assert!(seqs[0] > 0);
+    assert_eq!(seqs[1], seqs[0], "B's cursor reached the leader's sequence");
+
+    // The cursor is right, not just equal: a later change is applied in step
+    // from its `NewEntries` alone (no fetch, no reconcile).
+    let before = c.exchange_count();
+    tag(&c.libs[0], "after-heal");
+    c.wait_converged(&[0, 1]).await;
+    assert_eq!(
+        c.quiet_exchanges(before).await,
+        [exchange(a, b, "NewEntries", "Ok")]
+    );
+    let seqs = c.seqs(&[0, 1]).await;
+    assert_eq!(seqs[1], seqs[0]);
+}
+
+/// A follower's live change: its `ProposeEntries` is answered `Sequenced`
+/// (its cursor moves from the reply), and only the other follower gets
+/// `NewEntries`, carrying the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposal_is_answered_with_its_sequence_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 3, quiet_config());
+    let (a, b, d) = (c.devices[0], c.devices[1], c.devices[2]);
+    for i in 0..3 {
+        c.start(i);
+    }
+    tag(&c.libs[0], "from-a");
+    c.wait_converged(&[0, 1, 2]).await;
+    c.quiet_exchanges(0).await;
+    let seqs = c.seqs(&[0, 1, 2]).await;
+    assert!(seqs.iter().all(|s| *s == seqs[0]), "{seqs:?}");
+
+    let before = c.exchange_count();
+    tag(&c.libs[1], "from-b");
+    c.wait_converged(&[0, 1, 2]).await;
+    assert_eq!(
+        c.quiet_exchanges(before).await,
+        [
+            exchange(b, a, "ProposeEntries", "Sequenced"),
+            exchange(a, d, "NewEntries", "Ok"),
+        ]
+    );
+    let after = c.seqs(&[0, 1, 2]).await;
+    assert_eq!(after[0], seqs[0] + 1);
+    assert!(after.iter().all(|s| *s == after[0]), "{after:?}");
 }

@@ -26,7 +26,7 @@ pub mod snapshot;
 pub mod store;
 pub mod transport;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -111,6 +111,20 @@ struct State {
     seq: u64,
     /// Remote-browsing pulls of this run, by location.
     pulls: BTreeMap<Uuid, pull::PullProgress>,
+    /// Leader only: ranges sequenced while taking a follower's entries, whose
+    /// `NewEntries` the next propagation sends (in order, before its own range).
+    unnotified: Vec<Notice>,
+}
+
+/// Leader: a sequenced range the other followers still have to hear of.
+#[derive(Debug, Clone, Copy)]
+struct Notice {
+    term: Term,
+    from_seq: u64,
+    to_seq: u64,
+    /// The follower told in the reply to its `ProposeEntries`/`PushEntries`
+    /// (`Sequenced`): it gets no `NewEntries` for this range.
+    told: Option<Uuid>,
 }
 
 struct Shared {
@@ -128,6 +142,11 @@ struct Shared {
     /// Change propagation runs off the main loop, one run at a time.
     changed: AtomicBool,
     propagating: tokio::sync::Mutex<()>,
+    /// Leader: taking a follower's entries and sequencing them is one step
+    /// against every other sequencing, so the range it gets holds them.
+    sequencing: tokio::sync::Mutex<()>,
+    /// Asks the main loop to propagate (a range waits in `unnotified`).
+    kick: Notify,
     /// At most one heartbeat/election round at a time.
     ticking: AtomicBool,
     stop: watch::Sender<bool>,
@@ -201,6 +220,7 @@ impl SyncService {
                     stats: Stats::default(),
                     seq,
                     pulls: BTreeMap::new(),
+                    unnotified: Vec::new(),
                 }),
                 config,
                 next_id: AtomicU64::new(1),
@@ -209,6 +229,8 @@ impl SyncService {
                 catch_up_wanted: AtomicBool::new(false),
                 changed: AtomicBool::new(false),
                 propagating: tokio::sync::Mutex::new(()),
+                sequencing: tokio::sync::Mutex::new(()),
+                kick: Notify::new(),
                 ticking: AtomicBool::new(false),
                 stop,
             }),
@@ -270,6 +292,7 @@ impl SyncService {
                         dirty |= ev.source == Source::Local || self.role() == Role::Leader;
                     }
                 }
+                _ = sh.kick.notified() => dirty = true,
                 _ = sh.wake.notified() => {
                     let me = self.clone();
                     work.spawn(async move { me.catch_up().await });
@@ -433,6 +456,7 @@ impl SyncService {
             Role::Follower
         };
         st.cursor_term = None;
+        st.unnotified.clear(); // ranges of the old term
         st.last_leader_contact = Instant::now();
         drop(st);
         let _ = self.shared.lib.with_log(|l| l.set_term(term));
@@ -452,20 +476,46 @@ impl SyncService {
         }
     }
 
-    /// Leader: sequence pending entries and tell every online follower.
+    /// Leader: sequence pending entries and tell every online follower, after
+    /// the ranges sequenced meanwhile while taking followers' entries.
     async fn sequence_and_notify(&self, term: Term) {
-        let epoch = term.epoch;
-        let range = match self
-            .blocking(move |lib| lib.with_log(|l| l.sequence_pending(epoch)))
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => return self.note_error(e),
+        let notices = {
+            let _sequencing = self.shared.sequencing.lock().await;
+            let mut notices = std::mem::take(&mut self.st().unnotified);
+            notices.retain(|n| n.term == term);
+            match self.sequence(term).await {
+                Ok(Some((from_seq, to_seq))) => notices.push(Notice {
+                    term,
+                    from_seq,
+                    to_seq,
+                    told: None,
+                }),
+                Ok(None) => {}
+                Err(e) => self.note_error(e),
+            }
+            notices
         };
-        let Some((from_seq, to_seq)) = range else {
+        self.notify(term, &notices).await;
+    }
+
+    /// Leader: number the pending entries. Callers hold `sequencing`.
+    async fn sequence(&self, term: Term) -> Result<Option<(u64, u64)>> {
+        let epoch = term.epoch;
+        let range = self
+            .blocking(move |lib| lib.with_log(|l| l.sequence_pending(epoch)))
+            .await?;
+        if let Some((_, to_seq)) = range {
+            self.st().seq = to_seq;
+        }
+        Ok(range)
+    }
+
+    /// Leader: `NewEntries` for `notices` (adjacent ranges, in order) to every
+    /// online follower, minus the ranges a follower was told in a reply.
+    async fn notify(&self, term: Term, notices: &[Notice]) {
+        let (Some(first), Some(last)) = (notices.first(), notices.last()) else {
             return;
         };
-        self.st().seq = to_seq;
         let targets: Vec<Uuid> = {
             let st = self.st();
             st.peers
@@ -478,53 +528,129 @@ impl SyncService {
         // What a follower lacks of a range travels inside the notification
         // when it is small (saves a fetch and an acknowledgement); otherwise
         // the follower fetches.
-        let count = to_seq + 1 - from_seq;
-        let inline = if count as usize <= MAX_BATCH_ENTRIES {
-            self.blocking(move |lib| {
-                lib.with_log(|l| l.fetch_since_seq(from_seq - 1, count as usize))
-            })
-            .await
-            .ok()
-            .filter(|e| e.len() as u64 == count)
-        } else {
-            None
-        };
+        let all = self.range_entries(first.from_seq, last.to_seq).await;
+        let none = HashSet::new();
         let mut tasks = tokio::task::JoinSet::new();
         for to in targets.into_iter().filter(|d| members.contains(d)) {
-            let me = self.clone();
-            // Leave out what `to` is known to hold: its own entries, and what
-            // it last reported (a lower bound of what it has).
-            let entries = inline
-                .as_ref()
-                .map(|all| {
-                    let known = self.st().peers.get(&to).map(|p| p.vv.clone());
-                    all.iter()
-                        .filter(|e| {
-                            e.origin != to
-                                && known
-                                    .as_ref()
-                                    .and_then(|vv| vv.get(&e.origin))
-                                    .is_none_or(|held| *held < e.origin_seq)
-                        })
-                        .cloned()
-                        .collect::<Vec<_>>()
+            // One message per run of adjacent ranges `to` was not told of.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for n in notices.iter().filter(|n| n.told != Some(to)) {
+                match runs.last_mut() {
+                    Some(run) if run.1 + 1 == n.from_seq => run.1 = n.to_seq,
+                    _ => runs.push((n.from_seq, n.to_seq)),
+                }
+            }
+            let msgs: Vec<Msg> = runs
+                .into_iter()
+                .map(|(from_seq, to_seq)| Msg::NewEntries {
+                    term,
+                    from_seq,
+                    to_seq,
+                    entries: self.lacking(to, all.as_deref(), from_seq, to_seq, &none),
                 })
-                .filter(|e| e.len() <= MAX_INLINE_ENTRIES);
+                .collect();
+            if msgs.is_empty() {
+                continue;
+            }
+            let me = self.clone();
             tasks.spawn(async move {
-                let _ = me
-                    .probe(
-                        to,
-                        Msg::NewEntries {
-                            term,
-                            from_seq,
-                            to_seq,
-                            entries,
-                        },
-                    )
-                    .await;
+                for msg in msgs {
+                    // Unreachable: it catches up from a later heartbeat.
+                    if me.probe(to, msg).await.is_err() {
+                        break;
+                    }
+                }
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Leader: the entries sequenced at `from_seq..=to_seq`, when the range is
+    /// small enough to send inline and all of it is still in the log.
+    async fn range_entries(&self, from_seq: u64, to_seq: u64) -> Option<Vec<LogEntry>> {
+        let count = (to_seq + 1).checked_sub(from_seq)? as usize;
+        if count == 0 || count > MAX_BATCH_ENTRIES {
+            return None;
+        }
+        self.blocking(move |lib| lib.with_log(|l| l.fetch_since_seq(from_seq - 1, count)))
+            .await
+            .ok()
+            .filter(|e| e.len() == count && e.last().and_then(|e| e.lib_seq) == Some(to_seq))
+    }
+
+    /// Leader: what follower `to` lacks of `from_seq..=to_seq`, out of `all`
+    /// (every entry of a span holding that range): the range minus `to`'s own
+    /// entries, minus what it last reported holding, minus `held` (what it just
+    /// sent). `None` (it fetches) when `all` is unknown or that is more than
+    /// [`MAX_INLINE_ENTRIES`].
+    fn lacking(
+        &self,
+        to: Uuid,
+        all: Option<&[LogEntry]>,
+        from_seq: u64,
+        to_seq: u64,
+        held: &HashSet<(Uuid, u64)>,
+    ) -> Option<Vec<LogEntry>> {
+        let all = all?;
+        let known = self.st().peers.get(&to).map(|p| p.vv.clone());
+        let lacks: Vec<LogEntry> = all
+            .iter()
+            .filter(|e| e.lib_seq.is_some_and(|s| (from_seq..=to_seq).contains(&s)))
+            .filter(|e| {
+                e.origin != to
+                    && !held.contains(&(e.origin, e.origin_seq))
+                    && known
+                        .as_ref()
+                        .and_then(|vv| vv.get(&e.origin))
+                        .is_none_or(|have| *have < e.origin_seq)
+            })
+            .cloned()
+            .collect();
+        (lacks.len() <= MAX_INLINE_ENTRIES).then_some(lacks)
+    }
+
+    /// Leader: take the entries a follower proposed or pushed, sequence them at
+    /// once and answer with the range they got (`Sequenced`, carrying what the
+    /// follower lacks of it): the follower moves its cursor from the reply and
+    /// gets no `NewEntries` for that range; the other followers get theirs from
+    /// the propagation this kicks.
+    async fn take_from_follower(
+        &self,
+        from: Uuid,
+        term: Term,
+        entries: Vec<LogEntry>,
+    ) -> Result<Msg> {
+        let held: HashSet<(Uuid, u64)> = entries.iter().map(|e| (e.origin, e.origin_seq)).collect();
+        let (from_seq, to_seq) = {
+            // No other sequencing between applying and numbering: the range
+            // holds every entry of the request this log did not hold yet.
+            let _sequencing = self.shared.sequencing.lock().await;
+            self.apply(entries).await?;
+            {
+                let st = self.st();
+                if st.role != Role::Leader || st.term != term {
+                    return Ok(Msg::Ok); // stepped down meanwhile
+                }
+            }
+            let Some((from_seq, to_seq)) = self.sequence(term).await? else {
+                return Ok(Msg::Ok); // nothing new: sequenced (and notified) before
+            };
+            self.st().unnotified.push(Notice {
+                term,
+                from_seq,
+                to_seq,
+                told: Some(from),
+            });
+            (from_seq, to_seq)
+        };
+        self.shared.kick.notify_one();
+        let all = self.range_entries(from_seq, to_seq).await;
+        Ok(Msg::Sequenced {
+            term,
+            from_seq,
+            to_seq,
+            entries: self.lacking(from, all.as_deref(), from_seq, to_seq, &held),
+        })
     }
 
     /// Follower: send our own unproposed entries to the leader; without a
@@ -556,16 +682,18 @@ impl SyncService {
         let top = entries.iter().map(|e| e.origin_seq).max().unwrap_or(upto);
         let full = entries.len() == batch;
         let delivered = if leader != Uuid::nil() && leader != me {
-            matches!(
-                self.send(
-                    leader,
-                    Msg::ProposeEntries {
-                        entries: entries.clone()
+            let proposal = Msg::ProposeEntries {
+                entries: entries.clone(),
+            };
+            match self.send(leader, proposal).await {
+                Ok(reply @ (Msg::Ok | Msg::Sequenced { .. })) => {
+                    if let Err(e) = self.on_taken(leader, reply).await {
+                        self.note_error(e);
                     }
-                )
-                .await,
-                Ok(Msg::Ok)
-            )
+                    true
+                }
+                _ => false,
+            }
         } else {
             false
         };
@@ -577,14 +705,14 @@ impl SyncService {
         } else {
             // No leader: spread directly (DESIGN §5: keep syncing with whoever is reachable).
             for peer in self.online_peers().await {
-                let _ = self
-                    .send(
-                        peer,
-                        Msg::PushEntries {
-                            entries: entries.clone(),
-                        },
-                    )
-                    .await;
+                let push = Msg::PushEntries {
+                    entries: entries.clone(),
+                };
+                if let Ok(reply @ Msg::Sequenced { .. }) = self.send(peer, push).await {
+                    if let Err(e) = self.on_taken(peer, reply).await {
+                        self.note_error(e);
+                    }
+                }
             }
         }
     }
@@ -855,7 +983,7 @@ impl SyncService {
             }
             let full = entries.len() == batch;
             match self.send(peer, Msg::PushEntries { entries }).await {
-                Ok(Msg::Ok) => {}
+                Ok(reply @ (Msg::Ok | Msg::Sequenced { .. })) => self.on_taken(peer, reply).await?,
                 Ok(other) => return Err(Error::Other(format!("push refused: {}", other.name()))),
                 Err(e) => return Err(Error::Other(e.to_string())),
             }
@@ -923,28 +1051,8 @@ impl SyncService {
                 if let Some(stale) = self.fence(term) {
                     return Ok(stale);
                 }
-                let in_step = {
-                    let mut st = self.st();
-                    if term.leader == from {
-                        st.last_leader_contact = Instant::now();
-                    }
-                    st.cursor_term == Some(term) && st.cursor.saturating_add(1) >= from_seq
-                };
-                if let (true, Some(entries)) = (in_step, entries) {
-                    // Everything up to `to_seq` this device lacks is here.
-                    self.apply(entries).await?;
-                    let mut st = self.st();
-                    if st.cursor_term == Some(term) {
-                        st.cursor = st.cursor.max(to_seq);
-                    }
-                    return Ok(Msg::Ok);
-                }
-                let st = self.st();
-                let behind = st.cursor_term != Some(term) || st.cursor < to_seq;
-                drop(st);
-                if behind {
-                    self.shared.wake.notify_one();
-                }
+                self.on_sequenced(from, term, from_seq, to_seq, entries)
+                    .await?;
                 Ok(Msg::Ok)
             }
             Msg::FetchEntries {
@@ -1001,10 +1109,16 @@ impl SyncService {
                         "device {from} proposed entries of another device; only its own may be proposed"
                     )));
                 }
-                self.apply(entries).await?;
-                Ok(Msg::Ok)
+                self.take_from_follower(from, mine, entries).await
             }
             Msg::PushEntries { entries } => {
+                let (role, mine) = {
+                    let st = self.st();
+                    (st.role, st.term)
+                };
+                if role == Role::Leader {
+                    return self.take_from_follower(from, mine, entries).await;
+                }
                 self.apply(entries).await?;
                 Ok(Msg::Ok)
             }
@@ -1063,6 +1177,63 @@ impl SyncService {
             }
             other => Err(Error::Invalid(format!("{} is not a request", other.name()))),
         }
+    }
+
+    /// Follower: the leader of `term` (already fenced) sequenced
+    /// `from_seq..=to_seq`. `entries`, when present, is everything of that
+    /// range this device lacks: in step (the cursor at `from_seq - 1` or
+    /// beyond, for this term) it applies them and moves the cursor to
+    /// `to_seq`. Otherwise, if behind, it catches up by fetch or reconcile.
+    async fn on_sequenced(
+        &self,
+        from: Uuid,
+        term: Term,
+        from_seq: u64,
+        to_seq: u64,
+        entries: Option<Vec<LogEntry>>,
+    ) -> Result<()> {
+        let in_step = {
+            let mut st = self.st();
+            if term.leader == from {
+                st.last_leader_contact = Instant::now();
+            }
+            st.cursor_term == Some(term) && st.cursor.saturating_add(1) >= from_seq
+        };
+        if let (true, Some(entries)) = (in_step, entries) {
+            // Everything up to `to_seq` this device lacks is here.
+            self.apply(entries).await?;
+            let mut st = self.st();
+            if st.cursor_term == Some(term) {
+                st.cursor = st.cursor.max(to_seq);
+            }
+            return Ok(());
+        }
+        let st = self.st();
+        let behind = st.cursor_term != Some(term) || st.cursor < to_seq;
+        drop(st);
+        if behind {
+            self.shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Sender of `ProposeEntries`/`PushEntries`: the receiver took them. A
+    /// leader's `Sequenced` is this device's only word of that range (no
+    /// `NewEntries` follows for it).
+    async fn on_taken(&self, peer: Uuid, reply: Msg) -> Result<()> {
+        if let Msg::Sequenced {
+            term,
+            from_seq,
+            to_seq,
+            entries,
+        } = reply
+        {
+            if self.fence(term).is_none() {
+                self.on_sequenced(peer, term, from_seq, to_seq, entries)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Refuse a message from an older term; adopt a newer one.

@@ -1,4 +1,4 @@
-//! Messages of the sync protocol `concord/sync/1` (DESIGN §6, docs/PROTOCOL.md).
+//! Messages of the sync protocol `concord/sync/2` (DESIGN §6, docs/PROTOCOL.md).
 //!
 //! Plain serde types. Every message travels in an [`Envelope`] that names the
 //! library, the sending device and a correlation id; every request gets exactly
@@ -193,6 +193,19 @@ pub enum Msg {
     Error {
         message: String,
     },
+    /// Leader → follower, the answer to its `ProposeEntries` or `PushEntries`:
+    /// taking them, the leader sequenced `from_seq..=to_seq` (they and
+    /// whatever else was pending). `entries` as in `NewEntries`: what the
+    /// follower lacks of that range (not its own, not what it just sent, not
+    /// what it last reported holding), `None` when too many. The leader sends
+    /// this follower no `NewEntries` for that range: the follower moves its
+    /// cursor from here, or fetches if it is not in step.
+    Sequenced {
+        term: Term,
+        from_seq: u64,
+        to_seq: u64,
+        entries: Option<Vec<LogEntry>>,
+    },
 }
 
 impl Msg {
@@ -217,6 +230,7 @@ impl Msg {
             Msg::StaleTerm { .. } => "StaleTerm",
             Msg::SyncRequired { .. } => "SyncRequired",
             Msg::Error { .. } => "Error",
+            Msg::Sequenced { .. } => "Sequenced",
         }
     }
 
@@ -227,7 +241,7 @@ impl Msg {
             Msg::ProposeEntries { entries }
             | Msg::PushEntries { entries }
             | Msg::EntriesResponse { entries, .. } => entries.len() <= MAX_BATCH_ENTRIES,
-            Msg::NewEntries { entries, .. } => entries
+            Msg::NewEntries { entries, .. } | Msg::Sequenced { entries, .. } => entries
                 .as_ref()
                 .is_none_or(|e| e.len() <= MAX_INLINE_ENTRIES),
             Msg::ReconcileResponse { entries, vv, .. } => {
