@@ -297,3 +297,31 @@ fn fetches_and_pruning_inside_segments() {
     let seqs: Vec<u64> = all_peer.iter().map(|e| e.origin_seq).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
 }
+
+/// Sequence numbers never go back: after pruning every entry a leader
+/// numbered, the next ones continue above them.
+#[test]
+fn sequencing_continues_after_everything_numbered_was_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib = Library::create(tmp.path(), LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
+    let tags: Vec<Tag> = (0..100).map(tag).collect();
+    lib.commit_batch(tags.iter().map(Change::insert).collect())
+        .unwrap();
+    assert_eq!(
+        lib.with_log(|l| l.sequence_pending(1)).unwrap(),
+        Some((1, 100))
+    );
+    let mut horizon = BTreeMap::new();
+    horizon.insert(DEVICE, 100u64);
+    assert_eq!(lib.with_log(|l| l.prune_covered(&horizon)).unwrap(), 100);
+    assert_eq!(lib.with_log(|l| l.count()).unwrap(), 0);
+    assert_eq!(lib.with_log(|l| l.latest_seq()).unwrap(), Some(100));
+    lib.commit(Change::insert(&tag(100))).unwrap();
+    assert_eq!(
+        lib.with_log(|l| l.sequence_pending(1)).unwrap(),
+        Some((101, 101))
+    );
+    let e = lib.with_log(|l| l.fetch_since_seq(100, 10)).unwrap();
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].lib_seq, Some(101));
+}

@@ -74,10 +74,17 @@ impl SyncLog {
                 next += *n as u64;
             }
         }
-        tx.commit()?;
         if pending.is_empty() {
             return Ok(None);
         }
+        // Numbering goes on from here even if pruning removes every entry
+        // numbered so far (`latest_seq` reads this too).
+        tx.prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('sequenced_through', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
+        )?
+        .execute([(next - 1) as i64])?;
+        tx.commit()?;
         Ok(Some((top + 1, next - 1)))
     }
 

@@ -340,9 +340,10 @@ impl SyncLog {
             .query_row([], |r| r.get(0))?)
     }
 
-    /// Highest library sequence assigned, if any.
+    /// Highest library sequence assigned, if any: held in the log, or assigned
+    /// to entries pruned since (`sequenced_through`), so it never goes back.
     pub fn latest_seq(&self) -> Result<Option<u64>> {
-        let v: Option<i64> = self
+        let held: Option<i64> = self
             .conn
             .prepare_cached(
                 "SELECT lib_seq + last_seq - first_seq FROM segments WHERE lib_seq IS NOT NULL
@@ -350,7 +351,12 @@ impl SyncLog {
             )?
             .query_row([], |r| r.get(0))
             .optional()?;
-        Ok(v.map(|v| v as u64))
+        let through: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = 'sequenced_through'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        Ok(held.max(through).map(|v| v as u64))
     }
 
     /// Number of entries held.
