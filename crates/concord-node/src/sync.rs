@@ -1,4 +1,4 @@
-//! The sync protocol over Iroh, ALPN `concord/sync/2` (docs/PROTOCOL.md).
+//! The sync protocol over Iroh, ALPN `concord/sync/1` (docs/PROTOCOL.md).
 //!
 //! One request per bidirectional stream on a cached connection per peer. A frame
 //! is a 4-byte big-endian length, one flag byte (0: postcard, 1: zstd-compressed
@@ -192,7 +192,7 @@ impl Transport for IrohTransport {
     }
 }
 
-/// Inbound side of `concord/sync/2`.
+/// Inbound side of `concord/sync/1`.
 #[derive(Clone)]
 pub struct SyncHandler {
     state: Arc<NodeState>,

@@ -1,4 +1,4 @@
-//! Messages of the sync protocol `concord/sync/2` (DESIGN §6, docs/PROTOCOL.md).
+//! Messages of the sync protocol `concord/sync/1` (DESIGN §6, docs/PROTOCOL.md).
 //!
 //! Plain serde types. Every message travels in an [`Envelope`] that names the
 //! library, the sending device and a correlation id; every request gets exactly
