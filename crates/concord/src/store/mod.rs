@@ -92,14 +92,23 @@ const INLINE_CHECKPOINT_PAGES: i32 = 4 * CHECKPOINT_PAGES;
 pub(crate) fn checkpoint_in_background(conn: &mut Connection, path: &Path) -> Result<()> {
     let path = path.to_path_buf();
     let mut worker: Option<Option<Checkpointer>> = None;
+    // WAL size at the last poke: a stream of small commits pokes again only
+    // after another `CHECKPOINT_PAGES / 4` pages, not after every commit.
+    let mut poked_at = 0;
     conn.wal_hook(Some(
         move |wal: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
-            if pages < CHECKPOINT_PAGES {
+            if pages < poked_at {
+                poked_at = 0; // the WAL restarted
+            }
+            if pages < CHECKPOINT_PAGES || pages < poked_at + CHECKPOINT_PAGES / 4 {
                 return Ok(());
             }
             let w = worker.get_or_insert_with(|| Checkpointer::spawn(&path));
             match w {
-                Some(w) if pages < INLINE_CHECKPOINT_PAGES => w.poke(),
+                Some(w) if pages < INLINE_CHECKPOINT_PAGES => {
+                    poked_at = pages;
+                    w.poke();
+                }
                 // Never an error from here: SQLite would report the commit,
                 // which has happened, as failed. A busy checkpoint is retried
                 // at the next commit.
