@@ -62,10 +62,6 @@ fn query_segments(
 }
 
 impl SyncLog {
-    pub fn new(conn: Connection) -> Self {
-        Self { conn }
-    }
-
     /// Open the log, converting a log written before segments (one row per
     /// entry, table `log`, schema v3 and earlier) into one-entry segments that
     /// keep every entry's position, library sequence and epoch.

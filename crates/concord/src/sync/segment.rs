@@ -41,18 +41,8 @@ pub(crate) fn encode_entry(
     record: &Uuid,
     op: &Op,
 ) -> Result<()> {
-    let name = model.as_bytes();
-    if name.is_empty() || name.len() > 255 {
-        return Err(Error::Malformed(format!(
-            "model name of {} bytes cannot be logged",
-            name.len()
-        )));
-    }
     let start = buf.len();
-    buf.extend_from_slice(&hlc.to_le_bytes());
-    buf.push(name.len() as u8);
-    buf.extend_from_slice(name);
-    buf.extend_from_slice(record.as_bytes());
+    put_header(buf, hlc, model, record)?;
     let at = buf.len();
     buf.extend_from_slice(&[0; 4]);
     let out = std::mem::take(buf);
@@ -83,16 +73,28 @@ pub(crate) fn encode_raw(
     record: &Uuid,
     payload: &[u8],
 ) -> Result<()> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Error::Malformed("log entry payload out of bounds".into()));
+    }
+    put_header(buf, hlc, model, record)?;
+    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buf.extend_from_slice(payload);
+    Ok(())
+}
+
+/// The fields before the payload length: HLC, model name, record.
+fn put_header(buf: &mut Vec<u8>, hlc: u64, model: &str, record: &Uuid) -> Result<()> {
     let name = model.as_bytes();
-    if name.is_empty() || name.len() > 255 || payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(Error::Malformed("log entry out of bounds".into()));
+    if name.is_empty() || name.len() > 255 {
+        return Err(Error::Malformed(format!(
+            "model name of {} bytes cannot be logged",
+            name.len()
+        )));
     }
     buf.extend_from_slice(&hlc.to_le_bytes());
     buf.push(name.len() as u8);
     buf.extend_from_slice(name);
     buf.extend_from_slice(record.as_bytes());
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(payload);
     Ok(())
 }
 

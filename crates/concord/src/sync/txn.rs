@@ -353,6 +353,10 @@ impl Library {
         // advances the watermark to the end of the log, which would skip remote
         // entries a crash left logged but not applied.
         self.replay_log(&mut inner)?;
+        // Entries an older version left in the outbox tables before v4; from
+        // here on only `outbox_segments` is used.
+        let legacy = legacy_outbox(&inner.lib)?;
+        move_to_log(&mut inner, legacy, &["outbox", "outbox_batches"])?;
         flush_outbox(&mut inner)?;
         self.hlc.observe_floor(inner.log.max_hlc()?);
         inner.next_seq = inner.log.max_seq(self.device)? + 1;
@@ -927,7 +931,7 @@ fn legacy_outbox(lib: &Connection) -> Result<Vec<Run>> {
 /// consecutive transactions are merged into one segment (up to
 /// `MERGE_SEGMENT_ENTRIES`), their blobs being concatenations of entries.
 fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
-    let mut runs = legacy_outbox(lib)?;
+    let mut runs: Vec<Run> = Vec::new();
     let mut stmt = lib.prepare_cached(
         "SELECT origin, first_seq, last_seq, max_hlc, entries FROM outbox_segments ORDER BY id",
     )?;
@@ -961,11 +965,14 @@ fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
 }
 
 fn clear_outbox(lib: &Connection) -> Result<()> {
-    lib.prepare_cached("DELETE FROM outbox")?.execute([])?;
-    lib.prepare_cached("DELETE FROM outbox_batches")?
-        .execute([])?;
-    lib.prepare_cached("DELETE FROM outbox_segments")?
-        .execute([])?;
+    clear_tables(lib, &["outbox_segments"])
+}
+
+fn clear_tables(lib: &Connection, tables: &[&str]) -> Result<()> {
+    for t in tables {
+        lib.prepare_cached(&format!("DELETE FROM {t}"))?
+            .execute([])?;
+    }
     Ok(())
 }
 
@@ -990,6 +997,12 @@ fn advance_watermark(lib: &Connection, before: i64, latest: i64) -> Result<()> {
 fn flush_outbox(inner: &mut Inner) -> Result<()> {
     inner.outbox_len = 0;
     let runs = pending_outbox(&inner.lib)?;
+    move_to_log(inner, runs, &["outbox_segments"])
+}
+
+/// Append `runs` (applied local entries) to the log, then empty `tables`, the
+/// `library.db` tables they came from, and advance the watermark over them.
+fn move_to_log(inner: &mut Inner, runs: Vec<Run>, tables: &[&str]) -> Result<()> {
     if runs.is_empty() {
         return Ok(());
     }
@@ -997,7 +1010,7 @@ fn flush_outbox(inner: &mut Inner) -> Result<()> {
     inner.log.append_runs(runs)?;
     let latest = inner.log.latest_id()?;
     let tx = inner.lib.transaction()?;
-    clear_outbox(&tx)?;
+    clear_tables(&tx, tables)?;
     advance_watermark(&tx, before, latest)?;
     tx.commit()?;
     Ok(())
