@@ -14,18 +14,27 @@
 //! consecutive library sequences starting at its `lib_seq`. A segment's position
 //! in the log (`id`) is its local append order: replay after a crash and a
 //! leader's sequencing both follow it.
+//!
+//! The whole API of the log is `impl SyncLog`, spread by concern: reading and
+//! appending here ([`rows`] holds the row-level writes), the leader's term and
+//! sequencing in [`sequencing`], pruning and snapshot positions in [`floors`],
+//! peer acknowledgements in [`acks`].
 
-use std::collections::BTreeMap;
+mod acks;
+mod floors;
+mod rows;
+mod sequencing;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::store::meta::{key, meta_get};
 use crate::sync::entry::LogEntry;
-use crate::sync::segment::{self, segment_from_row, Run, Segment, SEGMENT_COLUMNS};
+use crate::sync::segment::{segment_from_row, Run, Segment, SEGMENT_COLUMNS};
+use rows::{append_in, insert_segment, origin_row, segment_holding, set_origin};
 
-/// Per-origin highest contiguous `origin_seq`.
-pub type VersionVector = BTreeMap<Uuid, u64>;
+pub use crate::sync::version_vector::VersionVector;
 
 /// Local segments merged into one row when the outbox is moved into the log,
 /// at most (a single larger transaction stays one segment).
@@ -33,9 +42,11 @@ pub(crate) const MERGE_SEGMENT_ENTRIES: u64 = 1024;
 
 /// The log in one `sync.db` connection.
 pub struct SyncLog {
-    pub(crate) conn: Connection,
+    conn: Connection,
 }
 
+/// Run `sql` (selecting [`SEGMENT_COLUMNS`]) and pass each segment to `each`
+/// until it returns `false`.
 fn query_segments(
     conn: &Connection,
     sql: &str,
@@ -234,24 +245,21 @@ impl SyncLog {
         Ok(out)
     }
 
-    /// Every entry about one record, in stamp order. Reads the whole log (there
-    /// is no index by record): for inspection, not for hot paths.
-    pub fn fetch_record(&self, record: Uuid) -> Result<Vec<LogEntry>> {
-        let mut out = Vec::new();
-        let mut all = Vec::new();
-        query_segments(
-            &self.conn,
-            &format!("SELECT {SEGMENT_COLUMNS} FROM segments ORDER BY id"),
-            [],
-            |seg| {
-                all.clear();
-                seg.entries(&mut all)?;
-                out.extend(all.drain(..).filter(|e| e.record == record));
-                Ok(true)
-            },
-        )?;
-        out.sort_by_key(|e| (e.hlc, e.origin));
-        Ok(out)
+    /// Entries of one origin after `after_seq`, in order.
+    pub fn fetch_origin(
+        &self,
+        origin: Uuid,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>> {
+        // Claim every other origin complete, so only `origin` has anything missing.
+        let mut vv: VersionVector = self
+            .version_vector()?
+            .into_keys()
+            .map(|o| (o, i64::MAX as u64))
+            .collect();
+        vv.insert(origin, after_seq);
+        self.fetch_missing(&vv, limit)
     }
 
     /// The version vector: per origin, the highest `origin_seq` below which the log
@@ -276,8 +284,8 @@ impl SyncLog {
     pub fn max_hlc(&self) -> Result<u64> {
         let v: Option<i64> = self.conn.query_row(
             "SELECT MAX(m) FROM (SELECT MAX(max_hlc) AS m FROM origins
-             UNION ALL SELECT value FROM meta WHERE key = 'hlc_floor')",
-            [],
+             UNION ALL SELECT value FROM meta WHERE key = ?1)",
+            [key::HLC_FLOOR],
             |r| r.get(0),
         )?;
         Ok(v.unwrap_or(0) as u64)
@@ -302,11 +310,7 @@ impl SyncLog {
             )?
             .query_row([], |r| r.get(0))
             .optional()?;
-        let through: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT value FROM meta WHERE key = 'sequenced_through'")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
+        let through: Option<i64> = meta_get(&self.conn, key::SEQUENCED_THROUGH)?;
         Ok(held.max(through).map(|v| v as u64))
     }
 
@@ -326,253 +330,4 @@ impl SyncLog {
             .query_row("SELECT COUNT(*) FROM segments", [], |r| r.get::<_, i64>(0))?
             as u64)
     }
-
-    /// Remove sequenced entries below `horizon` (exclusive). Positions in `origins`
-    /// are kept, so the version vector and HLC floor survive.
-    pub fn prune_below(&mut self, horizon: u64) -> Result<u64> {
-        let tx = self.conn.transaction()?;
-        let mut n: u64 = tx.query_row(
-            "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM segments
-             WHERE lib_seq IS NOT NULL AND lib_seq + last_seq - first_seq < ?1",
-            [horizon as i64],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
-        tx.execute(
-            "DELETE FROM segments WHERE lib_seq IS NOT NULL AND lib_seq + last_seq - first_seq < ?1",
-            [horizon as i64],
-        )?;
-        // The segment `horizon` falls inside keeps its entries from `horizon` on.
-        let mut partial = None;
-        query_segments(
-            &tx,
-            &format!(
-                "SELECT {SEGMENT_COLUMNS} FROM segments WHERE lib_seq IS NOT NULL AND lib_seq < ?1
-                 ORDER BY lib_seq DESC LIMIT 1"
-            ),
-            [horizon as i64],
-            |seg| {
-                partial = Some(seg);
-                Ok(false)
-            },
-        )?;
-        if let Some(seg) = partial {
-            let keep_from = seg.first_seq + (horizon - seg.lib_seq.unwrap_or(horizon));
-            n += trim_segment(&tx, &seg, keep_from)?;
-        }
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('pruned_below', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = MAX(value, excluded.value)",
-            [horizon as i64],
-        )?;
-        tx.commit()?;
-        Ok(n)
-    }
-
-    /// The sequence below which entries may have been pruned.
-    pub fn pruned_below(&self) -> Result<u64> {
-        let v: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'pruned_below'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(v.unwrap_or(0) as u64)
-    }
-}
-
-/// `(contiguous, max_seq, max_hlc)` of an origin, zeros if unknown.
-pub(crate) fn origin_row(conn: &Connection, origin: Uuid) -> Result<(u64, u64, u64)> {
-    let cur: Option<(i64, i64, i64)> = conn
-        .prepare_cached("SELECT contiguous, max_seq, max_hlc FROM origins WHERE origin = ?1")?
-        .query_row([origin], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    Ok(cur.map_or((0, 0, 0), |(c, m, h)| (c as u64, m as u64, h as u64)))
-}
-
-fn set_origin(
-    tx: &Transaction<'_>,
-    origin: Uuid,
-    contiguous: u64,
-    max_seq: u64,
-    max_hlc: u64,
-) -> Result<()> {
-    if contiguous > i64::MAX as u64 || max_seq > i64::MAX as u64 || max_hlc > i64::MAX as u64 {
-        return Err(Error::Malformed("origin_seq out of range".into()));
-    }
-    tx.prepare_cached(
-        "INSERT INTO origins (origin, contiguous, max_seq, max_hlc) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(origin) DO UPDATE SET contiguous = excluded.contiguous,
-           max_seq = excluded.max_seq, max_hlc = excluded.max_hlc",
-    )?
-    .execute(params![
-        origin,
-        contiguous as i64,
-        max_seq as i64,
-        max_hlc as i64
-    ])?;
-    Ok(())
-}
-
-/// `(first_seq, last_seq)` of the segment holding `origin_seq` of `origin`.
-pub(crate) fn segment_holding(
-    conn: &Connection,
-    origin: Uuid,
-    origin_seq: u64,
-) -> Result<Option<(u64, u64)>> {
-    let row: Option<(i64, i64)> = conn
-        .prepare_cached(
-            "SELECT first_seq, last_seq FROM segments WHERE origin = ?1 AND last_seq >= ?2
-             ORDER BY last_seq LIMIT 1",
-        )?
-        .query_row(params![origin, origin_seq as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    Ok(row
-        .map(|(f, l)| (f as u64, l as u64))
-        .filter(|(f, _)| *f <= origin_seq))
-}
-
-/// Move `contiguous` forward over held entries, up to `max_seq`.
-pub(crate) fn walk_contiguous(
-    conn: &Connection,
-    origin: Uuid,
-    mut contiguous: u64,
-    max_seq: u64,
-) -> Result<u64> {
-    while contiguous < max_seq {
-        match segment_holding(conn, origin, contiguous + 1)? {
-            Some((_, last)) => contiguous = last,
-            None => break,
-        }
-    }
-    Ok(contiguous)
-}
-
-fn insert_segment(
-    tx: &Transaction<'_>,
-    run: &Run,
-    lib_seq: Option<u64>,
-    epoch: Option<u64>,
-) -> Result<()> {
-    if run.last_seq > i64::MAX as u64 || run.first_seq == 0 {
-        return Err(Error::Malformed("origin_seq out of range".into()));
-    }
-    tx.prepare_cached(
-        "INSERT INTO segments (origin, first_seq, last_seq, lib_seq, epoch, entries)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        run.origin,
-        run.first_seq as i64,
-        run.last_seq as i64,
-        lib_seq.map(|v| v as i64),
-        epoch.map(|v| v as i64),
-        run.blob
-    ])?;
-    Ok(())
-}
-
-/// Drop the entries of `seg` before `keep_from` (all of them if it is past the
-/// end). Returns how many went.
-pub(crate) fn trim_segment(tx: &Transaction<'_>, seg: &Segment, keep_from: u64) -> Result<u64> {
-    if keep_from <= seg.first_seq {
-        return Ok(0);
-    }
-    if keep_from > seg.last_seq {
-        tx.execute("DELETE FROM segments WHERE id = ?1", [seg.id])?;
-        return Ok(seg.len());
-    }
-    let at = seg.offset_of(keep_from)?;
-    let dropped = keep_from - seg.first_seq;
-    tx.prepare_cached(
-        "UPDATE segments SET first_seq = ?2, lib_seq = ?3, entries = ?4 WHERE id = ?1",
-    )?
-    .execute(params![
-        seg.id,
-        keep_from as i64,
-        seg.lib_seq.map(|l| (l + dropped) as i64),
-        &seg.blob[at..]
-    ])?;
-    Ok(dropped)
-}
-
-/// The body of [`SyncLog::append_refs`], inside a transaction.
-fn append_in(tx: &Transaction<'_>, entries: &[&LogEntry]) -> Result<Vec<usize>> {
-    // Per origin in order of first appearance (segment ids must not depend on
-    // hash order: the simulation replays byte for byte).
-    let mut groups: Vec<(Uuid, Vec<usize>)> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        match groups.iter_mut().find(|(o, _)| *o == e.origin) {
-            Some((_, v)) => v.push(i),
-            None => groups.push((e.origin, vec![i])),
-        }
-    }
-    let mut fresh = Vec::new();
-    for (origin, mut idx) in groups {
-        idx.sort_by_key(|&i| (entries[i].origin_seq, i));
-        idx.dedup_by_key(|i| entries[*i].origin_seq);
-        let (contiguous, mut max_seq, mut max_hlc) = origin_row(tx, origin)?;
-        idx.retain(|&i| entries[i].origin_seq > contiguous);
-        let (Some(&lo), Some(&hi)) = (idx.first(), idx.last()) else {
-            continue;
-        };
-        let (lo, hi) = (entries[lo].origin_seq, entries[hi].origin_seq);
-        // What is held of `lo..=hi` (segments never overlap, so these are disjoint).
-        let mut held: Vec<(u64, u64)> = Vec::new();
-        if max_seq >= lo {
-            let mut stmt = tx.prepare_cached(
-                "SELECT first_seq, last_seq FROM segments WHERE origin = ?1 AND last_seq >= ?2
-                 ORDER BY last_seq",
-            )?;
-            let mut rows = stmt.query(params![origin, lo as i64])?;
-            while let Some(r) = rows.next()? {
-                let (f, l): (i64, i64) = (r.get(0)?, r.get(1)?);
-                if f as u64 > hi {
-                    break;
-                }
-                held.push((f as u64, l as u64));
-            }
-        }
-        let is_held = |s: u64| held.iter().any(|&(f, l)| f <= s && s <= l);
-        idx.retain(|&i| !is_held(entries[i].origin_seq));
-        // Split into runs of consecutive `origin_seq`s (and, for entries that
-        // carry them, consecutive library sequences of one epoch).
-        let mut start = 0;
-        while start < idx.len() {
-            let mut end = start + 1;
-            while end < idx.len() {
-                let (p, e) = (entries[idx[end - 1]], entries[idx[end]]);
-                let next_lib = p.lib_seq.map(|l| l + 1);
-                if e.origin_seq != p.origin_seq + 1 || e.lib_seq != next_lib || e.epoch != p.epoch {
-                    break;
-                }
-                end += 1;
-            }
-            let first = entries[idx[start]];
-            let mut run = Run {
-                origin,
-                first_seq: first.origin_seq,
-                last_seq: entries[idx[end - 1]].origin_seq,
-                max_hlc: 0,
-                blob: Vec::new(),
-            };
-            for &i in &idx[start..end] {
-                let e = entries[i];
-                segment::encode_entry(&mut run.blob, e.hlc, &e.model, &e.record, &e.op)?;
-                run.max_hlc = run.max_hlc.max(e.hlc);
-            }
-            insert_segment(tx, &run, first.lib_seq, first.epoch)?;
-            max_hlc = max_hlc.max(run.max_hlc);
-            max_seq = max_seq.max(run.last_seq);
-            fresh.extend_from_slice(&idx[start..end]);
-            start = end;
-        }
-        let contiguous = walk_contiguous(tx, origin, contiguous, max_seq)?;
-        set_origin(tx, origin, contiguous, max_seq, max_hlc)?;
-    }
-    fresh.sort_unstable();
-    Ok(fresh)
 }
