@@ -10,6 +10,8 @@
 use concord_derive::Syncable;
 use uuid::Uuid;
 
+use super::contract::derived_uuid;
+
 /// A member device of the library (the synced `devices` table, DESIGN §9).
 #[derive(Debug, Clone, PartialEq, Eq, Syncable)]
 #[sync(model = "device", table = "devices", shared)]
@@ -156,7 +158,7 @@ pub struct UserMetadata {
 impl TagAssignment {
     pub fn new(tag: Uuid, entry: Uuid) -> Self {
         Self {
-            id: super::derived_uuid("tag_assignment", &[tag, entry]),
+            id: derived_uuid("tag_assignment", &[tag, entry]),
             tag,
             entry,
         }
@@ -166,7 +168,7 @@ impl TagAssignment {
 impl AlbumItem {
     pub fn new(album: Uuid, entry: Uuid) -> Self {
         Self {
-            id: super::derived_uuid("album_item", &[album, entry]),
+            id: derived_uuid("album_item", &[album, entry]),
             album,
             entry,
         }
@@ -175,6 +177,6 @@ impl AlbumItem {
 
 impl UserMetadata {
     pub fn id_for(entry: Uuid) -> Uuid {
-        super::derived_uuid("user_metadata", &[entry])
+        derived_uuid("user_metadata", &[entry])
     }
 }

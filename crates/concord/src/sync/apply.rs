@@ -22,7 +22,9 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::model::{derived_uuid, registry, ModelInfo, ModelKind, Ownership, Value};
+use crate::model::{
+    derived_uuid, registry, values_from_row, ModelInfo, ModelKind, Ownership, Value,
+};
 use crate::store::sql::insert_sql;
 use crate::sync::entry::{FieldWrite, LogEntry, Op};
 
@@ -85,16 +87,7 @@ fn load_row(tx: &Transaction<'_>, m: &ModelInfo, uuid: Uuid) -> Result<Option<St
     let n = m.fields.len();
     let row = stmt
         .query_row([uuid], |r| {
-            let mut values = Vec::with_capacity(n);
-            for (i, f) in m.fields.iter().enumerate() {
-                values.push(Value::from_sql(f.kind, r.get_ref(i)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        i,
-                        rusqlite::types::Type::Null,
-                        Box::new(e),
-                    )
-                })?);
-            }
+            let values = values_from_row(m.fields, r, 0)?;
             let row_clock = Hlc::new(r.get::<_, i64>(n)? as u64, r.get(n + 1)?);
             let mut field_clocks = vec![None; n];
             for (k, &i) in clocked_fields.iter().enumerate() {

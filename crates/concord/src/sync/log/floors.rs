@@ -1,11 +1,11 @@
 //! What the log holds as state rather than as entries: pruning entries every
 //! device has, and positions raised by a snapshot.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::rows::{trim_segment, walk_contiguous};
-use super::SyncLog;
+use super::{query_version_vector, SyncLog};
 use crate::error::Result;
 use crate::store::meta::{key, meta_raise};
 use crate::sync::segment::{segment_from_row, SEGMENT_COLUMNS};
@@ -14,13 +14,7 @@ use crate::sync::version_vector::VersionVector;
 impl SyncLog {
     /// Per origin, the highest `origin_seq` pruned from this log.
     pub fn pruned_floor(&self) -> Result<VersionVector> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT origin, through FROM pruned")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, Uuid>(0)?, r.get::<_, i64>(1)? as u64))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        query_version_vector(&self.conn, "SELECT origin, through FROM pruned")
     }
 
     /// Remove entries every device has (`horizon`: per origin, the highest
@@ -69,11 +63,7 @@ impl SyncLog {
             if let Some(seg) = partial {
                 n += trim_segment(&tx, &seg, through + 1)?;
             }
-            tx.execute(
-                "INSERT INTO pruned (origin, through) VALUES (?1, ?2)
-                 ON CONFLICT(origin) DO UPDATE SET through = MAX(through, excluded.through)",
-                params![origin, *through as i64],
-            )?;
+            raise_pruned(&tx, *origin, *through)?;
         }
         tx.commit()?;
         Ok(n)
@@ -105,11 +95,7 @@ impl SyncLog {
                 )?;
             }
             // Entries this device cannot serve any more: it holds them only as state.
-            tx.execute(
-                "INSERT INTO pruned (origin, through) VALUES (?1, ?2)
-                 ON CONFLICT(origin) DO UPDATE SET through = MAX(through, excluded.through)",
-                params![origin, *seq as i64],
-            )?;
+            raise_pruned(&tx, *origin, *seq)?;
         }
         tx.commit()?;
         Ok(())
@@ -120,4 +106,15 @@ impl SyncLog {
     pub fn raise_hlc_floor(&mut self, hlc: u64) -> Result<()> {
         meta_raise(&self.conn, key::HLC_FLOOR, hlc as i64)
     }
+}
+
+/// Record that entries of `origin` up to `through` are no longer served from
+/// this log (the floor only rises).
+fn raise_pruned(tx: &Connection, origin: Uuid, through: u64) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO pruned (origin, through) VALUES (?1, ?2)
+         ON CONFLICT(origin) DO UPDATE SET through = MAX(through, excluded.through)",
+    )?
+    .execute(params![origin, through as i64])?;
+    Ok(())
 }

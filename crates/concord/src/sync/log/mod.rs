@@ -45,6 +45,15 @@ pub struct SyncLog {
     conn: Connection,
 }
 
+/// Run `sql` (selecting `origin, seq` pairs) as a version vector.
+fn query_version_vector(conn: &Connection, sql: &str) -> Result<VersionVector> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, Uuid>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Run `sql` (selecting [`SEGMENT_COLUMNS`]) and pass each segment to `each`
 /// until it returns `false`.
 fn query_segments(
@@ -265,13 +274,7 @@ impl SyncLog {
     /// The version vector: per origin, the highest `origin_seq` below which the log
     /// has (or had before pruning) every entry.
     pub fn version_vector(&self) -> Result<VersionVector> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT origin, contiguous FROM origins")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, Uuid>(0)?, r.get::<_, i64>(1)? as u64))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        query_version_vector(&self.conn, "SELECT origin, contiguous FROM origins")
     }
 
     /// Highest `origin_seq` seen from `origin` (0 if none).

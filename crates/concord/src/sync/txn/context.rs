@@ -9,7 +9,7 @@ use super::change::{Change, ChangeOp, Receipt};
 use super::outbox::OutboxRun;
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, HlcGenerator};
-use crate::model::{registry, ModelInfo, ModelKind, Ownership, Value};
+use crate::model::{registry, values_from_row, ModelInfo, ModelKind, Ownership, Value};
 use crate::store::sql::new_row_insert_sql;
 use crate::sync::apply::{is_tombstoned, Applier, Outcome};
 use crate::sync::entry::{FieldWrite, LogEntry, Op};
@@ -573,16 +573,7 @@ fn load_values(
     let mut stmt = tx.prepare_cached(&sql)?;
     let row = stmt
         .query_row([id], |r| {
-            let mut values = Vec::with_capacity(n);
-            for (i, f) in m.fields.iter().enumerate() {
-                values.push(Value::from_sql(f.kind, r.get_ref(i)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        i,
-                        rusqlite::types::Type::Null,
-                        Box::new(e),
-                    )
-                })?);
-            }
+            let values = values_from_row(m.fields, r, 0)?;
             let mut clocks = Vec::with_capacity(n);
             for i in 0..n {
                 clocks.push(r.get::<_, i64>(n + i)? as u64);
