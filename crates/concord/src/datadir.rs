@@ -79,10 +79,12 @@ impl DataDir {
         })
     }
 
+    /// The data dir's root, under which every library has its own folder.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// This device's identity, the same in every library it joins.
     pub fn identity(&self) -> &DeviceIdentity {
         &self.identity
     }

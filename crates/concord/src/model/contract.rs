@@ -126,6 +126,7 @@ pub enum FieldKind {
 }
 
 impl FieldKind {
+    /// The SQLite column type that stores this kind.
     pub fn sql_type(self) -> &'static str {
         match self {
             FieldKind::Int | FieldKind::Bool => "INTEGER",
@@ -187,12 +188,15 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// The position of synced field `name`, to address it in entries.
     pub fn field_index(&self, name: &str) -> Option<usize> {
         self.fields.iter().position(|f| f.name == name)
     }
+    /// The position of the owner field (device-owned models only).
     pub fn owner_index(&self) -> Option<usize> {
         self.fields.iter().position(|f| f.owner)
     }
+    /// The positions of the key fields, which every entry of a record carries.
     pub fn key_indices(&self) -> impl Iterator<Item = usize> + '_ {
         self.fields
             .iter()
@@ -221,6 +225,7 @@ pub trait Syncable: Sized {
 pub trait FieldValue: Sized {
     const KIND: FieldKind;
     const NULLABLE: bool;
+    /// This field value as stored and logged.
     fn to_value(&self) -> Value;
     fn from_value(v: &Value) -> Result<Self, ModelError>;
 }

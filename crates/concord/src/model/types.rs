@@ -79,6 +79,7 @@ pub mod entry_kind {
     pub const DIR: i64 = 1;
     pub const SYMLINK: i64 = 2;
 
+    /// The kind's display name, for listings.
     pub fn name(kind: i64) -> &'static str {
         match kind {
             FILE => "file",

@@ -15,6 +15,7 @@ pub struct Change {
     pub op: ChangeOp,
 }
 
+/// What a [`Change`] does to its record.
 #[derive(Debug, Clone)]
 pub enum ChangeOp {
     Insert {

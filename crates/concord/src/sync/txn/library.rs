@@ -41,6 +41,8 @@ pub const EVENT_CAPACITY: usize = 1024;
 /// Settings of an open library.
 #[derive(Debug, Clone)]
 pub struct LibraryOptions {
+    /// How far ahead of this clock a remote stamp may be (see
+    /// [`HlcGenerator::with_max_drift`]).
     pub max_clock_drift: std::time::Duration,
 }
 
@@ -249,18 +251,23 @@ impl Library {
         Ok(())
     }
 
+    /// The library's UUID, the same on every member device.
     pub fn id(&self) -> Uuid {
         self.id
     }
+    /// The library's display name.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The folder holding `library.db` and `sync.db`.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+    /// This device: the origin of every local entry.
     pub fn device(&self) -> Uuid {
         self.device
     }
+    /// The library's clock, which stamps local entries above everything seen.
     pub fn hlc(&self) -> &HlcGenerator {
         &self.hlc
     }
