@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use concord::digest::{digest, Scope};
 use concord::hlc::{Hlc, ManualClock};
 use concord::model::{
     entry_kind, registry, Album, AlbumItem, FileEntry, Location, ModelKind, Syncable, Tag,
@@ -26,71 +25,14 @@ use concord::sync::entry::{LogEntry, Op};
 use concord::{Change, Error, Library, Uuid};
 use proptest::prelude::*;
 
+mod support;
+use support::{all_entries, count, digest_all, scratch, tag, uuids, volume, Rng};
+
 /// Base wall-clock time of every case (ms since the epoch).
 const T0: u64 = 1_700_000_000_000;
 
-/// Scratch space: RAM when there is some, so fsyncs do not dominate the run.
-fn scratch() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(t) = tempfile::Builder::new()
-            .prefix("concord-conv")
-            .tempdir_in(shm)
-        {
-            return t;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
-// ---------------------------------------------------------------------------
-// Small deterministic RNG for orders and subsets (seeded by the case).
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // SplitMix64.
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Helpers on libraries.
-
-fn all_entries(lib: &Library) -> Vec<LogEntry> {
-    lib.with_log(|l| l.entries()).unwrap()
-}
-
-fn dig(lib: &Library) -> String {
-    lib.read(|c| digest(c, Scope::All)).unwrap().0
-}
-
-fn uuids(lib: &Library, sql: &str, p: &[&dyn rusqlite::ToSql]) -> Vec<Uuid> {
-    lib.read(|c| {
-        let mut stmt = c.prepare(sql)?;
-        let rows = stmt.query_map(p, |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<Uuid>>>()?)
-    })
-    .unwrap()
-}
-
-fn count(lib: &Library, sql: &str) -> i64 {
-    lib.read(|c| Ok(c.query_row(sql, [], |r| r.get(0))?))
-        .unwrap()
-}
 
 fn pick(v: &[Uuid], i: usize) -> Option<Uuid> {
     (!v.is_empty()).then(|| v[i % v.len()])
@@ -134,7 +76,7 @@ enum SyncMode {
 
 impl World {
     fn new(n: usize, dev_keys: &[u128], skews: &[u64]) -> World {
-        let tmp = scratch();
+        let tmp = scratch("concord-conv");
         let lib_id = Uuid::from_u128(0x11b);
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -311,14 +253,6 @@ impl World {
     }
 }
 
-fn tag(id: Uuid, name: &str) -> Tag {
-    Tag {
-        id,
-        name: name.into(),
-        color: None,
-    }
-}
-
 fn album(id: Uuid, name: &str) -> Album {
     Album {
         id,
@@ -348,13 +282,7 @@ fn prologue(w: &mut World, (a, b, c): (usize, usize, usize), gap: u64) -> Prolog
     // Every node has a volume and a location.
     let mut locs = Vec::new();
     for d in 0..w.nodes.len() {
-        let vol = Volume {
-            id: w.id(),
-            device: w.nodes[d].dev,
-            name: "disk".into(),
-            fingerprint: format!("fp{d}"),
-            mount_point: "/".into(),
-        };
+        let vol = volume(w.id(), w.nodes[d].dev, "disk", &format!("fp{d}"));
         w.nodes[d].vol = vol.id;
         let loc = w.location(d);
         locs.push(loc.id);
@@ -926,7 +854,7 @@ fn scenario(max_steps: usize) -> impl Strategy<Value = Scenario> {
 fn apply_chunked(lib: &Library, entries: &[LogEntry], rng: &mut Rng, max_chunk: usize) {
     let mut i = 0;
     while i < entries.len() {
-        let k = 1 + rng.below(max_chunk);
+        let k = 1 + rng.index(max_chunk);
         let end = (i + k).min(entries.len());
         let r = lib.apply_remote(&entries[i..end]).unwrap();
         assert!(r.rejected.is_empty(), "{:?}", r.rejected);
@@ -941,8 +869,8 @@ fn with_duplicates(entries: &[LogEntry], rng: &mut Rng) -> Vec<LogEntry> {
         if entries.is_empty() {
             break;
         }
-        let e = entries[rng.below(entries.len())].clone();
-        let at = rng.below(v.len() + 1);
+        let e = entries[rng.index(entries.len())].clone();
+        let at = rng.index(v.len() + 1);
         v.insert(at, e);
     }
     v
@@ -984,7 +912,7 @@ fn run(s: &Scenario) -> Cases {
 
     // Fresh libraries, each fed the union its own way.
     let max_ms = union.iter().map(|e| e.hlc >> 16).max().unwrap_or(T0);
-    let tmp = scratch();
+    let tmp = scratch("concord-conv");
     let fresh = |i: u128| {
         Library::create(
             &tmp.path().join(format!("f{i}")),
@@ -1002,7 +930,7 @@ fn run(s: &Scenario) -> Cases {
     let mut order = union.clone();
     rng.shuffle(&mut order);
     apply_chunked(&f1, &with_duplicates(&order, &mut rng), &mut rng, 20);
-    digests.push(("random order, duplicates, batches".into(), dig(&f1)));
+    digests.push(("random order, duplicates, batches".into(), digest_all(&f1)));
 
     // 2. Newest first in one batch: deletes before inserts, children before parents.
     let f2 = fresh(2);
@@ -1010,14 +938,14 @@ fn run(s: &Scenario) -> Cases {
     order.sort_by_key(|e| std::cmp::Reverse(e.stamp()));
     let r = f2.apply_remote(&order).unwrap();
     assert!(r.rejected.is_empty(), "{:?}", r.rejected);
-    digests.push(("newest first".into(), dig(&f2)));
+    digests.push(("newest first".into(), digest_all(&f2)));
 
     // 3. One entry at a time, shuffled, every entry twice.
     let f3 = fresh(3);
     let mut order: Vec<LogEntry> = union.iter().chain(union.iter()).cloned().collect();
     rng.shuffle(&mut order);
     apply_chunked(&f3, &order, &mut rng, 1);
-    digests.push(("one at a time, all twice".into(), dig(&f3)));
+    digests.push(("one at a time, all twice".into(), digest_all(&f3)));
 
     // 4. Origin by origin in random origin order, each origin's entries backwards.
     let f4 = fresh(4);
@@ -1035,7 +963,7 @@ fn run(s: &Scenario) -> Cases {
         order.extend(es);
     }
     apply_chunked(&f4, &order, &mut rng, 50);
-    digests.push(("origin by origin, backwards".into(), dig(&f4)));
+    digests.push(("origin by origin, backwards".into(), digest_all(&f4)));
 
     // The origins themselves, once they received everything.
     for (i, n) in w.nodes.iter().enumerate() {
@@ -1043,7 +971,7 @@ fn run(s: &Scenario) -> Cases {
         let mut order = union.clone();
         rng.shuffle(&mut order);
         apply_chunked(&n.lib, &order, &mut rng, 30);
-        digests.push((format!("origin {i}"), dig(&n.lib)));
+        digests.push((format!("origin {i}"), digest_all(&n.lib)));
     }
     for (what, d) in &digests[1..] {
         assert_eq!(d, &digests[0].1, "{what} diverged from {}", digests[0].0);
@@ -1149,7 +1077,7 @@ proptest! {
 
 #[test]
 fn remote_entry_an_hour_ahead_is_rejected_and_changes_nothing() {
-    let tmp = scratch();
+    let tmp = scratch("concord-conv");
     let lib_id = Uuid::from_u128(0x11b);
     let now = T0;
     let clock = Arc::new(ManualClock::new(now));
@@ -1179,7 +1107,7 @@ fn remote_entry_an_hour_ahead_is_rejected_and_changes_nothing() {
     let future = all_entries(&peer);
     assert_eq!(future.len(), 1);
 
-    let before = dig(&lib);
+    let before = digest_all(&lib);
     let log_before = lib.with_log(|l| l.count()).unwrap();
     let hlc_before = lib.hlc().last();
     let r = lib.apply_remote(&future).unwrap();
@@ -1190,7 +1118,7 @@ fn remote_entry_an_hour_ahead_is_rejected_and_changes_nothing() {
         msg.contains(&peer_dev.to_string()) && msg.contains("ahead of ours"),
         "the message names the device and the problem: {msg}"
     );
-    assert_eq!(dig(&lib), before, "nothing applied");
+    assert_eq!(digest_all(&lib), before, "nothing applied");
     assert_eq!(
         lib.with_log(|l| l.count()).unwrap(),
         log_before,
@@ -1236,7 +1164,7 @@ fn fresh_lib(dir: &std::path::Path, dev: u128) -> Library {
 #[test]
 fn membership_whose_id_is_not_its_members_is_refused_in_any_order() {
     use concord::sync::entry::FieldWrite;
-    let tmp = scratch();
+    let tmp = scratch("concord-conv");
     let m = TagAssignment::INFO;
     let (t1, t2, e) = (
         Uuid::from_u128(21),
@@ -1271,7 +1199,7 @@ fn membership_whose_id_is_not_its_members_is_refused_in_any_order() {
     r1.apply_remote(&[honest.clone(), forged.clone()]).unwrap();
     let r = r2.apply_remote(&[forged, honest]).unwrap();
     assert_eq!(r.refused, 1, "{r:?}");
-    assert_eq!(dig(&r1), dig(&r2));
+    assert_eq!(digest_all(&r1), digest_all(&r2));
     let tag_of = |l: &Library| -> Uuid {
         l.read(|c| Ok(c.query_row("SELECT tag FROM tag_assignments", [], |r| r.get(0))?))
             .unwrap()
@@ -1294,7 +1222,7 @@ fn membership_whose_id_is_not_its_members_is_refused_in_any_order() {
 /// A rename tie goes to the higher device id; an add/remove tie keeps the member.
 #[test]
 fn exact_hlc_ties_resolve_the_same_way_in_any_order() {
-    let tmp = scratch();
+    let tmp = scratch("concord-conv");
     let lib_id = Uuid::from_u128(0x11b);
     let clock = Arc::new(ManualClock::new(T0));
     let mk = |name: &str, dev: u128| {
@@ -1347,7 +1275,7 @@ fn exact_hlc_ties_resolve_the_same_way_in_any_order() {
         assert_eq!(name, "from hi", "the higher device id wins the tie");
         let present = count(&r, "SELECT COUNT(*) FROM tag_assignments WHERE present = 1");
         assert_eq!(present, 1, "an add/remove tie keeps the member");
-        digests.push(dig(&r));
+        digests.push(digest_all(&r));
     }
     assert_eq!(digests[0], digests[1]);
 }
@@ -1358,15 +1286,9 @@ fn exact_hlc_ties_resolve_the_same_way_in_any_order() {
 #[test]
 fn changes_to_another_devices_data_are_refused() {
     use concord::sync::entry::FieldWrite;
-    let tmp = scratch();
+    let tmp = scratch("concord-conv");
     let owner = fresh_lib(&tmp.path().join("owner"), 0xa);
-    let vol = Volume {
-        id: Uuid::from_u128(10),
-        device: owner.device(),
-        name: "disk".into(),
-        fingerprint: "fp".into(),
-        mount_point: "/".into(),
-    };
+    let vol = volume(Uuid::from_u128(10), owner.device(), "disk", "fp");
     owner.commit(Change::insert(&vol)).unwrap();
     let m = Volume::INFO;
     let intruder = Uuid::from_u128(0xb);
@@ -1405,8 +1327,8 @@ fn changes_to_another_devices_data_are_refused() {
             .read(|c| Ok(c.query_row("SELECT name FROM volumes", [], |r| r.get(0))?))
             .unwrap();
         assert_eq!(name, "disk");
-        digests.push(dig(&r));
+        digests.push(digest_all(&r));
     }
     assert_eq!(digests[0], digests[1]);
-    assert_eq!(digests[0], dig(&owner));
+    assert_eq!(digests[0], digest_all(&owner));
 }

@@ -27,11 +27,15 @@ use std::time::{Duration, Instant};
 use concord::digest::{digest, Scope};
 use concord::hlc::{Clock, Hlc, ManualClock, SystemClock};
 use concord::model::{
-    entry_kind, Album, AlbumItem, FileEntry, Location, Syncable, Tag, TagAssignment, UserMetadata,
-    Value, Volume,
+    entry_kind, Album, AlbumItem, FileEntry, Syncable, Tag, TagAssignment, UserMetadata, Value,
 };
 use concord::sync::entry::{BulkOperation, FieldWrite, LogEntry, Op};
 use concord::{Change, Error, Library, Uuid};
+
+mod support;
+use support::{
+    all_entries, count_with, file, initial_index, location, scratch, tag, uuids, volume, Rng,
+};
 
 /// Set in the child's environment: the library directory to write to.
 const CHILD_ENV: &str = "CONCORD_CRASH_CHILD_DIR";
@@ -47,21 +51,6 @@ const DEVICE: Uuid = Uuid::from_u128(0xd0_0000_0000_0000_0000_0000_0000_0001);
 const PEER: Uuid = Uuid::from_u128(0xd0_0000_0000_0000_0000_0000_0000_0002);
 /// The replica the parent feeds with log entries only.
 const SHADOW: Uuid = Uuid::from_u128(0xd0_0000_0000_0000_0000_0000_0000_0003);
-
-/// Scratch space: RAM when there is some (fsync-free, so the suite stays fast;
-/// SIGKILL does not lose the page cache, so durability is tested all the same).
-fn scratch() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(t) = tempfile::Builder::new()
-            .prefix("concord-crash")
-            .tempdir_in(shm)
-        {
-            return t;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
 
 /// Copy this test binary into `dir` and return the copy's path. The target dir is
 /// shared, and a concurrent build may replace the original while a test runs.
@@ -83,33 +72,6 @@ fn spawn(cmd: &mut Command) -> std::process::Child {
         .unwrap_or_else(|e| panic!("cannot start the child process: {e}"))
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
-
-fn uuids(lib: &Library, sql: &str) -> Vec<Uuid> {
-    lib.read(|c| {
-        let mut stmt = c.prepare(sql)?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<Uuid>>>()?)
-    })
-    .unwrap()
-}
-
 fn rows(lib: &Library, sql: &str) -> Vec<Vec<rusqlite::types::Value>> {
     lib.read(|c| {
         let mut stmt = c.prepare(sql)?;
@@ -122,11 +84,6 @@ fn rows(lib: &Library, sql: &str) -> Vec<Vec<rusqlite::types::Value>> {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     })
     .unwrap()
-}
-
-fn count(lib: &Library, sql: &str, p: impl rusqlite::Params) -> i64 {
-    lib.read(|c| Ok(c.query_row(sql, p, |r| r.get(0))?))
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -169,29 +126,17 @@ fn create_child_main(dir: &Path) -> ! {
 fn child_main(dir: &Path, seed: u64) -> ! {
     let lib = Library::open(dir, DEVICE, Box::new(SystemClock)).expect("child: open");
     let mut rng = Rng(seed);
-    let vol = match uuids(&lib, "SELECT uuid FROM volumes LIMIT 1").first() {
+    let vol = match uuids(&lib, "SELECT uuid FROM volumes LIMIT 1", &[]).first() {
         Some(v) => *v,
         None => {
-            let vol = Volume {
-                id: Uuid::now_v7(),
-                device: DEVICE,
-                name: "disk".into(),
-                fingerprint: "fp".into(),
-                mount_point: "/".into(),
-            };
-            let loc = Location {
-                id: Uuid::now_v7(),
-                device: DEVICE,
-                volume: vol.id,
-                path: "/main".into(),
-                name: "main".into(),
-            };
+            let vol = volume(Uuid::now_v7(), DEVICE, "disk", "fp");
+            let loc = location(Uuid::now_v7(), DEVICE, vol.id, "/main", "main");
             lib.commit_batch(vec![Change::insert(&vol), Change::insert(&loc)])
                 .expect("child: setup");
             vol.id
         }
     };
-    let main_loc = uuids(&lib, "SELECT uuid FROM locations WHERE name = 'main'")[0];
+    let main_loc = uuids(&lib, "SELECT uuid FROM locations WHERE name = 'main'", &[])[0];
     let mut peer_seq = lib.with_log(|l| l.max_seq(PEER)).unwrap() + 1;
     let mut out = std::io::stdout();
     writeln!(out, "{READY}").unwrap();
@@ -237,17 +182,14 @@ fn random_one(lib: &Library, table: &str, filter: &str) -> Option<Uuid> {
     uuids(
         lib,
         &format!("SELECT uuid FROM {table} {filter} ORDER BY random() LIMIT 1"),
+        &[],
     )
     .first()
     .copied()
 }
 
 fn new_tag(n: u64) -> Change {
-    Change::insert(&Tag {
-        id: Uuid::now_v7(),
-        name: format!("t{n}"),
-        color: None,
-    })
+    Change::insert(&tag(Uuid::now_v7(), &format!("t{n}")))
 }
 
 fn one_change(lib: &Library, rng: &mut Rng, main_loc: Uuid, n: u64) -> Change {
@@ -306,7 +248,7 @@ fn one_change(lib: &Library, rng: &mut Rng, main_loc: Uuid, n: u64) -> Change {
         7 => match random_one(lib, "file_entries", files) {
             Some(e) => {
                 let id = UserMetadata::id_for(e);
-                if count(
+                if count_with(
                     lib,
                     "SELECT COUNT(*) FROM user_metadata WHERE uuid = ?1",
                     [id],
@@ -421,36 +363,27 @@ fn peer_entries(lib: &Library, rng: &mut Rng, seq: &mut u64) -> Vec<LogEntry> {
 
 /// Index a new location in bulk: the location by commit, its rows by `commit_bulk`.
 fn bulk(lib: &Library, rng: &mut Rng, vol: Uuid, n: u64) -> concord::Result<()> {
-    let loc = Location {
-        id: Uuid::now_v7(),
-        device: DEVICE,
-        volume: vol,
-        path: format!("/bulk/{n}"),
-        name: format!("bulk-{n}"),
-    };
+    let loc = location(
+        Uuid::now_v7(),
+        DEVICE,
+        vol,
+        &format!("/bulk/{n}"),
+        &format!("bulk-{n}"),
+    );
     lib.commit(Change::insert(&loc))?;
     let k = rng.range(200, 400);
-    let rows = (0..k).map(|i| FileEntry {
-        id: Uuid::now_v7(),
-        device: DEVICE,
-        location: loc.id,
-        parent: None,
-        name: format!("b{i}"),
-        path: format!("b{i}"),
-        kind: entry_kind::FILE,
-        size: i as i64,
-        modified: None,
-        inode: Some(i as i64),
+    let rows = (0..k).map(|i| {
+        file(
+            Uuid::now_v7(),
+            DEVICE,
+            loc.id,
+            &format!("b{i}"),
+            i as i64,
+            None,
+            Some(i as i64),
+        )
     });
-    lib.commit_bulk(
-        rows,
-        BulkOperation::InitialIndex {
-            location: loc.id,
-            path: loc.path.clone(),
-            volume_fingerprint: "fp".into(),
-            count: 0,
-        },
-    )?;
+    lib.commit_bulk(rows, initial_index(&loc, "fp"))?;
     Ok(())
 }
 
@@ -481,10 +414,6 @@ const NON_BULK_FILES: &str =
 const FILE_TOMBSTONES: &str =
     "SELECT uuid FROM tombstones WHERE model = 'file_entry' ORDER BY uuid";
 
-fn all_entries(lib: &Library) -> Vec<LogEntry> {
-    lib.with_log(|l| l.entries()).unwrap()
-}
-
 fn shared_digest(lib: &Library) -> String {
     lib.read(|c| digest(c, Scope::Shared)).unwrap().0
 }
@@ -501,8 +430,8 @@ fn check_replica(lib: &Library, replica: &Library, what: &str) {
         "{what}: file entries written by commits differ from the log's"
     );
     assert_eq!(
-        uuids(lib, FILE_TOMBSTONES),
-        uuids(replica, FILE_TOMBSTONES),
+        uuids(lib, FILE_TOMBSTONES, &[]),
+        uuids(replica, FILE_TOMBSTONES, &[]),
         "{what}: file-entry tombstones differ from the log's"
     );
 }
@@ -561,8 +490,12 @@ fn check_after_kill(dir: &Path, shadow: &Library, st: &mut Checker, round: usize
     check_replica(&lib, shadow, &what);
 
     // Bulk rows exist exactly for bulk entries in the log.
-    for loc in uuids(&lib, "SELECT uuid FROM locations WHERE name LIKE 'bulk-%'") {
-        let n = count(
+    for loc in uuids(
+        &lib,
+        "SELECT uuid FROM locations WHERE name LIKE 'bulk-%'",
+        &[],
+    ) {
+        let n = count_with(
             &lib,
             "SELECT COUNT(*) FROM file_entries WHERE location = ?1",
             [loc],
@@ -571,7 +504,7 @@ fn check_after_kill(dir: &Path, shadow: &Library, st: &mut Checker, round: usize
             Some(&want) => assert_eq!(n, want, "{what}: bulk rows of {loc}"),
             None => assert_eq!(n, 0, "{what}: bulk rows of {loc} without their log entry"),
         }
-        let shadowed = count(
+        let shadowed = count_with(
             shadow,
             "SELECT COUNT(*) FROM file_entries WHERE location = ?1",
             [loc],
@@ -581,11 +514,10 @@ fn check_after_kill(dir: &Path, shadow: &Library, st: &mut Checker, round: usize
 
     // Stamps after reopening are above everything logged.
     assert!(lib.hlc().last() >= st.max_hlc, "{what}: HLC not re-seeded");
-    lib.commit(Change::insert(&Tag {
-        id: Uuid::now_v7(),
-        name: format!("probe{round}"),
-        color: None,
-    }))
+    lib.commit(Change::insert(&tag(
+        Uuid::now_v7(),
+        &format!("probe{round}"),
+    )))
     .unwrap();
     let probe = lib
         .with_log(|l| l.fetch_after_id(st.last_id, usize::MAX))
@@ -605,7 +537,7 @@ fn check_after_kill(dir: &Path, shadow: &Library, st: &mut Checker, round: usize
 
     if full {
         // A fresh replica from the whole log, not just the incremental one.
-        let tmp = scratch();
+        let tmp = scratch("concord-crash");
         let fresh = Library::create(
             tmp.path(),
             LIB,
@@ -632,7 +564,7 @@ fn check_after_kill(dir: &Path, shadow: &Library, st: &mut Checker, round: usize
 
 fn run_parent(kills: usize, seed: u64) {
     let start = Instant::now();
-    let tmp = scratch();
+    let tmp = scratch("concord-crash");
     let dir = tmp.path().join("lib");
     drop(Library::create(&dir, LIB, "crash", DEVICE, Box::new(SystemClock)).unwrap());
     let shadow = Library::create(
@@ -746,7 +678,7 @@ fn kill_9_long() {
 /// applied although the log held them (and the device would forward them).
 #[test]
 fn recovery_applies_logged_remote_entries_when_the_outbox_is_not_empty() {
-    let tmp = scratch();
+    let tmp = scratch("concord-crash");
     let dir = tmp.path().join("lib");
     let lib = Library::create(&dir, LIB, "r", DEVICE, Box::new(SystemClock)).unwrap();
     let peer_tag = Uuid::now_v7();
@@ -775,17 +707,13 @@ fn recovery_applies_logged_remote_entries_when_the_outbox_is_not_empty() {
     // applied; a local change waits in the outbox.
     lib.with_log(|l| l.append(std::slice::from_ref(&remote)))
         .unwrap();
-    lib.commit(Change::insert(&Tag {
-        id: Uuid::now_v7(),
-        name: "local".into(),
-        color: None,
-    }))
-    .unwrap();
+    lib.commit(Change::insert(&tag(Uuid::now_v7(), "local")))
+        .unwrap();
     lib.simulate_crash(); // no orderly close: that would flush the outbox
 
     let lib = Library::open(&dir, DEVICE, Box::new(SystemClock)).unwrap();
     assert_eq!(
-        count(
+        count_with(
             &lib,
             "SELECT COUNT(*) FROM tags WHERE uuid = ?1",
             [peer_tag]
@@ -793,7 +721,7 @@ fn recovery_applies_logged_remote_entries_when_the_outbox_is_not_empty() {
         1,
         "the logged remote entry was applied on recovery"
     );
-    assert_eq!(count(&lib, "SELECT COUNT(*) FROM tags", []), 2);
+    assert_eq!(count_with(&lib, "SELECT COUNT(*) FROM tags", []), 2);
     assert_eq!(lib.with_log(|l| l.count()).unwrap(), 2);
 }
 
@@ -803,7 +731,7 @@ fn recovery_applies_logged_remote_entries_when_the_outbox_is_not_empty() {
 /// and that broke listing the data dir. Creation must be all or nothing.
 #[test]
 fn kill_9_during_library_creation_leaves_a_library_or_nothing() {
-    let tmp = scratch();
+    let tmp = scratch("concord-crash");
     let exe = child_exe(tmp.path());
     let mut rng = Rng(0x1c4a_5e03);
     let mut opened = 0;
@@ -867,7 +795,7 @@ fn kill_9_during_library_creation_leaves_a_library_or_nothing() {
 /// edit could lose to the older change it overwrote.
 #[test]
 fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
-    let tmp = scratch();
+    let tmp = scratch("concord-crash");
     let now = SystemClock.now_ms();
     // The peer's clock runs a minute ahead, so its stamps are above ours.
     let peer = Library::create(
@@ -883,12 +811,7 @@ fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
         let clock = || Box::new(ManualClock::new(now));
         let lib = Library::create(&dir, LIB, "r", DEVICE, clock()).unwrap();
         let boom = Uuid::now_v7();
-        peer.commit(Change::insert(&Tag {
-            id: boom,
-            name: "boom".into(),
-            color: None,
-        }))
-        .unwrap();
+        peer.commit(Change::insert(&tag(boom, "boom"))).unwrap();
         let sent = all_entries(&peer);
         let boom_hlc = sent.last().unwrap().hlc;
         let raw = rusqlite::Connection::open(dir.join("library.db")).unwrap();
@@ -902,12 +825,8 @@ fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
         drop(raw);
 
         // Life goes on: a local change moves the outbox into the log.
-        lib.commit(Change::insert(&Tag {
-            id: Uuid::now_v7(),
-            name: "local".into(),
-            color: None,
-        }))
-        .unwrap();
+        lib.commit(Change::insert(&tag(Uuid::now_v7(), "local")))
+            .unwrap();
         lib.flush().unwrap();
         let lib = match path {
             // The same entries are sent again.
@@ -917,12 +836,8 @@ fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
             }
             // Newer entries arrive.
             1 => {
-                peer.commit(Change::insert(&Tag {
-                    id: Uuid::now_v7(),
-                    name: "more".into(),
-                    color: None,
-                }))
-                .unwrap();
+                peer.commit(Change::insert(&tag(Uuid::now_v7(), "more")))
+                    .unwrap();
                 lib.apply_remote(&all_entries(&peer)[sent.len()..]).unwrap();
                 lib
             }
@@ -932,7 +847,7 @@ fn entries_logged_by_a_failed_apply_remote_are_applied_later() {
             }
         };
         assert_eq!(
-            count(&lib, "SELECT COUNT(*) FROM tags WHERE uuid = ?1", [boom]),
+            count_with(&lib, "SELECT COUNT(*) FROM tags WHERE uuid = ?1", [boom]),
             1,
             "{name}: the entry the failed apply logged was applied"
         );

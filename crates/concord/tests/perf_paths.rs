@@ -14,22 +14,8 @@ use concord::sync::entry::{validate, FieldWrite, LogEntry, Op};
 use concord::Uuid;
 use rusqlite::Connection;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
+mod support;
+use support::Rng;
 
 /// Every column of a table, rows in uuid order, as text.
 fn dump(conn: &Connection, sql: &str) -> Vec<String> {

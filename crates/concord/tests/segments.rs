@@ -15,35 +15,25 @@
 use std::collections::BTreeMap;
 
 use concord::hlc::SystemClock;
-use concord::model::{entry_kind, FileEntry, Location, Tag, Volume};
-use concord::sync::entry::LogEntry;
+use concord::model::Tag;
 use concord::{Change, Library, Uuid};
+
+mod support;
+use support::{all_entries, count, file, location, tag, volume};
 
 const LIB: Uuid = Uuid::from_u128(0x5e6);
 const DEVICE: Uuid = Uuid::from_u128(0xd1);
 
-fn tag(i: usize) -> Tag {
-    Tag {
-        id: Uuid::now_v7(),
-        name: format!("tag {i}"),
-        color: None,
-    }
-}
-
-fn count(lib: &Library, sql: &str) -> i64 {
-    lib.read(|c| Ok(c.query_row(sql, [], |r| r.get(0))?))
-        .unwrap()
-}
-
-fn all_entries(lib: &Library) -> Vec<LogEntry> {
-    lib.with_log(|l| l.entries()).unwrap()
+/// A tag with a fresh id, named after `i`.
+fn numbered_tag(i: usize) -> Tag {
+    tag(Uuid::now_v7(), &format!("tag {i}"))
 }
 
 #[test]
 fn a_batch_is_one_row_of_many_entries() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = Library::create(tmp.path(), LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
-    let tags: Vec<Tag> = (0..1000).map(tag).collect();
+    let tags: Vec<Tag> = (0..1000).map(numbered_tag).collect();
     lib.commit_batch(tags.iter().map(Change::insert).collect())
         .unwrap();
     let (entries, rows) = lib
@@ -64,20 +54,8 @@ fn a_batch_is_one_row_of_many_entries() {
 fn device_local_values_keep_the_outbox() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = Library::create(tmp.path(), LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
-    let vol = Volume {
-        id: Uuid::now_v7(),
-        device: DEVICE,
-        name: "disk".into(),
-        fingerprint: "fp".into(),
-        mount_point: "/".into(),
-    };
-    let loc = Location {
-        id: Uuid::now_v7(),
-        device: DEVICE,
-        volume: vol.id,
-        path: "/x".into(),
-        name: "x".into(),
-    };
+    let vol = volume(Uuid::now_v7(), DEVICE, "disk", "fp");
+    let loc = location(Uuid::now_v7(), DEVICE, vol.id, "/x", "x");
     lib.commit_batch(vec![Change::insert(&vol), Change::insert(&loc)])
         .unwrap();
     lib.flush().unwrap();
@@ -85,18 +63,15 @@ fn device_local_values_keep_the_outbox() {
     // single commits, but not logged first: the inode is in no entry.
     let files: Vec<Change> = (0..100)
         .map(|i| {
-            Change::insert(&FileEntry {
-                id: Uuid::now_v7(),
-                device: DEVICE,
-                location: loc.id,
-                parent: None,
-                name: format!("f{i}"),
-                path: format!("f{i}"),
-                kind: entry_kind::FILE,
-                size: i,
-                modified: Some(i),
-                inode: Some(1000 + i),
-            })
+            Change::insert(&file(
+                Uuid::now_v7(),
+                DEVICE,
+                loc.id,
+                &format!("f{i}"),
+                i,
+                Some(i),
+                Some(1000 + i),
+            ))
         })
         .collect();
     lib.commit_batch(files).unwrap();
@@ -128,7 +103,7 @@ fn a_logged_batch_whose_commit_failed_is_applied_from_the_log() {
          BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
     )
     .unwrap();
-    let tags: Vec<Tag> = (0..100).map(tag).collect();
+    let tags: Vec<Tag> = (0..100).map(numbered_tag).collect();
     assert!(lib
         .commit_batch(tags.iter().map(Change::insert).collect())
         .is_err());
@@ -137,7 +112,7 @@ fn a_logged_batch_whose_commit_failed_is_applied_from_the_log() {
     raw.execute_batch("DROP TRIGGER fail").unwrap();
     drop(raw);
     // The next commit takes the next sequence number, not a logged one.
-    let after = lib.commit(Change::insert(&tag(1000))).unwrap();
+    let after = lib.commit(Change::insert(&numbered_tag(1000))).unwrap();
     assert_eq!(after.entries, vec![(DEVICE, 101)]);
     drop(lib);
     let lib = Library::open(&dir, DEVICE, Box::new(SystemClock)).unwrap();
@@ -165,7 +140,7 @@ fn a_log_of_one_row_per_entry_is_converted_on_open() {
     let dir = tmp.path().join("old");
     let lib = Library::create(&dir, LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
     for i in 0..5 {
-        lib.commit(Change::insert(&tag(i))).unwrap();
+        lib.commit(Change::insert(&numbered_tag(i))).unwrap();
     }
     let expected = all_entries(&lib);
     drop(lib);
@@ -228,7 +203,7 @@ fn a_log_of_one_row_per_entry_is_converted_on_open() {
     }
     assert_eq!(lib.with_log(|l| l.latest_seq()).unwrap(), Some(12));
     // And the log goes on.
-    let r = lib.commit(Change::insert(&tag(9))).unwrap();
+    let r = lib.commit(Change::insert(&numbered_tag(9))).unwrap();
     assert_eq!(r.entries, vec![(DEVICE, 6)]);
     assert_eq!(lib.with_log(|l| l.count()).unwrap(), 6);
 }
@@ -238,7 +213,7 @@ fn a_log_of_one_row_per_entry_is_converted_on_open() {
 fn fetches_and_pruning_inside_segments() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = Library::create(tmp.path(), LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
-    let tags: Vec<Tag> = (0..300).map(tag).collect();
+    let tags: Vec<Tag> = (0..300).map(numbered_tag).collect();
     for chunk in tags.chunks(100) {
         lib.commit_batch(chunk.iter().map(Change::insert).collect())
             .unwrap();
@@ -278,7 +253,7 @@ fn fetches_and_pruning_inside_segments() {
     let other = tempfile::tempdir().unwrap();
     let p = Library::create(other.path(), LIB, "p", peer, Box::new(SystemClock)).unwrap();
     for i in 0..10 {
-        p.commit(Change::insert(&tag(500 + i))).unwrap();
+        p.commit(Change::insert(&numbered_tag(500 + i))).unwrap();
     }
     let theirs = all_entries(&p);
     lib.apply_remote(&theirs[2..5]).unwrap();
@@ -304,7 +279,7 @@ fn fetches_and_pruning_inside_segments() {
 fn sequencing_continues_after_everything_numbered_was_pruned() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = Library::create(tmp.path(), LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
-    let tags: Vec<Tag> = (0..100).map(tag).collect();
+    let tags: Vec<Tag> = (0..100).map(numbered_tag).collect();
     lib.commit_batch(tags.iter().map(Change::insert).collect())
         .unwrap();
     assert_eq!(
@@ -316,7 +291,7 @@ fn sequencing_continues_after_everything_numbered_was_pruned() {
     assert_eq!(lib.with_log(|l| l.prune_covered(&horizon)).unwrap(), 100);
     assert_eq!(lib.with_log(|l| l.count()).unwrap(), 0);
     assert_eq!(lib.with_log(|l| l.latest_seq()).unwrap(), Some(100));
-    lib.commit(Change::insert(&tag(100))).unwrap();
+    lib.commit(Change::insert(&numbered_tag(100))).unwrap();
     assert_eq!(
         lib.with_log(|l| l.sequence_pending(1)).unwrap(),
         Some((101, 101))

@@ -1,22 +1,15 @@
 //! The write path end to end on real SQLite files: commits, batches, bulk, logs
 //! exchanged between replicas.
 
-use concord::digest::{digest, Scope};
 use concord::hlc::SystemClock;
-use concord::model::{entry_kind, FileEntry, Location, Tag, TagAssignment, Volume};
-use concord::sync::entry::{BulkOperation, LogEntry};
+use concord::model::{Tag, TagAssignment};
 use concord::{Change, Library, Uuid};
+
+mod support;
+use support::{all_entries, digest_all, file, initial_index, location, tag, volume};
 
 fn new_lib(dir: &std::path::Path, lib: Uuid, device: Uuid) -> Library {
     Library::create(dir, lib, "test", device, Box::new(SystemClock)).unwrap()
-}
-
-fn all_entries(l: &Library) -> Vec<LogEntry> {
-    l.with_log(|l| l.entries()).unwrap()
-}
-
-fn dig(l: &Library) -> String {
-    l.read(|c| digest(c, Scope::All)).unwrap().0
 }
 
 #[test]
@@ -27,11 +20,7 @@ fn tag_lifecycle_and_replication() {
     let a = new_lib(&tmp.path().join("a"), lib_id, da);
     let b = new_lib(&tmp.path().join("b"), lib_id, db);
 
-    let t = Tag {
-        id: Uuid::now_v7(),
-        name: "holiday".into(),
-        color: None,
-    };
+    let t = tag(Uuid::now_v7(), "holiday");
     a.commit(Change::insert(&t)).unwrap();
     a.commit(Change::update::<Tag>(t.id).set("name", "vacation"))
         .unwrap();
@@ -51,11 +40,11 @@ fn tag_lifecycle_and_replication() {
     assert_eq!(entries.len(), 4);
     let r = b.apply_remote(&entries).unwrap();
     assert_eq!(r.applied, 4, "{r:?}");
-    assert_eq!(dig(&a), dig(&b));
+    assert_eq!(digest_all(&a), digest_all(&b));
     // Duplicates change nothing.
     let r = b.apply_remote(&entries).unwrap();
     assert_eq!(r.duplicates, 4);
-    assert_eq!(dig(&a), dig(&b));
+    assert_eq!(digest_all(&a), digest_all(&b));
 }
 
 #[test]
@@ -65,56 +54,28 @@ fn batch_writes_one_entry_per_item_and_bulk_writes_one() {
     let a = new_lib(tmp.path(), Uuid::now_v7(), dev);
     let before = a.with_log(|l| l.count()).unwrap();
     let tags: Vec<Change> = (0..1000)
-        .map(|i| {
-            Change::insert(&Tag {
-                id: Uuid::now_v7(),
-                name: format!("t{i}"),
-                color: None,
-            })
-        })
+        .map(|i| Change::insert(&tag(Uuid::now_v7(), &format!("t{i}"))))
         .collect();
     a.commit_batch(tags).unwrap();
     assert_eq!(a.with_log(|l| l.count()).unwrap() - before, 1000);
 
-    let vol = Volume {
-        id: Uuid::now_v7(),
-        device: dev,
-        name: "v".into(),
-        fingerprint: "fp".into(),
-        mount_point: "/".into(),
-    };
-    let loc = Location {
-        id: Uuid::now_v7(),
-        device: dev,
-        volume: vol.id,
-        path: "/data".into(),
-        name: "data".into(),
-    };
+    let vol = volume(Uuid::now_v7(), dev, "v", "fp");
+    let loc = location(Uuid::now_v7(), dev, vol.id, "/data", "data");
     a.commit_batch(vec![Change::insert(&vol), Change::insert(&loc)])
         .unwrap();
     let before = a.with_log(|l| l.count()).unwrap();
-    let rows = (0..100_000).map(|i| FileEntry {
-        id: Uuid::now_v7(),
-        device: dev,
-        location: loc.id,
-        parent: None,
-        name: format!("f{i}"),
-        path: format!("f{i}"),
-        kind: entry_kind::FILE,
-        size: i,
-        modified: Some(0),
-        inode: Some(i),
+    let rows = (0..100_000).map(|i| {
+        file(
+            Uuid::now_v7(),
+            dev,
+            loc.id,
+            &format!("f{i}"),
+            i,
+            Some(0),
+            Some(i),
+        )
     });
-    a.commit_bulk(
-        rows,
-        BulkOperation::InitialIndex {
-            location: loc.id,
-            path: loc.path.clone(),
-            volume_fingerprint: "fp".into(),
-            count: 0,
-        },
-    )
-    .unwrap();
+    a.commit_bulk(rows, initial_index(&loc, "fp")).unwrap();
     let after = all_entries(&a);
     assert_eq!(after.len() as u64 - before, 1, "one bulk entry");
     let bulk = after.last().unwrap();
@@ -149,7 +110,7 @@ fn membership_and_cascade() {
     let eb = all_entries(&b);
     a.apply_remote(&eb).unwrap();
     b.apply_remote(&ea).unwrap();
-    assert_eq!(dig(&a), dig(&b));
+    assert_eq!(digest_all(&a), digest_all(&b));
     let n: i64 = b
         .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tag_assignments", [], |r| r.get(0))?))
         .unwrap();
