@@ -285,13 +285,11 @@ impl SyncLog {
     /// Highest HLC time of any entry ever logged (pruned ones included) or
     /// absorbed outside the log (snapshot rows, see `raise_hlc_floor`).
     pub fn max_hlc(&self) -> Result<u64> {
-        let v: Option<i64> = self.conn.query_row(
-            "SELECT MAX(m) FROM (SELECT MAX(max_hlc) AS m FROM origins
-             UNION ALL SELECT value FROM meta WHERE key = ?1)",
-            [key::HLC_FLOOR],
-            |r| r.get(0),
-        )?;
-        Ok(v.unwrap_or(0) as u64)
+        let logged: Option<i64> =
+            self.conn
+                .query_row("SELECT MAX(max_hlc) FROM origins", [], |r| r.get(0))?;
+        let absorbed: Option<i64> = meta_get(&self.conn, key::HLC_FLOOR)?;
+        Ok(logged.max(absorbed).unwrap_or(0) as u64)
     }
 
     /// Highest local position (a segment's `id`), 0 when empty.
