@@ -3,7 +3,7 @@
 //! A model is described once, by `#[derive(Syncable)]`, as a static [`ModelInfo`]:
 //! its name, table, ownership and fields. The store builds its tables from that
 //! description and the merge code works on it generically, so the conflict rules
-//! live in one place (`sync/apply.rs`) rather than once per model. The contract
+//! live in one place (`sync/apply/`) rather than once per model. The contract
 //! is in [`contract`], the models in [`types`]; this file lists them.
 
 mod contract;
