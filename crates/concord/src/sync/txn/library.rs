@@ -205,15 +205,15 @@ impl Library {
     /// Apply log entries past the watermark, move the outbox into the log, and
     /// seed the HLC and the next `origin_seq` from what is durable.
     fn recover(&self) -> Result<()> {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         // Apply the log past the watermark before moving the outbox: the flush
         // advances the watermark to the end of the log, which would skip remote
         // entries a crash left logged but not applied.
-        self.replay_log(&mut inner)?;
+        self.replay_log(inner)?;
         // Entries an older version left in the outbox tables before v4; from
         // here on only `outbox_segments` is used.
         let legacy = legacy_outbox_runs(&inner.lib)?;
-        let inner = &mut *inner;
         move_to_log(&mut inner.lib, &mut inner.log, legacy, LEGACY_OUTBOX_TABLES)?;
         inner.flush_outbox()?;
         self.hlc.observe_floor(inner.log.max_hlc()?);
