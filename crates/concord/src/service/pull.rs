@@ -17,21 +17,11 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::protocol::{Msg, PullCursor, SnapshotRow, MAX_SNAPSHOT_ROWS};
-use super::SyncService;
+use super::report::PullProgress;
+use super::state::SyncService;
 use crate::error::{Error, Result};
 use crate::model::{FileEntry, ModelInfo, Syncable, Value};
 use crate::sync::txn::Library;
-
-/// Progress of a pull, for `sync status`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PullProgress {
-    pub location: Uuid,
-    pub done: u64,
-    pub total: u64,
-    /// Rows per second so far.
-    pub rate: f64,
-    pub finished: bool,
-}
 
 /// What a pull transferred.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -1,0 +1,189 @@
+//! The follower role: propose this device's own entries to the leader (or, with
+//! no leader reachable, push them to whoever is), and catch up with the leader
+//! by cursor, reconciling first whenever the cursor is not valid for the term.
+
+use std::sync::atomic::Ordering;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::protocol::{Msg, Role, Term, MAX_BATCH_ENTRIES};
+use super::state::SyncService;
+
+impl SyncService {
+    /// Follower: send our own unproposed entries to the leader; without a
+    /// reachable leader, push them to whoever is reachable.
+    pub(super) async fn propose(&self) {
+        let me = self.shared.me;
+        // Never below what the leader last reported holding of ours (a restart
+        // forgets `proposed_upto`; a reconcile tells it again).
+        let (leader, upto) = {
+            let st = self.st();
+            let held = st
+                .peers
+                .get(&st.term.leader)
+                .and_then(|p| p.vv.get(&me).copied())
+                .unwrap_or(0);
+            (st.term.leader, st.proposed_upto.max(held))
+        };
+        let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
+        let entries = match self
+            .blocking(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch)))
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => return self.note_error(e),
+        };
+        if entries.is_empty() {
+            return;
+        }
+        let top = entries.iter().map(|e| e.origin_seq).max().unwrap_or(upto);
+        let full = entries.len() == batch;
+        let delivered = if leader != Uuid::nil() && leader != me {
+            let proposal = Msg::ProposeEntries {
+                entries: entries.clone(),
+            };
+            match self.send(leader, proposal).await {
+                Ok(reply @ (Msg::Ok | Msg::Sequenced { .. })) => {
+                    if let Err(e) = self.on_taken(leader, reply).await {
+                        self.note_error(e);
+                    }
+                    true
+                }
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if delivered {
+            self.st().proposed_upto = top;
+            if full {
+                self.shared.wake.notify_one();
+            }
+        } else {
+            // No leader: spread directly (DESIGN §5: keep syncing with whoever is reachable).
+            for peer in self.online_peers().await {
+                let push = Msg::PushEntries {
+                    entries: entries.clone(),
+                };
+                if let Ok(reply @ Msg::Sequenced { .. }) = self.send(peer, push).await {
+                    if let Err(e) = self.on_taken(peer, reply).await {
+                        self.note_error(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn online_peers(&self) -> Vec<Uuid> {
+        let members = self.members().await;
+        let window = self.shared.config.leader_timeout;
+        let st = self.st();
+        members
+            .into_iter()
+            .filter(|d| {
+                st.peers
+                    .get(d)
+                    .and_then(|p| p.last_contact)
+                    .is_some_and(|t| t.elapsed() <= window)
+            })
+            .collect()
+    }
+
+    /// Bring this device up to date with its leader (or, leaderless, with peers).
+    pub(super) async fn catch_up(&self) {
+        // A wake-up that arrives while a catch-up runs is not lost: the runner
+        // goes round again (the same pattern as `kick_changes`).
+        self.shared.catch_up_wanted.store(true, Ordering::SeqCst);
+        loop {
+            {
+                let Ok(_running) = self.shared.fetching.try_lock() else {
+                    return;
+                };
+                while self.shared.catch_up_wanted.swap(false, Ordering::SeqCst) {
+                    self.catch_up_once().await;
+                }
+            }
+            if !self.shared.catch_up_wanted.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+    }
+
+    async fn catch_up_once(&self) {
+        let (role, term, cursor_term) = {
+            let st = self.st();
+            (st.role, st.term, st.cursor_term)
+        };
+        if role == Role::Leader || term.leader == Uuid::nil() {
+            return;
+        }
+        if cursor_term != Some(term) {
+            if self.reconcile_with(term.leader).await.is_ok() {
+                self.st().cursor_term = Some(term);
+            }
+            self.propose().await;
+            return;
+        }
+        self.fetch_from_leader(term).await;
+    }
+
+    /// Follower: fetch sequenced entries from the leader by cursor.
+    pub(super) async fn fetch_from_leader(&self, term: Term) {
+        loop {
+            let since = self.st().cursor;
+            let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
+            match self
+                .send(
+                    term.leader,
+                    Msg::FetchEntries {
+                        term,
+                        since_seq: since,
+                        limit,
+                    },
+                )
+                .await
+            {
+                Ok(Msg::EntriesResponse { entries, has_more }) => {
+                    let top = entries
+                        .iter()
+                        .filter_map(|e| e.lib_seq)
+                        .max()
+                        .unwrap_or(since);
+                    if let Err(e) = self.apply(entries).await {
+                        return self.note_error(e);
+                    }
+                    {
+                        let mut st = self.st();
+                        if st.term == term {
+                            st.cursor = st.cursor.max(top);
+                            st.last_leader_contact = Instant::now();
+                        }
+                    }
+                    if !has_more {
+                        break;
+                    }
+                }
+                Ok(Msg::SyncRequired { reason }) => {
+                    tracing::info!(library = %self.shared.lib.id(), "leader requires sync: {reason}");
+                    self.st().cursor_term = None;
+                    self.shared.wake.notify_one();
+                    return;
+                }
+                Ok(_) | Err(_) => return,
+            }
+        }
+        let up_to_seq = self.st().cursor;
+        let vv = self.version_vector().await;
+        let _ = self
+            .send(
+                term.leader,
+                Msg::Acknowledge {
+                    term,
+                    up_to_seq,
+                    vv,
+                },
+            )
+            .await;
+    }
+}

@@ -1,0 +1,343 @@
+//! The SyncService's ground floor: its settings, the state every role reads
+//! and writes, and the primitives all roles share (the state lock, SQLite work
+//! off the async threads, membership, term adoption, applying entries).
+//!
+//! Every other module of the service adds an `impl SyncService` block for one
+//! role on top of this one; this module imports none of them, so data flows
+//! one way (see `mod.rs` for the layering).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::protocol::{Role, Term};
+use super::report::{PeerStatus, PullProgress, Stats, SyncStatus};
+use super::store::vv_lag;
+use super::transport::Transport;
+use crate::error::{Error, Result};
+use crate::sync::entry::LogEntry;
+use crate::sync::log::VersionVector;
+use crate::sync::txn::{ApplyReport, Library};
+
+/// Settings of the sync service.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub heartbeat_interval: Duration,
+    pub leader_timeout: Duration,
+    /// Entries per fetch or push.
+    pub fetch_batch: usize,
+    /// Devices silent for longer stop holding the log (and get a snapshot).
+    pub retention: Duration,
+    /// Run SQLite work inline on the async task instead of `spawn_blocking`
+    /// (the deterministic simulation needs this).
+    pub inline_blocking: bool,
+    /// Longest wait for a response. Heartbeats, probes and notifications wait
+    /// at most one `heartbeat_interval`, so an unreachable device never stalls
+    /// an election or a push for longer than that.
+    pub request_timeout: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(30),
+            leader_timeout: Duration::from_secs(60),
+            fetch_batch: 1000,
+            retention: Duration::from_secs(30 * 24 * 3600),
+            inline_blocking: false,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What this device knows about another member.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PeerInfo {
+    pub(super) vv: VersionVector,
+    pub(super) last_seen_ms: Option<u64>,
+    pub(super) last_contact: Option<Instant>,
+    pub(super) acked_seq: u64,
+}
+
+pub(super) struct State {
+    pub(super) term: Term,
+    pub(super) role: Role,
+    pub(super) last_leader_contact: Instant,
+    /// Follower: the leader sequence applied so far, valid for `cursor_term`.
+    pub(super) cursor: u64,
+    pub(super) cursor_term: Option<Term>,
+    /// Highest own `origin_seq` the leader has taken.
+    pub(super) proposed_upto: u64,
+    pub(super) peers: BTreeMap<Uuid, PeerInfo>,
+    pub(super) stats: Stats,
+    /// Leader only: highest sequence assigned.
+    pub(super) seq: u64,
+    /// Remote-browsing pulls of this run, by location.
+    pub(super) pulls: BTreeMap<Uuid, PullProgress>,
+    /// Leader only: ranges sequenced while taking a follower's entries, whose
+    /// `NewEntries` the next propagation sends (in order, before its own range).
+    pub(super) unnotified: Vec<Notice>,
+}
+
+/// Leader: a sequenced range the other followers still have to hear of.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Notice {
+    pub(super) term: Term,
+    pub(super) from_seq: u64,
+    pub(super) to_seq: u64,
+    /// The follower told in the reply to its `ProposeEntries`/`PushEntries`
+    /// (`Sequenced`): it gets no `NewEntries` for this range.
+    pub(super) told: Option<Uuid>,
+}
+
+pub(super) struct ServiceShared {
+    pub(super) lib: Arc<Library>,
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) config: SyncConfig,
+    pub(super) me: Uuid,
+    pub(super) state: Mutex<State>,
+    pub(super) next_id: AtomicU64,
+    /// Wakes the main loop (fetch needed, role changed).
+    pub(super) wake: Notify,
+    /// One fetch/reconcile at a time.
+    pub(super) fetching: tokio::sync::Mutex<()>,
+    pub(super) catch_up_wanted: AtomicBool,
+    /// Change propagation runs off the main loop, one run at a time.
+    pub(super) changed: AtomicBool,
+    pub(super) propagating: tokio::sync::Mutex<()>,
+    /// Leader: taking a follower's entries and sequencing them is one step
+    /// against every other sequencing, so the range it gets holds them.
+    pub(super) sequencing: tokio::sync::Mutex<()>,
+    /// Asks the main loop to propagate (a range waits in `unnotified`).
+    pub(super) kick: Notify,
+    /// At most one heartbeat/election round at a time.
+    pub(super) ticking: AtomicBool,
+    pub(super) stop: watch::Sender<bool>,
+}
+
+/// A running sync service for one library. Cheap to clone.
+#[derive(Clone)]
+pub struct SyncService {
+    pub(super) shared: Arc<ServiceShared>,
+}
+
+impl SyncService {
+    /// Create the service (call [`SyncService::run`] to start it).
+    pub fn new(
+        lib: Arc<Library>,
+        transport: Arc<dyn Transport>,
+        config: SyncConfig,
+    ) -> Result<Self> {
+        let me = lib.device();
+        let stored = lib.with_log(|l| l.term())?;
+        let term = stored.unwrap_or(Term {
+            epoch: 0,
+            leader: Uuid::nil(),
+        });
+        let role = if term.leader == me {
+            Role::Leader
+        } else {
+            Role::Follower
+        };
+        let seq = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            shared: Arc::new(ServiceShared {
+                lib,
+                transport,
+                me,
+                state: Mutex::new(State {
+                    term,
+                    role,
+                    last_leader_contact: Instant::now(),
+                    cursor: 0,
+                    cursor_term: None,
+                    proposed_upto: 0,
+                    peers: BTreeMap::new(),
+                    stats: Stats::default(),
+                    seq,
+                    pulls: BTreeMap::new(),
+                    unnotified: Vec::new(),
+                }),
+                config,
+                next_id: AtomicU64::new(1),
+                wake: Notify::new(),
+                fetching: tokio::sync::Mutex::new(()),
+                catch_up_wanted: AtomicBool::new(false),
+                changed: AtomicBool::new(false),
+                propagating: tokio::sync::Mutex::new(()),
+                sequencing: tokio::sync::Mutex::new(()),
+                kick: Notify::new(),
+                ticking: AtomicBool::new(false),
+                stop,
+            }),
+        })
+    }
+
+    pub fn library(&self) -> &Arc<Library> {
+        &self.shared.lib
+    }
+
+    /// Ask the main loop to end.
+    pub fn stop(&self) {
+        let _ = self.shared.stop.send(true);
+    }
+
+    pub(super) fn st(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn role(&self) -> Role {
+        self.st().role
+    }
+
+    pub fn term(&self) -> Term {
+        self.st().term
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        self.shared.lib.hlc().now_ms()
+    }
+
+    /// Run SQLite work off the async threads (or inline for the simulation).
+    pub(super) async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Library) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        if self.shared.config.inline_blocking {
+            return f(&self.shared.lib);
+        }
+        let lib = self.shared.lib.clone();
+        tokio::task::spawn_blocking(move || f(&lib))
+            .await
+            .map_err(|e| Error::Other(format!("worker failed: {e}")))?
+    }
+
+    /// Registered member devices other than this one.
+    pub(super) async fn members(&self) -> Vec<Uuid> {
+        let me = self.shared.me;
+        self.blocking(move |lib| {
+            lib.read(|c| {
+                let mut stmt = c.prepare_cached("SELECT uuid FROM devices ORDER BY uuid")?;
+                let rows = stmt.query_map([], |r| r.get::<_, Uuid>(0))?;
+                Ok(rows.filter_map(|r| r.ok()).filter(|d| *d != me).collect())
+            })
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    pub(super) async fn is_member(&self, device: Uuid) -> bool {
+        self.members().await.contains(&device)
+    }
+
+    pub(super) fn note_error(&self, e: impl std::fmt::Display) {
+        let msg = e.to_string();
+        tracing::warn!(library = %self.shared.lib.id(), "sync: {msg}");
+        self.st().stats.last_error = Some(msg);
+    }
+
+    /// Adopt a newer term (or ignore an older one). Returns whether it changed.
+    pub(super) fn adopt(&self, term: Term) -> bool {
+        let me = self.shared.me;
+        let mut st = self.st();
+        if term <= st.term {
+            return false;
+        }
+        tracing::info!(library = %self.shared.lib.id(), epoch = term.epoch, leader = %term.leader, "new term");
+        st.term = term;
+        st.role = if term.leader == me {
+            Role::Leader
+        } else {
+            Role::Follower
+        };
+        st.cursor_term = None;
+        st.unnotified.clear(); // ranges of the old term
+        st.last_leader_contact = Instant::now();
+        drop(st);
+        let _ = self.shared.lib.with_log(|l| l.set_term(term));
+        self.shared.wake.notify_one();
+        true
+    }
+
+    pub(super) async fn version_vector(&self) -> VersionVector {
+        self.blocking(|lib| lib.with_log(|l| l.version_vector()))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Apply entries from a peer through the TransactionManager. The sequence
+    /// numbers are the sender's; this log keeps its own.
+    pub(super) async fn apply(&self, mut entries: Vec<LogEntry>) -> Result<ApplyReport> {
+        if entries.is_empty() {
+            return Ok(ApplyReport::default());
+        }
+        for e in &mut entries {
+            e.lib_seq = None;
+            e.epoch = None;
+        }
+        let n = entries.len() as u64;
+        let report = self.blocking(move |lib| lib.apply_remote(&entries)).await?;
+        let mut st = self.st();
+        st.stats.received += n;
+        st.stats.applied += report.applied as u64;
+        st.stats.refused += report.refused as u64;
+        st.stats.rejected += report.rejected.len() as u64;
+        if let Some(first) = report.rejected.first() {
+            tracing::warn!(library = %self.shared.lib.id(), rejected = report.rejected.len(), "entries rejected: {first}");
+            st.stats.last_error = Some(first.clone());
+        }
+        Ok(report)
+    }
+
+    /// `sync status`.
+    pub async fn status(&self) -> Result<SyncStatus> {
+        let members = self.members().await;
+        let (vv, conflicts, latest, log_entries) = self
+            .blocking(|lib| {
+                let vv = lib.with_log(|l| l.version_vector())?;
+                let latest = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
+                let log_entries = lib.with_log(|l| l.count())?;
+                let conflicts = lib.read(|c| {
+                    Ok(c.query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get::<_, i64>(0))?)
+                })?;
+                Ok((vv, conflicts as u64, latest, log_entries))
+            })
+            .await?;
+        let window = self.shared.config.leader_timeout;
+        let st = self.st();
+        let peers = members
+            .iter()
+            .map(|d| {
+                let p = st.peers.get(d).cloned().unwrap_or_default();
+                PeerStatus {
+                    device_id: *d,
+                    online: p.last_contact.is_some_and(|t| t.elapsed() <= window),
+                    lag_entries: vv_lag(&vv, &p.vv),
+                    last_seen: p.last_seen_ms,
+                }
+            })
+            .collect();
+        Ok(SyncStatus {
+            leader: st.term.leader,
+            epoch: st.term.epoch,
+            role: st.role,
+            seq: if st.role == Role::Leader {
+                latest
+            } else {
+                st.cursor
+            },
+            version_vector: vv,
+            peers,
+            conflicts,
+            log_entries,
+            pulls: st.pulls.values().cloned().collect(),
+            stats: st.stats.clone(),
+        })
+    }
+}
