@@ -13,7 +13,7 @@ use crate::sync::entry::LogEntry;
 impl SyncService {
     /// Refuse a message from an older term; adopt a newer one.
     pub(super) fn fence(&self, term: Term) -> Option<Msg> {
-        let mine = self.st().term;
+        let mine = self.state().term;
         if term < mine {
             return Some(Msg::StaleTerm { term: mine });
         }
@@ -35,24 +35,24 @@ impl SyncService {
         entries: Option<Vec<LogEntry>>,
     ) -> Result<()> {
         let in_step = {
-            let mut st = self.st();
+            let mut state = self.state();
             if term.leader == from {
-                st.last_leader_contact = Instant::now();
+                state.last_leader_contact = Instant::now();
             }
-            st.cursor_term == Some(term) && st.cursor.saturating_add(1) >= from_seq
+            state.cursor_term == Some(term) && state.cursor.saturating_add(1) >= from_seq
         };
         if let (true, Some(entries)) = (in_step, entries) {
             // Everything up to `to_seq` this device lacks is here.
             self.apply(entries).await?;
-            let mut st = self.st();
-            if st.cursor_term == Some(term) {
-                st.cursor = st.cursor.max(to_seq);
+            let mut state = self.state();
+            if state.cursor_term == Some(term) {
+                state.cursor = state.cursor.max(to_seq);
             }
             return Ok(());
         }
-        let st = self.st();
-        let behind = st.cursor_term != Some(term) || st.cursor < to_seq;
-        drop(st);
+        let state = self.state();
+        let behind = state.cursor_term != Some(term) || state.cursor < to_seq;
+        drop(state);
         if behind {
             self.shared.wake.notify_one();
         }

@@ -16,10 +16,7 @@ use super::state::SyncService;
 impl SyncService {
     /// React to new local entries (and, on the leader, any new entries).
     pub(super) async fn on_change(&self) {
-        let (role, term) = {
-            let st = self.st();
-            (st.role, st.term)
-        };
+        let (role, term) = self.role_and_term();
         match role {
             Role::Leader => self.sequence_and_notify(term).await,
             Role::Follower => self.propose().await,
@@ -29,8 +26,8 @@ impl SyncService {
     /// Heartbeat tick: leaders heartbeat and prune; followers watch the leader.
     pub(super) async fn tick(&self) {
         let (role, term, since) = {
-            let st = self.st();
-            (st.role, st.term, st.last_leader_contact.elapsed())
+            let state = self.state();
+            (state.role, state.term, state.last_leader_contact.elapsed())
         };
         match role {
             Role::Leader => {
@@ -51,13 +48,13 @@ impl SyncService {
     pub(super) async fn elect(&self) {
         let members = self.members().await;
         let (term, cursor) = {
-            let st = self.st();
-            (st.term, st.cursor)
+            let state = self.state();
+            (state.term, state.cursor)
         };
         let vv = self.version_vector().await;
         let mut tasks = tokio::task::JoinSet::new();
         for to in members {
-            let me = self.clone();
+            let service = self.clone();
             let msg = Msg::Heartbeat {
                 term,
                 role: Role::Follower,
@@ -65,7 +62,7 @@ impl SyncService {
                 vv: vv.clone(),
                 horizon: None,
             };
-            tasks.spawn(async move { (to, me.probe(to, msg).await) });
+            tasks.spawn(async move { (to, service.probe(to, msg).await) });
         }
         let mut reachable = vec![self.shared.me];
         let mut top_epoch = term.epoch;
@@ -84,11 +81,11 @@ impl SyncService {
                 }
             }
         }
-        if self.st().term != term {
+        if self.state().term != term {
             return; // a newer term arrived while probing
         }
         if leader_alive {
-            self.st().last_leader_contact = Instant::now();
+            self.state().last_leader_contact = Instant::now();
             self.shared.wake.notify_one();
             return;
         }
@@ -104,7 +101,7 @@ impl SyncService {
             self.on_change().await;
         } else {
             // Let the higher device take over; meanwhile sync directly with it.
-            self.st().last_leader_contact = Instant::now();
+            self.state().last_leader_contact = Instant::now();
             if let Err(e) = self.reconcile_with(winner).await {
                 tracing::debug!(peer = %winner, "leaderless reconcile failed: {e}");
             }

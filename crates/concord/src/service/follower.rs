@@ -18,17 +18,17 @@ impl SyncService {
         // Never below what the leader last reported holding of ours (a restart
         // forgets `proposed_upto`; a reconcile tells it again).
         let (leader, upto) = {
-            let st = self.st();
-            let held = st
+            let state = self.state();
+            let held = state
                 .peers
-                .get(&st.term.leader)
+                .get(&state.term.leader)
                 .and_then(|p| p.vv.get(&me).copied())
                 .unwrap_or(0);
-            (st.term.leader, st.proposed_upto.max(held))
+            (state.term.leader, state.proposed_upto.max(held))
         };
         let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
         let entries = match self
-            .blocking(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch)))
+            .run_sqlite(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch)))
             .await
         {
             Ok(e) => e,
@@ -56,7 +56,7 @@ impl SyncService {
             false
         };
         if delivered {
-            self.st().proposed_upto = top;
+            self.state().proposed_upto = top;
             if full {
                 self.shared.wake.notify_one();
             }
@@ -78,11 +78,12 @@ impl SyncService {
     async fn online_peers(&self) -> Vec<Uuid> {
         let members = self.members().await;
         let window = self.shared.config.leader_timeout;
-        let st = self.st();
+        let state = self.state();
         members
             .into_iter()
             .filter(|d| {
-                st.peers
+                state
+                    .peers
                     .get(d)
                     .and_then(|p| p.last_contact)
                     .is_some_and(|t| t.elapsed() <= window)
@@ -112,15 +113,15 @@ impl SyncService {
 
     async fn catch_up_once(&self) {
         let (role, term, cursor_term) = {
-            let st = self.st();
-            (st.role, st.term, st.cursor_term)
+            let state = self.state();
+            (state.role, state.term, state.cursor_term)
         };
         if role == Role::Leader || term.leader == Uuid::nil() {
             return;
         }
         if cursor_term != Some(term) {
             if self.reconcile_with(term.leader).await.is_ok() {
-                self.st().cursor_term = Some(term);
+                self.state().cursor_term = Some(term);
             }
             self.propose().await;
             return;
@@ -131,7 +132,7 @@ impl SyncService {
     /// Follower: fetch sequenced entries from the leader by cursor.
     pub(super) async fn fetch_from_leader(&self, term: Term) {
         loop {
-            let since = self.st().cursor;
+            let since = self.state().cursor;
             let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
             match self
                 .send(
@@ -154,10 +155,10 @@ impl SyncService {
                         return self.note_error(e);
                     }
                     {
-                        let mut st = self.st();
-                        if st.term == term {
-                            st.cursor = st.cursor.max(top);
-                            st.last_leader_contact = Instant::now();
+                        let mut state = self.state();
+                        if state.term == term {
+                            state.cursor = state.cursor.max(top);
+                            state.last_leader_contact = Instant::now();
                         }
                     }
                     if !has_more {
@@ -166,14 +167,14 @@ impl SyncService {
                 }
                 Ok(Msg::SyncRequired { reason }) => {
                     tracing::info!(library = %self.shared.lib.id(), "leader requires sync: {reason}");
-                    self.st().cursor_term = None;
+                    self.state().cursor_term = None;
                     self.shared.wake.notify_one();
                     return;
                 }
                 Ok(_) | Err(_) => return,
             }
         }
-        let up_to_seq = self.st().cursor;
+        let up_to_seq = self.state().cursor;
         let vv = self.version_vector().await;
         let _ = self
             .send(

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term, MAX_BATCH_ENTRIES, MAX_INLINE_ENTRIES};
-use super::state::{Notice, SyncService};
+use super::state::{one_page, Notice, SyncService};
 use super::store::{vv_covers, vv_min};
 use crate::error::Result;
 use crate::sync::entry::LogEntry;
@@ -30,7 +30,7 @@ impl SyncService {
         let now = self.now_ms();
         let members = self.members().await;
         let Ok((acks, registered, mine)) = self
-            .blocking(|lib| {
+            .run_sqlite(|lib| {
                 let acks = lib.with_log(|l| l.acks())?;
                 let registered: HashMap<Uuid, u64> = lib.read(|c| {
                     let mut stmt = c.prepare_cached("SELECT uuid, _hlc FROM devices")?;
@@ -70,10 +70,10 @@ impl SyncService {
         let members = self.members().await;
         let horizon = self.horizon().await;
         let vv = self.version_vector().await;
-        let seq = self.st().seq;
+        let seq = self.state().seq;
         let mut tasks = tokio::task::JoinSet::new();
         for to in members {
-            let me = self.clone();
+            let service = self.clone();
             let msg = Msg::Heartbeat {
                 term,
                 role: Role::Leader,
@@ -81,7 +81,7 @@ impl SyncService {
                 vv: vv.clone(),
                 horizon: Some(horizon.clone()),
             };
-            tasks.spawn(async move { (to, me.probe(to, msg).await) });
+            tasks.spawn(async move { (to, service.probe(to, msg).await) });
         }
         let mut differing = Vec::new();
         while let Some(done) = tasks.join_next().await {
@@ -90,15 +90,15 @@ impl SyncService {
                 let now = self.now_ms();
                 let ack = theirs.clone();
                 let _ = self
-                    .blocking(move |lib| lib.with_log(|l| l.record_ack(from, &ack, now)))
+                    .run_sqlite(move |lib| lib.with_log(|l| l.record_ack(from, &ack, now)))
                     .await;
                 if !vv_covers(&theirs, &vv) || !vv_covers(&vv, &theirs) {
                     differing.push(from);
                 }
-                self.st().peers.entry(from).or_default().vv = theirs;
+                self.state().peers.entry(from).or_default().vv = theirs;
             }
         }
-        if self.st().term != term {
+        if self.state().term != term {
             return; // stepped down meanwhile
         }
         for peer in differing {
@@ -109,7 +109,7 @@ impl SyncService {
         if !horizon.is_empty() {
             let h = horizon.clone();
             match self
-                .blocking(move |lib| lib.with_log(|l| l.prune_covered(&h)))
+                .run_sqlite(move |lib| lib.with_log(|l| l.prune_covered(&h)))
                 .await
             {
                 Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned entries every device holds"),
@@ -124,7 +124,7 @@ impl SyncService {
     pub(super) async fn sequence_and_notify(&self, term: Term) {
         let notices = {
             let _sequencing = self.shared.sequencing.lock().await;
-            let mut notices = std::mem::take(&mut self.st().unnotified);
+            let mut notices = std::mem::take(&mut self.state().unnotified);
             notices.retain(|n| n.term == term);
             match self.sequence(term).await {
                 Ok(Some((from_seq, to_seq))) => notices.push(Notice {
@@ -145,10 +145,10 @@ impl SyncService {
     async fn sequence(&self, term: Term) -> Result<Option<(u64, u64)>> {
         let epoch = term.epoch;
         let range = self
-            .blocking(move |lib| lib.with_log(|l| l.sequence_pending(epoch)))
+            .run_sqlite(move |lib| lib.with_log(|l| l.sequence_pending(epoch)))
             .await?;
         if let Some((_, to_seq)) = range {
-            self.st().seq = to_seq;
+            self.state().seq = to_seq;
         }
         Ok(range)
     }
@@ -160,8 +160,9 @@ impl SyncService {
             return;
         };
         let targets: Vec<Uuid> = {
-            let st = self.st();
-            st.peers
+            let state = self.state();
+            state
+                .peers
                 .iter()
                 .filter(|(_, p)| p.last_contact.is_some())
                 .map(|(d, _)| *d)
@@ -195,11 +196,11 @@ impl SyncService {
             if msgs.is_empty() {
                 continue;
             }
-            let me = self.clone();
+            let service = self.clone();
             tasks.spawn(async move {
                 for msg in msgs {
                     // Unreachable: it catches up from a later heartbeat.
-                    if me.probe(to, msg).await.is_err() {
+                    if service.probe(to, msg).await.is_err() {
                         break;
                     }
                 }
@@ -215,7 +216,7 @@ impl SyncService {
         if count == 0 || count > MAX_BATCH_ENTRIES {
             return None;
         }
-        self.blocking(move |lib| lib.with_log(|l| l.fetch_since_seq(from_seq - 1, count)))
+        self.run_sqlite(move |lib| lib.with_log(|l| l.fetch_since_seq(from_seq - 1, count)))
             .await
             .ok()
             .filter(|e| e.len() == count && e.last().and_then(|e| e.lib_seq) == Some(to_seq))
@@ -235,7 +236,7 @@ impl SyncService {
         held: &HashSet<(Uuid, u64)>,
     ) -> Option<Vec<LogEntry>> {
         let all = all?;
-        let known = self.st().peers.get(&to).map(|p| p.vv.clone());
+        let known = self.state().peers.get(&to).map(|p| p.vv.clone());
         let lacks: Vec<LogEntry> = all
             .iter()
             .filter(|e| e.lib_seq.is_some_and(|s| (from_seq..=to_seq).contains(&s)))
@@ -270,15 +271,15 @@ impl SyncService {
             let _sequencing = self.shared.sequencing.lock().await;
             self.apply(entries).await?;
             {
-                let st = self.st();
-                if st.role != Role::Leader || st.term != term {
+                let state = self.state();
+                if state.role != Role::Leader || state.term != term {
                     return Ok(Msg::Ok); // stepped down meanwhile
                 }
             }
             let Some((from_seq, to_seq)) = self.sequence(term).await? else {
                 return Ok(Msg::Ok); // nothing new: sequenced (and notified) before
             };
-            self.st().unnotified.push(Notice {
+            self.state().unnotified.push(Notice {
                 term,
                 from_seq,
                 to_seq,
@@ -294,5 +295,39 @@ impl SyncService {
             to_seq,
             entries: self.lacking(from, all.as_deref(), from_seq, to_seq, &held),
         })
+    }
+
+    /// `FetchEntries`: a follower fetching by cursor, in this leader's term.
+    pub(super) async fn serve_fetch(&self, term: Term, since_seq: u64, limit: u32) -> Result<Msg> {
+        let (role, mine) = self.role_and_term();
+        if role != Role::Leader || term < mine {
+            return Ok(Msg::StaleTerm { term: mine });
+        }
+        if term != mine {
+            return Ok(Msg::SyncRequired {
+                reason: "term mismatch".into(),
+            });
+        }
+        let limit = (limit as usize).clamp(1, MAX_BATCH_ENTRIES);
+        let entries = self
+            .run_sqlite(move |lib| lib.with_log(|l| l.fetch_since_seq(since_seq, limit + 1)))
+            .await?;
+        let (entries, has_more) = one_page(entries, limit);
+        Ok(Msg::EntriesResponse { entries, has_more })
+    }
+
+    /// `Acknowledge`: how far a follower got; feeds the pruning horizon.
+    pub(super) async fn on_acknowledge(
+        &self,
+        from: Uuid,
+        up_to_seq: u64,
+        vv: VersionVector,
+    ) -> Result<Msg> {
+        let now = self.now_ms();
+        self.state().peers.entry(from).or_default().acked_seq = up_to_seq;
+        self.state().peers.entry(from).or_default().vv = vv.clone();
+        self.run_sqlite(move |lib| lib.with_log(|l| l.record_ack(from, &vv, now)))
+            .await?;
+        Ok(Msg::Ok)
     }
 }

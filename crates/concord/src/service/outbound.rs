@@ -5,7 +5,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::protocol::{Envelope, Msg};
@@ -49,7 +48,7 @@ impl SyncService {
             from: self.shared.me,
             msg,
         };
-        self.st().stats.sent += 1;
+        self.state().stats.sent += 1;
         let reply = match tokio::time::timeout(limit, self.shared.transport.request(to, env)).await
         {
             Ok(r) => r,
@@ -58,12 +57,10 @@ impl SyncService {
         match &reply {
             Ok(r) => {
                 let now = self.now_ms();
-                let mut st = self.st();
-                let p = st.peers.entry(to).or_default();
-                p.last_seen_ms = Some(now);
-                p.last_contact = Some(Instant::now());
+                let mut state = self.state();
+                state.peers.entry(to).or_default().heard_from(now);
                 if let Msg::StaleTerm { term } = r.msg {
-                    drop(st);
+                    drop(state);
                     self.adopt(term);
                 }
             }

@@ -134,7 +134,7 @@ impl SyncService {
     pub async fn pull_location(&self, location: Uuid) -> Result<PullReport> {
         let me = self.shared.me;
         let (owner, since) = self
-            .blocking(move |lib| {
+            .run_sqlite(move |lib| {
                 lib.read(|c| {
                     let owner: Option<Uuid> = c
                         .query_row(
@@ -201,10 +201,10 @@ impl SyncService {
             }
             report.pages += 1;
             report.rows += rows.len() as u64;
-            self.blocking(move |lib| super::snapshot::apply(lib, rows, Vec::new(), Vec::new()))
+            self.run_sqlite(move |lib| super::snapshot::apply(lib, rows, Vec::new(), Vec::new()))
                 .await?;
             let secs = started.elapsed().as_secs_f64().max(1e-6);
-            self.st().pulls.insert(
+            self.state().pulls.insert(
                 location,
                 PullProgress {
                     location,
@@ -220,7 +220,7 @@ impl SyncService {
             }
         };
         let (rows, now) = (report.rows, self.now_ms());
-        self.blocking(move |lib| {
+        self.run_sqlite(move |lib| {
             lib.with_lib_tx(|tx| {
                 tx.execute(
                     "INSERT INTO pulls (location, owner, position, rows, at) VALUES (?1, ?2, ?3, ?4, ?5)

@@ -7,18 +7,28 @@
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::protocol::{self, Msg, MAX_BATCH_ENTRIES};
+use super::protocol::{self, Msg, Term, MAX_BATCH_ENTRIES};
 use super::snapshot;
-use super::state::SyncService;
+use super::state::{one_page, SyncService};
 use crate::error::{Error, Result};
+use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
 
 impl SyncService {
     /// Version-vector reconciliation with one peer: pull what we lack, push what it
     /// lacks. Falls back to a snapshot when the peer pruned what we need.
     pub async fn reconcile_with(&self, peer: Uuid) -> Result<()> {
+        let their_vv = self.pull_missing(peer).await?;
+        let their_vv = self.push_missing(peer, their_vv).await?;
+        // What the peer holds now (lets `propose` skip what it already has).
+        self.state().peers.entry(peer).or_default().vv = their_vv;
+        Ok(())
+    }
+
+    /// Pull, page by page, what `peer` holds and this device lacks (a snapshot
+    /// first when the peer pruned some of it). Returns the peer's version vector.
+    async fn pull_missing(&self, peer: Uuid) -> Result<VersionVector> {
         let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
-        let mut their_vv;
         let mut snapshot_taken = false;
         // Where the next page starts: our version vector, raised past what each
         // page carried. Asking from the version vector alone would repeat the
@@ -39,18 +49,14 @@ impl SyncService {
             };
             match reply {
                 Ok(Msg::ReconcileResponse {
-                    vv,
+                    vv: their_vv,
                     entries,
                     has_more,
                     term,
                     seq,
                 }) => {
-                    their_vv = vv;
                     self.adopt(term);
-                    for e in &entries {
-                        let slot = next.entry(e.origin).or_insert(0);
-                        *slot = (*slot).max(e.origin_seq);
-                    }
+                    raise_past(&mut next, &entries);
                     if has_more {
                         // Pipelined: ask for the next page while applying this one.
                         let fetch = self.send(
@@ -66,19 +72,8 @@ impl SyncService {
                         ask = Some(next);
                     } else {
                         self.apply(entries).await?;
-                        let mut st = self.st();
-                        if st.term == term && term.leader == peer {
-                            // The cursor is valid for this term from here on, so
-                            // the leader's next notification is applied in step.
-                            st.cursor = if st.cursor_term == Some(term) {
-                                st.cursor.max(seq)
-                            } else {
-                                seq
-                            };
-                            st.cursor_term = Some(term);
-                            st.last_leader_contact = Instant::now();
-                        }
-                        break;
+                        self.align_cursor(peer, term, seq);
+                        return Ok(their_vv);
                     }
                 }
                 Ok(Msg::SyncRequired { reason }) => {
@@ -101,20 +96,37 @@ impl SyncService {
                 Err(e) => return Err(Error::Other(e.to_string())),
             }
         }
-        // Push what the peer lacks.
+    }
+
+    /// After the last page from `peer`: when it leads this device's term, the
+    /// cursor is valid for this term from here on, so the leader's next
+    /// notification is applied in step.
+    fn align_cursor(&self, peer: Uuid, term: Term, seq: u64) {
+        let mut state = self.state();
+        if state.term == term && term.leader == peer {
+            state.cursor = if state.cursor_term == Some(term) {
+                state.cursor.max(seq)
+            } else {
+                seq
+            };
+            state.cursor_term = Some(term);
+            state.last_leader_contact = Instant::now();
+        }
+    }
+
+    /// Push, batch by batch, what `peer` lacks by `their_vv`. Returns the
+    /// peer's version vector raised by what it was sent.
+    async fn push_missing(&self, peer: Uuid, mut their_vv: VersionVector) -> Result<VersionVector> {
         loop {
             let vv = their_vv.clone();
             let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
             let entries = self
-                .blocking(move |lib| lib.with_log(|l| l.fetch_missing(&vv, batch)))
+                .run_sqlite(move |lib| lib.with_log(|l| l.fetch_missing(&vv, batch)))
                 .await?;
             if entries.is_empty() {
                 break;
             }
-            for e in &entries {
-                let slot = their_vv.entry(e.origin).or_insert(0);
-                *slot = (*slot).max(e.origin_seq);
-            }
+            raise_past(&mut their_vv, &entries);
             let full = entries.len() == batch;
             match self.send(peer, Msg::PushEntries { entries }).await {
                 Ok(reply @ (Msg::Ok | Msg::Sequenced { .. })) => self.on_taken(peer, reply).await?,
@@ -125,9 +137,7 @@ impl SyncService {
                 break;
             }
         }
-        // What the peer holds now (lets `propose` skip what it already has).
-        self.st().peers.entry(peer).or_default().vv = their_vv;
-        Ok(())
+        Ok(their_vv)
     }
 
     /// Take the state from `peer` in chunks, then continue from its version vector.
@@ -152,7 +162,7 @@ impl SyncService {
                         start_vv = Some(vv);
                     }
                     let apply =
-                        self.blocking(move |lib| snapshot::apply(lib, rows, tombstones, bulk));
+                        self.run_sqlite(move |lib| snapshot::apply(lib, rows, tombstones, bulk));
                     match next {
                         Some(cursor) => {
                             let fetch = self.send(peer, Msg::Snapshot { cursor });
@@ -173,13 +183,78 @@ impl SyncService {
             }
         }
         let vv = start_vv.unwrap_or_default();
-        self.blocking(move |lib| {
+        self.run_sqlite(move |lib| {
             let floor = lib.hlc().last();
             lib.with_log(|l| l.raise_version_vector(&vv, floor))
         })
         .await?;
-        self.st().stats.snapshots += 1;
+        self.state().stats.snapshots += 1;
         tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot applied");
         Ok(())
+    }
+
+    /// `Reconcile`: answer with a page of what the asker lacks and this
+    /// device's version vector, or `SyncRequired` when some of it was pruned.
+    pub(super) async fn serve_reconcile(
+        &self,
+        from: Uuid,
+        vv: VersionVector,
+        limit: u32,
+    ) -> Result<Msg> {
+        let floor = self
+            .run_sqlite(|lib| lib.with_log(|l| l.pruned_floor()))
+            .await?;
+        if let Some((origin, _)) = floor
+            .iter()
+            .find(|(o, through)| vv.get(o).copied().unwrap_or(0) < **through)
+        {
+            return Ok(Msg::SyncRequired {
+                reason: format!("entries of {origin} it lacks were pruned"),
+            });
+        }
+        let limit = (limit as usize).clamp(1, MAX_BATCH_ENTRIES);
+        let want = vv.clone();
+        let (mine, entries, seq) = self
+            .run_sqlite(move |lib| {
+                lib.with_log(|l| {
+                    Ok((
+                        l.version_vector()?,
+                        l.fetch_missing(&want, limit + 1)?,
+                        l.latest_seq()?.unwrap_or(0),
+                    ))
+                })
+            })
+            .await?;
+        let (entries, has_more) = one_page(entries, limit);
+        {
+            let mut state = self.state();
+            state.peers.entry(from).or_default().vv = vv;
+        }
+        // The peer may have what we lack: reconcile back when it does.
+        let term = self.state().term;
+        Ok(Msg::ReconcileResponse {
+            vv: mine,
+            entries,
+            has_more,
+            term,
+            seq,
+        })
+    }
+
+    /// `Snapshot`: one chunk of this device's state.
+    pub(super) async fn serve_snapshot(&self, cursor: protocol::SnapshotCursor) -> Result<Msg> {
+        let chunk = self
+            .run_sqlite(move |lib| snapshot::chunk(lib, &cursor))
+            .await?;
+        self.state().stats.snapshots += 1;
+        Ok(chunk)
+    }
+}
+
+/// Raise `vv` to hold every entry of `entries`.
+fn raise_past(vv: &mut VersionVector, entries: &[LogEntry]) {
+    for entry in entries {
+        let slot = vv.entry(entry.origin).or_insert(0);
+        *slot = (*slot).max(entry.origin_seq);
     }
 }

@@ -15,9 +15,9 @@ use crate::sync::txn::Source;
 impl SyncService {
     /// The main loop: react to commits at once, heartbeat, elect, until stopped.
     pub async fn run(self) {
-        let sh = &self.shared;
-        let mut events = sh.lib.subscribe();
-        let mut stop = sh.stop.subscribe();
+        let shared = &self.shared;
+        let mut events = shared.lib.subscribe();
+        let mut stop = shared.stop.subscribe();
         let mut next_tick = Instant::now();
         // Work spawned off the loop belongs to it: when the loop ends (stopped,
         // or its task aborted as in a crash) the set is dropped and that work
@@ -30,8 +30,8 @@ impl SyncService {
         let catch_up_first = self.role() == Role::Follower && self.term().leader != Uuid::nil();
         let mut dirty = !catch_up_first;
         if catch_up_first {
-            sh.wake.notify_one();
-            next_tick = Instant::now() + sh.config.heartbeat_interval;
+            shared.wake.notify_one();
+            next_tick = Instant::now() + shared.config.heartbeat_interval;
         }
         loop {
             if *stop.borrow() {
@@ -59,18 +59,18 @@ impl SyncService {
                         dirty |= ev.source == Source::Local || self.role() == Role::Leader;
                     }
                 }
-                _ = sh.kick.notified() => dirty = true,
-                _ = sh.wake.notified() => {
-                    let me = self.clone();
-                    work.spawn(async move { me.catch_up().await });
+                _ = shared.kick.notified() => dirty = true,
+                _ = shared.wake.notified() => {
+                    let service = self.clone();
+                    work.spawn(async move { service.catch_up().await });
                 }
                 _ = tokio::time::sleep_until(next_tick) => {
-                    next_tick = Instant::now() + sh.config.heartbeat_interval;
-                    if !sh.ticking.swap(true, Ordering::SeqCst) {
-                        let me = self.clone();
+                    next_tick = Instant::now() + shared.config.heartbeat_interval;
+                    if !shared.ticking.swap(true, Ordering::SeqCst) {
+                        let service = self.clone();
                         work.spawn(async move {
-                            me.tick().await;
-                            me.shared.ticking.store(false, Ordering::SeqCst);
+                            service.tick().await;
+                            service.shared.ticking.store(false, Ordering::SeqCst);
                         });
                     }
                 }
@@ -82,19 +82,19 @@ impl SyncService {
     /// runs at a time and picks up everything that changed meanwhile.
     fn kick_changes(&self, work: &mut tokio::task::JoinSet<()>) {
         self.shared.changed.store(true, Ordering::SeqCst);
-        let me = self.clone();
+        let service = self.clone();
         work.spawn(async move {
             loop {
                 {
-                    let Ok(_running) = me.shared.propagating.try_lock() else {
+                    let Ok(_running) = service.shared.propagating.try_lock() else {
                         return; // the running one will see `changed`
                     };
-                    while me.shared.changed.swap(false, Ordering::SeqCst) {
-                        me.on_change().await;
+                    while service.shared.changed.swap(false, Ordering::SeqCst) {
+                        service.on_change().await;
                     }
                 }
                 // A change may have arrived just as the runner finished.
-                if !me.shared.changed.load(Ordering::SeqCst) {
+                if !service.shared.changed.load(Ordering::SeqCst) {
                     return;
                 }
             }

@@ -64,6 +64,14 @@ pub(super) struct PeerInfo {
     pub(super) acked_seq: u64,
 }
 
+impl PeerInfo {
+    /// The peer answered or asked something just now (`now_ms` on the HLC's clock).
+    pub(super) fn heard_from(&mut self, now_ms: u64) {
+        self.last_seen_ms = Some(now_ms);
+        self.last_contact = Some(Instant::now());
+    }
+}
+
 pub(super) struct State {
     pub(super) term: Term,
     pub(super) role: Role,
@@ -179,6 +187,8 @@ impl SyncService {
         })
     }
 
+    /// The library this service replicates (the node reads it to serve
+    /// requests beside sync).
     pub fn library(&self) -> &Arc<Library> {
         &self.shared.lib
     }
@@ -188,16 +198,26 @@ impl SyncService {
         let _ = self.shared.stop.send(true);
     }
 
-    pub(super) fn st(&self) -> MutexGuard<'_, State> {
+    /// The service's state, locked briefly and never across an await. A
+    /// poisoned lock is taken over so one failed task does not stop the service.
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn role(&self) -> Role {
-        self.st().role
+    /// This device's role and term, read together.
+    pub(super) fn role_and_term(&self) -> (Role, Term) {
+        let state = self.state();
+        (state.role, state.term)
     }
 
+    /// This device's current role (leader or follower), for callers and tests.
+    pub fn role(&self) -> Role {
+        self.state().role
+    }
+
+    /// The term this device follows (or leads), for callers and tests.
     pub fn term(&self) -> Term {
-        self.st().term
+        self.state().term
     }
 
     pub(super) fn now_ms(&self) -> u64 {
@@ -205,7 +225,7 @@ impl SyncService {
     }
 
     /// Run SQLite work off the async threads (or inline for the simulation).
-    pub(super) async fn blocking<R: Send + 'static>(
+    pub(super) async fn run_sqlite<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Library) -> Result<R> + Send + 'static,
     ) -> Result<R> {
@@ -221,7 +241,7 @@ impl SyncService {
     /// Registered member devices other than this one.
     pub(super) async fn members(&self) -> Vec<Uuid> {
         let me = self.shared.me;
-        self.blocking(move |lib| {
+        self.run_sqlite(move |lib| {
             lib.read(|c| {
                 let mut stmt = c.prepare_cached("SELECT uuid FROM devices ORDER BY uuid")?;
                 let rows = stmt.query_map([], |r| r.get::<_, Uuid>(0))?;
@@ -239,34 +259,34 @@ impl SyncService {
     pub(super) fn note_error(&self, e: impl std::fmt::Display) {
         let msg = e.to_string();
         tracing::warn!(library = %self.shared.lib.id(), "sync: {msg}");
-        self.st().stats.last_error = Some(msg);
+        self.state().stats.last_error = Some(msg);
     }
 
     /// Adopt a newer term (or ignore an older one). Returns whether it changed.
     pub(super) fn adopt(&self, term: Term) -> bool {
         let me = self.shared.me;
-        let mut st = self.st();
-        if term <= st.term {
+        let mut state = self.state();
+        if term <= state.term {
             return false;
         }
         tracing::info!(library = %self.shared.lib.id(), epoch = term.epoch, leader = %term.leader, "new term");
-        st.term = term;
-        st.role = if term.leader == me {
+        state.term = term;
+        state.role = if term.leader == me {
             Role::Leader
         } else {
             Role::Follower
         };
-        st.cursor_term = None;
-        st.unnotified.clear(); // ranges of the old term
-        st.last_leader_contact = Instant::now();
-        drop(st);
+        state.cursor_term = None;
+        state.unnotified.clear(); // ranges of the old term
+        state.last_leader_contact = Instant::now();
+        drop(state);
         let _ = self.shared.lib.with_log(|l| l.set_term(term));
         self.shared.wake.notify_one();
         true
     }
 
     pub(super) async fn version_vector(&self) -> VersionVector {
-        self.blocking(|lib| lib.with_log(|l| l.version_vector()))
+        self.run_sqlite(|lib| lib.with_log(|l| l.version_vector()))
             .await
             .unwrap_or_default()
     }
@@ -282,15 +302,17 @@ impl SyncService {
             e.epoch = None;
         }
         let n = entries.len() as u64;
-        let report = self.blocking(move |lib| lib.apply_remote(&entries)).await?;
-        let mut st = self.st();
-        st.stats.received += n;
-        st.stats.applied += report.applied as u64;
-        st.stats.refused += report.refused as u64;
-        st.stats.rejected += report.rejected.len() as u64;
+        let report = self
+            .run_sqlite(move |lib| lib.apply_remote(&entries))
+            .await?;
+        let mut state = self.state();
+        state.stats.received += n;
+        state.stats.applied += report.applied as u64;
+        state.stats.refused += report.refused as u64;
+        state.stats.rejected += report.rejected.len() as u64;
         if let Some(first) = report.rejected.first() {
             tracing::warn!(library = %self.shared.lib.id(), rejected = report.rejected.len(), "entries rejected: {first}");
-            st.stats.last_error = Some(first.clone());
+            state.stats.last_error = Some(first.clone());
         }
         Ok(report)
     }
@@ -299,7 +321,7 @@ impl SyncService {
     pub async fn status(&self) -> Result<SyncStatus> {
         let members = self.members().await;
         let (vv, conflicts, latest, log_entries) = self
-            .blocking(|lib| {
+            .run_sqlite(|lib| {
                 let vv = lib.with_log(|l| l.version_vector())?;
                 let latest = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
                 let log_entries = lib.with_log(|l| l.count())?;
@@ -310,11 +332,11 @@ impl SyncService {
             })
             .await?;
         let window = self.shared.config.leader_timeout;
-        let st = self.st();
+        let state = self.state();
         let peers = members
             .iter()
             .map(|d| {
-                let p = st.peers.get(d).cloned().unwrap_or_default();
+                let p = state.peers.get(d).cloned().unwrap_or_default();
                 PeerStatus {
                     device_id: *d,
                     online: p.last_contact.is_some_and(|t| t.elapsed() <= window),
@@ -324,20 +346,27 @@ impl SyncService {
             })
             .collect();
         Ok(SyncStatus {
-            leader: st.term.leader,
-            epoch: st.term.epoch,
-            role: st.role,
-            seq: if st.role == Role::Leader {
+            leader: state.term.leader,
+            epoch: state.term.epoch,
+            role: state.role,
+            seq: if state.role == Role::Leader {
                 latest
             } else {
-                st.cursor
+                state.cursor
             },
             version_vector: vv,
             peers,
             conflicts,
             log_entries,
-            pulls: st.pulls.values().cloned().collect(),
-            stats: st.stats.clone(),
+            pulls: state.pulls.values().cloned().collect(),
+            stats: state.stats.clone(),
         })
     }
+}
+
+/// The first `limit` of `entries` (read as `limit + 1`) and whether more follow.
+pub(super) fn one_page(mut entries: Vec<LogEntry>, limit: usize) -> (Vec<LogEntry>, bool) {
+    let has_more = entries.len() > limit;
+    entries.truncate(limit);
+    (entries, has_more)
 }
