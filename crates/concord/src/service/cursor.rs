@@ -12,12 +12,12 @@ use crate::sync::entry::LogEntry;
 
 impl SyncService {
     /// Refuse a message from an older term; adopt a newer one.
-    pub(super) fn fence(&self, term: Term) -> Option<Msg> {
+    pub(super) async fn fence(&self, term: Term) -> Option<Msg> {
         let mine = self.state().term;
         if term < mine {
             return Some(Msg::StaleTerm { term: mine });
         }
-        self.adopt(term);
+        self.adopt(term).await;
         None
     }
 
@@ -70,7 +70,7 @@ impl SyncService {
             entries,
         } = reply
         {
-            if self.fence(term).is_none() {
+            if self.fence(term).await.is_none() {
                 self.on_sequenced(peer, term, from_seq, to_seq, entries)
                     .await?;
             }

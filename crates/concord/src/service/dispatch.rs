@@ -106,7 +106,7 @@ impl SyncService {
         to_seq: u64,
         entries: Option<Vec<LogEntry>>,
     ) -> Result<Msg> {
-        if let Some(stale) = self.fence(term) {
+        if let Some(stale) = self.fence(term).await {
             return Ok(stale);
         }
         self.on_sequenced(from, term, from_seq, to_seq, entries)
@@ -155,7 +155,7 @@ impl SyncService {
             return Ok(Msg::StaleTerm { term: mine });
         }
         if term > mine {
-            self.adopt(term);
+            self.adopt(term).await;
         }
         let my_vv = self.version_vector().await;
         let (my_term, my_role, my_seq, lacking) = {
@@ -183,9 +183,12 @@ impl SyncService {
         }
         if let Some(h) = horizon {
             if role == Role::Leader && term == my_term {
-                let _ = self
+                if let Err(e) = self
                     .run_sqlite(move |lib| lib.with_log(|l| l.prune_covered(&h)))
-                    .await;
+                    .await
+                {
+                    self.note_error(e);
+                }
             }
         }
         Ok(Msg::HeartbeatReply {

@@ -73,7 +73,7 @@ impl SyncService {
                 reachable.push(from);
                 top_epoch = top_epoch.max(t.epoch);
                 if t > term {
-                    self.adopt(t);
+                    self.adopt(t).await;
                     return;
                 }
                 if from == term.leader && term.leader != Uuid::nil() {
@@ -96,7 +96,7 @@ impl SyncService {
                 leader: self.shared.me,
             };
             tracing::info!(library = %self.shared.lib.id(), epoch = new.epoch, "elected leader");
-            self.adopt(new);
+            self.adopt(new).await;
             self.heartbeat_all(new).await;
             self.on_change().await;
         } else {

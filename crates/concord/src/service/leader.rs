@@ -17,6 +17,7 @@ use super::protocol::{Msg, Role, Term, MAX_BATCH_ENTRIES, MAX_INLINE_ENTRIES};
 use super::state::{one_page, Notice, SyncService};
 use super::store::{vv_covers, vv_min};
 use crate::error::Result;
+use crate::query;
 use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
 
@@ -32,13 +33,7 @@ impl SyncService {
         let Ok((acks, registered, mine)) = self
             .run_sqlite(|lib| {
                 let acks = lib.with_log(|l| l.acks())?;
-                let registered: HashMap<Uuid, u64> = lib.read(|c| {
-                    let mut stmt = c.prepare_cached("SELECT uuid, _hlc FROM devices")?;
-                    let rows = stmt.query_map([], |r| {
-                        Ok((r.get::<_, Uuid>(0)?, (r.get::<_, i64>(1)? as u64) >> 16))
-                    })?;
-                    Ok(rows.filter_map(|r| r.ok()).collect())
-                })?;
+                let registered = query::members::members_registered_at(lib)?;
                 let mine = lib.with_log(|l| l.version_vector())?;
                 Ok((acks, registered, mine))
             })

@@ -57,11 +57,9 @@ impl SyncService {
         match &reply {
             Ok(r) => {
                 let now = self.now_ms();
-                let mut state = self.state();
-                state.peers.entry(to).or_default().heard_from(now);
+                self.state().peers.entry(to).or_default().heard_from(now);
                 if let Msg::StaleTerm { term } = r.msg {
-                    drop(state);
-                    self.adopt(term);
+                    self.adopt(term).await;
                 }
             }
             Err(e) => {

@@ -55,7 +55,7 @@ impl SyncService {
                     term,
                     seq,
                 }) => {
-                    self.adopt(term);
+                    self.adopt(term).await;
                     raise_past(&mut next, &entries);
                     if has_more {
                         // Pipelined: ask for the next page while applying this one.

@@ -20,6 +20,7 @@ use super::report::{PeerStatus, PullProgress, Stats, SyncStatus};
 use super::store::vv_lag;
 use super::transport::Transport;
 use crate::error::{Error, Result};
+use crate::query;
 use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
 use crate::sync::txn::{ApplyReport, Library};
@@ -242,11 +243,8 @@ impl SyncService {
     pub(super) async fn members(&self) -> Vec<Uuid> {
         let me = self.shared.me;
         self.run_sqlite(move |lib| {
-            lib.read(|c| {
-                let mut stmt = c.prepare_cached("SELECT uuid FROM devices ORDER BY uuid")?;
-                let rows = stmt.query_map([], |r| r.get::<_, Uuid>(0))?;
-                Ok(rows.filter_map(|r| r.ok()).filter(|d| *d != me).collect())
-            })
+            let members = query::members::member_ids(lib)?;
+            Ok(members.into_iter().filter(|d| *d != me).collect())
         })
         .await
         .unwrap_or_default()
@@ -263,24 +261,39 @@ impl SyncService {
     }
 
     /// Adopt a newer term (or ignore an older one). Returns whether it changed.
-    pub(super) fn adopt(&self, term: Term) -> bool {
+    pub(super) async fn adopt(&self, term: Term) -> bool {
         let me = self.shared.me;
-        let mut state = self.state();
-        if term <= state.term {
-            return false;
+        {
+            let mut state = self.state();
+            if term <= state.term {
+                return false;
+            }
+            tracing::info!(library = %self.shared.lib.id(), epoch = term.epoch, leader = %term.leader, "new term");
+            state.term = term;
+            state.role = if term.leader == me {
+                Role::Leader
+            } else {
+                Role::Follower
+            };
+            state.cursor_term = None;
+            state.unnotified.clear(); // ranges of the old term
+            state.last_leader_contact = Instant::now();
         }
-        tracing::info!(library = %self.shared.lib.id(), epoch = term.epoch, leader = %term.leader, "new term");
-        state.term = term;
-        state.role = if term.leader == me {
-            Role::Leader
-        } else {
-            Role::Follower
-        };
-        state.cursor_term = None;
-        state.unnotified.clear(); // ranges of the old term
-        state.last_leader_contact = Instant::now();
-        drop(state);
-        let _ = self.shared.lib.with_log(|l| l.set_term(term));
+        // Persisted so a restart resumes in this term; SQLite work, so off the
+        // async threads. Two adoptions may race to the disk: only a newer term
+        // than the stored one is written. A failure costs only the restart
+        // resuming in an older term (the term in memory holds).
+        let persisted = self
+            .run_sqlite(move |lib| {
+                lib.with_log(|l| match l.term()? {
+                    Some(stored) if stored >= term => Ok(()),
+                    _ => l.set_term(term),
+                })
+            })
+            .await;
+        if let Err(e) = persisted {
+            self.note_error(format!("recording term {}: {e}", term.epoch));
+        }
         self.shared.wake.notify_one();
         true
     }
@@ -325,9 +338,7 @@ impl SyncService {
                 let vv = lib.with_log(|l| l.version_vector())?;
                 let latest = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
                 let log_entries = lib.with_log(|l| l.count())?;
-                let conflicts = lib.read(|c| {
-                    Ok(c.query_row("SELECT COUNT(*) FROM conflicts", [], |r| r.get::<_, i64>(0))?)
-                })?;
+                let conflicts = query::conflict_count(lib)?;
                 Ok((vv, conflicts as u64, latest, log_entries))
             })
             .await?;
