@@ -2,7 +2,7 @@
 //! clocks and tombstones, in resumable chunks, merged into the receiver by the
 //! same rules as entries (per-field LWW, membership presence, final tombstones).
 
-use rusqlite::{params_from_iter, OptionalExtension, Transaction};
+use rusqlite::{params_from_iter, Connection, OptionalExtension, Transaction};
 use uuid::Uuid;
 
 use super::protocol::{Msg, SnapshotCursor, SnapshotRow, SnapshotTombstone, MAX_SNAPSHOT_ROWS};
@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::model::{model_by_name, registry, ModelInfo, ModelKind, Value};
 use crate::sync::apply::{is_tombstoned, Applier};
-use crate::sync::entry::{self, BulkOperation, LogEntry, Op};
+use crate::sync::entry::{self, LogEntry, Op};
+use crate::sync::log::VersionVector;
 use crate::sync::txn::Library;
 use crate::sync::BULK_MODEL;
 
@@ -19,7 +20,7 @@ fn clocked(m: &ModelInfo, i: usize) -> bool {
     m.kind == ModelKind::Record && !f.key && !f.owner
 }
 
-pub(super) fn clock_cols(m: &ModelInfo) -> Vec<String> {
+fn clock_cols(m: &ModelInfo) -> Vec<String> {
     (0..m.fields.len())
         .map(|i| {
             if clocked(m, i) {
@@ -32,148 +33,190 @@ pub(super) fn clock_cols(m: &ModelInfo) -> Vec<String> {
         .collect()
 }
 
-/// One chunk of the state of `lib` from `cursor` on.
+/// The columns that read a row of `model` as a [`SnapshotRow`] (with
+/// [`read_row`]): its UUID, every field, then every field's clock.
+pub(super) fn row_columns(model: &ModelInfo) -> Vec<String> {
+    let mut cols: Vec<String> = vec!["uuid".into()];
+    cols.extend(model.fields.iter().map(|f| f.name.to_string()));
+    cols.extend(clock_cols(model));
+    cols
+}
+
+/// A row selected with [`row_columns`] first, as a snapshot row.
+pub(super) fn read_row(
+    model: &ModelInfo,
+    row: &rusqlite::Row<'_>,
+    present: bool,
+) -> Result<SnapshotRow> {
+    let n = model.fields.len();
+    let uuid: Uuid = row.get(0)?;
+    let mut values = Vec::with_capacity(n);
+    for (i, f) in model.fields.iter().enumerate() {
+        values.push(Value::from_sql(f.kind, row.get_ref(1 + i)?)?);
+    }
+    let mut clocks = Vec::with_capacity(n);
+    for i in 0..n {
+        clocks.push((
+            row.get::<_, i64>(1 + n + 2 * i)? as u64,
+            row.get::<_, Uuid>(2 + n + 2 * i)?,
+        ));
+    }
+    Ok(SnapshotRow {
+        model: model.name.to_string(),
+        uuid,
+        values,
+        clocks,
+        present,
+    })
+}
+
+/// One chunk of the state of `lib` from `cursor` on: the parts are each
+/// model's rows in registry order, then the tombstones, then the bulk
+/// operations.
 pub fn chunk(lib: &Library, cursor: &SnapshotCursor) -> Result<Msg> {
     let models = registry();
     let vv = lib.with_log(|l| l.version_vector())?;
     lib.read(|c| {
         let part = cursor.part as usize;
         if part < models.len() {
-            let m = models[part];
-            let mut cols: Vec<String> = vec!["uuid".into()];
-            cols.extend(m.fields.iter().map(|f| f.name.to_string()));
-            cols.extend(clock_cols(m));
-            cols.push(if m.kind == ModelKind::Membership {
-                "present".into()
-            } else {
-                "1".into()
-            });
-            let sql = format!(
-                "SELECT {} FROM {} WHERE uuid > ?1 ORDER BY uuid LIMIT {}",
-                cols.join(", "),
-                m.table,
-                MAX_SNAPSHOT_ROWS
-            );
-            let after = cursor.after.unwrap_or_default();
-            let mut stmt = c.prepare_cached(&sql)?;
-            let n = m.fields.len();
-            let mut rows = Vec::new();
-            let mut q = stmt.query([after])?;
-            while let Some(r) = q.next()? {
-                let uuid: Uuid = r.get(0)?;
-                let mut values = Vec::with_capacity(n);
-                for (i, f) in m.fields.iter().enumerate() {
-                    values.push(Value::from_sql(f.kind, r.get_ref(1 + i)?)?);
-                }
-                let mut clocks = Vec::with_capacity(n);
-                for i in 0..n {
-                    clocks.push((r.get::<_, i64>(1 + n + 2 * i)? as u64, r.get::<_, Uuid>(2 + n + 2 * i)?));
-                }
-                let present: i64 = r.get(1 + 3 * n)?;
-                rows.push(SnapshotRow {
-                    model: m.name.to_string(),
-                    uuid,
-                    values,
-                    clocks,
-                    present: present != 0,
-                });
-            }
-            let next = if rows.len() == MAX_SNAPSHOT_ROWS {
-                SnapshotCursor {
-                    part: cursor.part,
-                    after: rows.last().map(|r| r.uuid),
-                }
-            } else {
-                SnapshotCursor {
-                    part: cursor.part + 1,
-                    after: None,
-                }
-            };
-            Ok(Msg::SnapshotChunk {
-                rows,
-                tombstones: Vec::new(),
-                bulk: Vec::new(),
-                next: Some(next),
-                vv,
-            })
+            rows_chunk(c, models[part], cursor, vv)
         } else if part == models.len() {
-            let after = cursor.after.unwrap_or_default();
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT model, uuid, hlc, dev FROM tombstones WHERE uuid > ?1 ORDER BY uuid LIMIT {MAX_SNAPSHOT_ROWS}"
-            ))?;
-            let tombstones: Vec<SnapshotTombstone> = stmt
-                .query_map([after], |r| {
-                    Ok(SnapshotTombstone {
-                        model: r.get(0)?,
-                        uuid: r.get(1)?,
-                        hlc: r.get::<_, i64>(2)? as u64,
-                        dev: r.get(3)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let next = if tombstones.len() == MAX_SNAPSHOT_ROWS {
-                SnapshotCursor {
-                    part: cursor.part,
-                    after: tombstones.last().map(|t| t.uuid),
-                }
-            } else {
-                SnapshotCursor {
-                    part: cursor.part + 1,
-                    after: None,
-                }
-            };
-            Ok(Msg::SnapshotChunk {
-                rows: Vec::new(),
-                tombstones,
-                bulk: Vec::new(),
-                next: Some(next),
-                vv,
-            })
+            tombstones_chunk(c, cursor, vv)
         } else {
-            // Bulk operations, one page per part (they are keyed by origin and
-            // sequence, not by UUID; a page that shifts under a concurrent insert
-            // only repeats rows, and rows newer than `vv` come through the log).
-            let page = (part - models.len() - 1) as i64;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT origin, origin_seq, hlc, payload FROM bulk_operations
-                 ORDER BY origin, origin_seq LIMIT {MAX_SNAPSHOT_ROWS} OFFSET ?1"
-            ))?;
-            let raw: Vec<(Uuid, i64, i64, Vec<u8>)> = stmt
-                .query_map([page * MAX_SNAPSHOT_ROWS as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                })?
-                .collect::<rusqlite::Result<_>>()?;
-            let mut bulk = Vec::with_capacity(raw.len());
-            for (origin, seq, hlc, payload) in raw {
-                let op = Op::decode(&payload)?;
-                let record = match &op {
-                    Op::Bulk(BulkOperation::InitialIndex { location, .. })
-                    | Op::Bulk(BulkOperation::Rescan { location, .. }) => *location,
-                    _ => continue,
-                };
-                bulk.push(LogEntry {
-                    origin,
-                    origin_seq: seq as u64,
-                    hlc: hlc as u64,
-                    lib_seq: None,
-                    epoch: None,
-                    model: BULK_MODEL.to_string(),
-                    record,
-                    op,
-                });
-            }
-            let next = (bulk.len() == MAX_SNAPSHOT_ROWS).then(|| SnapshotCursor {
-                part: cursor.part + 1,
-                after: None,
-            });
-            Ok(Msg::SnapshotChunk {
-                rows: Vec::new(),
-                tombstones: Vec::new(),
-                bulk,
-                next,
-                vv,
-            })
+            bulk_chunk(c, part - models.len() - 1, cursor, vv)
         }
+    })
+}
+
+/// A page of `model`'s rows after `cursor.after`.
+fn rows_chunk(
+    c: &Connection,
+    model: &ModelInfo,
+    cursor: &SnapshotCursor,
+    vv: VersionVector,
+) -> Result<Msg> {
+    let mut cols = row_columns(model);
+    cols.push(if model.kind == ModelKind::Membership {
+        "present".into()
+    } else {
+        "1".into()
+    });
+    let sql = format!(
+        "SELECT {} FROM {} WHERE uuid > ?1 ORDER BY uuid LIMIT {}",
+        cols.join(", "),
+        model.table,
+        MAX_SNAPSHOT_ROWS
+    );
+    let after = cursor.after.unwrap_or_default();
+    let mut stmt = c.prepare_cached(&sql)?;
+    let present_col = 1 + 3 * model.fields.len();
+    let mut rows = Vec::new();
+    let mut q = stmt.query([after])?;
+    while let Some(r) = q.next()? {
+        let present: i64 = r.get(present_col)?;
+        rows.push(read_row(model, r, present != 0)?);
+    }
+    let next = if rows.len() == MAX_SNAPSHOT_ROWS {
+        SnapshotCursor {
+            part: cursor.part,
+            after: rows.last().map(|r| r.uuid),
+        }
+    } else {
+        SnapshotCursor {
+            part: cursor.part + 1,
+            after: None,
+        }
+    };
+    Ok(Msg::SnapshotChunk {
+        rows,
+        tombstones: Vec::new(),
+        bulk: Vec::new(),
+        next: Some(next),
+        vv,
+    })
+}
+
+/// A page of tombstones after `cursor.after`.
+fn tombstones_chunk(c: &Connection, cursor: &SnapshotCursor, vv: VersionVector) -> Result<Msg> {
+    let after = cursor.after.unwrap_or_default();
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT model, uuid, hlc, dev FROM tombstones WHERE uuid > ?1 ORDER BY uuid LIMIT {MAX_SNAPSHOT_ROWS}"
+    ))?;
+    let tombstones: Vec<SnapshotTombstone> = stmt
+        .query_map([after], |r| {
+            Ok(SnapshotTombstone {
+                model: r.get(0)?,
+                uuid: r.get(1)?,
+                hlc: r.get::<_, i64>(2)? as u64,
+                dev: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let next = if tombstones.len() == MAX_SNAPSHOT_ROWS {
+        SnapshotCursor {
+            part: cursor.part,
+            after: tombstones.last().map(|t| t.uuid),
+        }
+    } else {
+        SnapshotCursor {
+            part: cursor.part + 1,
+            after: None,
+        }
+    };
+    Ok(Msg::SnapshotChunk {
+        rows: Vec::new(),
+        tombstones,
+        bulk: Vec::new(),
+        next: Some(next),
+        vv,
+    })
+}
+
+/// Bulk operations, one page per part (they are keyed by origin and sequence,
+/// not by UUID; a page that shifts under a concurrent insert only repeats
+/// rows, and rows newer than `vv` come through the log).
+fn bulk_chunk(
+    c: &Connection,
+    page: usize,
+    cursor: &SnapshotCursor,
+    vv: VersionVector,
+) -> Result<Msg> {
+    let page = page as i64;
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT origin, origin_seq, hlc, payload FROM bulk_operations
+         ORDER BY origin, origin_seq LIMIT {MAX_SNAPSHOT_ROWS} OFFSET ?1"
+    ))?;
+    let raw: Vec<(Uuid, i64, i64, Vec<u8>)> = stmt
+        .query_map([page * MAX_SNAPSHOT_ROWS as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut bulk = Vec::with_capacity(raw.len());
+    for (origin, seq, hlc, payload) in raw {
+        let op = Op::decode(&payload)?;
+        let Op::Bulk(bulk_op) = &op else { continue };
+        let record = bulk_op.location();
+        bulk.push(LogEntry {
+            origin,
+            origin_seq: seq as u64,
+            hlc: hlc as u64,
+            lib_seq: None,
+            epoch: None,
+            model: BULK_MODEL.to_string(),
+            record,
+            op,
+        });
+    }
+    let next = (bulk.len() == MAX_SNAPSHOT_ROWS).then(|| SnapshotCursor {
+        part: cursor.part + 1,
+        after: None,
+    });
+    Ok(Msg::SnapshotChunk {
+        rows: Vec::new(),
+        tombstones: Vec::new(),
+        bulk,
+        next,
+        vv,
     })
 }
 
@@ -363,64 +406,97 @@ fn merge_row(
         .or_else(|| incoming.iter().min().copied())
         .unwrap_or(Hlc::new(0, Uuid::nil()));
     match (current, m.kind) {
-        (None, _) => {
-            // Values in the column order of `sql.insert`.
-            let mut vals: Vec<Value> = Vec::with_capacity(3 * n + 4);
-            vals.push(Value::Uuid(row.uuid));
-            for (i, v) in row.values.iter().enumerate() {
-                vals.push(v.clone());
-                if clocked(m, i) {
-                    vals.push(Value::Int(incoming[i].time as i64));
-                    vals.push(Value::Uuid(incoming[i].device));
-                }
-            }
-            if m.kind == ModelKind::Membership {
-                vals.push(Value::Int(row.present as i64));
-            }
-            vals.push(Value::Int(row_clock.time as i64));
-            vals.push(Value::Uuid(row_clock.device));
-            tx.prepare_cached(&sql.insert)?
-                .execute(params_from_iter(vals.iter()))?;
-        }
+        (None, _) => insert_row(tx, m, row, &incoming, row_clock, sql),
         (Some((clocks, present)), ModelKind::Membership) => {
-            let cur = (
-                clocks.first().map_or(0, |c| c.time),
-                present,
-                clocks.first().map_or(Uuid::nil(), |c| c.device),
-            );
-            let inc = (row_clock.time, row.present, row_clock.device);
-            if inc > cur {
-                let sql = format!(
-                    "UPDATE {} SET present = ?1, _hlc = ?2, _dev = ?3 WHERE uuid = ?4",
-                    m.table
-                );
-                tx.prepare_cached(&sql)?.execute(rusqlite::params![
-                    row.present as i64,
-                    row_clock.time as i64,
-                    row_clock.device,
-                    row.uuid
-                ])?;
-            }
+            merge_presence(tx, m, row, &clocks, present, row_clock)
         }
-        (Some((clocks, _)), ModelKind::Record) => {
-            let mut sets = Vec::new();
-            let mut vals: Vec<Value> = Vec::new();
-            for i in 0..n {
-                if clocked(m, i) && incoming[i] > clocks[i] {
-                    let f = m.fields[i].name;
-                    sets.push(format!("{f} = ?, {f}__hlc = ?, {f}__dev = ?"));
-                    vals.push(row.values[i].clone());
-                    vals.push(Value::Int(incoming[i].time as i64));
-                    vals.push(Value::Uuid(incoming[i].device));
-                }
-            }
-            if !sets.is_empty() {
-                vals.push(Value::Uuid(row.uuid));
-                let sql = format!("UPDATE {} SET {} WHERE uuid = ?", m.table, sets.join(", "));
-                tx.prepare_cached(&sql)?
-                    .execute(params_from_iter(vals.iter()))?;
-            }
+        (Some((clocks, _)), ModelKind::Record) => merge_fields(tx, m, row, &clocks, &incoming),
+    }
+}
+
+/// A row this device does not hold yet: insert it with its clocks.
+fn insert_row(
+    tx: &Transaction<'_>,
+    m: &ModelInfo,
+    row: &SnapshotRow,
+    incoming: &[Hlc],
+    row_clock: Hlc,
+    sql: &MergeSql,
+) -> Result<()> {
+    // Values in the column order of `sql.insert`.
+    let mut vals: Vec<Value> = Vec::with_capacity(3 * m.fields.len() + 4);
+    vals.push(Value::Uuid(row.uuid));
+    for (i, v) in row.values.iter().enumerate() {
+        vals.push(v.clone());
+        if clocked(m, i) {
+            vals.push(Value::Int(incoming[i].time as i64));
+            vals.push(Value::Uuid(incoming[i].device));
         }
+    }
+    if m.kind == ModelKind::Membership {
+        vals.push(Value::Int(row.present as i64));
+    }
+    vals.push(Value::Int(row_clock.time as i64));
+    vals.push(Value::Uuid(row_clock.device));
+    tx.prepare_cached(&sql.insert)?
+        .execute(params_from_iter(vals.iter()))?;
+    Ok(())
+}
+
+/// A membership this device holds: the newer (clock, presence, device) wins.
+fn merge_presence(
+    tx: &Transaction<'_>,
+    m: &ModelInfo,
+    row: &SnapshotRow,
+    clocks: &[Hlc],
+    present: bool,
+    row_clock: Hlc,
+) -> Result<()> {
+    let cur = (
+        clocks.first().map_or(0, |c| c.time),
+        present,
+        clocks.first().map_or(Uuid::nil(), |c| c.device),
+    );
+    let inc = (row_clock.time, row.present, row_clock.device);
+    if inc > cur {
+        let sql = format!(
+            "UPDATE {} SET present = ?1, _hlc = ?2, _dev = ?3 WHERE uuid = ?4",
+            m.table
+        );
+        tx.prepare_cached(&sql)?.execute(rusqlite::params![
+            row.present as i64,
+            row_clock.time as i64,
+            row_clock.device,
+            row.uuid
+        ])?;
+    }
+    Ok(())
+}
+
+/// A record this device holds: each field whose incoming clock is newer wins.
+fn merge_fields(
+    tx: &Transaction<'_>,
+    m: &ModelInfo,
+    row: &SnapshotRow,
+    clocks: &[Hlc],
+    incoming: &[Hlc],
+) -> Result<()> {
+    let mut sets = Vec::new();
+    let mut vals: Vec<Value> = Vec::new();
+    for i in 0..m.fields.len() {
+        if clocked(m, i) && incoming[i] > clocks[i] {
+            let f = m.fields[i].name;
+            sets.push(format!("{f} = ?, {f}__hlc = ?, {f}__dev = ?"));
+            vals.push(row.values[i].clone());
+            vals.push(Value::Int(incoming[i].time as i64));
+            vals.push(Value::Uuid(incoming[i].device));
+        }
+    }
+    if !sets.is_empty() {
+        vals.push(Value::Uuid(row.uuid));
+        let sql = format!("UPDATE {} SET {} WHERE uuid = ?", m.table, sets.join(", "));
+        tx.prepare_cached(&sql)?
+            .execute(params_from_iter(vals.iter()))?;
     }
     Ok(())
 }
