@@ -44,12 +44,12 @@ impl SyncService {
         let acks: HashMap<Uuid, (VersionVector, u64)> =
             acks.into_iter().map(|(d, v, at)| (d, (v, at))).collect();
         let mut vvs = vec![mine];
-        for m in members {
-            match acks.get(&m) {
+        for member in members {
+            match acks.get(&member) {
                 Some((vv, at)) if now.saturating_sub(*at) <= retention => vvs.push(vv.clone()),
                 Some(_) => {} // away longer than retention: gets a snapshot on return
                 None => {
-                    let since = registered.get(&m).copied().unwrap_or(now);
+                    let since = registered.get(&member).copied().unwrap_or(now);
                     if now.saturating_sub(since) <= retention {
                         vvs.push(VersionVector::new());
                     }

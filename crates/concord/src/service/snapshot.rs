@@ -15,16 +15,16 @@ use crate::sync::log::VersionVector;
 use crate::sync::txn::Library;
 use crate::sync::BULK_MODEL;
 
-fn clocked(m: &ModelInfo, i: usize) -> bool {
-    let f = &m.fields[i];
-    m.kind == ModelKind::Record && !f.key && !f.owner
+fn clocked(model: &ModelInfo, i: usize) -> bool {
+    let f = &model.fields[i];
+    model.kind == ModelKind::Record && !f.key && !f.owner
 }
 
-fn clock_cols(m: &ModelInfo) -> Vec<String> {
-    (0..m.fields.len())
+fn clock_cols(model: &ModelInfo) -> Vec<String> {
+    (0..model.fields.len())
         .map(|i| {
-            if clocked(m, i) {
-                let n = m.fields[i].name;
+            if clocked(model, i) {
+                let n = model.fields[i].name;
                 format!("COALESCE({n}__hlc, _hlc), COALESCE({n}__dev, _dev)")
             } else {
                 "_hlc, _dev".into()
@@ -259,12 +259,12 @@ pub fn apply(
             now_ms: lib.hlc().now_ms(),
         };
         for t in &tombstones {
-            let m = model_by_name(&t.model)
+            let model = model_by_name(&t.model)
                 .ok_or_else(|| Error::Malformed(format!("unknown model {}", t.model)))?;
             if !is_tombstoned(tx, t.uuid)? {
                 let stamp = Hlc::new(t.hlc, t.dev);
-                applier.tombstone(m, t.uuid, stamp)?;
-                applier.cascade(m, t.uuid, stamp)?;
+                applier.tombstone(model, t.uuid, stamp)?;
+                applier.cascade(model, t.uuid, stamp)?;
             }
         }
         for e in &bulk {
@@ -273,17 +273,17 @@ pub fn apply(
         // The statements of each model are built once per chunk, not per row.
         let mut sqls: Vec<(&'static str, MergeSql)> = Vec::new();
         for row in &rows {
-            let m = model_by_name(&row.model)
+            let model = model_by_name(&row.model)
                 .ok_or_else(|| Error::Malformed(format!("unknown model {}", row.model)))?;
-            check_row(m, row)?;
-            let i = match sqls.iter().position(|(name, _)| *name == m.name) {
+            check_row(model, row)?;
+            let i = match sqls.iter().position(|(name, _)| *name == model.name) {
                 Some(i) => i,
                 None => {
-                    sqls.push((m.name, MergeSql::new(m)));
+                    sqls.push((model.name, MergeSql::new(model)));
                     sqls.len() - 1
                 }
             };
-            merge_row(&applier, tx, m, row, &sqls[i].1)?;
+            merge_row(&applier, tx, model, row, &sqls[i].1)?;
         }
         Ok(())
     })?;
@@ -291,19 +291,19 @@ pub fn apply(
     Ok(())
 }
 
-fn check_row(m: &ModelInfo, row: &SnapshotRow) -> Result<()> {
-    if row.values.len() != m.fields.len() || row.clocks.len() != m.fields.len() {
+fn check_row(model: &ModelInfo, row: &SnapshotRow) -> Result<()> {
+    if row.values.len() != model.fields.len() || row.clocks.len() != model.fields.len() {
         return Err(Error::Malformed(format!(
             "snapshot row of {} has the wrong arity",
-            m.name
+            model.name
         )));
     }
-    for (i, (f, v)) in m.fields.iter().zip(&row.values).enumerate() {
+    for (i, (f, v)) in model.fields.iter().zip(&row.values).enumerate() {
         let ok = match v {
             // A partial row (an update that arrived before its insert, or a
             // bulk-written file entry its owner changed) holds no value yet in
             // the fields nobody wrote: their clock is the bottom one.
-            Value::Null => f.nullable || (clocked(m, i) && row.clocks[i] == (0, Uuid::nil())),
+            Value::Null => f.nullable || (clocked(model, i) && row.clocks[i] == (0, Uuid::nil())),
             Value::Int(_) => matches!(
                 f.kind,
                 crate::model::FieldKind::Int | crate::model::FieldKind::Bool
@@ -317,7 +317,7 @@ fn check_row(m: &ModelInfo, row: &SnapshotRow) -> Result<()> {
         if !ok {
             return Err(Error::Malformed(format!(
                 "snapshot row has a bad {}.{}",
-                m.name, f.name
+                model.name, f.name
             )));
         }
     }
@@ -331,9 +331,9 @@ struct MergeSql {
 }
 
 impl MergeSql {
-    fn new(m: &ModelInfo) -> MergeSql {
-        let mut cols: Vec<String> = clock_cols(m);
-        if m.kind == ModelKind::Membership {
+    fn new(model: &ModelInfo) -> MergeSql {
+        let mut cols: Vec<String> = clock_cols(model);
+        if model.kind == ModelKind::Membership {
             cols.push("present".into());
         } else {
             cols.push("1".into());
@@ -341,24 +341,24 @@ impl MergeSql {
         let select = format!(
             "SELECT {} FROM {} WHERE uuid = ?1",
             cols.join(", "),
-            m.table
+            model.table
         );
         let mut names: Vec<String> = vec!["uuid".into()];
-        for (i, f) in m.fields.iter().enumerate() {
+        for (i, f) in model.fields.iter().enumerate() {
             names.push(f.name.into());
-            if clocked(m, i) {
+            if clocked(model, i) {
                 names.push(format!("{}__hlc", f.name));
                 names.push(format!("{}__dev", f.name));
             }
         }
-        if m.kind == ModelKind::Membership {
+        if model.kind == ModelKind::Membership {
             names.push("present".into());
         }
         names.push("_hlc".into());
         names.push("_dev".into());
         let insert = format!(
             "INSERT INTO {} ({}) VALUES ({})",
-            m.table,
+            model.table,
             names.join(", "),
             vec!["?"; names.len()].join(", ")
         );
@@ -369,24 +369,24 @@ impl MergeSql {
 fn merge_row(
     applier: &Applier<'_, '_>,
     tx: &Transaction<'_>,
-    m: &'static ModelInfo,
+    model: &'static ModelInfo,
     row: &SnapshotRow,
     sql: &MergeSql,
 ) -> Result<()> {
     if is_tombstoned(tx, row.uuid)? {
         return Ok(());
     }
-    for (i, f) in m.fields.iter().enumerate() {
+    for (i, f) in model.fields.iter().enumerate() {
         if let (true, Some(_), Value::Uuid(target)) = (f.key, f.references, &row.values[i]) {
             if is_tombstoned(tx, *target)? {
                 let (t, d) = row.clocks[i];
-                applier.tombstone(m, row.uuid, Hlc::new(t, d))?;
-                applier.cascade(m, row.uuid, Hlc::new(t, d))?;
+                applier.tombstone(model, row.uuid, Hlc::new(t, d))?;
+                applier.cascade(model, row.uuid, Hlc::new(t, d))?;
                 return Ok(());
             }
         }
     }
-    let n = m.fields.len();
+    let n = model.fields.len();
     let current: Option<(Vec<Hlc>, bool)> = tx
         .prepare_cached(&sql.select)?
         .query_row([row.uuid], |r| {
@@ -401,39 +401,39 @@ fn merge_row(
     let row_clock = incoming
         .iter()
         .enumerate()
-        .find(|(i, _)| !clocked(m, *i))
+        .find(|(i, _)| !clocked(model, *i))
         .map(|(_, c)| *c)
         .or_else(|| incoming.iter().min().copied())
         .unwrap_or(Hlc::new(0, Uuid::nil()));
-    match (current, m.kind) {
-        (None, _) => insert_row(tx, m, row, &incoming, row_clock, sql),
+    match (current, model.kind) {
+        (None, _) => insert_row(tx, model, row, &incoming, row_clock, sql),
         (Some((clocks, present)), ModelKind::Membership) => {
-            merge_presence(tx, m, row, &clocks, present, row_clock)
+            merge_presence(tx, model, row, &clocks, present, row_clock)
         }
-        (Some((clocks, _)), ModelKind::Record) => merge_fields(tx, m, row, &clocks, &incoming),
+        (Some((clocks, _)), ModelKind::Record) => merge_fields(tx, model, row, &clocks, &incoming),
     }
 }
 
 /// A row this device does not hold yet: insert it with its clocks.
 fn insert_row(
     tx: &Transaction<'_>,
-    m: &ModelInfo,
+    model: &ModelInfo,
     row: &SnapshotRow,
     incoming: &[Hlc],
     row_clock: Hlc,
     sql: &MergeSql,
 ) -> Result<()> {
     // Values in the column order of `sql.insert`.
-    let mut vals: Vec<Value> = Vec::with_capacity(3 * m.fields.len() + 4);
+    let mut vals: Vec<Value> = Vec::with_capacity(3 * model.fields.len() + 4);
     vals.push(Value::Uuid(row.uuid));
     for (i, v) in row.values.iter().enumerate() {
         vals.push(v.clone());
-        if clocked(m, i) {
+        if clocked(model, i) {
             vals.push(Value::Int(incoming[i].time as i64));
             vals.push(Value::Uuid(incoming[i].device));
         }
     }
-    if m.kind == ModelKind::Membership {
+    if model.kind == ModelKind::Membership {
         vals.push(Value::Int(row.present as i64));
     }
     vals.push(Value::Int(row_clock.time as i64));
@@ -446,7 +446,7 @@ fn insert_row(
 /// A membership this device holds: the newer (clock, presence, device) wins.
 fn merge_presence(
     tx: &Transaction<'_>,
-    m: &ModelInfo,
+    model: &ModelInfo,
     row: &SnapshotRow,
     clocks: &[Hlc],
     present: bool,
@@ -461,7 +461,7 @@ fn merge_presence(
     if inc > cur {
         let sql = format!(
             "UPDATE {} SET present = ?1, _hlc = ?2, _dev = ?3 WHERE uuid = ?4",
-            m.table
+            model.table
         );
         tx.prepare_cached(&sql)?.execute(rusqlite::params![
             row.present as i64,
@@ -476,16 +476,16 @@ fn merge_presence(
 /// A record this device holds: each field whose incoming clock is newer wins.
 fn merge_fields(
     tx: &Transaction<'_>,
-    m: &ModelInfo,
+    model: &ModelInfo,
     row: &SnapshotRow,
     clocks: &[Hlc],
     incoming: &[Hlc],
 ) -> Result<()> {
     let mut sets = Vec::new();
     let mut vals: Vec<Value> = Vec::new();
-    for i in 0..m.fields.len() {
-        if clocked(m, i) && incoming[i] > clocks[i] {
-            let f = m.fields[i].name;
+    for i in 0..model.fields.len() {
+        if clocked(model, i) && incoming[i] > clocks[i] {
+            let f = model.fields[i].name;
             sets.push(format!("{f} = ?, {f}__hlc = ?, {f}__dev = ?"));
             vals.push(row.values[i].clone());
             vals.push(Value::Int(incoming[i].time as i64));
@@ -494,7 +494,11 @@ fn merge_fields(
     }
     if !sets.is_empty() {
         vals.push(Value::Uuid(row.uuid));
-        let sql = format!("UPDATE {} SET {} WHERE uuid = ?", m.table, sets.join(", "));
+        let sql = format!(
+            "UPDATE {} SET {} WHERE uuid = ?",
+            model.table,
+            sets.join(", ")
+        );
         tx.prepare_cached(&sql)?
             .execute(params_from_iter(vals.iter()))?;
     }
