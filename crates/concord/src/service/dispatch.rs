@@ -10,10 +10,10 @@ use uuid::Uuid;
 use super::protocol::{Envelope, Msg, Role, Term};
 use super::pull;
 use super::state::SyncService;
-use super::store::vv_covers;
 use crate::error::{Error, Result};
 use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
+use crate::sync::version_vector::vv_covers;
 
 impl SyncService {
     /// Handle one request from another device; always returns a response.

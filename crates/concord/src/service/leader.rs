@@ -15,11 +15,11 @@ use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term, MAX_BATCH_ENTRIES, MAX_INLINE_ENTRIES};
 use super::state::{one_page, Notice, SyncService};
-use super::store::{vv_covers, vv_min};
 use crate::error::Result;
 use crate::query;
 use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
+use crate::sync::version_vector::{vv_covers, vv_min};
 
 impl SyncService {
     /// The version vector every device that still counts has reached. Devices

@@ -35,9 +35,9 @@
 //! - `cursor.rs`: the follower's cursor over the leader's sequence; term fencing.
 //! - `outbound.rs`: every request to another device.
 //! - `state.rs`: settings, shared state and the primitives every role uses.
-//! - `report.rs`, `protocol.rs`, `snapshot.rs`, `store.rs`, `transport.rs`:
-//!   status types, wire messages, snapshot rows, the log's sync-side storage
-//!   and the network abstraction; none of them knows `SyncService`.
+//! - `report.rs`, `protocol.rs`, `snapshot.rs`, `transport.rs`: status types,
+//!   wire messages, snapshot rows and the network abstraction; none of them
+//!   knows `SyncService`.
 
 mod cursor;
 mod dispatch;
@@ -52,7 +52,6 @@ mod report;
 mod run;
 pub mod snapshot;
 mod state;
-pub mod store;
 pub mod transport;
 
 pub use report::{PeerStatus, PullProgress, Stats, SyncStatus};

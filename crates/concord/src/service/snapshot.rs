@@ -9,6 +9,7 @@ use super::protocol::{Msg, SnapshotCursor, SnapshotRow, SnapshotTombstone, MAX_S
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::model::{model_by_name, registry, ModelInfo, ModelKind, Value};
+use crate::store::sql::insert_sql;
 use crate::sync::apply::{is_tombstoned, Applier};
 use crate::sync::entry::{self, LogEntry, Op};
 use crate::sync::log::VersionVector;
@@ -356,12 +357,7 @@ impl MergeSql {
         }
         names.push("_hlc".into());
         names.push("_dev".into());
-        let insert = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            model.table,
-            names.join(", "),
-            vec!["?"; names.len()].join(", ")
-        );
+        let insert = insert_sql(model.table, &names);
         MergeSql { select, insert }
     }
 }

@@ -17,13 +17,13 @@ use uuid::Uuid;
 
 use super::protocol::{Role, Term};
 use super::report::{PeerStatus, PullProgress, Stats, SyncStatus};
-use super::store::vv_lag;
 use super::transport::Transport;
 use crate::error::{Error, Result};
 use crate::query;
 use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
 use crate::sync::txn::{ApplyReport, Library};
+use crate::sync::version_vector::vv_lag;
 
 /// Settings of the sync service.
 #[derive(Debug, Clone)]
@@ -280,16 +280,11 @@ impl SyncService {
             state.last_leader_contact = Instant::now();
         }
         // Persisted so a restart resumes in this term; SQLite work, so off the
-        // async threads. Two adoptions may race to the disk: only a newer term
-        // than the stored one is written. A failure costs only the restart
-        // resuming in an older term (the term in memory holds).
+        // async threads (`set_term` keeps the higher of two racing adoptions).
+        // A failure costs only a restart resuming in an older term: the term
+        // in memory holds.
         let persisted = self
-            .run_sqlite(move |lib| {
-                lib.with_log(|l| match l.term()? {
-                    Some(stored) if stored >= term => Ok(()),
-                    _ => l.set_term(term),
-                })
-            })
+            .run_sqlite(move |lib| lib.with_log(|l| l.set_term(term)))
             .await;
         if let Err(e) = persisted {
             self.note_error(format!("recording term {}: {e}", term.epoch));
