@@ -45,14 +45,20 @@ mod election;
 mod follower;
 mod leader;
 mod outbound;
+/// Wire messages of `concord/sync/1`, shared with the node's transport.
 pub mod protocol;
+/// Remote browsing: pulling another device's location.
 pub mod pull;
 mod reconcile;
 mod report;
 mod run;
+/// Snapshot chunks: reading state as rows and merging them in.
 pub mod snapshot;
 mod state;
+/// How the service reaches other devices (Iroh in the node, memory in tests).
 pub mod transport;
 
+/// What `sync status` shows, from `report.rs`.
 pub use report::{PeerStatus, PullProgress, Stats, SyncStatus};
+/// The service and its settings, from `state.rs`.
 pub use state::{SyncConfig, SyncService};

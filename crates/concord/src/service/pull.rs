@@ -27,8 +27,11 @@ use crate::sync::txn::Library;
 /// What a pull transferred.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PullReport {
+    /// The location pulled.
     pub location: Uuid,
+    /// Rows taken.
     pub rows: u64,
+    /// Pages (requests) it took.
     pub pages: u64,
 }
 

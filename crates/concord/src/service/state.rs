@@ -28,7 +28,9 @@ use crate::sync::version_vector::vv_lag;
 /// Settings of the sync service.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
+    /// How often a leader heartbeats (and prunes) and a follower checks on it.
     pub heartbeat_interval: Duration,
+    /// Silence from the leader after which a follower starts an election.
     pub leader_timeout: Duration,
     /// Entries per fetch or push.
     pub fetch_batch: usize,
