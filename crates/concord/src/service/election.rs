@@ -52,18 +52,14 @@ impl SyncService {
             (state.term, state.cursor)
         };
         let vv = self.version_vector().await;
-        let mut tasks = tokio::task::JoinSet::new();
-        for to in members {
-            let service = self.clone();
-            let msg = Msg::Heartbeat {
-                term,
-                role: Role::Follower,
-                seq: cursor,
-                vv: vv.clone(),
-                horizon: None,
-            };
-            tasks.spawn(async move { (to, service.probe(to, msg).await) });
-        }
+        let probe = Msg::Heartbeat {
+            term,
+            role: Role::Follower,
+            seq: cursor,
+            vv,
+            horizon: None,
+        };
+        let mut tasks = self.probe_all(members, &probe);
         let mut reachable = vec![self.shared.me];
         let mut top_epoch = term.epoch;
         let mut leader_alive = false;

@@ -66,18 +66,14 @@ impl SyncService {
         let horizon = self.horizon().await;
         let vv = self.version_vector().await;
         let seq = self.state().seq;
-        let mut tasks = tokio::task::JoinSet::new();
-        for to in members {
-            let service = self.clone();
-            let msg = Msg::Heartbeat {
-                term,
-                role: Role::Leader,
-                seq,
-                vv: vv.clone(),
-                horizon: Some(horizon.clone()),
-            };
-            tasks.spawn(async move { (to, service.probe(to, msg).await) });
-        }
+        let heartbeat = Msg::Heartbeat {
+            term,
+            role: Role::Leader,
+            seq,
+            vv: vv.clone(),
+            horizon: Some(horizon.clone()),
+        };
+        let mut tasks = self.probe_all(members, &heartbeat);
         let mut differing = Vec::new();
         while let Some(done) = tasks.join_next().await {
             let Ok((from, reply)) = done else { continue };

@@ -35,7 +35,7 @@
 //! - `cursor.rs`: the follower's cursor over the leader's sequence; term fencing.
 //! - `outbound.rs`: every request to another device.
 //! - `state.rs`: settings, shared state and the primitives every role uses.
-//! - `report.rs`, `protocol.rs`, `snapshot.rs`, `transport.rs`: status types,
+//! - `report.rs`, `protocol.rs`, `snapshot/`, `transport.rs`: status types,
 //!   wire messages, snapshot rows and the network abstraction; none of them
 //!   knows `SyncService`.
 

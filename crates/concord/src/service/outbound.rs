@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::protocol::{Envelope, Msg};
@@ -34,6 +35,22 @@ impl SyncService {
             .min(self.shared.config.request_timeout);
         self.send_within(to, msg, limit.max(Duration::from_millis(50)))
             .await
+    }
+
+    /// Probe every device of `to` with `msg` at once; the replies arrive in
+    /// the returned set as they come, each with the device it is from.
+    pub(super) fn probe_all(
+        &self,
+        to: Vec<Uuid>,
+        msg: &Msg,
+    ) -> JoinSet<(Uuid, std::result::Result<Msg, TransportError>)> {
+        let mut tasks = JoinSet::new();
+        for device in to {
+            let service = self.clone();
+            let msg = msg.clone();
+            tasks.spawn(async move { (device, service.probe(device, msg).await) });
+        }
+        tasks
     }
 
     async fn send_within(

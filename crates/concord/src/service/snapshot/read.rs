@@ -59,17 +59,7 @@ fn rows_chunk(
         let present: i64 = r.get(present_col)?;
         rows.push(read_row(model, r, present != 0)?);
     }
-    let next = if rows.len() == MAX_SNAPSHOT_ROWS {
-        SnapshotCursor {
-            part: cursor.part,
-            after: rows.last().map(|r| r.uuid),
-        }
-    } else {
-        SnapshotCursor {
-            part: cursor.part + 1,
-            after: None,
-        }
-    };
+    let next = next_cursor(cursor, rows.len(), rows.last().map(|r| r.uuid));
     Ok(Msg::SnapshotChunk {
         rows,
         tombstones: Vec::new(),
@@ -95,17 +85,7 @@ fn tombstones_chunk(c: &Connection, cursor: &SnapshotCursor, vv: VersionVector) 
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let next = if tombstones.len() == MAX_SNAPSHOT_ROWS {
-        SnapshotCursor {
-            part: cursor.part,
-            after: tombstones.last().map(|t| t.uuid),
-        }
-    } else {
-        SnapshotCursor {
-            part: cursor.part + 1,
-            after: None,
-        }
-    };
+    let next = next_cursor(cursor, tombstones.len(), tombstones.last().map(|t| t.uuid));
     Ok(Msg::SnapshotChunk {
         rows: Vec::new(),
         tombstones,
@@ -161,4 +141,21 @@ fn bulk_chunk(
         next,
         vv,
     })
+}
+
+/// Where the chunk after a page of `count` items keyed by UUID (the last is
+/// `last`) starts: past `last` in the same part while pages come full, else
+/// at the start of the next part.
+fn next_cursor(cursor: &SnapshotCursor, count: usize, last: Option<Uuid>) -> SnapshotCursor {
+    if count == MAX_SNAPSHOT_ROWS {
+        SnapshotCursor {
+            part: cursor.part,
+            after: last,
+        }
+    } else {
+        SnapshotCursor {
+            part: cursor.part + 1,
+            after: None,
+        }
+    }
 }
