@@ -75,6 +75,7 @@ impl SyncService {
         }
     }
 
+    /// Members heard from within `leader_timeout`: whom to push to without a leader.
     async fn online_peers(&self) -> Vec<Uuid> {
         let members = self.members().await;
         let window = self.shared.config.leader_timeout;
@@ -111,6 +112,8 @@ impl SyncService {
         }
     }
 
+    /// One catch-up round: reconcile (and re-propose) when the cursor is not
+    /// valid for this term, else fetch by cursor.
     async fn catch_up_once(&self) {
         let (role, term, cursor_term) = {
             let state = self.state();

@@ -13,6 +13,7 @@ use super::state::SyncService;
 use super::transport::TransportError;
 
 impl SyncService {
+    /// A request that may take up to `request_timeout`.
     pub(super) async fn send(
         &self,
         to: Uuid,
@@ -53,6 +54,8 @@ impl SyncService {
         tasks
     }
 
+    /// Every request goes out here: counted, time-limited, the peer marked as
+    /// heard from when it answers, and a newer term it answers with adopted.
     async fn send_within(
         &self,
         to: Uuid,

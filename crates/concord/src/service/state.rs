@@ -223,6 +223,7 @@ impl SyncService {
         self.state().term
     }
 
+    /// Wall time in ms on the library's hybrid clock (the simulation drives it).
     pub(super) fn now_ms(&self) -> u64 {
         self.shared.lib.hlc().now_ms()
     }
@@ -252,10 +253,12 @@ impl SyncService {
         .unwrap_or_default()
     }
 
+    /// Whether `device` is registered in this library (and is not this device).
     pub(super) async fn is_member(&self, device: Uuid) -> bool {
         self.members().await.contains(&device)
     }
 
+    /// An error sync goes on after: logged and shown in `sync status`.
     pub(super) fn note_error(&self, e: impl std::fmt::Display) {
         let msg = e.to_string();
         tracing::warn!(library = %self.shared.lib.id(), "sync: {msg}");
@@ -295,6 +298,7 @@ impl SyncService {
         true
     }
 
+    /// This device's version vector (empty if the log cannot be read).
     pub(super) async fn version_vector(&self) -> VersionVector {
         self.run_sqlite(|lib| lib.with_log(|l| l.version_vector()))
             .await

@@ -86,6 +86,7 @@ pub fn apply(
     Ok(())
 }
 
+/// A row fits its model: one value and clock per field, each of the field's kind.
 fn check_row(model: &ModelInfo, row: &SnapshotRow) -> Result<()> {
     if row.values.len() != model.fields.len() || row.clocks.len() != model.fields.len() {
         return Err(Error::Malformed(format!(
@@ -126,6 +127,7 @@ struct MergeSql {
 }
 
 impl MergeSql {
+    /// Both statements for `model`, built once per chunk.
     fn new(model: &ModelInfo) -> MergeSql {
         let mut cols: Vec<String> = clock_cols(model);
         if model.kind == ModelKind::Membership {
@@ -156,6 +158,8 @@ impl MergeSql {
     }
 }
 
+/// Merge one checked row: nothing for a tombstoned row, a tombstone when a
+/// key it references is tombstoned, else insert or merge by clocks.
 fn merge_row(
     applier: &Applier<'_, '_>,
     tx: &Transaction<'_>,
