@@ -75,9 +75,11 @@ impl PeerInfo {
     }
 }
 
+/// What the service knows and decides, behind one lock (`SyncService::state`).
 pub(super) struct State {
     pub(super) term: Term,
     pub(super) role: Role,
+    /// When the leader was last heard from (a follower elects after `leader_timeout`).
     pub(super) last_leader_contact: Instant,
     /// Follower: the leader sequence applied so far, valid for `cursor_term`.
     pub(super) cursor: u64,
@@ -106,17 +108,22 @@ pub(super) struct Notice {
     pub(super) told: Option<Uuid>,
 }
 
+/// Everything the clones of one `SyncService` share: its library, transport,
+/// settings, state and the signals between the main loop and its work.
 pub(super) struct ServiceShared {
     pub(super) lib: Arc<Library>,
     pub(super) transport: Arc<dyn Transport>,
     pub(super) config: SyncConfig,
+    /// This device.
     pub(super) me: Uuid,
     pub(super) state: Mutex<State>,
+    /// Correlation id of the next request sent.
     pub(super) next_id: AtomicU64,
     /// Wakes the main loop (fetch needed, role changed).
     pub(super) wake: Notify,
     /// One fetch/reconcile at a time.
     pub(super) fetching: tokio::sync::Mutex<()>,
+    /// A catch-up was asked for while one ran: the runner goes round again.
     pub(super) catch_up_wanted: AtomicBool,
     /// Change propagation runs off the main loop, one run at a time.
     pub(super) changed: AtomicBool,
@@ -128,6 +135,7 @@ pub(super) struct ServiceShared {
     pub(super) kick: Notify,
     /// At most one heartbeat/election round at a time.
     pub(super) ticking: AtomicBool,
+    /// Ends the main loop (`SyncService::stop`).
     pub(super) stop: watch::Sender<bool>,
 }
 
