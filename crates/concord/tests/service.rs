@@ -506,3 +506,41 @@ async fn a_proposal_is_answered_with_its_sequence_range() {
     assert_eq!(after[0], seqs[0] + 1);
     assert!(after.iter().all(|s| *s == after[0]), "{after:?}");
 }
+
+/// A term is written to `sync.db` when it is adopted (off the async threads),
+/// so a device restarted after a failover resumes in the new term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_term_is_persisted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 3, config());
+    for i in 0..3 {
+        c.start(i);
+    }
+    c.kill(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let terms: Vec<_> = (1..3).map(|i| c.svc(i).term()).collect();
+        let stored: Vec<_> = (1..3)
+            .map(|i| c.libs[i].with_log(|l| l.term()).unwrap())
+            .collect();
+        let settled = terms[0] == terms[1] && terms[0].leader == c.devices[2];
+        if settled && stored.iter().all(|s| *s == Some(terms[0])) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "term not persisted: in memory {terms:?}, stored {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 1..3 {
+        let status = c.svc(i).status().await.unwrap();
+        let last_error = status.stats.last_error.unwrap_or_default();
+        assert!(!last_error.contains("recording term"), "{last_error}");
+    }
+    // Restarted, device 1 resumes in the term it adopted.
+    let adopted = c.svc(1).term();
+    c.kill(1);
+    c.start(1);
+    assert!(c.svc(1).term() >= adopted);
+}

@@ -1,21 +1,23 @@
-//! Leader duties and elections (DESIGN §5).
+//! The leader role (DESIGN §5): sequencing, propagation and pruning.
 //!
 //! The leader heartbeats every registered device each `heartbeat_interval`,
 //! carrying its term, sequence, version vector and the pruning horizon; replies
 //! tell it each follower's version vector, which drives anti-entropy (push what
-//! they lack, pull what we lack) and pruning. A follower that hears nothing from
-//! its leader for `leader_timeout` probes every registered device: a newer term
-//! is adopted; otherwise the reachable device with the highest id (counting
-//! itself) takes `max epoch seen + 1`. Devices that are not the highest wait for
-//! it to do the same.
+//! they lack, pull what we lack) and pruning. Elections are in `election.rs`.
+//!
+//! Entries a follower proposes or pushes are numbered inside that request and
+//! answered with their range (`Sequenced`); the range waits in `unnotified`
+//! for the next propagation, which tells everyone else (`NewEntries`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::protocol::{Msg, Role, Term};
-use super::SyncService;
+use super::protocol::{Msg, Role, Term, MAX_BATCH_ENTRIES, MAX_INLINE_ENTRIES};
+use super::state::{one_page, Notice, SyncService};
+use crate::error::Result;
+use crate::query;
+use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
 use crate::sync::version_vector::{vv_covers, vv_min};
 
@@ -29,15 +31,9 @@ impl SyncService {
         let now = self.now_ms();
         let members = self.members().await;
         let Ok((acks, registered, mine)) = self
-            .blocking(|lib| {
+            .run_sqlite(|lib| {
                 let acks = lib.with_log(|l| l.acks())?;
-                let registered: HashMap<Uuid, u64> = lib.read(|c| {
-                    let mut stmt = c.prepare_cached("SELECT uuid, _hlc FROM devices")?;
-                    let rows = stmt.query_map([], |r| {
-                        Ok((r.get::<_, Uuid>(0)?, (r.get::<_, i64>(1)? as u64) >> 16))
-                    })?;
-                    Ok(rows.filter_map(|r| r.ok()).collect())
-                })?;
+                let registered = query::members::members_registered_at(lib)?;
                 let mine = lib.with_log(|l| l.version_vector())?;
                 Ok((acks, registered, mine))
             })
@@ -48,12 +44,12 @@ impl SyncService {
         let acks: HashMap<Uuid, (VersionVector, u64)> =
             acks.into_iter().map(|(d, v, at)| (d, (v, at))).collect();
         let mut vvs = vec![mine];
-        for m in members {
-            match acks.get(&m) {
+        for member in members {
+            match acks.get(&member) {
                 Some((vv, at)) if now.saturating_sub(*at) <= retention => vvs.push(vv.clone()),
                 Some(_) => {} // away longer than retention: gets a snapshot on return
                 None => {
-                    let since = registered.get(&m).copied().unwrap_or(now);
+                    let since = registered.get(&member).copied().unwrap_or(now);
                     if now.saturating_sub(since) <= retention {
                         vvs.push(VersionVector::new());
                     }
@@ -69,19 +65,15 @@ impl SyncService {
         let members = self.members().await;
         let horizon = self.horizon().await;
         let vv = self.version_vector().await;
-        let seq = self.st().seq;
-        let mut tasks = tokio::task::JoinSet::new();
-        for to in members {
-            let me = self.clone();
-            let msg = Msg::Heartbeat {
-                term,
-                role: Role::Leader,
-                seq,
-                vv: vv.clone(),
-                horizon: Some(horizon.clone()),
-            };
-            tasks.spawn(async move { (to, me.probe(to, msg).await) });
-        }
+        let seq = self.state().seq;
+        let heartbeat = Msg::Heartbeat {
+            term,
+            role: Role::Leader,
+            seq,
+            vv: vv.clone(),
+            horizon: Some(horizon.clone()),
+        };
+        let mut tasks = self.probe_all(members, &heartbeat);
         let mut differing = Vec::new();
         while let Some(done) = tasks.join_next().await {
             let Ok((from, reply)) = done else { continue };
@@ -89,15 +81,15 @@ impl SyncService {
                 let now = self.now_ms();
                 let ack = theirs.clone();
                 let _ = self
-                    .blocking(move |lib| lib.with_log(|l| l.record_ack(from, &ack, now)))
+                    .run_sqlite(move |lib| lib.with_log(|l| l.record_ack(from, &ack, now)))
                     .await;
                 if !vv_covers(&theirs, &vv) || !vv_covers(&vv, &theirs) {
                     differing.push(from);
                 }
-                self.st().peers.entry(from).or_default().vv = theirs;
+                self.state().peers.entry(from).or_default().vv = theirs;
             }
         }
-        if self.st().term != term {
+        if self.state().term != term {
             return; // stepped down meanwhile
         }
         for peer in differing {
@@ -108,7 +100,7 @@ impl SyncService {
         if !horizon.is_empty() {
             let h = horizon.clone();
             match self
-                .blocking(move |lib| lib.with_log(|l| l.prune_covered(&h)))
+                .run_sqlite(move |lib| lib.with_log(|l| l.prune_covered(&h)))
                 .await
             {
                 Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned entries every device holds"),
@@ -118,67 +110,215 @@ impl SyncService {
         }
     }
 
-    /// Follower without a leader: probe, then adopt, wait, or lead.
-    pub(super) async fn elect(&self) {
-        let members = self.members().await;
-        let (term, cursor) = {
-            let st = self.st();
-            (st.term, st.cursor)
+    /// Leader: sequence pending entries and tell every online follower, after
+    /// the ranges sequenced meanwhile while taking followers' entries.
+    pub(super) async fn sequence_and_notify(&self, term: Term) {
+        let notices = {
+            let _sequencing = self.shared.sequencing.lock().await;
+            let mut notices = std::mem::take(&mut self.state().unnotified);
+            notices.retain(|n| n.term == term);
+            match self.sequence(term).await {
+                Ok(Some((from_seq, to_seq))) => notices.push(Notice {
+                    term,
+                    from_seq,
+                    to_seq,
+                    told: None,
+                }),
+                Ok(None) => {}
+                Err(e) => self.note_error(e),
+            }
+            notices
         };
-        let vv = self.version_vector().await;
-        let mut tasks = tokio::task::JoinSet::new();
-        for to in members {
-            let me = self.clone();
-            let msg = Msg::Heartbeat {
-                term,
-                role: Role::Follower,
-                seq: cursor,
-                vv: vv.clone(),
-                horizon: None,
-            };
-            tasks.spawn(async move { (to, me.probe(to, msg).await) });
+        self.notify(term, &notices).await;
+    }
+
+    /// Leader: number the pending entries. Callers hold `sequencing`.
+    async fn sequence(&self, term: Term) -> Result<Option<(u64, u64)>> {
+        let epoch = term.epoch;
+        let range = self
+            .run_sqlite(move |lib| lib.with_log(|l| l.sequence_pending(epoch)))
+            .await?;
+        if let Some((_, to_seq)) = range {
+            self.state().seq = to_seq;
         }
-        let mut reachable = vec![self.shared.me];
-        let mut top_epoch = term.epoch;
-        let mut leader_alive = false;
-        while let Some(done) = tasks.join_next().await {
-            let Ok((from, reply)) = done else { continue };
-            if let Ok(Msg::HeartbeatReply { term: t, .. }) = reply {
-                reachable.push(from);
-                top_epoch = top_epoch.max(t.epoch);
-                if t > term {
-                    self.adopt(t);
-                    return;
-                }
-                if from == term.leader && term.leader != Uuid::nil() {
-                    leader_alive = true;
-                }
-            }
-        }
-        if self.st().term != term {
-            return; // a newer term arrived while probing
-        }
-        if leader_alive {
-            self.st().last_leader_contact = Instant::now();
-            self.shared.wake.notify_one();
+        Ok(range)
+    }
+
+    /// Leader: `NewEntries` for `notices` (adjacent ranges, in order) to every
+    /// online follower, minus the ranges a follower was told in a reply.
+    async fn notify(&self, term: Term, notices: &[Notice]) {
+        let (Some(first), Some(last)) = (notices.first(), notices.last()) else {
             return;
-        }
-        let winner = reachable.iter().copied().max().unwrap_or(self.shared.me);
-        if winner == self.shared.me {
-            let new = Term {
-                epoch: top_epoch + 1,
-                leader: self.shared.me,
-            };
-            tracing::info!(library = %self.shared.lib.id(), epoch = new.epoch, "elected leader");
-            self.adopt(new);
-            self.heartbeat_all(new).await;
-            self.on_change().await;
-        } else {
-            // Let the higher device take over; meanwhile sync directly with it.
-            self.st().last_leader_contact = Instant::now();
-            if let Err(e) = self.reconcile_with(winner).await {
-                tracing::debug!(peer = %winner, "leaderless reconcile failed: {e}");
+        };
+        let targets: Vec<Uuid> = {
+            let state = self.state();
+            state
+                .peers
+                .iter()
+                .filter(|(_, p)| p.last_contact.is_some())
+                .map(|(d, _)| *d)
+                .collect()
+        };
+        let members = self.members().await;
+        // What a follower lacks of a range travels inside the notification
+        // when it is small (saves a fetch and an acknowledgement); otherwise
+        // the follower fetches.
+        let all = self.range_entries(first.from_seq, last.to_seq).await;
+        let none = HashSet::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for to in targets.into_iter().filter(|d| members.contains(d)) {
+            // One message per run of adjacent ranges `to` was not told of.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for n in notices.iter().filter(|n| n.told != Some(to)) {
+                match runs.last_mut() {
+                    Some(run) if run.1 + 1 == n.from_seq => run.1 = n.to_seq,
+                    _ => runs.push((n.from_seq, n.to_seq)),
+                }
             }
+            let msgs: Vec<Msg> = runs
+                .into_iter()
+                .map(|(from_seq, to_seq)| Msg::NewEntries {
+                    term,
+                    from_seq,
+                    to_seq,
+                    entries: self.lacking(to, all.as_deref(), from_seq, to_seq, &none),
+                })
+                .collect();
+            if msgs.is_empty() {
+                continue;
+            }
+            let service = self.clone();
+            tasks.spawn(async move {
+                for msg in msgs {
+                    // Unreachable: it catches up from a later heartbeat.
+                    if service.probe(to, msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
         }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Leader: the entries sequenced at `from_seq..=to_seq`, when the range is
+    /// small enough to send inline and all of it is still in the log.
+    async fn range_entries(&self, from_seq: u64, to_seq: u64) -> Option<Vec<LogEntry>> {
+        let count = (to_seq + 1).checked_sub(from_seq)? as usize;
+        if count == 0 || count > MAX_BATCH_ENTRIES {
+            return None;
+        }
+        self.run_sqlite(move |lib| lib.with_log(|l| l.fetch_since_seq(from_seq - 1, count)))
+            .await
+            .ok()
+            .filter(|e| e.len() == count && e.last().and_then(|e| e.lib_seq) == Some(to_seq))
+    }
+
+    /// Leader: what follower `to` lacks of `from_seq..=to_seq`, out of `all`
+    /// (every entry of a span holding that range): the range minus `to`'s own
+    /// entries, minus what it last reported holding, minus `held` (what it just
+    /// sent). `None` (it fetches) when `all` is unknown or that is more than
+    /// [`MAX_INLINE_ENTRIES`].
+    fn lacking(
+        &self,
+        to: Uuid,
+        all: Option<&[LogEntry]>,
+        from_seq: u64,
+        to_seq: u64,
+        held: &HashSet<(Uuid, u64)>,
+    ) -> Option<Vec<LogEntry>> {
+        let all = all?;
+        let known = self.state().peers.get(&to).map(|p| p.vv.clone());
+        let lacks: Vec<LogEntry> = all
+            .iter()
+            .filter(|e| e.lib_seq.is_some_and(|s| (from_seq..=to_seq).contains(&s)))
+            .filter(|e| {
+                e.origin != to
+                    && !held.contains(&(e.origin, e.origin_seq))
+                    && known
+                        .as_ref()
+                        .and_then(|vv| vv.get(&e.origin))
+                        .is_none_or(|have| *have < e.origin_seq)
+            })
+            .cloned()
+            .collect();
+        (lacks.len() <= MAX_INLINE_ENTRIES).then_some(lacks)
+    }
+
+    /// Leader: take the entries a follower proposed or pushed, sequence them at
+    /// once and answer with the range they got (`Sequenced`, carrying what the
+    /// follower lacks of it): the follower moves its cursor from the reply and
+    /// gets no `NewEntries` for that range; the other followers get theirs from
+    /// the propagation this kicks.
+    pub(super) async fn take_from_follower(
+        &self,
+        from: Uuid,
+        term: Term,
+        entries: Vec<LogEntry>,
+    ) -> Result<Msg> {
+        let held: HashSet<(Uuid, u64)> = entries.iter().map(|e| (e.origin, e.origin_seq)).collect();
+        let (from_seq, to_seq) = {
+            // No other sequencing between applying and numbering: the range
+            // holds every entry of the request this log did not hold yet.
+            let _sequencing = self.shared.sequencing.lock().await;
+            self.apply(entries).await?;
+            {
+                let state = self.state();
+                if state.role != Role::Leader || state.term != term {
+                    return Ok(Msg::Ok); // stepped down meanwhile
+                }
+            }
+            let Some((from_seq, to_seq)) = self.sequence(term).await? else {
+                return Ok(Msg::Ok); // nothing new: sequenced (and notified) before
+            };
+            self.state().unnotified.push(Notice {
+                term,
+                from_seq,
+                to_seq,
+                told: Some(from),
+            });
+            (from_seq, to_seq)
+        };
+        self.shared.kick.notify_one();
+        let all = self.range_entries(from_seq, to_seq).await;
+        Ok(Msg::Sequenced {
+            term,
+            from_seq,
+            to_seq,
+            entries: self.lacking(from, all.as_deref(), from_seq, to_seq, &held),
+        })
+    }
+
+    /// `FetchEntries`: a follower fetching by cursor, in this leader's term.
+    pub(super) async fn serve_fetch(&self, term: Term, since_seq: u64, limit: u32) -> Result<Msg> {
+        let (role, mine) = self.role_and_term();
+        if role != Role::Leader || term < mine {
+            return Ok(Msg::StaleTerm { term: mine });
+        }
+        if term != mine {
+            return Ok(Msg::SyncRequired {
+                reason: "term mismatch".into(),
+            });
+        }
+        let limit = (limit as usize).clamp(1, MAX_BATCH_ENTRIES);
+        let entries = self
+            .run_sqlite(move |lib| lib.with_log(|l| l.fetch_since_seq(since_seq, limit + 1)))
+            .await?;
+        let (entries, has_more) = one_page(entries, limit);
+        Ok(Msg::EntriesResponse { entries, has_more })
+    }
+
+    /// `Acknowledge`: how far a follower got; feeds the pruning horizon.
+    pub(super) async fn on_acknowledge(
+        &self,
+        from: Uuid,
+        up_to_seq: u64,
+        vv: VersionVector,
+    ) -> Result<Msg> {
+        let now = self.now_ms();
+        self.state().peers.entry(from).or_default().acked_seq = up_to_seq;
+        self.state().peers.entry(from).or_default().vv = vv.clone();
+        self.run_sqlite(move |lib| lib.with_log(|l| l.record_ack(from, &vv, now)))
+            .await?;
+        Ok(Msg::Ok)
     }
 }

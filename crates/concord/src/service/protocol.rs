@@ -24,9 +24,11 @@ pub const MAX_VV_ORIGINS: usize = 4096;
 pub struct Envelope {
     /// Correlation id: a response carries its request's id.
     pub id: u64,
+    /// The library the message is about (one connection serves many).
     pub library: Uuid,
     /// The sending device (transports check it against the authenticated peer).
     pub from: Uuid,
+    /// The request or response itself.
     pub msg: Msg,
 }
 
@@ -37,6 +39,8 @@ pub enum Role {
     Follower,
 }
 
+/// Terms belong to the sync layer (the log persists them); the protocol
+/// carries them, so they stay reachable here.
 pub use crate::sync::term::Term;
 
 /// One row of a snapshot: values with their field clocks, as stored.
@@ -76,6 +80,8 @@ pub struct SnapshotCursor {
     pub after: Option<Uuid>,
 }
 
+/// Every request and response of the protocol, one variant each; the
+/// dispatcher answers each request with exactly one of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     // ---- requests ----

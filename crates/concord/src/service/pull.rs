@@ -17,33 +17,28 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::protocol::{Msg, PullCursor, SnapshotRow, MAX_SNAPSHOT_ROWS};
-use super::SyncService;
+use super::report::PullProgress;
+use super::snapshot;
+use super::state::SyncService;
 use crate::error::{Error, Result};
 use crate::model::{FileEntry, ModelInfo, Syncable, Value};
 use crate::sync::txn::Library;
 
-/// Progress of a pull, for `sync status`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PullProgress {
-    pub location: Uuid,
-    pub done: u64,
-    pub total: u64,
-    /// Rows per second so far.
-    pub rate: f64,
-    pub finished: bool,
-}
-
 /// What a pull transferred.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PullReport {
+    /// The location pulled.
     pub location: Uuid,
+    /// Rows taken.
     pub rows: u64,
+    /// Pages (requests) it took.
     pub pages: u64,
 }
 
-fn changed_expr(m: &ModelInfo) -> String {
+/// The SQL for a row's newest clock: its own or any of its field clocks.
+fn changed_expr(model: &ModelInfo) -> String {
     let mut parts = vec!["_hlc".to_string()];
-    for f in m.fields.iter().filter(|f| !f.key && !f.owner) {
+    for f in model.fields.iter().filter(|f| !f.key && !f.owner) {
         parts.push(format!("COALESCE({}__hlc, 0)", f.name));
     }
     format!("MAX({})", parts.join(", "))
@@ -51,30 +46,28 @@ fn changed_expr(m: &ModelInfo) -> String {
 
 /// Owner side: one page of `location`'s entries changed after `cursor.since`.
 pub fn page(lib: &Library, location: Uuid, cursor: &PullCursor) -> Result<Msg> {
-    let m = FileEntry::INFO;
-    let changed = changed_expr(m);
+    let model = FileEntry::INFO;
+    let changed = changed_expr(model);
     let position = cursor.position.unwrap_or_else(|| lib.hlc().last());
     lib.read(|c| {
         let total = if cursor.position.is_none() {
             c.prepare_cached(&format!(
                 "SELECT COUNT(*) FROM {} WHERE location = ?1 AND {changed} > ?2",
-                m.table
+                model.table
             ))?
             .query_row(rusqlite::params![location, cursor.since as i64], |r| r.get::<_, i64>(0))?
                 as u64
         } else {
             0
         };
-        let mut cols: Vec<String> = vec!["uuid".into()];
-        cols.extend(m.fields.iter().map(|f| f.name.to_string()));
-        cols.extend(super::snapshot::clock_cols(m));
+        let cols = snapshot::row_columns(model);
         let sql = format!(
             // `+location`: walk the uuid index from `after` (one pass over the
             // table across all pages) instead of re-sorting the location's rows
             // for every page, which made a 1M-row pull quadratic.
             "SELECT {} FROM {} WHERE +location = ?1 AND uuid > ?2 AND {changed} > ?3 ORDER BY uuid LIMIT {}",
             cols.join(", "),
-            m.table,
+            model.table,
             MAX_SNAPSHOT_ROWS
         );
         let mut stmt = c.prepare_cached(&sql)?;
@@ -83,27 +76,9 @@ pub fn page(lib: &Library, location: Uuid, cursor: &PullCursor) -> Result<Msg> {
             cursor.after.unwrap_or_default(),
             cursor.since as i64
         ])?;
-        let n = m.fields.len();
         let mut rows = Vec::new();
         while let Some(r) = q.next()? {
-            let mut values = Vec::with_capacity(n);
-            for (i, f) in m.fields.iter().enumerate() {
-                values.push(Value::from_sql(f.kind, r.get_ref(1 + i)?)?);
-            }
-            let mut clocks = Vec::with_capacity(n);
-            for i in 0..n {
-                clocks.push((
-                    r.get::<_, i64>(1 + n + 2 * i)? as u64,
-                    r.get::<_, Uuid>(2 + n + 2 * i)?,
-                ));
-            }
-            rows.push(SnapshotRow {
-                model: m.name.to_string(),
-                uuid: r.get(0)?,
-                values,
-                clocks,
-                present: true,
-            });
+            rows.push(snapshot::read_row(model, r, true)?);
         }
         let next = (rows.len() == MAX_SNAPSHOT_ROWS).then(|| PullCursor {
             since: cursor.since,
@@ -122,11 +97,11 @@ pub fn page(lib: &Library, location: Uuid, cursor: &PullCursor) -> Result<Msg> {
 /// Rows a peer sent for `location` of `owner`: file entries of that location,
 /// owned by that device, and nothing else.
 fn check_page(rows: &[SnapshotRow], location: Uuid, owner: Uuid) -> Result<()> {
-    let m = FileEntry::INFO;
-    let loc = m.field_index("location").unwrap_or(usize::MAX);
-    let own = m.owner_index().unwrap_or(usize::MAX);
+    let model = FileEntry::INFO;
+    let loc = model.field_index("location").unwrap_or(usize::MAX);
+    let own = model.owner_index().unwrap_or(usize::MAX);
     for r in rows {
-        let ok = r.model == m.name
+        let ok = r.model == model.name
             && r.values.get(loc) == Some(&Value::Uuid(location))
             && r.values.get(own) == Some(&Value::Uuid(owner));
         if !ok {
@@ -139,30 +114,55 @@ fn check_page(rows: &[SnapshotRow], location: Uuid, owner: Uuid) -> Result<()> {
     Ok(())
 }
 
+/// The owner of `location` (`None`: no such location) and the position the
+/// last pull of it reached (0: never pulled).
+fn pull_start(lib: &Library, location: Uuid) -> Result<(Option<Uuid>, u64)> {
+    lib.read(|c| {
+        let owner: Option<Uuid> = c
+            .query_row(
+                "SELECT device FROM locations WHERE uuid = ?1",
+                [location],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let since: Option<i64> = c
+            .query_row(
+                "SELECT position FROM pulls WHERE location = ?1",
+                [location],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((owner, since.unwrap_or(0) as u64))
+    })
+}
+
+/// Remember where a finished pull of `location` ended, so the next one asks
+/// only for what changed since.
+fn record_pull(
+    lib: &Library,
+    location: Uuid,
+    owner: Uuid,
+    position: u64,
+    rows: u64,
+    now_ms: u64,
+) -> Result<()> {
+    lib.with_lib_tx(|tx| {
+        tx.execute(
+            "INSERT INTO pulls (location, owner, position, rows, at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(location) DO UPDATE SET position = excluded.position,
+               rows = pulls.rows + excluded.rows, at = excluded.at",
+            rusqlite::params![location, owner, position as i64, rows as i64, now_ms as i64],
+        )?;
+        Ok(())
+    })
+}
+
 impl SyncService {
     /// Pull (or refresh) another device's location from its owner.
     pub async fn pull_location(&self, location: Uuid) -> Result<PullReport> {
         let me = self.shared.me;
         let (owner, since) = self
-            .blocking(move |lib| {
-                lib.read(|c| {
-                    let owner: Option<Uuid> = c
-                        .query_row(
-                            "SELECT device FROM locations WHERE uuid = ?1",
-                            [location],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    let since: Option<i64> = c
-                        .query_row(
-                            "SELECT position FROM pulls WHERE location = ?1",
-                            [location],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    Ok((owner, since.unwrap_or(0) as u64))
-                })
-            })
+            .run_sqlite(move |lib| pull_start(lib, location))
             .await?;
         let owner = owner.ok_or_else(|| Error::NotFound {
             model: "location",
@@ -175,6 +175,24 @@ impl SyncService {
         if owner == me {
             return Ok(report);
         }
+        let position = self.pull_pages(owner, location, since, &mut report).await?;
+        let (rows, now) = (report.rows, self.now_ms());
+        self.run_sqlite(move |lib| record_pull(lib, location, owner, position, rows, now))
+            .await?;
+        tracing::info!(library = %self.shared.lib.id(), %location, rows = report.rows, "pulled");
+        Ok(report)
+    }
+
+    /// Take every page of `location` changed since `since` from `owner`,
+    /// counting into `report` and `sync status`. Returns the position the
+    /// owner fixed for the next pull.
+    async fn pull_pages(
+        &self,
+        owner: Uuid,
+        location: Uuid,
+        since: u64,
+        report: &mut PullReport,
+    ) -> Result<u64> {
         let started = Instant::now();
         let mut cursor = PullCursor {
             since,
@@ -182,7 +200,7 @@ impl SyncService {
             position: None,
         };
         let mut total = 0;
-        let position = loop {
+        loop {
             let reply = self
                 .send(
                     owner,
@@ -211,10 +229,10 @@ impl SyncService {
             }
             report.pages += 1;
             report.rows += rows.len() as u64;
-            self.blocking(move |lib| super::snapshot::apply(lib, rows, Vec::new(), Vec::new()))
+            self.run_sqlite(move |lib| snapshot::apply(lib, rows, Vec::new(), Vec::new()))
                 .await?;
             let secs = started.elapsed().as_secs_f64().max(1e-6);
-            self.st().pulls.insert(
+            self.state().pulls.insert(
                 location,
                 PullProgress {
                     location,
@@ -225,24 +243,9 @@ impl SyncService {
                 },
             );
             match next {
-                Some(n) => cursor = n,
-                None => break position,
+                Some(next) => cursor = next,
+                None => return Ok(position),
             }
-        };
-        let (rows, now) = (report.rows, self.now_ms());
-        self.blocking(move |lib| {
-            lib.with_lib_tx(|tx| {
-                tx.execute(
-                    "INSERT INTO pulls (location, owner, position, rows, at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(location) DO UPDATE SET position = excluded.position,
-                       rows = pulls.rows + excluded.rows, at = excluded.at",
-                    rusqlite::params![location, owner, position as i64, rows as i64, now as i64],
-                )?;
-                Ok(())
-            })
-        })
-        .await?;
-        tracing::info!(library = %self.shared.lib.id(), %location, rows = report.rows, "pulled");
-        Ok(report)
+        }
     }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::protocol::Envelope;
 
+/// The future a [`Transport`] returns (boxed, so the trait stays object-safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why a request got no response.

@@ -1,0 +1,201 @@
+//! Incoming requests: checks every request (library, bounds, membership), then
+//! hands it to one handler per message type. Handlers that belong to a role
+//! live with that role (`serve_fetch` and `on_acknowledge` with the leader,
+//! `serve_reconcile` and `serve_snapshot` with reconciliation); the rest are
+//! here.
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::protocol::{Envelope, Msg, Role, Term};
+use super::pull;
+use super::state::SyncService;
+use crate::error::{Error, Result};
+use crate::sync::entry::LogEntry;
+use crate::sync::log::VersionVector;
+use crate::sync::version_vector::vv_covers;
+
+impl SyncService {
+    /// Handle one request from another device; always returns a response.
+    pub async fn handle(&self, req: Envelope) -> Envelope {
+        let reply = |msg| Envelope {
+            id: req.id,
+            library: req.library,
+            from: self.shared.me,
+            msg,
+        };
+        if req.library != self.shared.lib.id() {
+            return reply(Msg::Error {
+                message: "wrong library".into(),
+            });
+        }
+        if let Err(e) = req.msg.check_bounds() {
+            return reply(Msg::Error { message: e });
+        }
+        if !self.is_member(req.from).await {
+            tracing::warn!(library = %req.library, from = %req.from, "request from a device not registered in this library");
+            return reply(Msg::Error {
+                message: format!(
+                    "device {} is not registered in library {}",
+                    req.from, req.library
+                ),
+            });
+        }
+        {
+            let now = self.now_ms();
+            let mut state = self.state();
+            state.peers.entry(req.from).or_default().heard_from(now);
+        }
+        let msg = match self.dispatch(req.from, req.msg.clone()).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.note_error(&e);
+                Msg::Error {
+                    message: e.to_string(),
+                }
+            }
+        };
+        reply(msg)
+    }
+
+    /// One handler per message type; anything that is not a request is refused.
+    async fn dispatch(&self, from: Uuid, msg: Msg) -> Result<Msg> {
+        match msg {
+            Msg::NewEntries {
+                term,
+                from_seq,
+                to_seq,
+                entries,
+            } => {
+                self.on_new_entries(from, term, from_seq, to_seq, entries)
+                    .await
+            }
+            Msg::FetchEntries {
+                term,
+                since_seq,
+                limit,
+            } => self.serve_fetch(term, since_seq, limit).await,
+            Msg::Acknowledge { up_to_seq, vv, .. } => {
+                self.on_acknowledge(from, up_to_seq, vv).await
+            }
+            Msg::Heartbeat {
+                term,
+                role,
+                seq,
+                vv,
+                horizon,
+            } => self.on_heartbeat(from, term, role, seq, vv, horizon).await,
+            Msg::ProposeEntries { entries } => self.on_propose(from, entries).await,
+            Msg::PushEntries { entries } => self.on_push(from, entries).await,
+            Msg::Reconcile { vv, limit } => self.serve_reconcile(from, vv, limit).await,
+            Msg::Snapshot { cursor } => self.serve_snapshot(cursor).await,
+            Msg::PullEntries { location, cursor } => {
+                self.run_sqlite(move |lib| pull::page(lib, location, &cursor))
+                    .await
+            }
+            other => Err(Error::Invalid(format!("{} is not a request", other.name()))),
+        }
+    }
+
+    /// `NewEntries`: the leader sequenced a range (fenced by its term).
+    async fn on_new_entries(
+        &self,
+        from: Uuid,
+        term: Term,
+        from_seq: u64,
+        to_seq: u64,
+        entries: Option<Vec<LogEntry>>,
+    ) -> Result<Msg> {
+        if let Some(stale) = self.fence(term).await {
+            return Ok(stale);
+        }
+        self.on_sequenced(from, term, from_seq, to_seq, entries)
+            .await?;
+        Ok(Msg::Ok)
+    }
+
+    /// `ProposeEntries`: a follower's own entries, for the leader to sequence.
+    async fn on_propose(&self, from: Uuid, entries: Vec<LogEntry>) -> Result<Msg> {
+        let (role, mine) = self.role_and_term();
+        if role != Role::Leader {
+            return Ok(Msg::StaleTerm { term: mine });
+        }
+        if entries.iter().any(|e| e.origin != from) {
+            return Err(Error::Invalid(format!(
+                "device {from} proposed entries of another device; only its own may be proposed"
+            )));
+        }
+        self.take_from_follower(from, mine, entries).await
+    }
+
+    /// `PushEntries`: entries the sender holds and this device may lack. A
+    /// leader sequences them as it does a proposal.
+    async fn on_push(&self, from: Uuid, entries: Vec<LogEntry>) -> Result<Msg> {
+        let (role, mine) = self.role_and_term();
+        if role == Role::Leader {
+            return self.take_from_follower(from, mine, entries).await;
+        }
+        self.apply(entries).await?;
+        Ok(Msg::Ok)
+    }
+
+    /// `Heartbeat`: from the leader (adopt its term, catch up, prune to its
+    /// horizon) or from a follower probing during an election.
+    async fn on_heartbeat(
+        &self,
+        from: Uuid,
+        term: Term,
+        role: Role,
+        seq: u64,
+        vv: VersionVector,
+        horizon: Option<VersionVector>,
+    ) -> Result<Msg> {
+        let mine = self.state().term;
+        if term < mine && role == Role::Leader {
+            return Ok(Msg::StaleTerm { term: mine });
+        }
+        if term > mine {
+            self.adopt(term).await;
+        }
+        let my_vv = self.version_vector().await;
+        let (my_term, my_role, my_seq, lacking) = {
+            let mut state = self.state();
+            state.peers.entry(from).or_default().vv = vv.clone();
+            if role == Role::Leader && term == state.term {
+                state.last_leader_contact = Instant::now();
+                // The leader holds (or held) entries we lack: the cursor cannot
+                // fetch them if they were sequenced below it or pruned while this
+                // device did not count (away past retention), so reconcile by
+                // version vector, which falls back to a snapshot when needed.
+                if !vv_covers(&my_vv, &vv) {
+                    state.cursor_term = None;
+                }
+            }
+            let lacking = role == Role::Leader
+                && term == state.term
+                && (state.cursor_term != Some(term)
+                    || state.cursor < seq
+                    || !vv_covers(&my_vv, &vv));
+            (state.term, state.role, state.seq, lacking)
+        };
+        if lacking {
+            self.shared.wake.notify_one();
+        }
+        if let Some(h) = horizon {
+            if role == Role::Leader && term == my_term {
+                if let Err(e) = self
+                    .run_sqlite(move |lib| lib.with_log(|l| l.prune_covered(&h)))
+                    .await
+                {
+                    self.note_error(e);
+                }
+            }
+        }
+        Ok(Msg::HeartbeatReply {
+            term: my_term,
+            role: my_role,
+            seq: my_seq,
+            vv: my_vv,
+        })
+    }
+}

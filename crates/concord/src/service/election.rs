@@ -1,0 +1,106 @@
+//! Roles and elections (DESIGN §5): what this device does on each heartbeat
+//! tick and on new entries, depending on its role, and the election that
+//! decides the role when a follower hears nothing from its leader.
+//!
+//! A follower that hears nothing from its leader for `leader_timeout` probes
+//! every registered device: a newer term is adopted; otherwise the reachable
+//! device with the highest id (counting itself) takes `max epoch seen + 1`.
+//! Devices that are not the highest wait for it to do the same.
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::protocol::{Msg, Role, Term};
+use super::state::SyncService;
+
+impl SyncService {
+    /// React to new local entries (and, on the leader, any new entries).
+    pub(super) async fn on_change(&self) {
+        let (role, term) = self.role_and_term();
+        match role {
+            Role::Leader => self.sequence_and_notify(term).await,
+            Role::Follower => self.propose().await,
+        }
+    }
+
+    /// Heartbeat tick: leaders heartbeat and prune; followers watch the leader.
+    pub(super) async fn tick(&self) {
+        let (role, term, since) = {
+            let state = self.state();
+            (state.role, state.term, state.last_leader_contact.elapsed())
+        };
+        match role {
+            Role::Leader => {
+                self.heartbeat_all(term).await;
+                self.on_change().await;
+            }
+            Role::Follower => {
+                if term.leader == Uuid::nil() || since >= self.shared.config.leader_timeout {
+                    self.elect().await;
+                } else {
+                    self.propose().await;
+                }
+            }
+        }
+    }
+
+    /// Follower without a leader: probe, then adopt, wait, or lead.
+    pub(super) async fn elect(&self) {
+        let members = self.members().await;
+        let (term, cursor) = {
+            let state = self.state();
+            (state.term, state.cursor)
+        };
+        let vv = self.version_vector().await;
+        let probe = Msg::Heartbeat {
+            term,
+            role: Role::Follower,
+            seq: cursor,
+            vv,
+            horizon: None,
+        };
+        let mut tasks = self.probe_all(members, &probe);
+        let mut reachable = vec![self.shared.me];
+        let mut top_epoch = term.epoch;
+        let mut leader_alive = false;
+        while let Some(done) = tasks.join_next().await {
+            let Ok((from, reply)) = done else { continue };
+            if let Ok(Msg::HeartbeatReply { term: t, .. }) = reply {
+                reachable.push(from);
+                top_epoch = top_epoch.max(t.epoch);
+                if t > term {
+                    self.adopt(t).await;
+                    return;
+                }
+                if from == term.leader && term.leader != Uuid::nil() {
+                    leader_alive = true;
+                }
+            }
+        }
+        if self.state().term != term {
+            return; // a newer term arrived while probing
+        }
+        if leader_alive {
+            self.state().last_leader_contact = Instant::now();
+            self.shared.wake.notify_one();
+            return;
+        }
+        let winner = reachable.iter().copied().max().unwrap_or(self.shared.me);
+        if winner == self.shared.me {
+            let new = Term {
+                epoch: top_epoch + 1,
+                leader: self.shared.me,
+            };
+            tracing::info!(library = %self.shared.lib.id(), epoch = new.epoch, "elected leader");
+            self.adopt(new).await;
+            self.heartbeat_all(new).await;
+            self.on_change().await;
+        } else {
+            // Let the higher device take over; meanwhile sync directly with it.
+            self.state().last_leader_contact = Instant::now();
+            if let Err(e) = self.reconcile_with(winner).await {
+                tracing::debug!(peer = %winner, "leaderless reconcile failed: {e}");
+            }
+        }
+    }
+}

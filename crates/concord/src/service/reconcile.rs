@@ -1,0 +1,260 @@
+//! Version-vector reconciliation (DESIGN §5) and snapshot backfill (DESIGN §8)
+//! between any two devices: pull what this device lacks, push what the peer
+//! lacks, and fall back to a snapshot when the peer pruned what is needed.
+//! Both sides live here: the asking side (`reconcile_with`) and the answering
+//! side (`serve_reconcile`, `serve_snapshot`).
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::protocol::{self, Msg, Term, MAX_BATCH_ENTRIES};
+use super::snapshot;
+use super::state::{one_page, SyncService};
+use crate::error::{Error, Result};
+use crate::sync::entry::LogEntry;
+use crate::sync::log::VersionVector;
+
+impl SyncService {
+    /// Version-vector reconciliation with one peer: pull what we lack, push what it
+    /// lacks. Falls back to a snapshot when the peer pruned what we need.
+    pub async fn reconcile_with(&self, peer: Uuid) -> Result<()> {
+        let their_vv = self.pull_missing(peer).await?;
+        let their_vv = self.push_missing(peer, their_vv).await?;
+        // What the peer holds now (lets `propose` skip what it already has).
+        self.state().peers.entry(peer).or_default().vv = their_vv;
+        Ok(())
+    }
+
+    /// Pull, page by page, what `peer` holds and this device lacks (a snapshot
+    /// first when the peer pruned some of it). Returns the peer's version vector.
+    async fn pull_missing(&self, peer: Uuid) -> Result<VersionVector> {
+        let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
+        let mut snapshot_taken = false;
+        // Where the next page starts: our version vector, raised past what each
+        // page carried. Asking from the version vector alone would repeat the
+        // same page forever when we already hold what the peer has beyond a gap
+        // that neither of us can fill.
+        let mut ask: Option<VersionVector> = None;
+        // The reply to a page asked for while the previous one was applied.
+        let mut prefetched = None;
+        loop {
+            let vv = match ask.take() {
+                Some(vv) => vv,
+                None => self.version_vector().await,
+            };
+            let mut next = vv.clone();
+            let reply = match prefetched.take() {
+                Some(r) => r,
+                None => self.send(peer, Msg::Reconcile { vv, limit }).await,
+            };
+            match reply {
+                Ok(Msg::ReconcileResponse {
+                    vv: their_vv,
+                    entries,
+                    has_more,
+                    term,
+                    seq,
+                }) => {
+                    self.adopt(term).await;
+                    raise_past(&mut next, &entries);
+                    if has_more {
+                        // Pipelined: ask for the next page while applying this one.
+                        let fetch = self.send(
+                            peer,
+                            Msg::Reconcile {
+                                vv: next.clone(),
+                                limit,
+                            },
+                        );
+                        let (applied, fetched) = tokio::join!(self.apply(entries), fetch);
+                        applied?;
+                        prefetched = Some(fetched);
+                        ask = Some(next);
+                    } else {
+                        self.apply(entries).await?;
+                        self.align_cursor(peer, term, seq);
+                        return Ok(their_vv);
+                    }
+                }
+                Ok(Msg::SyncRequired { reason }) => {
+                    // One snapshot per round: if it did not satisfy the peer,
+                    // asking again would loop forever; retry on a later round.
+                    if snapshot_taken {
+                        return Err(Error::Other(format!(
+                            "{peer} still requires a snapshot after one: {reason}"
+                        )));
+                    }
+                    tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot needed: {reason}");
+                    self.snapshot_from(peer).await?;
+                    snapshot_taken = true;
+                    continue;
+                }
+                Ok(Msg::StaleTerm { .. }) => continue,
+                Ok(other) => {
+                    return Err(Error::Other(format!("unexpected reply {}", other.name())))
+                }
+                Err(e) => return Err(Error::Other(e.to_string())),
+            }
+        }
+    }
+
+    /// After the last page from `peer`: when it leads this device's term, the
+    /// cursor is valid for this term from here on, so the leader's next
+    /// notification is applied in step.
+    fn align_cursor(&self, peer: Uuid, term: Term, seq: u64) {
+        let mut state = self.state();
+        if state.term == term && term.leader == peer {
+            state.cursor = if state.cursor_term == Some(term) {
+                state.cursor.max(seq)
+            } else {
+                seq
+            };
+            state.cursor_term = Some(term);
+            state.last_leader_contact = Instant::now();
+        }
+    }
+
+    /// Push, batch by batch, what `peer` lacks by `their_vv`. Returns the
+    /// peer's version vector raised by what it was sent.
+    async fn push_missing(&self, peer: Uuid, mut their_vv: VersionVector) -> Result<VersionVector> {
+        loop {
+            let vv = their_vv.clone();
+            let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
+            let entries = self
+                .run_sqlite(move |lib| lib.with_log(|l| l.fetch_missing(&vv, batch)))
+                .await?;
+            if entries.is_empty() {
+                break;
+            }
+            raise_past(&mut their_vv, &entries);
+            let full = entries.len() == batch;
+            match self.send(peer, Msg::PushEntries { entries }).await {
+                Ok(reply @ (Msg::Ok | Msg::Sequenced { .. })) => self.on_taken(peer, reply).await?,
+                Ok(other) => return Err(Error::Other(format!("push refused: {}", other.name()))),
+                Err(e) => return Err(Error::Other(e.to_string())),
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(their_vv)
+    }
+
+    /// Take the state from `peer` in chunks, then continue from its version vector.
+    async fn snapshot_from(&self, peer: Uuid) -> Result<()> {
+        let first = protocol::SnapshotCursor {
+            part: 0,
+            after: None,
+        };
+        let mut start_vv: Option<VersionVector> = None;
+        // Pipelined: the next chunk is requested while this one is applied.
+        let mut reply = self.send(peer, Msg::Snapshot { cursor: first }).await;
+        loop {
+            match reply {
+                Ok(Msg::SnapshotChunk {
+                    rows,
+                    tombstones,
+                    bulk,
+                    next,
+                    vv,
+                }) => {
+                    if start_vv.is_none() {
+                        start_vv = Some(vv);
+                    }
+                    let apply =
+                        self.run_sqlite(move |lib| snapshot::apply(lib, rows, tombstones, bulk));
+                    match next {
+                        Some(cursor) => {
+                            let fetch = self.send(peer, Msg::Snapshot { cursor });
+                            let (applied, fetched) = tokio::join!(apply, fetch);
+                            applied?;
+                            reply = fetched;
+                        }
+                        None => {
+                            apply.await?;
+                            break;
+                        }
+                    }
+                }
+                Ok(other) => {
+                    return Err(Error::Other(format!("snapshot refused: {}", other.name())))
+                }
+                Err(e) => return Err(Error::Other(e.to_string())),
+            }
+        }
+        let vv = start_vv.unwrap_or_default();
+        self.run_sqlite(move |lib| {
+            let floor = lib.hlc().last();
+            lib.with_log(|l| l.raise_version_vector(&vv, floor))
+        })
+        .await?;
+        self.state().stats.snapshots += 1;
+        tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot applied");
+        Ok(())
+    }
+
+    /// `Reconcile`: answer with a page of what the asker lacks and this
+    /// device's version vector, or `SyncRequired` when some of it was pruned.
+    pub(super) async fn serve_reconcile(
+        &self,
+        from: Uuid,
+        vv: VersionVector,
+        limit: u32,
+    ) -> Result<Msg> {
+        let floor = self
+            .run_sqlite(|lib| lib.with_log(|l| l.pruned_floor()))
+            .await?;
+        if let Some((origin, _)) = floor
+            .iter()
+            .find(|(o, through)| vv.get(o).copied().unwrap_or(0) < **through)
+        {
+            return Ok(Msg::SyncRequired {
+                reason: format!("entries of {origin} it lacks were pruned"),
+            });
+        }
+        let limit = (limit as usize).clamp(1, MAX_BATCH_ENTRIES);
+        let want = vv.clone();
+        let (mine, entries, seq) = self
+            .run_sqlite(move |lib| {
+                lib.with_log(|l| {
+                    Ok((
+                        l.version_vector()?,
+                        l.fetch_missing(&want, limit + 1)?,
+                        l.latest_seq()?.unwrap_or(0),
+                    ))
+                })
+            })
+            .await?;
+        let (entries, has_more) = one_page(entries, limit);
+        {
+            let mut state = self.state();
+            state.peers.entry(from).or_default().vv = vv;
+        }
+        // The peer may have what we lack: reconcile back when it does.
+        let term = self.state().term;
+        Ok(Msg::ReconcileResponse {
+            vv: mine,
+            entries,
+            has_more,
+            term,
+            seq,
+        })
+    }
+
+    /// `Snapshot`: one chunk of this device's state.
+    pub(super) async fn serve_snapshot(&self, cursor: protocol::SnapshotCursor) -> Result<Msg> {
+        let chunk = self
+            .run_sqlite(move |lib| snapshot::chunk(lib, &cursor))
+            .await?;
+        self.state().stats.snapshots += 1;
+        Ok(chunk)
+    }
+}
+
+/// Raise `vv` to hold every entry of `entries`.
+fn raise_past(vv: &mut VersionVector, entries: &[LogEntry]) {
+    for entry in entries {
+        let slot = vv.entry(entry.origin).or_insert(0);
+        *slot = (*slot).max(entry.origin_seq);
+    }
+}
