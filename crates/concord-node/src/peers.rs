@@ -10,6 +10,8 @@ use uuid::Uuid;
 
 use crate::error::NetError;
 
+/// A device this node can reach: who it is, its node id and where it was last
+/// seen, so requests can be authorised and dialled without asking the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub device_id: Uuid,
@@ -19,6 +21,22 @@ pub struct Peer {
     /// Last known direct addresses.
     pub addrs: Vec<SocketAddr>,
     pub paired_at: u64,
+}
+
+impl Peer {
+    /// A member of a shared library that is not paired directly: known by the
+    /// node id it registered in the library's `devices` table, addresses unknown
+    /// (remembered ones are used when the device is also paired). Sync requests
+    /// need no pairing, only membership, so this is how they find such devices.
+    pub fn member(device: Uuid, node_id: String) -> Peer {
+        Peer {
+            device_id: device,
+            name: device.to_string(),
+            node_id,
+            addrs: Vec::new(),
+            paired_at: 0,
+        }
+    }
 }
 
 /// The paired-device list, persisted on every change.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use concord::model::FileEntry;
 use concord::sync::txn::Source;
 use concord::{index, query, Library, Uuid};
-use concord_node::{pairing, setup, Node, NodeConfig};
+use concord_node::{Node, NodeConfig};
 
 fn config(name: &str, watch: bool) -> NodeConfig {
     let mut c = NodeConfig {
@@ -53,13 +53,14 @@ async fn two_nodes(tmp: &Path, b_watches: bool) -> (Node, Node, Uuid) {
     let b = Node::start(tmp.join("b"), config("beta", b_watches))
         .await
         .unwrap();
-    pairing::join(&b.state, &pairing::invite(&a.state, None).encode())
+    b.pairing
+        .join(&a.pairing.invite(None).encode())
         .await
         .unwrap();
     let lib_id = a.state.data.create_library("files").unwrap().id();
-    concord_node::sync::start_service(&a.state, lib_id).unwrap();
+    a.host.start(lib_id).unwrap();
     let pa = b.state.resolve_peer("alpha").unwrap();
-    setup::join_library(&b.state, lib_id, &pa).await.unwrap();
+    b.setup.join_library(lib_id, &pa).await.unwrap();
     (a, b, lib_id)
 }
 
@@ -117,7 +118,7 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     let b_loc = add_location(&lb, &tree).await;
     // A has no location there: B's initial index is browsable on A.
     wait_for("B's initial index browsable on A", limit, || {
-        let jobs = a.state.jobs(lib_id).unwrap();
+        let jobs = a.host.jobs(lib_id).unwrap();
         jobs.len() == 1 && jobs[0].origin == b.device_id() && jobs[0].state == "browsable"
     })
     .await;
@@ -161,7 +162,7 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     // B receives it and runs its own job for its own location.
     let t = Instant::now();
     let took = wait_for("B's index job", limit, || {
-        b.state
+        b.host
             .jobs(lib_id)
             .unwrap()
             .iter()
@@ -169,7 +170,7 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     })
     .await;
     eprintln!("B's job done {took:?} after A's index ({:?})", t.elapsed());
-    let jobs = b.state.jobs(lib_id).unwrap();
+    let jobs = b.host.jobs(lib_id).unwrap();
     let job = jobs.iter().find(|j| j.location == a_loc).unwrap();
     assert_eq!(job.local_location, Some(b_loc));
     assert_eq!(job.kind, "initial_index");
@@ -202,14 +203,14 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     // rescans its own location for it and finds nothing to change.
     if files > index::BATCH_MAX {
         wait_for("A's job for B's rescan", limit, || {
-            a.state
+            a.host
                 .jobs(lib_id)
                 .unwrap()
                 .iter()
                 .any(|j| j.origin == b.device_id() && j.kind == "rescan" && j.state == "indexed")
         })
         .await;
-        let jobs = a.state.jobs(lib_id).unwrap();
+        let jobs = a.host.jobs(lib_id).unwrap();
         let job = jobs.iter().find(|j| j.kind == "rescan").unwrap();
         assert_eq!(job.local_location, Some(a_loc));
         assert_eq!((job.inserted, job.updated, job.deleted), (0, 0, 0));
@@ -252,7 +253,7 @@ async fn watched_location_changes_reach_the_peer_live() {
     // A location added while the node runs is watched.
     let loc = add_location(&la, &tree).await;
     wait_for("A watching its new location", limit, || {
-        a.state
+        a.host
             .watching(lib_id)
             .iter()
             .any(|w| w.location == loc && w.ready)
@@ -458,7 +459,7 @@ async fn changes_made_while_stopped_are_caught_up_on_start() {
         entry_on(&lb, loc, "while-stopped.txt").is_some_and(|e| e.size == 7)
     })
     .await;
-    assert!(a.state.watching(lib_id).iter().any(|w| w.location == loc));
+    assert!(a.host.watching(lib_id).iter().any(|w| w.location == loc));
     a.shutdown().await;
     b.shutdown().await;
 }

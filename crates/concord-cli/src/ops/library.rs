@@ -19,8 +19,8 @@ pub fn device(ctx: &Context) -> CliResult<Value> {
 pub fn create(ctx: &Context, name: &str, private: bool) -> CliResult<Value> {
     let lib = ctx.data_dir().create_library(name)?;
     if private {
-        let settings = concord_node::node::LibrarySettings { private: true };
-        concord_node::node::write_settings(ctx.data_dir().root(), lib.id(), &settings)
+        concord_node::LibrarySettings { private: true }
+            .save(ctx.data_dir().root(), lib.id())
             .map_err(|e| CliError::new(e.to_string()))?;
     }
     Ok(json!({ "id": lib.id().to_string(), "name": lib.name() }))
