@@ -583,34 +583,8 @@ impl Library {
                 count += 1;
             }
         }
-        let op = match op {
-            BulkOperation::InitialIndex {
-                location,
-                path,
-                volume_fingerprint,
-                ..
-            } => BulkOperation::InitialIndex {
-                location,
-                path,
-                volume_fingerprint,
-                count,
-            },
-            BulkOperation::Rescan {
-                location,
-                path,
-                volume_fingerprint,
-                ..
-            } => BulkOperation::Rescan {
-                location,
-                path,
-                volume_fingerprint,
-                count,
-            },
-        };
-        let location = match &op {
-            BulkOperation::InitialIndex { location, .. }
-            | BulkOperation::Rescan { location, .. } => *location,
-        };
+        let op = op.with_count(count);
+        let location = op.location();
         let e = LogEntry {
             origin: self.device,
             origin_seq: seq,
