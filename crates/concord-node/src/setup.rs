@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use concord::model::Device;
+use concord::query::members;
 use concord::{Change, Library, Uuid};
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
@@ -159,8 +160,8 @@ impl LibrarySetup {
                         out.push(RemoteLibrary {
                             id: listed.id,
                             name: listed.name,
-                            devices: count(&lib, "SELECT COUNT(*) FROM devices")?,
-                            entries: count(&lib, "SELECT COUNT(*) FROM file_entries")?,
+                            devices: members::member_count(&lib)?,
+                            entries: entry_count(&lib)?,
                         });
                     }
                 }
@@ -371,28 +372,23 @@ impl ProtocolHandler for LibrarySetup {
     }
 }
 
-fn count(lib: &Library, sql: &str) -> Result<u64, NetError> {
-    Ok(lib.read(|c| Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64))?)
-}
-
-fn is_member(lib: &Library, device: Uuid) -> Result<bool, NetError> {
+/// File entries in a library, for listings.
+fn entry_count(lib: &Library) -> Result<u64, NetError> {
     Ok(lib.read(|c| {
-        Ok(c.query_row(
-            "SELECT COUNT(*) FROM devices WHERE uuid = ?1",
-            [device],
-            |r| r.get::<_, i64>(0),
-        )? > 0)
+        Ok(c.query_row("SELECT COUNT(*) FROM file_entries", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64)
     })?)
 }
 
 /// A private library is listed and joinable only by its members.
 fn visible(state: &NodeState, lib: &Library, peer: &Peer) -> Result<bool, NetError> {
-    Ok(!state.settings(lib.id()).private || is_member(lib, peer.device_id)?)
+    Ok(!state.settings(lib.id()).private || members::is_member(lib, peer.device_id)?)
 }
 
 /// Register `peer` in the library's `devices` table (the sync relationship).
 pub fn register(lib: &Library, peer: &Peer) -> Result<(), NetError> {
-    if !is_member(lib, peer.device_id)? {
+    if !members::is_member(lib, peer.device_id)? {
         lib.commit(Change::insert(&Device {
             id: peer.device_id,
             name: peer.name.clone(),

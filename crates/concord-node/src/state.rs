@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use concord::datadir::DataDir;
 use concord::hlc::{Clock, SystemClock};
 use concord::model::Device;
+use concord::query::members;
 use concord::{Change, Library, Uuid};
 use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointAddr, EndpointId};
@@ -121,17 +122,8 @@ impl NodeState {
             return Ok(peer);
         }
         let lib = self.library(library)?;
-        let node: Option<String> = lib.read(|c| {
-            use concord::rusqlite::OptionalExtension;
-            Ok(c.query_row(
-                "SELECT node_id FROM devices WHERE uuid = ?1",
-                [device],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten())
-        })?;
-        node.map(|node_id| Peer::member(device, node_id))
+        members::node_for_device(&lib, device)?
+            .map(|node_id| Peer::member(device, node_id))
             .ok_or_else(|| NetError::Unreachable(format!("device {device} (no known node id)")))
     }
 
@@ -146,18 +138,7 @@ impl NodeState {
             let Ok(lib) = self.library(entry.id) else {
                 continue;
             };
-            let found: Option<Uuid> = lib
-                .read(|c| {
-                    use concord::rusqlite::OptionalExtension;
-                    Ok(c.query_row(
-                        "SELECT uuid FROM devices WHERE node_id = ?1",
-                        [node_id],
-                        |r| r.get(0),
-                    )
-                    .optional()?)
-                })
-                .ok()
-                .flatten();
+            let found = members::device_for_node(&lib, node_id).ok().flatten();
             if found.is_some() {
                 return found;
             }
@@ -165,19 +146,12 @@ impl NodeState {
         None
     }
 
+    /// Register this device in `lib` with its current name and node id, so
+    /// other members can reach it without pairing.
     fn register_self(&self, lib: &Library) -> Result<(), NetError> {
         let me = self.device_id();
         let node_id = self.endpoint.id().to_string();
-        let current: Option<(String, Option<String>)> = lib.read(|c| {
-            use concord::rusqlite::OptionalExtension;
-            Ok(c.query_row(
-                "SELECT name, node_id FROM devices WHERE uuid = ?1",
-                [me],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
-        })?;
-        match current {
+        match members::member(lib, me)? {
             None => {
                 lib.commit(Change::insert(&Device {
                     id: me,

@@ -26,25 +26,26 @@ pub fn create(ctx: &Context, name: &str, private: bool) -> CliResult<Value> {
     Ok(json!({ "id": lib.id().to_string(), "name": lib.name() }))
 }
 
+/// Most conflicts `sync conflicts` shows: enough for any person to read, few
+/// enough to keep the answer small.
+const MAX_CONFLICTS_SHOWN: usize = 10_000;
+
 /// `sync conflicts LIB`: the overridden writes this device recorded, newest first.
 pub fn conflicts(ctx: &Context, library: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
-    let rows = lib.read(|c| {
-        let mut stmt = c.prepare(
-            "SELECT model, record, field, kept, discarded, at FROM conflicts ORDER BY at DESC, id DESC LIMIT 10000",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(json!({
-                "model": r.get::<_, String>(0)?,
-                "record": r.get::<_, concord::Uuid>(1)?.to_string(),
-                "field": r.get::<_, String>(2)?,
-                "kept": r.get::<_, String>(3)?,
-                "discarded": r.get::<_, String>(4)?,
-                "at": r.get::<_, i64>(5)?,
-            }))
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    })?;
+    let rows = concord::query::conflicts(&lib, MAX_CONFLICTS_SHOWN)?
+        .into_iter()
+        .map(|conflict| {
+            json!({
+                "model": conflict.model,
+                "record": conflict.record.to_string(),
+                "field": conflict.field,
+                "kept": conflict.kept,
+                "discarded": conflict.discarded,
+                "at": conflict.at,
+            })
+        })
+        .collect();
     Ok(Value::Array(rows))
 }
 

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use concord::index::RescanReport;
 use concord::query;
-use concord::sync::entry::BulkOperation;
 use concord::{Library, Uuid};
 use serde::Serialize;
 
@@ -129,18 +128,12 @@ pub fn statuses(lib: &Library, board: Option<&JobBoard>) -> Result<Vec<JobStatus
             continue;
         }
         let (kind, location, path, count) = match &record.op {
-            Some(BulkOperation::InitialIndex {
-                location,
-                path,
-                count,
-                ..
-            }) => ("initial_index", *location, path.clone(), *count),
-            Some(BulkOperation::Rescan {
-                location,
-                path,
-                count,
-                ..
-            }) => ("rescan", *location, path.clone(), *count),
+            Some(op) => (
+                op.kind_name(),
+                op.location(),
+                op.path().to_string(),
+                op.count(),
+            ),
             None => ("unknown", Uuid::nil(), String::new(), 0),
         };
         let job = progress

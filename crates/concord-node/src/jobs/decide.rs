@@ -71,18 +71,7 @@ pub fn matching_location(
     locations: &[Location],
     volumes: &[Volume],
 ) -> Option<Uuid> {
-    let (path, fingerprint) = match op {
-        BulkOperation::InitialIndex {
-            path,
-            volume_fingerprint,
-            ..
-        }
-        | BulkOperation::Rescan {
-            path,
-            volume_fingerprint,
-            ..
-        } => (path.as_str(), volume_fingerprint.as_str()),
-    };
+    let (path, fingerprint) = (op.path(), op.volume_fingerprint());
     let mine = || locations.iter().filter(|l| l.device == me);
     if let Some(l) = mine().find(|l| l.path == path) {
         return Some(l.id);
@@ -107,15 +96,9 @@ pub fn matching_location(
 
 /// Set the device-local state of bulk operation rows (not synced, not logged).
 pub fn set_state(lib: &Library, keys: &[BulkKey], state: &str) -> Result<(), NetError> {
-    lib.with_tx(|ctx| {
-        let mut stmt = ctx.sql().prepare_cached(
-            "UPDATE bulk_operations SET state = ?1 WHERE origin = ?2 AND origin_seq = ?3",
-        )?;
-        for (origin, seq) in keys {
-            stmt.execute(concord::rusqlite::params![state, origin, *seq as i64])?;
-        }
-        Ok(())
-    })?;
+    for (origin, seq) in keys {
+        query::set_bulk_operation_state(lib, *origin, *seq, state)?;
+    }
     Ok(())
 }
 

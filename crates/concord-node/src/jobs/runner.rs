@@ -200,11 +200,7 @@ impl Runner {
             }
         };
         for (record, local) in decided {
-            let path = match &record.op {
-                Some(BulkOperation::InitialIndex { path, .. })
-                | Some(BulkOperation::Rescan { path, .. }) => path.as_str(),
-                None => "",
-            };
+            let path = record.op.as_ref().map_or("", |op| op.path());
             let key = (record.origin, record.origin_seq);
             match local {
                 Some(location) => {
