@@ -31,12 +31,14 @@ use crate::request::Request;
 const MAX_LINE: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
+/// One line a client writes on the control socket.
 pub struct ControlRequest {
     pub request: Request,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// The node's one-line answer on the control socket.
 pub enum ControlResponse {
     Ok(Value),
     Error(String),
@@ -53,33 +55,34 @@ pub struct StartOptions {
     pub retention_ms: Option<u64>,
 }
 
+/// Where the control socket of the node for `dir` lives.
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join("concord.sock")
 }
 
 fn node_config(opts: &StartOptions) -> CliResult<NodeConfig> {
-    let mut c = NodeConfig::default();
-    if let Some(l) = &opts.listen {
-        c.listen = l.parse().map_err(|_| {
+    let mut config = NodeConfig::default();
+    if let Some(listen) = &opts.listen {
+        config.listen = listen.parse().map_err(|_| {
             CliError::new(format!(
-                "invalid --listen address {l:?}; expected IP:PORT such as 127.0.0.1:0"
+                "invalid --listen address {listen:?}; expected IP:PORT such as 127.0.0.1:0"
             ))
         })?;
     }
-    c.name = opts.name.clone();
+    config.name = opts.name.clone();
     if let Some(ms) = opts.heartbeat_ms {
-        c.sync.heartbeat_interval = Duration::from_millis(ms.max(1));
+        config.sync.heartbeat_interval = Duration::from_millis(ms.max(1));
     }
     if let Some(ms) = opts.leader_timeout_ms {
-        c.sync.leader_timeout = Duration::from_millis(ms.max(1));
+        config.sync.leader_timeout = Duration::from_millis(ms.max(1));
     }
     if let Some(ms) = opts.presence_ms {
-        c.presence_interval = Duration::from_millis(ms.max(1));
+        config.presence_interval = Duration::from_millis(ms.max(1));
     }
     if let Some(ms) = opts.retention_ms {
-        c.sync.retention = Duration::from_millis(ms);
+        config.sync.retention = Duration::from_millis(ms);
     }
-    Ok(c)
+    Ok(config)
 }
 
 /// Run the node until SIGINT, SIGTERM or `concord stop`.
@@ -231,38 +234,9 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
             node.setup.join_library(id, &peer).await.map_err(net)?;
             Ok(json!({ "id": id.to_string() }))
         }
-        Request::SyncStatus { library } => {
-            let id = ctx.library(&library)?.id();
-            let service = node
-                .host
-                .service(id)
-                .ok_or_else(|| CliError::new("the library's sync service is not running"))?;
-            let status = service.status().await?;
-            let jobs = node.host.jobs(id).map_err(net)?;
-            Ok(json!({
-                "leader": status.leader.to_string(),
-                "epoch": status.epoch,
-                "role": status.role,
-                "seq": status.seq,
-                "version_vector": status.version_vector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                "peers": status.peers,
-                "conflicts": status.conflicts,
-                "log_entries": status.log_entries,
-                "stats": status.stats,
-                "jobs": jobs,
-                "watching": node.host.watching(id),
-            }))
-        }
+        Request::SyncStatus { library } => sync_status(node, &ctx, &library).await,
         Request::LocationPull { library, location } => {
-            let lib = ctx.library(&library)?;
-            let targets = remote_locations(&lib, &library, location.as_deref(), None)?;
-            let (mut locations, mut entries) = (0u64, 0u64);
-            for loc in targets {
-                let report = pull(node, &lib, loc).await?;
-                locations += 1;
-                entries += report.rows;
-            }
-            Ok(json!({ "locations": locations, "entries": entries }))
+            pull_locations(node, &ctx, &library, location.as_deref()).await
         }
         Request::EntryList {
             library,
@@ -299,6 +273,49 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
             Ok(value)
         }
     }
+}
+
+/// `sync status LIB`: the library's sync service, jobs and watched locations.
+async fn sync_status(node: &Node, ctx: &Context, library: &str) -> CliResult<Value> {
+    let id = ctx.library(library)?.id();
+    let service = node
+        .host
+        .service(id)
+        .ok_or_else(|| CliError::new("the library's sync service is not running"))?;
+    let status = service.status().await?;
+    let jobs = node.host.jobs(id).map_err(net)?;
+    Ok(json!({
+        "leader": status.leader.to_string(),
+        "epoch": status.epoch,
+        "role": status.role,
+        "seq": status.seq,
+        "version_vector": status.version_vector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "peers": status.peers,
+        "conflicts": status.conflicts,
+        "log_entries": status.log_entries,
+        "stats": status.stats,
+        "jobs": jobs,
+        "watching": node.host.watching(id),
+    }))
+}
+
+/// `location pull LIB [LOC]`: pull other devices' entries of one or all their
+/// locations.
+async fn pull_locations(
+    node: &Node,
+    ctx: &Context,
+    library: &str,
+    location: Option<&str>,
+) -> CliResult<Value> {
+    let lib = ctx.library(library)?;
+    let targets = remote_locations(&lib, library, location, None)?;
+    let (mut locations, mut entries) = (0u64, 0u64);
+    for target in targets {
+        let report = pull(node, &lib, target).await?;
+        locations += 1;
+        entries += report.rows;
+    }
+    Ok(json!({ "locations": locations, "entries": entries }))
 }
 
 /// Locations of other devices selected by `LOC` and/or `DEVICE` (all of them
@@ -371,8 +388,8 @@ pub fn forward(dir: &Path, req: &Request) -> Option<CliResult<Value>> {
         Err(e) => return Some(Err(CliError::new(e.to_string()))),
     };
     line.push(b'\n');
-    let mut w = &stream;
-    if let Err(e) = w.write_all(&line) {
+    let mut writer = &stream;
+    if let Err(e) = writer.write_all(&line) {
         return Some(Err(CliError::new(format!(
             "the node stopped answering: {e}"
         ))));

@@ -36,6 +36,9 @@ pub use config::{LibrarySettings, NodeConfig};
 pub use error::NetError;
 pub use node::Node;
 
+/// ALPN of pairing; the version is in the ALPN so versions can coexist.
 pub const PAIRING_ALPN: &[u8] = b"concord/pairing/1";
+/// ALPN of library setup (presence, list, share, join).
 pub const LIBRARY_ALPN: &[u8] = b"concord/library/1";
+/// ALPN of the sync transport (replication of the libraries' logs).
 pub const SYNC_ALPN: &[u8] = b"concord/sync/1";

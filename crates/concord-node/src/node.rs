@@ -82,10 +82,12 @@ impl Node {
         })
     }
 
+    /// This device's id.
     pub fn device_id(&self) -> uuid::Uuid {
         self.state.device_id()
     }
 
+    /// This node's Iroh node id: what peers dial and authenticate.
     pub fn node_id(&self) -> EndpointId {
         self.state.endpoint.id()
     }

@@ -114,6 +114,7 @@ impl std::fmt::Debug for Pairing {
 }
 
 impl Pairing {
+    /// Pairing for the node of `state`, with no invite outstanding.
     pub fn new(state: Arc<NodeState>) -> Self {
         Pairing {
             state,
@@ -296,6 +297,54 @@ impl Pairing {
         outcome
     }
 
+    /// The secret of an invite that may still be used.
+    fn open_invite(&self, invite_id: &[u8; 8]) -> Result<[u8; 32], NetError> {
+        let invites = self.invites();
+        let invite = invites.get(invite_id).ok_or_else(|| {
+            NetError::Refused("unknown ticket (was it made by this device?)".into())
+        })?;
+        if invite.used {
+            return Err(NetError::Refused(
+                "this ticket was already used; make a new one".into(),
+            ));
+        }
+        if invite.expires_at <= self.state.now_ms() {
+            return Err(NetError::Refused(
+                "this ticket has expired; make a new one".into(),
+            ));
+        }
+        Ok(invite.secret)
+    }
+
+    /// Use up an invite once the joiner proved its secret (`proven`); a wrong
+    /// proof counts against it, and burns it after [`MAX_FAILED_PROOFS`].
+    fn spend_invite(
+        &self,
+        invite_id: &[u8; 8],
+        proven: bool,
+        joiner_node: EndpointId,
+    ) -> Result<(), NetError> {
+        let mut invites = self.invites();
+        let Some(invite) = invites.get_mut(invite_id) else {
+            return Err(NetError::Refused("unknown ticket".into()));
+        };
+        if invite.used {
+            return Err(NetError::Refused(
+                "this ticket was already used; make a new one".into(),
+            ));
+        }
+        if !proven {
+            invite.failures += 1;
+            if invite.failures >= MAX_FAILED_PROOFS {
+                invite.used = true;
+            }
+            tracing::warn!(node = %joiner_node.fmt_short(), "pairing refused: wrong secret");
+            return Err(NetError::Refused("wrong secret".into()));
+        }
+        invite.used = true;
+        Ok(())
+    }
+
     async fn handshake(
         &self,
         send: &mut iroh::endpoint::SendStream,
@@ -324,23 +373,7 @@ impl Pairing {
         if addrs.len() > MAX_TICKET_ADDRS {
             return Err(NetError::Refused("too many addresses".into()));
         }
-        let secret = {
-            let invites = self.invites();
-            let inv = invites.get(&invite_id).ok_or_else(|| {
-                NetError::Refused("unknown ticket (was it made by this device?)".into())
-            })?;
-            if inv.used {
-                return Err(NetError::Refused(
-                    "this ticket was already used; make a new one".into(),
-                ));
-            }
-            if inv.expires_at <= state.now_ms() {
-                return Err(NetError::Refused(
-                    "this ticket has expired; make a new one".into(),
-                ));
-            }
-            inv.secret
-        };
+        let secret = self.open_invite(&invite_id)?;
         let inviter_nonce: [u8; 32] = random_bytes();
         write_msg(
             send,
@@ -364,26 +397,8 @@ impl Pairing {
             joiner_nonce,
             inviter_nonce,
         };
-        {
-            let mut invites = self.invites();
-            let Some(inv) = invites.get_mut(&invite_id) else {
-                return Err(NetError::Refused("unknown ticket".into()));
-            };
-            if inv.used {
-                return Err(NetError::Refused(
-                    "this ticket was already used; make a new one".into(),
-                ));
-            }
-            if blake3::Hash::from(mac) != transcript.mac(&secret, 1) {
-                inv.failures += 1;
-                if inv.failures >= MAX_FAILED_PROOFS {
-                    inv.used = true;
-                }
-                tracing::warn!(node = %joiner_node.fmt_short(), "pairing refused: wrong secret");
-                return Err(NetError::Refused("wrong secret".into()));
-            }
-            inv.used = true;
-        }
+        let proven = blake3::Hash::from(mac) == transcript.mac(&secret, 1);
+        self.spend_invite(&invite_id, proven, joiner_node)?;
         let peer = Peer {
             device_id,
             name,

@@ -48,6 +48,7 @@ pub struct PeerStore {
 }
 
 impl PeerStore {
+    /// The paired devices remembered under `data_dir` (none on first use).
     pub fn open(data_dir: &Path) -> Result<PeerStore, NetError> {
         let path = data_dir.join("peers.json");
         let peers = match std::fs::read(&path) {
@@ -69,14 +70,17 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Every paired device.
     pub fn list(&self) -> Vec<Peer> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The paired device behind an authenticated node id, to authorise it.
     pub fn by_node(&self, node_id: &str) -> Option<Peer> {
         self.list().into_iter().find(|p| p.node_id == node_id)
     }
 
+    /// A paired device by id, to dial it.
     pub fn by_device(&self, device: Uuid) -> Option<Peer> {
         self.list().into_iter().find(|p| p.device_id == device)
     }
@@ -121,6 +125,7 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Unpair a device; `false` when it was not paired.
     pub fn remove(&self, device: Uuid) -> Result<bool, NetError> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let before = peers.len();
@@ -136,6 +141,7 @@ impl PeerStore {
         Ok(removed)
     }
 
+    /// Record a successful contact, for the online state of `device list`.
     pub fn mark_seen(&self, device: Uuid, now_ms: u64) {
         self.seen
             .lock()
@@ -143,6 +149,7 @@ impl PeerStore {
             .insert(device, now_ms);
     }
 
+    /// When a device was last heard from since this node started.
     pub fn last_seen(&self, device: Uuid) -> Option<u64> {
         self.seen
             .lock()

@@ -55,14 +55,17 @@ impl NodeState {
         }
     }
 
+    /// Wall-clock time in ms, for invites, presence and pairing records.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }
 
+    /// This device's id: what peers and libraries know it by.
     pub fn device_id(&self) -> Uuid {
         self.data.identity().device_id
     }
 
+    /// This device's name, as shown to paired devices.
     pub fn device_name(&self) -> String {
         self.data.identity().name.clone()
     }
@@ -179,6 +182,7 @@ impl NodeState {
         LibrarySettings::load(self.data.root(), id)
     }
 
+    /// Change this device's settings of a library (e.g. make it private).
     pub fn set_settings(&self, id: Uuid, settings: &LibrarySettings) -> Result<(), NetError> {
         settings.save(self.data.root(), id)
     }

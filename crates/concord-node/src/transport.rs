@@ -85,6 +85,7 @@ pub struct IrohTransport {
 }
 
 impl IrohTransport {
+    /// Requests dialled through `state`, counted in `traffic`.
     pub fn new(state: Arc<NodeState>, traffic: Arc<Traffic>) -> Self {
         Self { state, traffic }
     }
@@ -157,6 +158,7 @@ impl std::fmt::Debug for SyncHandler {
 }
 
 impl SyncHandler {
+    /// Answers with the services on `host`, counted in `traffic`.
     pub fn new(state: Arc<NodeState>, host: LibraryHost, traffic: Arc<Traffic>) -> Self {
         Self {
             state,

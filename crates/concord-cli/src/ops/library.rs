@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use crate::context::{CliError, CliResult, Context};
 
+/// `device`: this device's id, node id and name.
 pub fn device(ctx: &Context) -> CliResult<Value> {
     let id = ctx.data_dir().identity();
     let key = concord_node::identity::load_or_create(ctx.data_dir().root())
@@ -16,6 +17,7 @@ pub fn device(ctx: &Context) -> CliResult<Value> {
     }))
 }
 
+/// `library create NAME [--private]`.
 pub fn create(ctx: &Context, name: &str, private: bool) -> CliResult<Value> {
     let lib = ctx.data_dir().create_library(name)?;
     if private {
@@ -62,6 +64,7 @@ pub fn device_list_offline(ctx: &Context) -> CliResult<Value> {
     ))
 }
 
+/// `library list`.
 pub fn list(ctx: &Context) -> CliResult<Value> {
     let libs = ctx.data_dir().list_libraries()?;
     Ok(Value::Array(
@@ -71,6 +74,7 @@ pub fn list(ctx: &Context) -> CliResult<Value> {
     ))
 }
 
+/// `library digest LIB [--shared]`: compare devices' contents.
 pub fn digest(ctx: &Context, library: &str, shared: bool) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     let scope = if shared { Scope::Shared } else { Scope::All };
@@ -78,6 +82,7 @@ pub fn digest(ctx: &Context, library: &str, shared: bool) -> CliResult<Value> {
     Ok(json!({ "digest": digest, "records": records }))
 }
 
+/// `library export LIB`: the whole library as JSON.
 pub fn export(ctx: &Context, library: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     Ok(lib.read(|c| concord::digest::export(c, lib.id(), Scope::All))?)

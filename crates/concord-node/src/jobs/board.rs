@@ -89,6 +89,7 @@ impl JobBoard {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the runner is stopping (a failed rescan is then no failure).
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
     }
@@ -98,10 +99,12 @@ impl JobBoard {
         &self.cancel
     }
 
+    /// Publish the watched locations.
     pub fn set_watching(&self, list: Vec<WatchStatus>) {
         *self.watching.lock().unwrap_or_else(|e| e.into_inner()) = list;
     }
 
+    /// The watched locations, for `sync status`.
     pub fn watching(&self) -> Vec<WatchStatus> {
         self.watching
             .lock()

@@ -16,10 +16,15 @@ use super::board::BulkKey;
 
 /// Row states in `bulk_operations` (besides `failed: <why>`).
 pub mod state {
+    /// Recorded, not decided yet.
     pub const SEEN: &str = "seen";
+    /// This device has the location: an index job waits.
     pub const QUEUED: &str = "queued";
+    /// The index job runs.
     pub const INDEXING: &str = "indexing";
+    /// The index job is done.
     pub const INDEXED: &str = "indexed";
+    /// This device lacks the location: the peer's entries are pulled on demand.
     pub const BROWSABLE: &str = "browsable";
 }
 

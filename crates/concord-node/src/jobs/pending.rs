@@ -26,6 +26,7 @@ pub struct Pending {
 }
 
 impl Pending {
+    /// Nothing pending yet; the burst starts `now`.
     pub fn new(now: Instant) -> Self {
         Pending {
             dirs: HashSet::new(),

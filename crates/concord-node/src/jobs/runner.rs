@@ -53,6 +53,7 @@ struct Recheck {
     locations: bool,
 }
 
+/// The state of one library's runner task.
 pub struct Runner {
     lib: Arc<Library>,
     me: Uuid,
@@ -99,6 +100,7 @@ impl Runner {
         }
     }
 
+    /// Run until the library closes or the task is aborted.
     pub async fn run(mut self) {
         // Subscribe first: nothing committed after the checks below is missed.
         let mut events = self.lib.subscribe();
@@ -290,12 +292,12 @@ impl Runner {
             }
             FolderChange::Overflow => {
                 for location in self.watched.keys() {
-                    let p = self
+                    let pending = self
                         .pending
                         .entry(*location)
                         .or_insert_with(|| Pending::new(now));
-                    p.full = true;
-                    p.last = now;
+                    pending.full = true;
+                    pending.last = now;
                 }
             }
         }
@@ -327,7 +329,7 @@ impl Runner {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            if let Some(w) = self.watched.remove(&id) {
+            if let Some(stopped) = self.watched.remove(&id) {
                 self.pending.remove(&id);
                 let unwatching = watcher.clone();
                 let _ = on_blocking_thread(move || {
@@ -335,12 +337,12 @@ impl Runner {
                     Ok(())
                 })
                 .await;
-                tracing::info!(library = %self.lib.id(), location = %id, path = %w.root.display(), "stopped watching");
+                tracing::info!(library = %self.lib.id(), location = %id, path = %stopped.root.display(), "stopped watching");
             }
         }
         for (location, ready) in mine {
-            if let Some(w) = self.watched.get_mut(&location.id) {
-                w.ready = ready;
+            if let Some(watched) = self.watched.get_mut(&location.id) {
+                watched.ready = ready;
                 continue;
             }
             let root = PathBuf::from(&location.path);
@@ -355,12 +357,12 @@ impl Runner {
             tracing::info!(library = %self.lib.id(), location = %location.id, path = %location.path, "watching");
             self.watched.insert(location.id, Watched { root, ready });
             if first && ready {
-                let p = self
+                let catch_up = self
                     .pending
                     .entry(location.id)
                     .or_insert_with(|| Pending::new(Instant::now()));
-                p.full = true;
-                p.catch_up = true;
+                catch_up.full = true;
+                catch_up.catch_up = true;
             }
         }
         self.publish_watching();
