@@ -9,62 +9,20 @@ use std::time::{Duration, Instant};
 use concord::model::FileEntry;
 use concord::sync::txn::Source;
 use concord::{index, query, Library, Uuid};
-use concord_node::{Node, NodeConfig};
+use concord_node::Node;
 
-fn config(name: &str, watch: bool) -> NodeConfig {
-    let mut c = NodeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        presence_interval: Duration::from_millis(200),
-        name: Some(name.to_string()),
-        watch,
-        ..NodeConfig::default()
-    };
-    c.sync.heartbeat_interval = Duration::from_millis(100);
-    c.sync.leader_timeout = Duration::from_millis(300);
-    c
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-/// Wait until `f` holds, checking often, failing after `limit`. Returns how long
-/// it took.
-async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
-}
+mod support;
+use support::{fast_config, init_tracing, pair, share_new_library, start, wait_for};
 
 /// Two paired nodes sharing a new library: (A, B, library id).
 async fn two_nodes(tmp: &Path, b_watches: bool) -> (Node, Node, Uuid) {
-    let a = Node::start(tmp.join("a"), config("alpha", true))
-        .await
-        .unwrap();
-    let b = Node::start(tmp.join("b"), config("beta", b_watches))
-        .await
-        .unwrap();
-    b.pairing
-        .join(&a.pairing.invite(None).encode())
-        .await
-        .unwrap();
-    let lib_id = a.state.data.create_library("files").unwrap().id();
-    a.host.start(lib_id).unwrap();
-    let pa = b.state.resolve_peer("alpha").unwrap();
-    b.setup.join_library(lib_id, &pa).await.unwrap();
+    let a = start(&tmp.join("a"), fast_config("alpha", true)).await;
+    let b = start(&tmp.join("b"), fast_config("beta", b_watches)).await;
+    pair(&a, &b).await;
+    let lib_id = share_new_library(&a, &b, "files").await;
     (a, b, lib_id)
 }
 
-/// `files` files of 0..=99 bytes in folders of 1,000, two levels deep.
 fn make_tree(root: &Path, files: usize) {
     for i in 0..files {
         let dir = root
@@ -445,9 +403,7 @@ async fn changes_made_while_stopped_are_caught_up_on_start() {
     std::fs::remove_file(tree.join("gone.txt")).unwrap();
     std::fs::write(tree.join("while-stopped.txt"), "offline").unwrap();
 
-    let a = Node::start(tmp.path().join("a"), config("alpha", true))
-        .await
-        .unwrap();
+    let a = start(&tmp.path().join("a"), fast_config("alpha", true)).await;
     let la = a.state.library(lib_id).unwrap();
     wait_for("the catch-up on A", limit, || {
         entry_on(&la, loc, "while-stopped.txt").is_some()

@@ -7,20 +7,16 @@ use concord::model::Tag;
 use concord::{Change, Uuid};
 use concord_node::ticket::Ticket;
 use concord_node::LibrarySettings;
-use concord_node::{Node, NodeConfig};
+use concord_node::Node;
 
-fn config() -> NodeConfig {
-    NodeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        presence_interval: Duration::from_millis(200),
-        ..NodeConfig::default()
-    }
-}
+mod support;
+use support::{config, fast_config, init_tracing, pair, share_new_library, start, wait_for};
+
+/// How long a test waits for sync to happen.
+const LIMIT: Duration = Duration::from_secs(30);
 
 async fn node(dir: &std::path::Path, name: &str) -> Node {
-    let mut c = config();
-    c.name = Some(name.to_string());
-    Node::start(dir.to_path_buf(), c).await.unwrap()
+    start(dir, config(name)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,42 +114,14 @@ async fn pair_join_library_and_refusals() {
     c.shutdown().await;
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_flow_both_ways_over_iroh() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config();
-    cfg.sync.heartbeat_interval = Duration::from_millis(100);
-    cfg.sync.leader_timeout = Duration::from_millis(300);
-    let start = |dir: std::path::PathBuf, name: &str| {
-        let mut c = cfg.clone();
-        c.name = Some(name.to_string());
-        Node::start(dir, c)
-    };
-    let a = start(tmp.path().join("a"), "alpha").await.unwrap();
-    let b = start(tmp.path().join("b"), "beta").await.unwrap();
-    b.pairing
-        .join(&a.pairing.invite(None).encode())
-        .await
-        .unwrap();
-    let lib_id = a.state.data.create_library("photos").unwrap().id();
-    a.host.start(lib_id).unwrap();
-    let pa = b.state.resolve_peer("alpha").unwrap();
-    b.setup.join_library(lib_id, &pa).await.unwrap();
+    let a = start(&tmp.path().join("a"), fast_config("alpha", true)).await;
+    let b = start(&tmp.path().join("b"), fast_config("beta", true)).await;
+    pair(&a, &b).await;
+    let lib_id = share_new_library(&a, &b, "photos").await;
     let la = a.state.library(lib_id).unwrap();
     let lb = b.state.library(lib_id).unwrap();
     let count = |l: &concord::Library, name: &str| -> i64 {
@@ -172,15 +140,15 @@ async fn changes_flow_both_ways_over_iroh() {
         color: None,
     }))
     .unwrap();
-    wait_for("A's tag on B", || count(&lb, "from-a") == 1).await;
+    wait_for("A's tag on B", LIMIT, || count(&lb, "from-a") == 1).await;
     lb.commit(Change::insert(&Tag {
         id: Uuid::now_v7(),
         name: "from-b".into(),
         color: None,
     }))
     .unwrap();
-    wait_for("B's tag on A", || count(&la, "from-b") == 1).await;
-    wait_for("equal digests", || {
+    wait_for("B's tag on A", LIMIT, || count(&la, "from-b") == 1).await;
+    wait_for("equal digests", LIMIT, || {
         la.read(|c| digest(c, Scope::All)).unwrap() == lb.read(|c| digest(c, Scope::All)).unwrap()
     })
     .await;
@@ -230,31 +198,12 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     use concord::sync::entry::{FieldWrite, LogEntry, Op};
 
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config();
-    cfg.sync.heartbeat_interval = Duration::from_millis(100);
-    cfg.sync.leader_timeout = Duration::from_millis(300);
-    let start = |dir: std::path::PathBuf, name: &str| {
-        let mut c = cfg.clone();
-        c.name = Some(name.to_string());
-        Node::start(dir, c)
-    };
-    let a = start(tmp.path().join("a"), "alpha").await.unwrap();
-    let b = start(tmp.path().join("b"), "beta").await.unwrap();
-    let m = start(tmp.path().join("m"), "mallory").await.unwrap();
-    b.pairing
-        .join(&a.pairing.invite(None).encode())
-        .await
-        .unwrap();
-    m.pairing
-        .join(&a.pairing.invite(None).encode())
-        .await
-        .unwrap();
-    let lib_id = a.state.data.create_library("photos").unwrap().id();
-    a.host.start(lib_id).unwrap();
-    b.setup
-        .join_library(lib_id, &b.state.resolve_peer("alpha").unwrap())
-        .await
-        .unwrap();
+    let a = start(&tmp.path().join("a"), fast_config("alpha", true)).await;
+    let b = start(&tmp.path().join("b"), fast_config("beta", true)).await;
+    let m = start(&tmp.path().join("m"), fast_config("mallory", true)).await;
+    pair(&a, &b).await;
+    pair(&a, &m).await;
+    let lib_id = share_new_library(&a, &b, "photos").await;
     let la = a.state.library(lib_id).unwrap();
     let lb = b.state.library(lib_id).unwrap();
     let before = la.read(|c| digest(c, Scope::All)).unwrap();
@@ -391,7 +340,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
         color: None,
     }))
     .unwrap();
-    wait_for("honest sync", || {
+    wait_for("honest sync", LIMIT, || {
         lb.read(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM tags WHERE name = 'still-syncing'",
