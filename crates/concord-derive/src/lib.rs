@@ -9,6 +9,9 @@ use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::quote;
 use syn::{parse_macro_input, Data, DeriveInput, Fields, LitStr};
 
+/// Derive `concord::model::Syncable`, so that the model is described once (its
+/// `#[sync(...)]` attributes) and the store and merge code work on that
+/// description instead of code written per model.
 #[proc_macro_derive(Syncable, attributes(sync))]
 pub fn derive_syncable(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
@@ -18,6 +21,7 @@ pub fn derive_syncable(input: TokenStream) -> TokenStream {
     }
 }
 
+/// One field's `#[sync(...)]` options.
 struct FieldSpec {
     ident: syn::Ident,
     ty: syn::Type,
@@ -28,8 +32,17 @@ struct FieldSpec {
     references: Option<String>,
 }
 
-fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
-    let name = &input.ident;
+/// The struct-level `#[sync(...)]` options.
+struct ModelSpec {
+    model: String,
+    table: String,
+    ownership: TokenStream2,
+    membership: bool,
+}
+
+/// Parse the struct-level `#[sync(...)]` attributes; each required one missing
+/// is an error at the derive.
+fn parse_model(input: &DeriveInput) -> syn::Result<ModelSpec> {
     let mut model: Option<String> = None;
     let mut table: Option<String> = None;
     let mut ownership: Option<TokenStream2> = None;
@@ -64,76 +77,89 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             "missing ownership: #[sync(shared)] or #[sync(device_owned)]",
         )
     })?;
+    Ok(ModelSpec {
+        model,
+        table,
+        ownership,
+        membership,
+    })
+}
 
-    let fields = match &input.data {
-        Data::Struct(s) => match &s.fields {
-            Fields::Named(n) => &n.named,
-            _ => return Err(syn::Error::new_spanned(name, "Syncable needs named fields")),
-        },
-        _ => {
-            return Err(syn::Error::new_spanned(
-                name,
-                "Syncable can only be derived for structs",
-            ))
-        }
+/// Parse one field's `#[sync(...)]` attributes and reject combinations that
+/// mean nothing.
+fn parse_field(f: &syn::Field) -> syn::Result<FieldSpec> {
+    let mut spec = FieldSpec {
+        ident: f.ident.clone().expect("named field"),
+        ty: f.ty.clone(),
+        id: false,
+        skip: false,
+        owner: false,
+        key: false,
+        references: None,
     };
-
-    let mut specs = Vec::new();
-    for f in fields {
-        let mut spec = FieldSpec {
-            ident: f.ident.clone().expect("named field"),
-            ty: f.ty.clone(),
-            id: false,
-            skip: false,
-            owner: false,
-            key: false,
-            references: None,
-        };
-        for attr in f.attrs.iter().filter(|a| a.path().is_ident("sync")) {
-            attr.parse_nested_meta(|meta| {
-                if meta.path.is_ident("id") {
-                    spec.id = true;
-                } else if meta.path.is_ident("skip") {
-                    spec.skip = true;
-                } else if meta.path.is_ident("owner") {
-                    spec.owner = true;
-                } else if meta.path.is_ident("key") {
-                    spec.key = true;
-                } else if meta.path.is_ident("references") {
-                    spec.references = Some(meta.value()?.parse::<LitStr>()?.value());
-                } else {
-                    return Err(
-                        meta.error("expected one of: id, skip, owner, key, references = \"model\"")
-                    );
-                }
-                Ok(())
-            })?;
-        }
-        if spec.id && (spec.skip || spec.owner || spec.key || spec.references.is_some()) {
-            return Err(syn::Error::new_spanned(
-                &f.ident,
-                "#[sync(id)] takes no other options",
-            ));
-        }
-        if spec.skip && (spec.owner || spec.key || spec.references.is_some()) {
-            return Err(syn::Error::new_spanned(
-                &f.ident,
-                "a #[sync(skip)] field is device-local and cannot be owner, key or reference",
-            ));
-        }
-        specs.push(spec);
+    for attr in f.attrs.iter().filter(|a| a.path().is_ident("sync")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("id") {
+                spec.id = true;
+            } else if meta.path.is_ident("skip") {
+                spec.skip = true;
+            } else if meta.path.is_ident("owner") {
+                spec.owner = true;
+            } else if meta.path.is_ident("key") {
+                spec.key = true;
+            } else if meta.path.is_ident("references") {
+                spec.references = Some(meta.value()?.parse::<LitStr>()?.value());
+            } else {
+                return Err(
+                    meta.error("expected one of: id, skip, owner, key, references = \"model\"")
+                );
+            }
+            Ok(())
+        })?;
     }
+    if spec.id && (spec.skip || spec.owner || spec.key || spec.references.is_some()) {
+        return Err(syn::Error::new_spanned(
+            &f.ident,
+            "#[sync(id)] takes no other options",
+        ));
+    }
+    if spec.skip && (spec.owner || spec.key || spec.references.is_some()) {
+        return Err(syn::Error::new_spanned(
+            &f.ident,
+            "a #[sync(skip)] field is device-local and cannot be owner, key or reference",
+        ));
+    }
+    Ok(spec)
+}
 
-    let ids: Vec<_> = specs.iter().filter(|s| s.id).collect();
-    if ids.len() != 1 {
+/// The named fields of the deriving struct.
+fn named_fields(
+    input: &DeriveInput,
+) -> syn::Result<&syn::punctuated::Punctuated<syn::Field, syn::token::Comma>> {
+    let name = &input.ident;
+    match &input.data {
+        Data::Struct(s) => match &s.fields {
+            Fields::Named(n) => Ok(&n.named),
+            _ => Err(syn::Error::new_spanned(name, "Syncable needs named fields")),
+        },
+        _ => Err(syn::Error::new_spanned(
+            name,
+            "Syncable can only be derived for structs",
+        )),
+    }
+}
+
+/// Check the rules that involve several fields: one id, one owner exactly when
+/// device-owned, memberships made of keys only.
+fn check_fields(name: &syn::Ident, spec: &ModelSpec, fields: &[FieldSpec]) -> syn::Result<()> {
+    if fields.iter().filter(|s| s.id).count() != 1 {
         return Err(syn::Error::new_spanned(
             name,
             "exactly one field must be #[sync(id)]",
         ));
     }
-    let id_ident = &ids[0].ident;
-    let owners = specs.iter().filter(|s| s.owner).count();
-    let is_device_owned = ownership.to_string().contains("DeviceOwned");
+    let owners = fields.iter().filter(|s| s.owner).count();
+    let is_device_owned = spec.ownership.to_string().contains("DeviceOwned");
     if is_device_owned && owners != 1 {
         return Err(syn::Error::new_spanned(
             name,
@@ -146,52 +172,87 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             "#[sync(owner)] only belongs on device_owned models",
         ));
     }
-    let synced: Vec<&FieldSpec> = specs.iter().filter(|s| !s.id && !s.skip).collect();
-    let local: Vec<&FieldSpec> = specs.iter().filter(|s| s.skip).collect();
-    if membership && synced.iter().any(|s| !s.key) {
+    if spec.membership && fields.iter().any(|s| !s.id && !s.skip && !s.key) {
         return Err(syn::Error::new_spanned(
             name,
             "every synced field of a membership must be #[sync(key)]",
         ));
     }
+    Ok(())
+}
 
-    let def = |s: &FieldSpec, local: bool| {
-        let fname = s.ident.to_string();
-        let ty = &s.ty;
-        let references = match &s.references {
-            Some(r) => quote!(Some(#r)),
-            None => quote!(None),
-        };
-        let key = s.key;
-        let owner = s.owner;
-        quote! {
-            ::concord::model::FieldDef {
-                name: #fname,
-                kind: <#ty as ::concord::model::FieldValue>::KIND,
-                nullable: <#ty as ::concord::model::FieldValue>::NULLABLE,
-                references: #references,
-                key: #key,
-                owner: #owner,
-                local: #local,
-            }
-        }
+/// The `FieldDef` describing one field.
+fn field_def(s: &FieldSpec, local: bool) -> TokenStream2 {
+    let fname = s.ident.to_string();
+    let ty = &s.ty;
+    let references = match &s.references {
+        Some(r) => quote!(Some(#r)),
+        None => quote!(None),
     };
-    let synced_defs: Vec<_> = synced.iter().map(|s| def(s, false)).collect();
-    let local_defs: Vec<_> = local.iter().map(|s| def(s, true)).collect();
+    let key = s.key;
+    let owner = s.owner;
+    quote! {
+        ::concord::model::FieldDef {
+            name: #fname,
+            kind: <#ty as ::concord::model::FieldValue>::KIND,
+            nullable: <#ty as ::concord::model::FieldValue>::NULLABLE,
+            references: #references,
+            key: #key,
+            owner: #owner,
+            local: #local,
+        }
+    }
+}
 
+/// The `ModelInfo` of the model: its name, table, ownership, fields and the
+/// models its fields reference.
+fn model_info(spec: &ModelSpec, synced: &[&FieldSpec], local: &[&FieldSpec]) -> TokenStream2 {
+    let synced_defs: Vec<_> = synced.iter().map(|s| field_def(s, false)).collect();
+    let local_defs: Vec<_> = local.iter().map(|s| field_def(s, true)).collect();
     let mut deps: Vec<String> = Vec::new();
-    for s in &synced {
+    for s in synced {
         if let Some(r) = &s.references {
-            if *r != model && !deps.contains(r) {
+            if *r != spec.model && !deps.contains(r) {
                 deps.push(r.clone());
             }
         }
     }
-    let kind = if membership {
+    let kind = if spec.membership {
         quote!(::concord::model::ModelKind::Membership)
     } else {
         quote!(::concord::model::ModelKind::Record)
     };
+    let (model, table, ownership) = (&spec.model, &spec.table, &spec.ownership);
+    quote! {
+        &::concord::model::ModelInfo {
+            name: #model,
+            table: #table,
+            ownership: #ownership,
+            kind: #kind,
+            fields: &[#(#synced_defs),*],
+            local_fields: &[#(#local_defs),*],
+            depends_on: &[#(#deps),*],
+        }
+    }
+}
+
+fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
+    let name = &input.ident;
+    let spec = parse_model(&input)?;
+    let specs = named_fields(&input)?
+        .iter()
+        .map(parse_field)
+        .collect::<syn::Result<Vec<_>>>()?;
+    check_fields(name, &spec, &specs)?;
+    let id_ident = &specs
+        .iter()
+        .find(|s| s.id)
+        .ok_or_else(|| syn::Error::new_spanned(name, "exactly one field must be #[sync(id)]"))?
+        .ident;
+    let synced: Vec<&FieldSpec> = specs.iter().filter(|s| !s.id && !s.skip).collect();
+    let local: Vec<&FieldSpec> = specs.iter().filter(|s| s.skip).collect();
+    let info = model_info(&spec, &synced, &local);
+    let model = &spec.model;
 
     let to_values = synced.iter().map(|s| {
         let i = &s.ident;
@@ -216,15 +277,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
 
     Ok(quote! {
         impl ::concord::model::Syncable for #name {
-            const INFO: &'static ::concord::model::ModelInfo = &::concord::model::ModelInfo {
-                name: #model,
-                table: #table,
-                ownership: #ownership,
-                kind: #kind,
-                fields: &[#(#synced_defs),*],
-                local_fields: &[#(#local_defs),*],
-                depends_on: &[#(#deps),*],
-            };
+            const INFO: &'static ::concord::model::ModelInfo = #info;
             fn id(&self) -> ::concord::Uuid {
                 self.#id_ident
             }

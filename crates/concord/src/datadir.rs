@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::hlc::SystemClock;
 use crate::model::Device;
+use crate::store::meta::{key, meta_get};
 use crate::sync::txn::{Change, Library};
 use crate::validate;
 
@@ -78,10 +79,12 @@ impl DataDir {
         })
     }
 
+    /// The data dir's root, under which every library has its own folder.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// This device's identity, the same in every library it joins.
     pub fn identity(&self) -> &DeviceIdentity {
         &self.identity
     }
@@ -214,9 +217,8 @@ fn peek(db: &Path) -> Result<(String, u64)> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     c.busy_timeout(std::time::Duration::from_secs(5))?;
-    let name: String = c.query_row("SELECT value FROM meta WHERE key = 'name'", [], |r| {
-        r.get(0)
-    })?;
+    let name: String = meta_get(&c, key::NAME)?
+        .ok_or_else(|| Error::Other(format!("{} has no name", db.display())))?;
     let devices: i64 = c.query_row("SELECT COUNT(*) FROM devices", [], |r| r.get(0))?;
     Ok((name, devices as u64))
 }

@@ -37,4 +37,5 @@ pub enum Error {
     Other(String),
 }
 
+/// Results of the core crate, so signatures name only what they return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

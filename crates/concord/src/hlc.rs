@@ -20,6 +20,7 @@ pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_secs(5 * 60);
 
 /// Source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + 'static {
+    /// Wall-clock time in ms since the Unix epoch.
     fn now_ms(&self) -> u64;
 }
 
@@ -44,9 +45,11 @@ impl ManualClock {
     pub fn new(ms: u64) -> Self {
         Self(AtomicU64::new(ms))
     }
+    /// Jump the clock to `ms`, as a test needs to place events in time.
     pub fn set(&self, ms: u64) {
         self.0.store(ms, AtomicOrdering::SeqCst);
     }
+    /// Move the clock forward by `ms`, as a test lets time pass.
     pub fn advance(&self, ms: u64) {
         self.0.fetch_add(ms, AtomicOrdering::SeqCst);
     }
@@ -78,9 +81,11 @@ impl Hlc {
     pub fn pack(ms: u64, counter: u16) -> u64 {
         (ms.min(MAX_PHYSICAL_MS) << 16) | counter as u64
     }
+    /// The wall-clock part (ms), for comparing against real time.
     pub fn physical_ms(&self) -> u64 {
         self.time >> 16
     }
+    /// The logical part, which orders stamps of one millisecond.
     pub fn counter(&self) -> u16 {
         (self.time & 0xffff) as u16
     }
@@ -144,15 +149,19 @@ impl HlcGenerator {
         }
     }
 
+    /// Reject remote stamps more than `drift` ahead of this clock, so one
+    /// device's wrong clock cannot drag every other device's clock forward.
     pub fn with_max_drift(mut self, drift: Duration) -> Self {
         self.max_drift_ms = drift.as_millis() as u64;
         self
     }
 
+    /// The device whose stamps this generator makes (the tie-breaker of equal times).
     pub fn device(&self) -> Uuid {
         self.device
     }
 
+    /// The wall clock behind this generator, in ms.
     pub fn now_ms(&self) -> u64 {
         self.clock.now_ms()
     }

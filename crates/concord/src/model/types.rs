@@ -10,6 +10,8 @@
 use concord_derive::Syncable;
 use uuid::Uuid;
 
+use super::contract::derived_uuid;
+
 /// A member device of the library (the synced `devices` table, DESIGN §9).
 #[derive(Debug, Clone, PartialEq, Eq, Syncable)]
 #[sync(model = "device", table = "devices", shared)]
@@ -77,6 +79,7 @@ pub mod entry_kind {
     pub const DIR: i64 = 1;
     pub const SYMLINK: i64 = 2;
 
+    /// The kind's display name, for listings.
     pub fn name(kind: i64) -> &'static str {
         match kind {
             FILE => "file",
@@ -156,7 +159,7 @@ pub struct UserMetadata {
 impl TagAssignment {
     pub fn new(tag: Uuid, entry: Uuid) -> Self {
         Self {
-            id: super::derived_uuid("tag_assignment", &[tag, entry]),
+            id: derived_uuid("tag_assignment", &[tag, entry]),
             tag,
             entry,
         }
@@ -166,7 +169,7 @@ impl TagAssignment {
 impl AlbumItem {
     pub fn new(album: Uuid, entry: Uuid) -> Self {
         Self {
-            id: super::derived_uuid("album_item", &[album, entry]),
+            id: derived_uuid("album_item", &[album, entry]),
             album,
             entry,
         }
@@ -175,6 +178,6 @@ impl AlbumItem {
 
 impl UserMetadata {
     pub fn id_for(entry: Uuid) -> Uuid {
-        super::derived_uuid("user_metadata", &[entry])
+        derived_uuid("user_metadata", &[entry])
     }
 }

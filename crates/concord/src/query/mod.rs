@@ -13,7 +13,7 @@ use rusqlite::{Connection, ToSql};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::model::{Album, Device, FileEntry, Location, Syncable, Tag, Value, Volume};
+use crate::model::{values_from_row, Album, Device, FileEntry, Location, Syncable, Tag, Volume};
 use crate::sync::txn::Library;
 
 mod bulk;
@@ -37,18 +37,10 @@ fn load<M: Syncable>(conn: &Connection, tail: &str, params: &[&dyn ToSql]) -> Re
     let mut rows = stmt.query(params)?;
     let n = m.fields.len();
     let mut out = Vec::new();
-    let mut values = Vec::with_capacity(n);
-    let mut local = Vec::with_capacity(m.local_fields.len());
     while let Some(r) = rows.next()? {
         let id: Uuid = r.get(0)?;
-        values.clear();
-        local.clear();
-        for (i, f) in m.fields.iter().enumerate() {
-            values.push(Value::from_sql(f.kind, r.get_ref(i + 1)?)?);
-        }
-        for (i, f) in m.local_fields.iter().enumerate() {
-            local.push(Value::from_sql(f.kind, r.get_ref(n + i + 1)?)?);
-        }
+        let values = values_from_row(m.fields, r, 1)?;
+        let local = values_from_row(m.local_fields, r, n + 1)?;
         out.push(M::from_values(id, &values, &local)?);
     }
     Ok(out)
@@ -73,20 +65,12 @@ pub struct AlbumSummary {
 
 /// Every album with its number of (present) items, by name.
 pub fn albums(lib: &Library) -> Result<Vec<AlbumSummary>> {
-    lib.read(|c| {
-        let albums: Vec<Album> = load(c, "ORDER BY name, uuid", &[])?;
-        let counts = count_by(
-            c,
-            "SELECT album, COUNT(*) FROM album_items WHERE present = 1 GROUP BY album",
-        )?;
-        Ok(albums
-            .into_iter()
-            .map(|album| AlbumSummary {
-                entries: counts.get(&album.id).copied().unwrap_or(0),
-                album,
-            })
-            .collect())
-    })
+    load_counted(
+        lib,
+        "ORDER BY name, uuid",
+        "SELECT album, COUNT(*) FROM album_items WHERE present = 1 GROUP BY album",
+        |album: Album, entries| AlbumSummary { album, entries },
+    )
 }
 
 /// Every volume of every device.
@@ -103,20 +87,12 @@ pub struct LocationSummary {
 
 /// Every location of every device, by path.
 pub fn locations(lib: &Library) -> Result<Vec<LocationSummary>> {
-    lib.read(|c| {
-        let locations: Vec<Location> = load(c, "ORDER BY path, uuid", &[])?;
-        let counts = count_by(
-            c,
-            "SELECT location, COUNT(*) FROM file_entries GROUP BY location",
-        )?;
-        Ok(locations
-            .into_iter()
-            .map(|location| LocationSummary {
-                entries: counts.get(&location.id).copied().unwrap_or(0),
-                location,
-            })
-            .collect())
-    })
+    load_counted(
+        lib,
+        "ORDER BY path, uuid",
+        "SELECT location, COUNT(*) FROM file_entries GROUP BY location",
+        |location: Location, entries| LocationSummary { location, entries },
+    )
 }
 
 /// One location by UUID.
@@ -222,6 +198,27 @@ pub fn count_below(lib: &Library, location: Uuid, path: &str) -> Result<u64> {
             "SELECT COUNT(*) FROM file_entries WHERE location = ?1 AND path >= ?2 AND path < ?3",
         )?
         .query_row(rusqlite::params![location, lo, hi], |r| r.get::<_, i64>(0))? as u64)
+    })
+}
+
+/// Every `M` (ordered by `tail`), each paired by `make` with its count from
+/// `count_sql` (`SELECT uuid, COUNT(*) ... GROUP BY uuid`; 0 when absent).
+fn load_counted<M: Syncable, S>(
+    lib: &Library,
+    tail: &str,
+    count_sql: &str,
+    make: impl Fn(M, u64) -> S,
+) -> Result<Vec<S>> {
+    lib.read(|c| {
+        let models: Vec<M> = load(c, tail, &[])?;
+        let counts = count_by(c, count_sql)?;
+        Ok(models
+            .into_iter()
+            .map(|model| {
+                let n = counts.get(&model.id()).copied().unwrap_or(0);
+                make(model, n)
+            })
+            .collect())
     })
 }
 

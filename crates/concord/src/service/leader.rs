@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term};
-use super::store::{vv_covers, vv_min};
 use super::SyncService;
 use crate::sync::log::VersionVector;
+use crate::sync::version_vector::{vv_covers, vv_min};
 
 impl SyncService {
     /// The version vector every device that still counts has reached. Devices

@@ -23,7 +23,6 @@ pub mod leader;
 pub mod protocol;
 pub mod pull;
 pub mod snapshot;
-pub mod store;
 pub mod transport;
 
 use std::collections::{BTreeMap, HashSet};
@@ -40,8 +39,8 @@ use crate::error::{Error, Result};
 use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
 use crate::sync::txn::{ApplyReport, Library, Source};
+use crate::sync::version_vector::{vv_covers, vv_lag};
 use protocol::{Envelope, Msg, Role, Term, MAX_BATCH_ENTRIES, MAX_INLINE_ENTRIES};
-use store::{vv_covers, vv_lag};
 use transport::{Transport, TransportError};
 
 /// Settings of the sync service.

@@ -37,12 +37,7 @@ pub enum Role {
     Follower,
 }
 
-/// `(epoch, leader)`: the higher one wins (fencing, split-brain resolution).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Term {
-    pub epoch: u64,
-    pub leader: Uuid,
-}
+pub use crate::sync::term::Term;
 
 /// One row of a snapshot: values with their field clocks, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,7 +22,10 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::model::{derived_uuid, registry, ModelInfo, ModelKind, Ownership, Value};
+use crate::model::{
+    derived_uuid, registry, values_from_row, ModelInfo, ModelKind, Ownership, Value,
+};
+use crate::store::sql::insert_sql;
 use crate::sync::entry::{FieldWrite, LogEntry, Op};
 
 /// What applying an entry did.
@@ -84,16 +87,7 @@ fn load_row(tx: &Transaction<'_>, m: &ModelInfo, uuid: Uuid) -> Result<Option<St
     let n = m.fields.len();
     let row = stmt
         .query_row([uuid], |r| {
-            let mut values = Vec::with_capacity(n);
-            for (i, f) in m.fields.iter().enumerate() {
-                values.push(Value::from_sql(f.kind, r.get_ref(i)?).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        i,
-                        rusqlite::types::Type::Null,
-                        Box::new(e),
-                    )
-                })?);
-            }
+            let values = values_from_row(m.fields, r, 0)?;
             let row_clock = Hlc::new(r.get::<_, i64>(n)? as u64, r.get(n + 1)?);
             let mut field_clocks = vec![None; n];
             for (k, &i) in clocked_fields.iter().enumerate() {
@@ -138,7 +132,6 @@ pub struct Applier<'a, 'c> {
 impl Applier<'_, '_> {
     /// Apply one validated entry of model `m`.
     pub fn apply(&self, e: &LogEntry, m: &'static ModelInfo) -> Result<Outcome> {
-        let writes = e.op.writes();
         if let Op::Bulk(_) = &e.op {
             self.tx
                 .prepare_cached(
@@ -147,91 +140,16 @@ impl Applier<'_, '_> {
                 .execute(rusqlite::params![e.origin, e.origin_seq as i64, e.hlc as i64, e.op.encode()])?;
             return Ok(Outcome::Applied);
         }
+        if let Some(outcome) = self.screen(e, m)? {
+            return Ok(outcome);
+        }
         let stamp = e.stamp();
-
-        // A membership is named by its members. An entry giving its id other members
-        // would make the members a device keeps depend on arrival order.
-        if m.kind == ModelKind::Membership {
-            let members: Option<Vec<Uuid>> = m
-                .key_indices()
-                .map(|i| find(writes, i).and_then(Value::as_uuid))
-                .collect();
-            if members.map(|k| derived_uuid(m.name, &k)) != Some(e.record) {
-                return self.refuse(
-                    e,
-                    m,
-                    "*",
-                    format!("{} {} is not the id of its members", m.name, e.record),
-                );
-            }
-        }
-
-        // Ownership of the entry itself: the owner field it carries must be its origin.
-        if m.ownership == Ownership::DeviceOwned {
-            let owner = m
-                .owner_index()
-                .and_then(|i| find(writes, i))
-                .and_then(Value::as_uuid);
-            if owner != Some(e.origin) {
-                return self.refuse(
-                    e,
-                    m,
-                    "*",
-                    format!(
-                        "device {} may not write another device's {}",
-                        e.origin, m.name
-                    ),
-                );
-            }
-        }
-
-        if is_tombstoned(self.tx, e.record)? {
-            if matches!(e.op, Op::Delete(_)) && m.kind == ModelKind::Record {
-                return Ok(Outcome::Unchanged);
-            }
-            return self.refuse(e, m, "*", format!("{} {} was deleted", m.name, e.record));
-        }
-
-        // Key references to deleted records: this record dies with them.
-        for i in m.key_indices() {
-            let f = &m.fields[i];
-            if f.references.is_none() {
-                continue;
-            }
-            if let Some(Value::Uuid(target)) = find(writes, i) {
-                if is_tombstoned(self.tx, *target)? {
-                    self.tombstone(m, e.record, stamp)?;
-                    self.cascade(m, e.record, stamp)?;
-                    return self.refuse(
-                        e,
-                        m,
-                        f.name,
-                        format!("{} {} refers to deleted {}", m.name, e.record, target),
-                    );
-                }
-            }
-        }
-
         let row = load_row(self.tx, m, e.record)?;
         if let Some(row) = &row {
-            // Key and owner fields are immutable.
-            for i in m.key_indices() {
-                if let Some(v) = find(writes, i) {
-                    if *v != row.values[i] {
-                        return self.refuse(
-                            e,
-                            m,
-                            m.fields[i].name,
-                            format!(
-                                "{} {} cannot change its {}",
-                                m.name, e.record, m.fields[i].name
-                            ),
-                        );
-                    }
-                }
+            if let Some(outcome) = self.check_immutable(e, m, row)? {
+                return Ok(outcome);
             }
         }
-
         match (m.kind, &e.op) {
             (ModelKind::Membership, Op::Insert(_) | Op::Update(_) | Op::Delete(_)) => {
                 let add = !matches!(e.op, Op::Delete(_));
@@ -256,6 +174,117 @@ impl Applier<'_, '_> {
         }
     }
 
+    /// The checks an entry passes before its row is read: a membership's id is
+    /// derived from its members, a device writes only its own records, deleted
+    /// records stay deleted, and a record dies with the records its keys name.
+    /// `Some` is the outcome when the entry goes no further.
+    fn screen(&self, e: &LogEntry, m: &'static ModelInfo) -> Result<Option<Outcome>> {
+        let writes = e.op.writes();
+        let stamp = e.stamp();
+
+        // A membership is named by its members. An entry giving its id other members
+        // would make the members a device keeps depend on arrival order.
+        if m.kind == ModelKind::Membership {
+            let members: Option<Vec<Uuid>> = m
+                .key_indices()
+                .map(|i| find(writes, i).and_then(Value::as_uuid))
+                .collect();
+            if members.map(|k| derived_uuid(m.name, &k)) != Some(e.record) {
+                return self
+                    .refuse(
+                        e,
+                        m,
+                        "*",
+                        format!("{} {} is not the id of its members", m.name, e.record),
+                    )
+                    .map(Some);
+            }
+        }
+
+        // Ownership of the entry itself: the owner field it carries must be its origin.
+        if m.ownership == Ownership::DeviceOwned {
+            let owner = m
+                .owner_index()
+                .and_then(|i| find(writes, i))
+                .and_then(Value::as_uuid);
+            if owner != Some(e.origin) {
+                return self
+                    .refuse(
+                        e,
+                        m,
+                        "*",
+                        format!(
+                            "device {} may not write another device's {}",
+                            e.origin, m.name
+                        ),
+                    )
+                    .map(Some);
+            }
+        }
+
+        if is_tombstoned(self.tx, e.record)? {
+            if matches!(e.op, Op::Delete(_)) && m.kind == ModelKind::Record {
+                return Ok(Some(Outcome::Unchanged));
+            }
+            return self
+                .refuse(e, m, "*", format!("{} {} was deleted", m.name, e.record))
+                .map(Some);
+        }
+
+        // Key references to deleted records: this record dies with them.
+        for i in m.key_indices() {
+            let f = &m.fields[i];
+            if f.references.is_none() {
+                continue;
+            }
+            if let Some(Value::Uuid(target)) = find(writes, i) {
+                if is_tombstoned(self.tx, *target)? {
+                    self.tombstone(m, e.record, stamp)?;
+                    self.cascade(m, e.record, stamp)?;
+                    return self
+                        .refuse(
+                            e,
+                            m,
+                            f.name,
+                            format!("{} {} refers to deleted {}", m.name, e.record, target),
+                        )
+                        .map(Some);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Refuse an entry that would change `row`'s key or owner fields, which are
+    /// immutable. `Some` is the outcome when it is refused.
+    fn check_immutable(
+        &self,
+        e: &LogEntry,
+        m: &'static ModelInfo,
+        row: &StoredRow,
+    ) -> Result<Option<Outcome>> {
+        let writes = e.op.writes();
+        // Key and owner fields are immutable.
+        for i in m.key_indices() {
+            if let Some(v) = find(writes, i) {
+                if *v != row.values[i] {
+                    return self
+                        .refuse(
+                            e,
+                            m,
+                            m.fields[i].name,
+                            format!(
+                                "{} {} cannot change its {}",
+                                m.name, e.record, m.fields[i].name
+                            ),
+                        )
+                        .map(Some);
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn apply_presence(
         &self,
         e: &LogEntry,
@@ -278,12 +307,7 @@ impl Applier<'_, '_> {
                     Value::Int(stamp.time as i64),
                     Value::Uuid(stamp.device),
                 ]);
-                let sql = format!(
-                    "INSERT INTO {} ({}) VALUES ({})",
-                    m.table,
-                    names.join(", "),
-                    placeholders(names.len())
-                );
+                let sql = insert_sql(m.table, &names);
                 self.tx
                     .prepare_cached(&sql)?
                     .execute(params_from_iter(vals.iter()))?;
@@ -368,12 +392,7 @@ impl Applier<'_, '_> {
         names.push("_dev".into());
         vals.push(Value::Int(row_clock.time as i64));
         vals.push(Value::Uuid(row_clock.device));
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            m.table,
-            names.join(", "),
-            placeholders(names.len())
-        );
+        let sql = insert_sql(m.table, &names);
         self.tx
             .prepare_cached(&sql)?
             .execute(params_from_iter(vals.iter()))?;
@@ -558,10 +577,6 @@ fn find(writes: &[FieldWrite], field: usize) -> Option<&Value> {
         .iter()
         .find(|w| w.field as usize == field)
         .map(|w| &w.value)
-}
-
-fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
 }
 
 /// A value as people read it in the conflict log.

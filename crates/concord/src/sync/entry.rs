@@ -33,9 +33,11 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
+    /// The entry's HLC stamp, which orders it against concurrent writes.
     pub fn stamp(&self) -> Hlc {
         Hlc::new(self.hlc, self.origin)
     }
+    /// `(origin, origin_seq)`: the entry's identity on every device.
     pub fn id(&self) -> (Uuid, u64) {
         (self.origin, self.origin_seq)
     }
@@ -74,6 +76,7 @@ pub mod kind {
 }
 
 impl Op {
+    /// The kind code stored for this operation (see [`kind`]).
     pub fn kind(&self) -> i64 {
         match self {
             Op::Insert(_) => kind::INSERT,
@@ -82,16 +85,19 @@ impl Op {
             Op::Bulk(_) => kind::BULK,
         }
     }
+    /// The field writes the operation carries (none for a bulk operation).
     pub fn writes(&self) -> &[FieldWrite] {
         match self {
             Op::Insert(w) | Op::Update(w) | Op::Delete(w) => w,
             Op::Bulk(_) => &[],
         }
     }
+    /// The payload bytes stored in the log and sent to peers.
     pub fn encode(&self) -> Vec<u8> {
         // Encoding plain data into a Vec cannot fail.
         postcard::to_allocvec(self).unwrap_or_default()
     }
+    /// Decode a payload from the log or a peer, bounded: peers are untrusted.
     pub fn decode(bytes: &[u8]) -> Result<Op> {
         if bytes.len() > MAX_PAYLOAD_BYTES {
             return Err(Error::Malformed(format!(

@@ -1,11 +1,14 @@
 //! The write path and the log: [`txn`] (TransactionManager), [`log`] (sync log),
-//! [`apply`] (merge rules), [`entry`] (the log entry and its encoding).
+//! [`apply`] (merge rules), [`entry`] (the log entry and its encoding),
+//! [`version_vector`] (what a log holds), [`term`] (the sequencing fence).
 
 pub mod apply;
 pub mod entry;
 pub mod log;
 pub(crate) mod segment;
+pub mod term;
 pub mod txn;
+pub mod version_vector;
 
 /// Model name used by bulk-operation entries.
 pub const BULK_MODEL: &str = "bulk_operation";

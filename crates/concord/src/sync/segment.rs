@@ -33,6 +33,15 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::sync::entry::{LogEntry, Op, MAX_PAYLOAD_BYTES};
 
+/// A run of encoded entries of one origin, ready to be stored.
+pub(crate) struct Run {
+    pub origin: Uuid,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub max_hlc: u64,
+    pub blob: Vec<u8>,
+}
+
 /// Append one entry to a segment blob.
 pub(crate) fn encode_entry(
     buf: &mut Vec<u8>,
@@ -181,8 +190,10 @@ pub(crate) struct Segment {
 
 pub(crate) const SEGMENT_COLUMNS: &str = "id, origin, first_seq, last_seq, lib_seq, epoch, entries";
 
+/// A segment from a row selecting [`SEGMENT_COLUMNS`]. A row claiming fewer
+/// than one entry (`first_seq > last_seq`) is corrupt: an error, not a segment.
 pub(crate) fn segment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Segment> {
-    Ok(Segment {
+    let seg = Segment {
         id: r.get(0)?,
         origin: r.get(1)?,
         first_seq: r.get::<_, i64>(2)? as u64,
@@ -190,7 +201,15 @@ pub(crate) fn segment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Segmen
         lib_seq: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
         epoch: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
         blob: r.get(6)?,
-    })
+    };
+    if seg.first_seq > seg.last_seq {
+        return Err(rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Integer,
+            format!("segment {} ends before it starts", seg.id).into(),
+        ));
+    }
+    Ok(seg)
 }
 
 impl Segment {
