@@ -33,6 +33,7 @@ struct NodeMemo {
 /// A running node: its state, its library host and its protocols, which the
 /// CLI daemon, the benchmarks and the tests drive.
 pub struct Node {
+    /// Data dir, paired devices, open libraries and connections.
     pub state: Arc<NodeState>,
     /// Starts and stops each library's sync service and jobs.
     pub host: LibraryHost,

@@ -3,7 +3,9 @@
 //!
 //! One request per bidirectional stream on a cached connection per peer, each
 //! request and reply one envelope frame ([`crate::frame::encode_envelope`]).
-//! Outbound, [`IrohTransport`] is the library services' way out. Inbound,
+//! Outbound, [`IrohTransport`] is the library services' way out: the Iroh
+//! implementation of the core's `concord::service::transport::Transport`
+//! seam (the simulation implements the same seam in memory). Inbound,
 //! [`SyncHandler`] authenticates the peer by its node id (a paired device, or a
 //! device registered in one of our libraries), refuses envelopes whose `from`
 //! is not that device, and routes the rest to the library's `SyncService` on
