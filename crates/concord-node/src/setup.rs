@@ -36,7 +36,7 @@ pub const MAX_LIST_FRAME: usize = 16 * 1024 * 1024;
 
 /// What a device asks on `concord/library/1`, one per stream.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Request {
+pub enum SetupRequest {
     Ping {
         device_id: Uuid,
         name: String,
@@ -61,9 +61,9 @@ pub struct RemoteLibrary {
     pub entries: u64,
 }
 
-/// The answer to a [`Request`].
+/// The answer to a [`SetupRequest`].
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Response {
+pub enum SetupResponse {
     Pong {
         device_id: Uuid,
         name: String,
@@ -107,12 +107,12 @@ impl LibrarySetup {
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
-        let req: Request = expect_msg(&mut recv, MAX_CONTROL_FRAME).await?;
+        let req: SetupRequest = expect_msg(&mut recv, MAX_CONTROL_FRAME).await?;
         let result = self.respond(peer_node, req, &mut send).await;
         if let Err(e) = &result {
             let _ = write_msg(
                 &mut send,
-                &Response::Error {
+                &SetupResponse::Error {
                     message: e.to_string(),
                 },
             )
@@ -125,14 +125,14 @@ impl LibrarySetup {
     async fn respond(
         &self,
         peer_node: iroh::EndpointId,
-        req: Request,
+        req: SetupRequest,
         send: &mut SendStream,
     ) -> Result<(), NetError> {
         let state = &self.state;
         let peer = state.authorize(peer_node)?;
         state.peers.mark_seen(peer.device_id, state.now_ms());
         match req {
-            Request::Ping {
+            SetupRequest::Ping {
                 device_id,
                 name,
                 addrs,
@@ -145,14 +145,14 @@ impl LibrarySetup {
                 state
                     .peers
                     .update_addrs(peer.device_id, Some(&name), &addrs)?;
-                let pong = Response::Pong {
+                let pong = SetupResponse::Pong {
                     device_id: state.device_id(),
                     name: state.device_name(),
                     addrs: state.local_addrs(),
                 };
                 write_msg(send, &pong).await
             }
-            Request::List => {
+            SetupRequest::List => {
                 let mut out = Vec::new();
                 for listed in state.data.list_libraries()? {
                     let lib = state.library(listed.id)?;
@@ -165,15 +165,15 @@ impl LibrarySetup {
                         });
                     }
                 }
-                write_msg(send, &Response::Libraries(out)).await
+                write_msg(send, &SetupResponse::Libraries(out)).await
             }
-            Request::Join { library } => {
+            SetupRequest::Join { library } => {
                 let name = self.accept_join(library, &peer)?;
-                write_msg(send, &Response::JoinAccepted { name }).await
+                write_msg(send, &SetupResponse::JoinAccepted { name }).await
             }
-            Request::Share { library } => {
+            SetupRequest::Share { library } => {
                 self.join_library(library, &peer).await?;
-                write_msg(send, &Response::Done).await
+                write_msg(send, &SetupResponse::Done).await
             }
         }
     }
@@ -208,9 +208,9 @@ impl LibrarySetup {
     async fn round_trip(
         &self,
         peer: &Peer,
-        req: &Request,
+        req: &SetupRequest,
         max: usize,
-    ) -> Result<Response, NetError> {
+    ) -> Result<SetupResponse, NetError> {
         let conn = self.state.connect(peer, LIBRARY_ALPN).await?;
         let (mut send, mut recv) = conn
             .open_bi()
@@ -219,7 +219,7 @@ impl LibrarySetup {
         write_msg(&mut send, req).await?;
         let _ = send.finish();
         match expect_msg(&mut recv, max).await? {
-            Response::Error { message } => Err(NetError::Refused(message)),
+            SetupResponse::Error { message } => Err(NetError::Refused(message)),
             reply => Ok(reply),
         }
     }
@@ -231,10 +231,10 @@ impl LibrarySetup {
     async fn call(
         &self,
         peer: &Peer,
-        req: &Request,
+        req: &SetupRequest,
         max: usize,
         what: &str,
-    ) -> Result<Response, NetError> {
+    ) -> Result<SetupResponse, NetError> {
         let timeout = self.state.config.request_timeout;
         let mut last = NetError::Timeout(what.to_string());
         for _ in 0..2 {
@@ -252,14 +252,14 @@ impl LibrarySetup {
     /// Ping a paired device; marks it seen and learns its addresses.
     pub async fn ping(&self, peer: &Peer) -> Result<(), NetError> {
         let state = &self.state;
-        let req = Request::Ping {
+        let req = SetupRequest::Ping {
             device_id: state.device_id(),
             name: state.device_name(),
             addrs: state.local_addrs(),
         };
         let what = format!("ping {}", peer.name);
         match self.call(peer, &req, MAX_CONTROL_FRAME, &what).await? {
-            Response::Pong {
+            SetupResponse::Pong {
                 device_id,
                 name,
                 addrs,
@@ -277,10 +277,10 @@ impl LibrarySetup {
     pub async fn list_remote(&self, peer: &Peer) -> Result<Vec<RemoteLibrary>, NetError> {
         let what = format!("listing libraries of {}", peer.name);
         match self
-            .call(peer, &Request::List, MAX_LIST_FRAME, &what)
+            .call(peer, &SetupRequest::List, MAX_LIST_FRAME, &what)
             .await?
         {
-            Response::Libraries(libraries) => Ok(libraries),
+            SetupResponse::Libraries(libraries) => Ok(libraries),
             _ => Err(unexpected("list")),
         }
     }
@@ -290,9 +290,9 @@ impl LibrarySetup {
         let lib = self.state.library(library)?;
         register(&lib, peer)?;
         let what = format!("sharing with {}", peer.name);
-        let req = Request::Share { library };
+        let req = SetupRequest::Share { library };
         match self.call(peer, &req, MAX_CONTROL_FRAME, &what).await {
-            Ok(Response::Done) => Ok(()),
+            Ok(SetupResponse::Done) => Ok(()),
             Ok(_) => Err(unexpected("share")),
             Err(NetError::Refused(m)) => Err(NetError::Refused(format!(
                 "{} could not join: {m}",
@@ -323,9 +323,9 @@ impl LibrarySetup {
     async fn join_inner(&self, library: Uuid, peer: &Peer, existed: bool) -> Result<(), NetError> {
         let state = &self.state;
         let what = format!("joining a library of {}", peer.name);
-        let req = Request::Join { library };
+        let req = SetupRequest::Join { library };
         let name = match self.call(peer, &req, MAX_CONTROL_FRAME, &what).await? {
-            Response::JoinAccepted { name } => name,
+            SetupResponse::JoinAccepted { name } => name,
             _ => return Err(unexpected("join")),
         };
         concord::validate::name("library name", &name)
