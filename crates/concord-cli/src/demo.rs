@@ -17,13 +17,14 @@ use crate::context::{CliError, CliResult};
 /// How long the whole demo may take.
 const LIMIT: Duration = Duration::from_secs(120);
 
-struct Device {
+/// One device of the demo: a `concord start` process in its own data dir.
+struct DemoDevice {
     name: String,
     dir: PathBuf,
     child: Option<Child>,
 }
 
-impl Drop for Device {
+impl Drop for DemoDevice {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -35,7 +36,7 @@ impl Drop for Device {
 struct Demo {
     exe: PathBuf,
     root: PathBuf,
-    devices: Vec<Device>,
+    devices: Vec<DemoDevice>,
     started: Instant,
     quiet: bool,
 }
@@ -241,7 +242,7 @@ impl Demo {
             exe,
             root: root.clone(),
             devices: (0..n)
-                .map(|i| Device {
+                .map(|i| DemoDevice {
                     name: format!("device-{}", i + 1),
                     dir: root.join(format!("device-{}", i + 1)),
                     child: None,
