@@ -24,7 +24,6 @@ use concord::model::Syncable;
 use concord::model::Tag;
 use concord::sync::txn::Source;
 use concord::Change;
-use concord_node::{setup, sync};
 
 use crate::common::{Scale, UuidGen};
 use crate::net::{self, BareIroh};
@@ -51,9 +50,9 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         let b = net::start(&tmp.path().join("b"), net::node_config("beta")).await?;
         net::pair(&a, &b).await?;
         let lib_id = a.state.data.create_library("b3")?.id();
-        sync::start_service(&a.state, lib_id)?;
+        a.host.start(lib_id)?;
         let pa = b.state.resolve_peer(&a.device_id().to_string())?;
-        setup::join_library(&b.state, lib_id, &pa).await?;
+        b.setup.join_library(lib_id, &pa).await?;
         let la = a.state.library(lib_id)?;
         let lb = b.state.library(lib_id)?;
 
@@ -150,10 +149,10 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
             "sync traffic: A sent {sa} B in {ra} requests, B sent {sb} B in {rb} requests; {} events on B",
             arrivals.len()
         );
-        for (name, t) in a.state.traffic.by_msg() {
+        for (name, t) in a.traffic().by_msg() {
             progress!("  A {name}: {} frames, {} B", t.frames, t.wire);
         }
-        for (name, t) in b.state.traffic.by_msg() {
+        for (name, t) in b.traffic().by_msg() {
             progress!("  B {name}: {} frames, {} B", t.frames, t.wire);
         }
         drop((la, lb));

@@ -23,7 +23,6 @@ use concord::digest::Scope;
 use concord::model::{entry_kind, FileEntry, Location, Tag, Volume};
 use concord::sync::entry::BulkOperation;
 use concord::{Change, Library, Uuid};
-use concord_node::{pairing, setup, sync};
 use serde::{Deserialize, Serialize};
 
 use crate::common::{timed, Scale, UuidGen};
@@ -133,7 +132,7 @@ pub fn tag_ids(tags: usize) -> Vec<Uuid> {
 
 /// Start the owner's service and wait until it has pruned its log (it is alone).
 pub async fn prune_alone(node: &concord_node::Node, lib: &Library) -> anyhow::Result<()> {
-    sync::start_service(&node.state, lib.id())?;
+    node.host.start(lib.id())?;
     net::wait_until(
         "the owner to prune its log",
         Duration::from_secs(60),
@@ -162,7 +161,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         let (_, fill_s) = timed(|| populate(&la, a.device_id(), files, tags))?;
         progress!("owner: {files} file entries and {tags} tags in {fill_s:.1} s");
         prune_alone(&a, &la).await?;
-        let ticket = pairing::invite(&a.state, None).encode();
+        let ticket = a.pairing.invite(None).encode();
         let exe = std::env::current_exe()?;
         let dir = joiner_dir.clone();
         let report = tokio::task::spawn_blocking(move || spawn_joiner(&exe, &dir, &ticket, lib_id))
@@ -261,14 +260,13 @@ pub fn joiner(args: Vec<String>) -> anyhow::Result<()> {
     let rt = net::runtime()?;
     let report = rt.block_on(async {
         let node = net::start(&dir, net::node_config("joiner")).await?;
-        let owner = pairing::join(&node.state, ticket).await?;
+        let owner = node.pairing.join(ticket).await?;
         let t = Instant::now();
-        setup::join_library(&node.state, lib, &owner).await?;
+        node.setup.join_library(lib, &owner).await?;
         let join_s = t.elapsed().as_secs_f64();
         let (sent, received, requests) = net::traffic(&node);
         let frames = node
-            .state
-            .traffic
+            .traffic()
             .by_msg()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.frames, v.wire, v.raw))

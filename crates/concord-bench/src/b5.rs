@@ -113,7 +113,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         tokio::time::sleep(config.request_timeout * 3).await;
 
         // Heal.
-        let a_before = c.a.state.traffic.by_msg();
+        let a_before = c.a.traffic().by_msg();
         let (sa0, _, ra0) = net::traffic(&c.a);
         let t = Instant::now();
         c.start_b().await?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use concord::digest::{digest, Scope};
 use concord::sync::log::VersionVector;
 use concord::{Library, Uuid};
-use concord_node::{pairing, Node, NodeConfig};
+use concord_node::{Node, NodeConfig};
 use iroh::endpoint::{presets, Connection, PortmapperConfig};
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointAddr};
@@ -45,8 +45,8 @@ pub async fn start(dir: &Path, config: NodeConfig) -> anyhow::Result<Node> {
 
 /// Pair `b` with `a` (b joins a's invite).
 pub async fn pair(a: &Node, b: &Node) -> anyhow::Result<()> {
-    let ticket = pairing::invite(&a.state, None).encode();
-    pairing::join(&b.state, &ticket).await?;
+    let ticket = a.pairing.invite(None).encode();
+    b.pairing.join(&ticket).await?;
     Ok(())
 }
 
@@ -90,7 +90,7 @@ pub fn same_vv(a: &Library, b: &Library) -> anyhow::Result<bool> {
 /// Sync traffic counters of a node: (bytes sent, bytes received, requests made).
 pub fn traffic(node: &Node) -> (u64, u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    let t = &node.state.traffic;
+    let t = node.traffic();
     (
         t.sent.load(Relaxed),
         t.received.load(Relaxed),
@@ -307,7 +307,7 @@ impl Cluster {
         let b = start(&b_dir, cb).await?;
         pair(&a, &b).await?;
         let pa = b.state.resolve_peer(&a.device_id().to_string())?;
-        concord_node::setup::join_library(&b.state, lib_id, &pa).await?;
+        b.setup.join_library(lib_id, &pa).await?;
         let b_device = b.device_id();
         let c = Cluster {
             a,
@@ -409,15 +409,14 @@ impl Cluster {
 /// Per message type, frames sent by a node since `before` (a `by_msg` copy).
 pub fn frames_since(
     node: &Node,
-    before: &std::collections::BTreeMap<&'static str, concord_node::sync::MsgTraffic>,
-) -> Vec<(&'static str, concord_node::sync::MsgTraffic)> {
-    node.state
-        .traffic
+    before: &std::collections::BTreeMap<&'static str, concord_node::transport::MsgTraffic>,
+) -> Vec<(&'static str, concord_node::transport::MsgTraffic)> {
+    node.traffic()
         .by_msg()
         .into_iter()
         .filter_map(|(k, v)| {
             let b = before.get(k).copied().unwrap_or_default();
-            let d = concord_node::sync::MsgTraffic {
+            let d = concord_node::transport::MsgTraffic {
                 frames: v.frames - b.frames,
                 wire: v.wire - b.wire,
                 raw: v.raw - b.raw,

@@ -38,7 +38,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
             c.la.read(|x| Ok(x.query_row("SELECT uuid FROM locations", [], |r| r.get(0))?))?;
         let svc = c
             .b()?
-            .state
+            .host
             .service(c.lib_id)
             .ok_or_else(|| anyhow::anyhow!("B has no sync service"))?;
         // Full pull: B has no position yet, so every row of the location travels.

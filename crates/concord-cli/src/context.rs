@@ -11,6 +11,7 @@ use concord::{Error, Library, Uuid};
 pub struct CliError(String);
 
 impl CliError {
+    /// An error with a message for people.
     pub fn new(msg: impl Into<String>) -> Self {
         CliError(msg.into())
     }
@@ -61,6 +62,7 @@ impl From<std::io::Error> for CliError {
     }
 }
 
+/// What every command returns.
 pub type CliResult<T> = Result<T, CliError>;
 
 /// Where long work (indexing) reports progress: `done` of `total` (unknown
@@ -90,6 +92,7 @@ pub struct Context {
 pub type Opener = Arc<dyn Fn(Uuid) -> CliResult<Arc<Library>> + Send + Sync>;
 
 impl Context {
+    /// Commands run against `data_dir`, opening libraries directly.
     pub fn new(data_dir: DataDir) -> Self {
         Context {
             data_dir,
@@ -98,6 +101,7 @@ impl Context {
         }
     }
 
+    /// Show long operations' progress on `progress`.
     pub fn with_progress(mut self, progress: Box<dyn ProgressSink>) -> Self {
         self.progress = progress;
         self
@@ -116,10 +120,12 @@ impl Context {
         }
     }
 
+    /// The data dir commands run against.
     pub fn data_dir(&self) -> &DataDir {
         &self.data_dir
     }
 
+    /// Where long operations report their progress.
     pub fn progress(&self) -> &dyn ProgressSink {
         self.progress.as_ref()
     }

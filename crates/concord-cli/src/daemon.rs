@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use concord::datadir::DataDir;
 use concord::Uuid;
-use concord_node::node::NodeState;
-use concord_node::{pairing, setup, Node, NodeConfig};
+use concord_node::peers::Peer;
+use concord_node::{Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -31,12 +31,14 @@ use crate::request::Request;
 const MAX_LINE: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
+/// One line a client writes on the control socket.
 pub struct ControlRequest {
     pub request: Request,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+/// The node's one-line answer on the control socket.
 pub enum ControlResponse {
     Ok(Value),
     Error(String),
@@ -53,33 +55,34 @@ pub struct StartOptions {
     pub retention_ms: Option<u64>,
 }
 
+/// Where the control socket of the node for `dir` lives.
 pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join("concord.sock")
 }
 
 fn node_config(opts: &StartOptions) -> CliResult<NodeConfig> {
-    let mut c = NodeConfig::default();
-    if let Some(l) = &opts.listen {
-        c.listen = l.parse().map_err(|_| {
+    let mut config = NodeConfig::default();
+    if let Some(listen) = &opts.listen {
+        config.listen = listen.parse().map_err(|_| {
             CliError::new(format!(
-                "invalid --listen address {l:?}; expected IP:PORT such as 127.0.0.1:0"
+                "invalid --listen address {listen:?}; expected IP:PORT such as 127.0.0.1:0"
             ))
         })?;
     }
-    c.name = opts.name.clone();
+    config.name = opts.name.clone();
     if let Some(ms) = opts.heartbeat_ms {
-        c.sync.heartbeat_interval = Duration::from_millis(ms.max(1));
+        config.sync.heartbeat_interval = Duration::from_millis(ms.max(1));
     }
     if let Some(ms) = opts.leader_timeout_ms {
-        c.sync.leader_timeout = Duration::from_millis(ms.max(1));
+        config.sync.leader_timeout = Duration::from_millis(ms.max(1));
     }
     if let Some(ms) = opts.presence_ms {
-        c.presence_interval = Duration::from_millis(ms.max(1));
+        config.presence_interval = Duration::from_millis(ms.max(1));
     }
     if let Some(ms) = opts.retention_ms {
-        c.sync.retention = Duration::from_millis(ms);
+        config.sync.retention = Duration::from_millis(ms);
     }
-    Ok(c)
+    Ok(config)
 }
 
 /// Run the node until SIGINT, SIGTERM or `concord stop`.
@@ -111,22 +114,19 @@ pub fn start(dir: PathBuf, opts: StartOptions, json: bool) -> CliResult<()> {
 }
 
 async fn serve(dir: PathBuf, config: NodeConfig, json: bool) -> CliResult<()> {
-    let node = Node::start(dir.clone(), config)
-        .await
-        .map_err(|e| CliError::new(e.to_string()))?;
+    let node = Arc::new(
+        Node::start(dir.clone(), config)
+            .await
+            .map_err(|e| CliError::new(e.to_string()))?,
+    );
     let sock = socket_path(&dir);
     // Held the lock, so any socket file is a leftover of a killed node.
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)
         .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", sock.display())))?;
-    let state = node.state.clone();
-    let opener_state = state.clone();
+    let opener = node.state.clone();
     let ctx = Arc::new(Context::new(DataDir::open(&dir)?).with_opener(Arc::new(
-        move |id: Uuid| {
-            opener_state
-                .library(id)
-                .map_err(|e| CliError::new(e.to_string()))
-        },
+        move |id: Uuid| opener.library(id).map_err(|e| CliError::new(e.to_string())),
     )));
     let ready = if json {
         json!({
@@ -153,9 +153,9 @@ async fn serve(dir: PathBuf, config: NodeConfig, json: bool) -> CliResult<()> {
             _ = stop_rx.changed() => break,
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
-                let (state, ctx, stop) = (state.clone(), ctx.clone(), stop_tx.clone());
+                let (node, ctx, stop) = (node.clone(), ctx.clone(), stop_tx.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = client(stream, state, ctx, stop).await {
+                    if let Err(e) = client(stream, node, ctx, stop).await {
                         tracing::debug!("control connection: {e}");
                     }
                 });
@@ -169,7 +169,7 @@ async fn serve(dir: PathBuf, config: NodeConfig, json: bool) -> CliResult<()> {
 
 async fn client(
     stream: UnixStream,
-    state: Arc<NodeState>,
+    node: Arc<Node>,
     ctx: Arc<Context>,
     stop: tokio::sync::watch::Sender<bool>,
 ) -> std::io::Result<()> {
@@ -184,7 +184,7 @@ async fn client(
             let _ = stop.send(true);
             ControlResponse::Ok(json!({}))
         }
-        Ok(ControlRequest { request }) => match execute(&state, ctx, request).await {
+        Ok(ControlRequest { request }) => match execute(&node, ctx, request).await {
             Ok(v) => ControlResponse::Ok(v),
             Err(e) => ControlResponse::Error(e.line()),
         },
@@ -201,69 +201,42 @@ fn net(e: concord_node::NetError) -> CliError {
 }
 
 /// Run a request inside the node.
-async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> CliResult<Value> {
+async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Value> {
+    let state = &node.state;
     match req {
         Request::PairInvite { ttl_ms } => {
-            let t = pairing::invite(state, ttl_ms);
-            Ok(json!({ "ticket": t.encode(), "expires_at": t.expires_at }))
+            let ticket = node.pairing.invite(ttl_ms);
+            Ok(json!({ "ticket": ticket.encode(), "expires_at": ticket.expires_at }))
         }
         Request::PairJoin { ticket } => {
-            let p = pairing::join(state, &ticket).await.map_err(net)?;
-            Ok(json!({ "device_id": p.device_id.to_string(), "name": p.name }))
+            let peer = node.pairing.join(&ticket).await.map_err(net)?;
+            Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
         }
         Request::DeviceList => Ok(serde_json::to_value(state.device_list()).unwrap_or_default()),
         Request::DeviceRemove { device } => {
-            let p = state.remove_device(&device).await.map_err(net)?;
-            Ok(json!({ "device_id": p.device_id.to_string(), "name": p.name }))
+            let peer = state.remove_device(&device).await.map_err(net)?;
+            Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
         }
         Request::LibraryRemote { device } => {
             let peer = state.resolve_peer(&device).map_err(net)?;
-            let libs = setup::list_remote(state, &peer).await.map_err(net)?;
-            Ok(serde_json::to_value(libs).unwrap_or_default())
+            let libraries = node.setup.list_remote(&peer).await.map_err(net)?;
+            Ok(serde_json::to_value(libraries).unwrap_or_default())
         }
         Request::LibraryShare { library, device } => {
             let peer = state.resolve_peer(&device).map_err(net)?;
             let id = ctx.library(&library)?.id();
-            setup::share(state, id, &peer).await.map_err(net)?;
+            node.setup.share(id, &peer).await.map_err(net)?;
             Ok(json!({ "id": id.to_string(), "device_id": peer.device_id.to_string() }))
         }
         Request::LibraryJoin { library, device } => {
             let peer = state.resolve_peer(&device).map_err(net)?;
-            let id = resolve_remote_library(state, &peer, &library).await?;
-            setup::join_library(state, id, &peer).await.map_err(net)?;
+            let id = resolve_remote_library(node, &peer, &library).await?;
+            node.setup.join_library(id, &peer).await.map_err(net)?;
             Ok(json!({ "id": id.to_string() }))
         }
-        Request::SyncStatus { library } => {
-            let id = ctx.library(&library)?.id();
-            let svc = state
-                .service(id)
-                .ok_or_else(|| CliError::new("the library's sync service is not running"))?;
-            let st = svc.status().await?;
-            let jobs = state.jobs(id).map_err(net)?;
-            Ok(json!({
-                "leader": st.leader.to_string(),
-                "epoch": st.epoch,
-                "role": st.role,
-                "seq": st.seq,
-                "version_vector": st.version_vector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-                "peers": st.peers,
-                "conflicts": st.conflicts,
-                "log_entries": st.log_entries,
-                "stats": st.stats,
-                "jobs": jobs,
-                "watching": state.watching(id),
-            }))
-        }
+        Request::SyncStatus { library } => sync_status(node, &ctx, &library).await,
         Request::LocationPull { library, location } => {
-            let lib = ctx.library(&library)?;
-            let targets = remote_locations(&ctx, &lib, &library, location.as_deref(), None)?;
-            let (mut locations, mut entries) = (0u64, 0u64);
-            for loc in targets {
-                let r = pull(state, &lib, loc).await?;
-                locations += 1;
-                entries += r.rows;
-            }
-            Ok(json!({ "locations": locations, "entries": entries }))
+            pull_locations(node, &ctx, &library, location.as_deref()).await
         }
         Request::EntryList {
             library,
@@ -272,32 +245,29 @@ async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> Cli
         } if location.is_some() || device.is_some() => {
             // Browsing another device's entries pulls (or refreshes) them first.
             let lib = ctx.library(&library)?;
-            let targets =
-                remote_locations(&ctx, &lib, &library, location.as_deref(), device.as_deref())?;
+            let targets = remote_locations(&lib, &library, location.as_deref(), device.as_deref())?;
             for loc in targets {
-                if let Err(e) = pull(state, &lib, loc).await {
+                if let Err(e) = pull(node, &lib, loc).await {
                     tracing::warn!(location = %loc, "showing cached entries; refresh failed: {}", e.line());
                 }
             }
-            let c = ctx.clone();
             let req = Request::EntryList {
                 library,
                 location,
                 device,
             };
-            tokio::task::spawn_blocking(move || ops::execute(&c, req))
+            tokio::task::spawn_blocking(move || ops::execute(&ctx, req))
                 .await
                 .map_err(|e| CliError::new(format!("command failed: {e}")))?
         }
         other => {
             let create = matches!(other, Request::LibraryCreate { .. });
-            let c = ctx.clone();
-            let value = tokio::task::spawn_blocking(move || ops::execute(&c, other))
+            let value = tokio::task::spawn_blocking(move || ops::execute(&ctx, other))
                 .await
                 .map_err(|e| CliError::new(format!("command failed: {e}")))??;
             if create {
                 if let Some(id) = value["id"].as_str().and_then(|s| s.parse::<Uuid>().ok()) {
-                    concord_node::sync::start_service(state, id).map_err(net)?;
+                    node.host.start(id).map_err(net)?;
                 }
             }
             Ok(value)
@@ -305,10 +275,52 @@ async fn execute(state: &Arc<NodeState>, ctx: Arc<Context>, req: Request) -> Cli
     }
 }
 
+/// `sync status LIB`: the library's sync service, jobs and watched locations.
+async fn sync_status(node: &Node, ctx: &Context, library: &str) -> CliResult<Value> {
+    let id = ctx.library(library)?.id();
+    let service = node
+        .host
+        .service(id)
+        .ok_or_else(|| CliError::new("the library's sync service is not running"))?;
+    let status = service.status().await?;
+    let jobs = node.host.jobs(id).map_err(net)?;
+    Ok(json!({
+        "leader": status.leader.to_string(),
+        "epoch": status.epoch,
+        "role": status.role,
+        "seq": status.seq,
+        "version_vector": status.version_vector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "peers": status.peers,
+        "conflicts": status.conflicts,
+        "log_entries": status.log_entries,
+        "stats": status.stats,
+        "jobs": jobs,
+        "watching": node.host.watching(id),
+    }))
+}
+
+/// `location pull LIB [LOC]`: pull other devices' entries of one or all their
+/// locations.
+async fn pull_locations(
+    node: &Node,
+    ctx: &Context,
+    library: &str,
+    location: Option<&str>,
+) -> CliResult<Value> {
+    let lib = ctx.library(library)?;
+    let targets = remote_locations(&lib, library, location, None)?;
+    let (mut locations, mut entries) = (0u64, 0u64);
+    for target in targets {
+        let report = pull(node, &lib, target).await?;
+        locations += 1;
+        entries += report.rows;
+    }
+    Ok(json!({ "locations": locations, "entries": entries }))
+}
+
 /// Locations of other devices selected by `LOC` and/or `DEVICE` (all of them
 /// when neither is given).
 fn remote_locations(
-    _ctx: &Context,
     lib: &concord::Library,
     lib_key: &str,
     location: Option<&str>,
@@ -333,30 +345,27 @@ fn remote_locations(
 }
 
 async fn pull(
-    state: &Arc<NodeState>,
+    node: &Node,
     lib: &concord::Library,
     location: Uuid,
 ) -> CliResult<concord::service::pull::PullReport> {
-    let svc = state
+    let service = node
+        .host
         .service(lib.id())
         .ok_or_else(|| CliError::new("the library's sync service is not running"))?;
-    Ok(svc.pull_location(location).await?)
+    Ok(service.pull_location(location).await?)
 }
 
 /// `LIB` for `library join`: a UUID, or the unique name of one of the device's
 /// libraries.
-async fn resolve_remote_library(
-    state: &Arc<NodeState>,
-    peer: &concord_node::peers::Peer,
-    key: &str,
-) -> CliResult<Uuid> {
-    let libs = setup::list_remote(state, peer).await.map_err(net)?;
+async fn resolve_remote_library(node: &Node, peer: &Peer, key: &str) -> CliResult<Uuid> {
+    let libraries = node.setup.list_remote(peer).await.map_err(net)?;
     if let Ok(id) = key.parse::<Uuid>() {
         return Ok(id);
     }
-    let m: Vec<_> = libs.iter().filter(|l| l.name == key).collect();
-    match m.len() {
-        1 => Ok(m[0].id),
+    let named: Vec<_> = libraries.iter().filter(|l| l.name == key).collect();
+    match named.len() {
+        1 => Ok(named[0].id),
         0 => Err(CliError::new(format!(
             "{} has no library {key:?} visible to this device; see `concord library remote {}`",
             peer.name, peer.name
@@ -379,8 +388,8 @@ pub fn forward(dir: &Path, req: &Request) -> Option<CliResult<Value>> {
         Err(e) => return Some(Err(CliError::new(e.to_string()))),
     };
     line.push(b'\n');
-    let mut w = &stream;
-    if let Err(e) = w.write_all(&line) {
+    let mut writer = &stream;
+    if let Err(e) = writer.write_all(&line) {
         return Some(Err(CliError::new(format!(
             "the node stopped answering: {e}"
         ))));

@@ -17,13 +17,14 @@ use crate::context::{CliError, CliResult};
 /// How long the whole demo may take.
 const LIMIT: Duration = Duration::from_secs(120);
 
-struct Device {
+/// One device of the demo: a `concord start` process in its own data dir.
+struct DemoDevice {
     name: String,
     dir: PathBuf,
     child: Option<Child>,
 }
 
-impl Drop for Device {
+impl Drop for DemoDevice {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -35,7 +36,7 @@ impl Drop for Device {
 struct Demo {
     exe: PathBuf,
     root: PathBuf,
-    devices: Vec<Device>,
+    devices: Vec<DemoDevice>,
     started: Instant,
     quiet: bool,
 }
@@ -161,10 +162,10 @@ impl Demo {
     }
 
     fn status(&self, i: usize) -> CliResult<(String, u64)> {
-        let s = self.cli(i, &["sync", "status", "demo"])?;
+        let status = self.cli(i, &["sync", "status", "demo"])?;
         Ok((
-            s["leader"].as_str().unwrap_or("").to_string(),
-            s["epoch"].as_u64().unwrap_or(0),
+            status["leader"].as_str().unwrap_or("").to_string(),
+            status["epoch"].as_u64().unwrap_or(0),
         ))
     }
 
@@ -176,71 +177,14 @@ impl Demo {
     }
 }
 
+/// Run the demo with `n` devices; with `json`, quietly, returning a summary.
 pub fn run(n: usize, json: bool) -> CliResult<Value> {
     if !(2..=7).contains(&n) {
         return Err(CliError::new("--devices takes 2 to 7 devices"));
     }
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::new(format!("cannot find the concord binary: {e}")))?;
-    let root = std::env::temp_dir().join(format!("concord-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root)?;
-    let mut demo = Demo {
-        exe,
-        root: root.clone(),
-        devices: (0..n)
-            .map(|i| Device {
-                name: format!("device-{}", i + 1),
-                dir: root.join(format!("device-{}", i + 1)),
-                child: None,
-            })
-            .collect(),
-        started: Instant::now(),
-        quiet: json,
-    };
-    demo.say(format!(
-        "starting {n} devices on 127.0.0.1 in {}",
-        root.display()
-    ));
-    for i in 0..n {
-        demo.start(i)?;
-    }
-    let ids: Vec<String> = (0..n)
-        .map(|i| {
-            Ok(demo.cli(i, &["device"])?["device_id"]
-                .as_str()
-                .unwrap_or("")
-                .to_string())
-        })
-        .collect::<CliResult<_>>()?;
-
-    demo.say("pairing every device with every other (one-time tickets)");
-    for i in 0..n {
-        for j in i + 1..n {
-            let t = demo.cli(i, &["pair", "invite"])?;
-            demo.cli(j, &["pair", "join", t["ticket"].as_str().unwrap_or("")])?;
-        }
-    }
-
-    demo.say("device-1 creates library \"demo\"; the others join it");
-    demo.cli(0, &["library", "create", "demo"])?;
-    demo.cli(
-        0,
-        &["tag", "create", "demo", "shared", "--color", "#3366ff"],
-    )?;
-    for j in 1..n {
-        demo.cli(j, &["library", "join", "demo", &demo.devices[0].name])?;
-    }
-
-    demo.say("every device writes: a tag and an album each");
-    for i in 0..n {
-        let name = demo.devices[i].name.clone();
-        demo.cli(i, &["tag", "create", "demo", &format!("tag-from-{name}")])?;
-        demo.cli(
-            i,
-            &["album", "create", "demo", &format!("album-from-{name}")],
-        )?;
-    }
+    let mut demo = Demo::new(n, json)?;
+    let ids = demo.start_and_pair()?;
+    demo.share_and_write()?;
     let all: Vec<usize> = (0..n).collect();
     demo.wait("first convergence", || demo.converged(&all))?;
     let (leader, epoch) = demo.status(1)?;
@@ -249,45 +193,9 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
         &demo.digests(&[0])?[0][..16],
         demo.name_of(&leader, &ids)
     ));
-
-    let dead = ids.iter().position(|x| *x == leader).unwrap_or(0);
-    demo.say(format!(
-        "killing the leader, {} (SIGKILL)",
-        demo.devices[dead].name
-    ));
-    demo.kill(dead);
-    let survivors: Vec<usize> = (0..n).filter(|&i| i != dead).collect();
-    let mut new_leader = (String::new(), 0);
-    demo.wait("a new leader", || {
-        let views: Vec<(String, u64)> = survivors
-            .iter()
-            .map(|&i| demo.status(i))
-            .collect::<CliResult<_>>()?;
-        let agreed = views.windows(2).all(|w| w[0] == w[1]);
-        if agreed && views[0].1 > epoch && !views[0].0.is_empty() && views[0].0 != leader {
-            new_leader = views[0].clone();
-            return Ok(true);
-        }
-        Ok(false)
-    })?;
-    demo.say(format!(
-        "re-elected: {} leads at epoch {} (the highest device id among the reachable ones)",
-        demo.name_of(&new_leader.0, &ids),
-        new_leader.1
-    ));
-
-    demo.say("writes during the outage, including one on the dead device's files (offline mode)");
-    for &i in &survivors {
-        let name = demo.devices[i].name.clone();
-        demo.cli(i, &["tag", "create", "demo", &format!("outage-{name}")])?;
-    }
+    let dead = demo.kill_leader(&ids, &leader, epoch)?;
+    demo.outage(dead)?;
     let dead_name = demo.devices[dead].name.clone();
-    demo.cli(
-        dead,
-        &["tag", "create", "demo", &format!("offline-{dead_name}")],
-    )?;
-    demo.wait("survivors to converge", || demo.converged(&survivors))?;
-
     demo.say(format!("restarting {dead_name}"));
     demo.start(dead)?;
     demo.wait("every device to converge", || demo.converged(&all))?;
@@ -319,4 +227,134 @@ pub fn run(n: usize, json: bool) -> CliResult<Value> {
         demo.started.elapsed().as_secs_f64()
     ));
     Ok(if json { summary } else { Value::Null })
+}
+
+/// The demo's phases, in the order [`run`] plays them.
+impl Demo {
+    /// `n` devices in a fresh temporary folder, none started yet.
+    fn new(n: usize, quiet: bool) -> CliResult<Demo> {
+        let exe = std::env::current_exe()
+            .map_err(|e| CliError::new(format!("cannot find the concord binary: {e}")))?;
+        let root = std::env::temp_dir().join(format!("concord-demo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root)?;
+        Ok(Demo {
+            exe,
+            root: root.clone(),
+            devices: (0..n)
+                .map(|i| DemoDevice {
+                    name: format!("device-{}", i + 1),
+                    dir: root.join(format!("device-{}", i + 1)),
+                    child: None,
+                })
+                .collect(),
+            started: Instant::now(),
+            quiet,
+        })
+    }
+
+    /// Start every device and pair each with every other; their device ids.
+    fn start_and_pair(&mut self) -> CliResult<Vec<String>> {
+        let n = self.devices.len();
+        self.say(format!(
+            "starting {n} devices on 127.0.0.1 in {}",
+            self.root.display()
+        ));
+        for i in 0..n {
+            self.start(i)?;
+        }
+        let ids: Vec<String> = (0..n)
+            .map(|i| {
+                Ok(self.cli(i, &["device"])?["device_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string())
+            })
+            .collect::<CliResult<_>>()?;
+        self.say("pairing every device with every other (one-time tickets)");
+        for i in 0..n {
+            for j in i + 1..n {
+                let invite = self.cli(i, &["pair", "invite"])?;
+                self.cli(
+                    j,
+                    &["pair", "join", invite["ticket"].as_str().unwrap_or("")],
+                )?;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The first device creates the library, the others join, all write.
+    fn share_and_write(&self) -> CliResult<()> {
+        let n = self.devices.len();
+        self.say("device-1 creates library \"demo\"; the others join it");
+        self.cli(0, &["library", "create", "demo"])?;
+        self.cli(
+            0,
+            &["tag", "create", "demo", "shared", "--color", "#3366ff"],
+        )?;
+        for j in 1..n {
+            self.cli(j, &["library", "join", "demo", &self.devices[0].name])?;
+        }
+        self.say("every device writes: a tag and an album each");
+        for i in 0..n {
+            let name = self.devices[i].name.clone();
+            self.cli(i, &["tag", "create", "demo", &format!("tag-from-{name}")])?;
+            self.cli(
+                i,
+                &["album", "create", "demo", &format!("album-from-{name}")],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Kill the leader and wait for the survivors to elect another; the
+    /// killed device's index.
+    fn kill_leader(&mut self, ids: &[String], leader: &str, epoch: u64) -> CliResult<usize> {
+        let dead = ids.iter().position(|x| *x == leader).unwrap_or(0);
+        self.say(format!(
+            "killing the leader, {} (SIGKILL)",
+            self.devices[dead].name
+        ));
+        self.kill(dead);
+        let survivors: Vec<usize> = (0..self.devices.len()).filter(|&i| i != dead).collect();
+        let mut new_leader = (String::new(), 0);
+        self.wait("a new leader", || {
+            let views: Vec<(String, u64)> = survivors
+                .iter()
+                .map(|&i| self.status(i))
+                .collect::<CliResult<_>>()?;
+            let agreed = views.windows(2).all(|w| w[0] == w[1]);
+            if agreed && views[0].1 > epoch && !views[0].0.is_empty() && views[0].0 != leader {
+                new_leader = views[0].clone();
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+        self.say(format!(
+            "re-elected: {} leads at epoch {} (the highest device id among the reachable ones)",
+            self.name_of(&new_leader.0, ids),
+            new_leader.1
+        ));
+        Ok(dead)
+    }
+
+    /// Writes while `dead` is down, on the survivors and on the dead device's
+    /// files; the survivors converge.
+    fn outage(&self, dead: usize) -> CliResult<()> {
+        let survivors: Vec<usize> = (0..self.devices.len()).filter(|&i| i != dead).collect();
+        self.say(
+            "writes during the outage, including one on the dead device's files (offline mode)",
+        );
+        for &i in &survivors {
+            let name = self.devices[i].name.clone();
+            self.cli(i, &["tag", "create", "demo", &format!("outage-{name}")])?;
+        }
+        let dead_name = self.devices[dead].name.clone();
+        self.cli(
+            dead,
+            &["tag", "create", "demo", &format!("offline-{dead_name}")],
+        )?;
+        self.wait("survivors to converge", || self.converged(&survivors))
+    }
 }

@@ -375,110 +375,10 @@ fn request(cmd: Command) -> CliResult<Request> {
         } => Request::DeviceRemove { device },
         Command::Sync(SyncCmd::Status { library }) => Request::SyncStatus { library },
         Command::Sync(SyncCmd::Conflicts { library }) => Request::SyncConflicts { library },
-        Command::Library(c) => match c {
-            LibraryCmd::Create { name, private } => Request::LibraryCreate { name, private },
-            LibraryCmd::Remote { device } => Request::LibraryRemote { device },
-            LibraryCmd::Share { library, device } => Request::LibraryShare { library, device },
-            LibraryCmd::Join { library, device } => Request::LibraryJoin { library, device },
-            LibraryCmd::List => Request::LibraryList,
-            LibraryCmd::Digest { library, shared } => Request::LibraryDigest { library, shared },
-            LibraryCmd::Export { library } => Request::LibraryExport { library },
-        },
-        Command::Tag(c) => match c {
-            TagCmd::Create {
-                library,
-                name,
-                color,
-            } => Request::TagCreate {
-                library,
-                name,
-                color,
-            },
-            TagCmd::Rename {
-                library,
-                tag,
-                new_name,
-            } => Request::TagRename {
-                library,
-                tag,
-                name: new_name,
-            },
-            TagCmd::Recolor {
-                library,
-                tag,
-                color,
-            } => Request::TagRecolor {
-                library,
-                tag,
-                color,
-            },
-            TagCmd::Delete { library, tag } => Request::TagDelete { library, tag },
-            TagCmd::List { library } => Request::TagList { library },
-            TagCmd::Apply {
-                library,
-                tag,
-                entries,
-            } => Request::TagApply {
-                library,
-                tag,
-                entries: entry_refs(entries)?,
-            },
-            TagCmd::Remove {
-                library,
-                tag,
-                entries,
-            } => Request::TagRemove {
-                library,
-                tag,
-                entries: entry_refs(entries)?,
-            },
-        },
-        Command::Album(c) => match c {
-            AlbumCmd::Create { library, name } => Request::AlbumCreate { library, name },
-            AlbumCmd::Rename {
-                library,
-                album,
-                new_name,
-            } => Request::AlbumRename {
-                library,
-                album,
-                name: new_name,
-            },
-            AlbumCmd::Delete { library, album } => Request::AlbumDelete { library, album },
-            AlbumCmd::Add {
-                library,
-                album,
-                entries,
-            } => Request::AlbumAdd {
-                library,
-                album,
-                entries: entry_refs(entries)?,
-            },
-            AlbumCmd::Remove {
-                library,
-                album,
-                entries,
-            } => Request::AlbumRemove {
-                library,
-                album,
-                entries: entry_refs(entries)?,
-            },
-            AlbumCmd::List { library } => Request::AlbumList { library },
-        },
-        Command::Location(c) => match c {
-            LocationCmd::Add { library, path } => Request::LocationAdd {
-                library,
-                path: absolute(&path)?,
-            },
-            LocationCmd::List { library } => Request::LocationList { library },
-            LocationCmd::Rescan { library, location } => {
-                Request::LocationRescan { library, location }
-            }
-            LocationCmd::Pull { library, location } => Request::LocationPull { library, location },
-            LocationCmd::Remove { library, location } => {
-                Request::LocationRemove { library, location }
-            }
-        },
+        Command::Library(c) => library_request(c),
+        Command::Tag(c) => tag_request(c)?,
+        Command::Album(c) => album_request(c)?,
+        Command::Location(c) => location_request(c)?,
         Command::Entry(EntryCmd::List {
             library,
             location,
@@ -488,6 +388,122 @@ fn request(cmd: Command) -> CliResult<Request> {
             location,
             device,
         },
+    })
+}
+
+/// `library ...` as a request.
+fn library_request(c: LibraryCmd) -> Request {
+    match c {
+        LibraryCmd::Create { name, private } => Request::LibraryCreate { name, private },
+        LibraryCmd::Remote { device } => Request::LibraryRemote { device },
+        LibraryCmd::Share { library, device } => Request::LibraryShare { library, device },
+        LibraryCmd::Join { library, device } => Request::LibraryJoin { library, device },
+        LibraryCmd::List => Request::LibraryList,
+        LibraryCmd::Digest { library, shared } => Request::LibraryDigest { library, shared },
+        LibraryCmd::Export { library } => Request::LibraryExport { library },
+    }
+}
+
+/// `tag ...` as a request.
+fn tag_request(c: TagCmd) -> CliResult<Request> {
+    Ok(match c {
+        TagCmd::Create {
+            library,
+            name,
+            color,
+        } => Request::TagCreate {
+            library,
+            name,
+            color,
+        },
+        TagCmd::Rename {
+            library,
+            tag,
+            new_name,
+        } => Request::TagRename {
+            library,
+            tag,
+            name: new_name,
+        },
+        TagCmd::Recolor {
+            library,
+            tag,
+            color,
+        } => Request::TagRecolor {
+            library,
+            tag,
+            color,
+        },
+        TagCmd::Delete { library, tag } => Request::TagDelete { library, tag },
+        TagCmd::List { library } => Request::TagList { library },
+        TagCmd::Apply {
+            library,
+            tag,
+            entries,
+        } => Request::TagApply {
+            library,
+            tag,
+            entries: entry_refs(entries)?,
+        },
+        TagCmd::Remove {
+            library,
+            tag,
+            entries,
+        } => Request::TagRemove {
+            library,
+            tag,
+            entries: entry_refs(entries)?,
+        },
+    })
+}
+
+/// `album ...` as a request.
+fn album_request(c: AlbumCmd) -> CliResult<Request> {
+    Ok(match c {
+        AlbumCmd::Create { library, name } => Request::AlbumCreate { library, name },
+        AlbumCmd::Rename {
+            library,
+            album,
+            new_name,
+        } => Request::AlbumRename {
+            library,
+            album,
+            name: new_name,
+        },
+        AlbumCmd::Delete { library, album } => Request::AlbumDelete { library, album },
+        AlbumCmd::Add {
+            library,
+            album,
+            entries,
+        } => Request::AlbumAdd {
+            library,
+            album,
+            entries: entry_refs(entries)?,
+        },
+        AlbumCmd::Remove {
+            library,
+            album,
+            entries,
+        } => Request::AlbumRemove {
+            library,
+            album,
+            entries: entry_refs(entries)?,
+        },
+        AlbumCmd::List { library } => Request::AlbumList { library },
+    })
+}
+
+/// `location ...` as a request (paths made absolute).
+fn location_request(c: LocationCmd) -> CliResult<Request> {
+    Ok(match c {
+        LocationCmd::Add { library, path } => Request::LocationAdd {
+            library,
+            path: absolute(&path)?,
+        },
+        LocationCmd::List { library } => Request::LocationList { library },
+        LocationCmd::Rescan { library, location } => Request::LocationRescan { library, location },
+        LocationCmd::Pull { library, location } => Request::LocationPull { library, location },
+        LocationCmd::Remove { library, location } => Request::LocationRemove { library, location },
     })
 }
 

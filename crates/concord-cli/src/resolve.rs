@@ -41,6 +41,7 @@ pub fn by_key<T>(
     }
 }
 
+/// `TAG` (UUID or unique name) in a library.
 pub fn tag(lib: &Library, lib_key: &str, key: &str) -> CliResult<Uuid> {
     let tags = query::tags(lib)?;
     by_key(
@@ -53,6 +54,7 @@ pub fn tag(lib: &Library, lib_key: &str, key: &str) -> CliResult<Uuid> {
     )
 }
 
+/// `ALBUM` (UUID or unique name) in a library.
 pub fn album(lib: &Library, lib_key: &str, key: &str) -> CliResult<Uuid> {
     let albums = query::albums(lib)?;
     by_key(
@@ -85,6 +87,7 @@ pub fn location(lib: &Library, lib_key: &str, key: &str) -> CliResult<Location> 
         .ok_or_else(|| CliError::new(format!("location {id} vanished; retry")))
 }
 
+/// `DEVICE` (UUID or unique name) among a library's members.
 pub fn device(lib: &Library, key: &str) -> CliResult<Uuid> {
     let devices = query::devices(lib)?;
     by_key(

@@ -7,7 +7,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_concord");
+mod support;
+use support::{expect_failure, expect_success, one_json, BIN};
 
 /// A data dir and a scratch folder for directory trees.
 struct Env {
@@ -46,7 +47,7 @@ impl Env {
 
     /// Plain stdout of a successful command, without the final newline.
     fn ok(&self, args: &[&str]) -> String {
-        ok(self.run(args), args)
+        expect_success(self.run(args), args)
     }
 
     /// The single JSON value a successful `--json` command prints.
@@ -58,7 +59,7 @@ impl Env {
 
     /// The one `error: ` line of a command that must fail with exit code 1.
     fn fail(&self, args: &[&str]) -> String {
-        fail(self.run(args), args)
+        expect_failure(self.run(args), args)
     }
 
     fn digest(&self, lib: &str) -> String {
@@ -76,50 +77,6 @@ impl Env {
         }
         base
     }
-}
-
-fn ok(out: Output, args: &[&str]) -> String {
-    assert!(
-        out.status.success(),
-        "{args:?} failed with {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim_end_matches('\n')
-        .to_string()
-}
-
-fn fail(out: Output, args: &[&str]) -> String {
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{args:?} should fail with 1; stderr: {stderr}"
-    );
-    assert!(
-        out.stdout.is_empty(),
-        "{args:?} printed on stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: one stderr line expected: {stderr:?}"
-    );
-    assert!(lines[0].starts_with("error: "), "{args:?}: {stderr:?}");
-    lines[0].to_string()
-}
-
-fn one_json(s: &str) -> Value {
-    let values: Vec<Value> = serde_json::Deserializer::from_str(s)
-        .into_iter::<Value>()
-        .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {s}"));
-    assert_eq!(values.len(), 1, "exactly one JSON value expected: {s}");
-    values.into_iter().next().unwrap()
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -199,7 +156,7 @@ fn device_and_libraries() {
         .output()
         .unwrap();
     assert_eq!(
-        one_json(&ok(out, &["library", "list"]))
+        one_json(&expect_success(out, &["library", "list"]))
             .as_array()
             .unwrap()
             .len(),
@@ -261,7 +218,7 @@ fn tags_albums_and_tagging_by_path() {
             "./sub/../sub/b.jpg",
         ],
     );
-    ok(out, &["tag", "apply"]);
+    expect_success(out, &["tag", "apply"]);
     env.ok(&["tag", "apply", "lib", &holiday, &c_id]);
     env.ok(&[
         "tag",

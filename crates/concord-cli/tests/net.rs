@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_concord");
+mod support;
+use support::{expect_failure, expect_success, one_json, BIN};
+
 const DEADLINE: Duration = Duration::from_secs(60);
 
 struct Node {
@@ -99,29 +101,12 @@ impl Node {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
         let out = self.run(&a);
-        assert!(
-            out.status.success(),
-            "{} {:?} failed: {}",
-            self.name,
-            args,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("one JSON value")
+        one_json(&expect_success(out, &a))
     }
 
     /// Run expecting failure: exit 1 and one `error:` line; returns it.
     fn fails(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{args:?} should fail; stderr: {err}"
-        );
-        assert_eq!(err.lines().count(), 1, "one error line: {err}");
-        assert!(err.starts_with("error: "), "{err}");
-        assert!(out.stdout.is_empty());
-        err
+        expect_failure(self.run(args), args)
     }
 
     fn device_id(&self) -> String {

@@ -1,5 +1,7 @@
 //! Errors of the node layer.
 
+/// Why a node operation failed, in the classes callers act on differently
+/// (refusals are final, unreachable peers are retried later).
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("network i/o: {0}")]

@@ -1,9 +1,17 @@
-//! Length-prefixed frames on QUIC streams.
+//! Length-prefixed frames on QUIC streams, the two framings of the node's
+//! protocols.
 //!
-//! A frame is a 4-byte big-endian length followed by that many bytes of postcard.
-//! Every reader passes the protocol's maximum frame size: a larger length closes
-//! the stream with an error before anything is allocated.
+//! Pairing and library setup: a 4-byte big-endian length followed by that many
+//! bytes of postcard ([`write_msg`], [`read_msg`]). Every reader passes the
+//! protocol's maximum frame size: a larger length closes the stream with an
+//! error before anything is allocated.
+//!
+//! Sync (`concord/sync/1`): a 4-byte big-endian length, one flag byte (0:
+//! postcard, 1: zstd-compressed postcard) and the encoded [`Envelope`]
+//! ([`encode_envelope`], [`decode_envelope`]). The codec is pure (bytes in,
+//! message or error out) so the decoder peers feed is fuzzed as it runs.
 
+use concord::service::protocol::Envelope;
 use iroh::endpoint::{RecvStream, SendStream};
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -61,18 +69,106 @@ pub async fn expect_msg<T: DeserializeOwned>(
         .ok_or_else(|| NetError::Protocol("stream ended early".into()))
 }
 
-/// zstd-compress a postcard encoding of `value`.
-pub fn compress<T: Serialize>(value: &T) -> Result<Vec<u8>, NetError> {
-    let raw =
-        postcard::to_allocvec(value).map_err(|e| NetError::Protocol(format!("encode: {e}")))?;
-    zstd::bulk::compress(&raw, 3).map_err(|e| NetError::Protocol(format!("compress: {e}")))
+/// Largest sync frame on the wire (flag byte and compressed body).
+pub const MAX_ENVELOPE_FRAME: usize = 16 * 1024 * 1024;
+/// Largest sync envelope after decompression.
+pub const MAX_ENVELOPE_INFLATED: usize = 64 * 1024 * 1024;
+/// Envelopes larger than this are compressed.
+const COMPRESS_ABOVE: usize = 4 * 1024;
+
+/// A sync envelope as one frame: length prefix, flag byte and body. Returns the
+/// frame and the size of the postcard encoding before compression (for the
+/// traffic counters).
+pub fn encode_envelope(env: &Envelope) -> Result<(Vec<u8>, usize), NetError> {
+    let raw = postcard::to_allocvec(env).map_err(|e| NetError::Protocol(format!("encode: {e}")))?;
+    let raw_len = raw.len();
+    let (flag, body) = if raw.len() > COMPRESS_ABOVE {
+        let packed = zstd::bulk::compress(&raw, 1)
+            .map_err(|e| NetError::Protocol(format!("compress: {e}")))?;
+        (1u8, packed)
+    } else {
+        (0u8, raw)
+    };
+    let len = u32::try_from(body.len() + 1)
+        .map_err(|_| NetError::Protocol("envelope too large".into()))?;
+    let mut frame = Vec::with_capacity(body.len() + 5);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.push(flag);
+    frame.extend_from_slice(&body);
+    Ok((frame, raw_len))
 }
 
-/// Inverse of [`compress`], refusing to inflate past `max` bytes.
-pub fn decompress<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, NetError> {
-    let raw = zstd::bulk::decompress(bytes, max)
-        .map_err(|e| NetError::Protocol(format!("decompress: {e}")))?;
-    postcard::from_bytes(&raw).map_err(|e| NetError::Protocol(format!("undecodable batch: {e}")))
+/// The length a sync frame's 4-byte prefix announces, refused outside
+/// `1..=MAX_ENVELOPE_FRAME` before anything is allocated for it.
+pub fn envelope_frame_len(prefix: [u8; 4]) -> Result<usize, NetError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len == 0 || len > MAX_ENVELOPE_FRAME {
+        return Err(NetError::Protocol(format!(
+            "frame of {len} bytes is outside 1..={MAX_ENVELOPE_FRAME}"
+        )));
+    }
+    Ok(len)
+}
+
+/// Decode a sync frame's bytes after the length prefix (flag byte and body),
+/// inflating at most `max_inflated` bytes ([`MAX_ENVELOPE_INFLATED`] on the
+/// wire), and check the message's bounds.
+pub fn decode_envelope(frame: &[u8], max_inflated: usize) -> Result<Envelope, NetError> {
+    let Some((&flag, body)) = frame.split_first() else {
+        return Err(NetError::Protocol("empty frame".into()));
+    };
+    if frame.len() > MAX_ENVELOPE_FRAME {
+        return Err(NetError::Protocol(format!(
+            "frame of {} bytes exceeds {MAX_ENVELOPE_FRAME}",
+            frame.len()
+        )));
+    }
+    let inflated;
+    let raw = match flag {
+        0 => body,
+        1 => {
+            inflated = zstd::bulk::decompress(body, max_inflated)
+                .map_err(|e| NetError::Protocol(format!("decompress: {e}")))?;
+            &inflated[..]
+        }
+        f => return Err(NetError::Protocol(format!("unknown frame flag {f}"))),
+    };
+    let env: Envelope = postcard::from_bytes(raw)
+        .map_err(|e| NetError::Protocol(format!("undecodable envelope: {e}")))?;
+    env.msg.check_bounds().map_err(NetError::Protocol)?;
+    Ok(env)
+}
+
+/// Write one sync envelope; returns the frame's size and the raw encoding's
+/// size (for the traffic counters).
+pub async fn write_envelope(
+    send: &mut SendStream,
+    env: &Envelope,
+) -> Result<(usize, usize), NetError> {
+    let (frame, raw_len) = encode_envelope(env)?;
+    send.write_all(&frame)
+        .await
+        .map_err(|e| NetError::Io(e.to_string()))?;
+    Ok((frame.len(), raw_len))
+}
+
+/// Read one sync envelope. `received` is told the frame's size on the wire as
+/// soon as it is read, whether or not it decodes.
+pub async fn read_envelope(
+    recv: &mut RecvStream,
+    received: impl FnOnce(usize),
+) -> Result<Envelope, NetError> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| NetError::Io(e.to_string()))?;
+    let len = envelope_frame_len(prefix)?;
+    let mut frame = vec![0u8; len];
+    recv.read_exact(&mut frame)
+        .await
+        .map_err(|e| NetError::Io(e.to_string()))?;
+    received(len + 4);
+    decode_envelope(&frame, MAX_ENVELOPE_INFLATED)
 }
 
 /// Serve every bidirectional stream a peer opens on `conn`, each on its own

@@ -1,24 +1,44 @@
-//! The Concord node: Iroh networking, pairing and library setup.
+//! The Concord node: Iroh networking, pairing, library setup and the hosting of
+//! each library's services.
 //!
 //! Three protocols, each a handler on the node's router (docs/PROTOCOL.md):
 //! [`pairing`] (`concord/pairing/1`), [`setup`] (`concord/library/1`) and the
-//! sync protocol (`concord/sync/1`). Networking is loopback/LAN only by default:
-//! no relays, no internet discovery, no port mapping.
+//! sync [`transport`] (`concord/sync/1`). Networking is loopback/LAN only by
+//! default: no relays, no internet discovery, no port mapping.
+//!
+//! Data flows one way, from the top of this list to the bottom (a module
+//! imports only modules below it):
+//!
+//! - [`node`]: starts everything and owns the router and the presence loop;
+//! - [`pairing`], [`setup`], [`transport`]: the protocol handlers, each owning
+//!   its own state (pairing its invites, the transport its traffic counters);
+//! - [`host`]: starts and stops a library's sync service and job runner;
+//! - [`jobs`] and [`watcher`]: index jobs and the folder watcher;
+//! - [`state`]: data dir, paired devices, open libraries, connections;
+//! - [`config`], [`peers`], [`frame`], [`ticket`], [`identity`], [`error`].
 
+pub mod config;
 pub mod error;
 pub mod frame;
+pub mod host;
 pub mod identity;
 pub mod jobs;
 pub mod node;
 pub mod pairing;
 pub mod peers;
 pub mod setup;
-pub mod sync;
+pub mod state;
 pub mod ticket;
+pub mod transport;
+pub mod watcher;
 
+pub use config::{LibrarySettings, NodeConfig};
 pub use error::NetError;
-pub use node::{Node, NodeConfig};
+pub use node::Node;
 
+/// ALPN of pairing; the version is in the ALPN so versions can coexist.
 pub const PAIRING_ALPN: &[u8] = b"concord/pairing/1";
+/// ALPN of library setup (presence, list, share, join).
 pub const LIBRARY_ALPN: &[u8] = b"concord/library/1";
+/// ALPN of the sync transport (replication of the libraries' logs).
 pub const SYNC_ALPN: &[u8] = b"concord/sync/1";

@@ -7,8 +7,9 @@
 //! connection or for another pair of devices. A wrong, expired or reused secret
 //! is refused and nothing is stored on either side.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler};
@@ -19,8 +20,8 @@ use uuid::Uuid;
 use crate::error::NetError;
 use crate::frame::{expect_msg, write_msg};
 use crate::identity::random_bytes;
-use crate::node::NodeState;
 use crate::peers::Peer;
+use crate::state::NodeState;
 use crate::ticket::{Ticket, MAX_TICKET_ADDRS};
 use crate::PAIRING_ALPN;
 
@@ -31,7 +32,8 @@ pub const MAX_FRAME: usize = 4 * 1024;
 /// Wrong proofs tolerated before an invite is burned.
 const MAX_FAILED_PROOFS: u32 = 3;
 
-/// An outstanding invite on the inviter.
+/// An outstanding invite on the inviter: the one-time secret the joiner must
+/// prove it knows, until when, and whether it is spent.
 #[derive(Debug, Clone)]
 pub struct Invite {
     pub secret: [u8; 32],
@@ -96,67 +98,99 @@ impl Transcript<'_> {
     }
 }
 
-/// Make a one-time invite and its ticket.
-pub fn invite(state: &NodeState, ttl_ms: Option<u64>) -> Ticket {
-    let ttl = ttl_ms.unwrap_or(state.config.invite_ttl.as_millis() as u64);
-    let secret: [u8; 32] = random_bytes();
-    let invite_id: [u8; 8] = random_bytes();
-    let expires_at = state.now_ms().saturating_add(ttl);
-    let mut invites = state.invites.lock().unwrap_or_else(|e| e.into_inner());
-    let now = state.now_ms();
-    invites.retain(|_, i| i.expires_at > now && !i.used);
-    invites.insert(
-        invite_id,
-        Invite {
-            secret,
-            expires_at,
-            used: false,
-            failures: 0,
-        },
-    );
-    Ticket {
-        node_id: *state.endpoint.id().as_bytes(),
-        device_id: state.device_id(),
-        addrs: state.local_addrs(),
-        invite_id,
-        secret,
-        expires_at,
+/// The pairing protocol: the inviter's outstanding invites, the joiner's side
+/// of the handshake ([`Pairing::join`]) and the inviter's side (its
+/// [`ProtocolHandler`]). Cheap to clone: clones share the invites.
+#[derive(Clone)]
+pub struct Pairing {
+    state: Arc<NodeState>,
+    invites: Arc<Mutex<HashMap<[u8; 8], Invite>>>,
+}
+
+impl std::fmt::Debug for Pairing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pairing")
     }
 }
 
-/// Pair with the inviter of `ticket`. Returns the inviter as stored.
-pub async fn join(state: &NodeState, ticket: &str) -> Result<Peer, NetError> {
-    let t = Ticket::decode(ticket)?;
-    if t.expires_at <= state.now_ms() {
-        return Err(NetError::Refused(
-            "the ticket has expired; ask for a new one with `concord pair invite`".into(),
-        ));
+impl Pairing {
+    /// Pairing for the node of `state`, with no invite outstanding.
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Pairing {
+            state,
+            invites: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
-    let inviter_node = PublicKey::from_bytes(&t.node_id)
-        .map_err(|_| NetError::Refused("invalid ticket: bad node id".into()))?;
-    if inviter_node == state.endpoint.id() {
-        return Err(NetError::Refused(
-            "this ticket was made by this device".into(),
-        ));
+
+    fn invites(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 8], Invite>> {
+        self.invites.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let mut addr = EndpointAddr::new(inviter_node);
-    for a in &t.addrs {
-        addr = addr.with_ip_addr(*a);
+
+    /// Make a one-time invite and its ticket.
+    pub fn invite(&self, ttl_ms: Option<u64>) -> Ticket {
+        let state = &self.state;
+        let ttl = ttl_ms.unwrap_or(state.config.invite_ttl.as_millis() as u64);
+        let secret: [u8; 32] = random_bytes();
+        let invite_id: [u8; 8] = random_bytes();
+        let expires_at = state.now_ms().saturating_add(ttl);
+        let mut invites = self.invites();
+        let now = state.now_ms();
+        invites.retain(|_, i| i.expires_at > now && !i.used);
+        invites.insert(
+            invite_id,
+            Invite {
+                secret,
+                expires_at,
+                used: false,
+                failures: 0,
+            },
+        );
+        Ticket {
+            node_id: *state.endpoint.id().as_bytes(),
+            device_id: state.device_id(),
+            addrs: state.local_addrs(),
+            invite_id,
+            secret,
+            expires_at,
+        }
     }
-    let timeout = state.config.request_timeout;
-    let conn = tokio::time::timeout(timeout, state.endpoint.connect(addr, PAIRING_ALPN))
-        .await
-        .map_err(|_| NetError::Unreachable("the inviting device (timed out)".into()))?
-        .map_err(|e| NetError::Unreachable(format!("the inviting device: {e}")))?;
-    let result = tokio::time::timeout(timeout, join_on(state, &conn, &t, inviter_node)).await;
-    conn.close(0u32.into(), b"done");
-    result.map_err(|_| NetError::Timeout("pairing handshake".into()))?
+
+    /// Pair with the inviter of `ticket`. Returns the inviter as stored.
+    pub async fn join(&self, ticket: &str) -> Result<Peer, NetError> {
+        let state = &self.state;
+        let ticket = Ticket::decode(ticket)?;
+        if ticket.expires_at <= state.now_ms() {
+            return Err(NetError::Refused(
+                "the ticket has expired; ask for a new one with `concord pair invite`".into(),
+            ));
+        }
+        let inviter_node = PublicKey::from_bytes(&ticket.node_id)
+            .map_err(|_| NetError::Refused("invalid ticket: bad node id".into()))?;
+        if inviter_node == state.endpoint.id() {
+            return Err(NetError::Refused(
+                "this ticket was made by this device".into(),
+            ));
+        }
+        let mut addr = EndpointAddr::new(inviter_node);
+        for a in &ticket.addrs {
+            addr = addr.with_ip_addr(*a);
+        }
+        let timeout = state.config.request_timeout;
+        let conn = tokio::time::timeout(timeout, state.endpoint.connect(addr, PAIRING_ALPN))
+            .await
+            .map_err(|_| NetError::Unreachable("the inviting device (timed out)".into()))?
+            .map_err(|e| NetError::Unreachable(format!("the inviting device: {e}")))?;
+        let result =
+            tokio::time::timeout(timeout, join_on(state, &conn, &ticket, inviter_node)).await;
+        conn.close(0u32.into(), b"done");
+        result.map_err(|_| NetError::Timeout("pairing handshake".into()))?
+    }
 }
 
 async fn join_on(
     state: &NodeState,
     conn: &Connection,
-    t: &Ticket,
+    ticket: &Ticket,
     inviter_node: PublicKey,
 ) -> Result<Peer, NetError> {
     let (mut send, mut recv) = conn
@@ -168,7 +202,7 @@ async fn join_on(
         &mut send,
         &PairMsg::Hello {
             version: VERSION,
-            invite_id: t.invite_id,
+            invite_id: ticket.invite_id,
             device_id: state.device_id(),
             name: state.device_name(),
             addrs: state.local_addrs(),
@@ -188,7 +222,7 @@ async fn join_on(
             }
             _ => return Err(NetError::Protocol("unexpected pairing message".into())),
         };
-    if inviter_device != t.device_id {
+    if inviter_device != ticket.device_id {
         return Err(NetError::Refused(
             "the inviting device does not match the ticket".into(),
         ));
@@ -201,21 +235,21 @@ async fn join_on(
         joiner_node: &joiner_node,
         inviter_device,
         joiner_device: state.device_id(),
-        invite_id: t.invite_id,
+        invite_id: ticket.invite_id,
         joiner_nonce,
         inviter_nonce,
     };
     write_msg(
         &mut send,
         &PairMsg::Proof {
-            mac: *transcript.mac(&t.secret, 1).as_bytes(),
+            mac: *transcript.mac(&ticket.secret, 1).as_bytes(),
         },
     )
     .await?;
     match expect_msg(&mut recv, MAX_FRAME).await? {
         PairMsg::Welcome { mac } => {
             // `Hash` equality is constant-time.
-            if blake3::Hash::from(mac) != transcript.mac(&t.secret, 2) {
+            if blake3::Hash::from(mac) != transcript.mac(&ticket.secret, 2) {
                 return Err(NetError::Refused(
                     "the inviting device failed to prove the secret".into(),
                 ));
@@ -231,7 +265,7 @@ async fn join_on(
         device_id: inviter_device,
         name: inviter_name,
         node_id: inviter_node.to_string(),
-        addrs: t.addrs.clone(),
+        addrs: ticket.addrs.clone(),
         paired_at: state.now_ms(),
     };
     state.peers.upsert(peer.clone())?;
@@ -240,22 +274,7 @@ async fn join_on(
 }
 
 /// The inviter's side of the handshake.
-#[derive(Clone)]
-pub struct PairingHandler {
-    state: Arc<NodeState>,
-}
-
-impl std::fmt::Debug for PairingHandler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PairingHandler")
-    }
-}
-
-impl PairingHandler {
-    pub fn new(state: Arc<NodeState>) -> Self {
-        Self { state }
-    }
-
+impl Pairing {
     async fn handle(&self, conn: &Connection) -> Result<(), NetError> {
         let (mut send, mut recv) = conn
             .accept_bi()
@@ -278,13 +297,61 @@ impl PairingHandler {
         outcome
     }
 
+    /// The secret of an invite that may still be used.
+    fn open_invite(&self, invite_id: &[u8; 8]) -> Result<[u8; 32], NetError> {
+        let invites = self.invites();
+        let invite = invites.get(invite_id).ok_or_else(|| {
+            NetError::Refused("unknown ticket (was it made by this device?)".into())
+        })?;
+        if invite.used {
+            return Err(NetError::Refused(
+                "this ticket was already used; make a new one".into(),
+            ));
+        }
+        if invite.expires_at <= self.state.now_ms() {
+            return Err(NetError::Refused(
+                "this ticket has expired; make a new one".into(),
+            ));
+        }
+        Ok(invite.secret)
+    }
+
+    /// Use up an invite once the joiner proved its secret (`proven`); a wrong
+    /// proof counts against it, and burns it after [`MAX_FAILED_PROOFS`].
+    fn spend_invite(
+        &self,
+        invite_id: &[u8; 8],
+        proven: bool,
+        joiner_node: EndpointId,
+    ) -> Result<(), NetError> {
+        let mut invites = self.invites();
+        let Some(invite) = invites.get_mut(invite_id) else {
+            return Err(NetError::Refused("unknown ticket".into()));
+        };
+        if invite.used {
+            return Err(NetError::Refused(
+                "this ticket was already used; make a new one".into(),
+            ));
+        }
+        if !proven {
+            invite.failures += 1;
+            if invite.failures >= MAX_FAILED_PROOFS {
+                invite.used = true;
+            }
+            tracing::warn!(node = %joiner_node.fmt_short(), "pairing refused: wrong secret");
+            return Err(NetError::Refused("wrong secret".into()));
+        }
+        invite.used = true;
+        Ok(())
+    }
+
     async fn handshake(
         &self,
         send: &mut iroh::endpoint::SendStream,
         recv: &mut iroh::endpoint::RecvStream,
         joiner_node: EndpointId,
     ) -> Result<(), NetError> {
-        let st = &self.state;
+        let state = &self.state;
         let PairMsg::Hello {
             version,
             invite_id,
@@ -306,29 +373,13 @@ impl PairingHandler {
         if addrs.len() > MAX_TICKET_ADDRS {
             return Err(NetError::Refused("too many addresses".into()));
         }
-        let secret = {
-            let invites = st.invites.lock().unwrap_or_else(|e| e.into_inner());
-            let inv = invites.get(&invite_id).ok_or_else(|| {
-                NetError::Refused("unknown ticket (was it made by this device?)".into())
-            })?;
-            if inv.used {
-                return Err(NetError::Refused(
-                    "this ticket was already used; make a new one".into(),
-                ));
-            }
-            if inv.expires_at <= st.now_ms() {
-                return Err(NetError::Refused(
-                    "this ticket has expired; make a new one".into(),
-                ));
-            }
-            inv.secret
-        };
+        let secret = self.open_invite(&invite_id)?;
         let inviter_nonce: [u8; 32] = random_bytes();
         write_msg(
             send,
             &PairMsg::Challenge {
-                device_id: st.device_id(),
-                name: st.device_name(),
+                device_id: state.device_id(),
+                name: state.device_name(),
                 nonce: inviter_nonce,
             },
         )
@@ -336,45 +387,27 @@ impl PairingHandler {
         let PairMsg::Proof { mac } = expect_msg(recv, MAX_FRAME).await? else {
             return Err(NetError::Protocol("expected Proof".into()));
         };
-        let inviter_node = st.endpoint.id();
+        let inviter_node = state.endpoint.id();
         let transcript = Transcript {
             inviter_node: &inviter_node,
             joiner_node: &joiner_node,
-            inviter_device: st.device_id(),
+            inviter_device: state.device_id(),
             joiner_device: device_id,
             invite_id,
             joiner_nonce,
             inviter_nonce,
         };
-        {
-            let mut invites = st.invites.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(inv) = invites.get_mut(&invite_id) else {
-                return Err(NetError::Refused("unknown ticket".into()));
-            };
-            if inv.used {
-                return Err(NetError::Refused(
-                    "this ticket was already used; make a new one".into(),
-                ));
-            }
-            if blake3::Hash::from(mac) != transcript.mac(&secret, 1) {
-                inv.failures += 1;
-                if inv.failures >= MAX_FAILED_PROOFS {
-                    inv.used = true;
-                }
-                tracing::warn!(node = %joiner_node.fmt_short(), "pairing refused: wrong secret");
-                return Err(NetError::Refused("wrong secret".into()));
-            }
-            inv.used = true;
-        }
+        let proven = blake3::Hash::from(mac) == transcript.mac(&secret, 1);
+        self.spend_invite(&invite_id, proven, joiner_node)?;
         let peer = Peer {
             device_id,
             name,
             node_id: joiner_node.to_string(),
             addrs,
-            paired_at: st.now_ms(),
+            paired_at: state.now_ms(),
         };
-        st.peers.upsert(peer.clone())?;
-        st.peers.mark_seen(device_id, st.now_ms());
+        state.peers.upsert(peer.clone())?;
+        state.peers.mark_seen(device_id, state.now_ms());
         write_msg(
             send,
             &PairMsg::Welcome {
@@ -387,7 +420,7 @@ impl PairingHandler {
     }
 }
 
-impl ProtocolHandler for PairingHandler {
+impl ProtocolHandler for Pairing {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         if let Err(e) = self.handle(&conn).await {
             tracing::warn!(node = %conn.remote_id().fmt_short(), "pairing failed: {e}");

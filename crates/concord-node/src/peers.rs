@@ -10,6 +10,8 @@ use uuid::Uuid;
 
 use crate::error::NetError;
 
+/// A device this node can reach: who it is, its node id and where it was last
+/// seen, so requests can be authorised and dialled without asking the user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub device_id: Uuid,
@@ -21,6 +23,22 @@ pub struct Peer {
     pub paired_at: u64,
 }
 
+impl Peer {
+    /// A member of a shared library that is not paired directly: known by the
+    /// node id it registered in the library's `devices` table, addresses unknown
+    /// (remembered ones are used when the device is also paired). Sync requests
+    /// need no pairing, only membership, so this is how they find such devices.
+    pub fn member(device: Uuid, node_id: String) -> Peer {
+        Peer {
+            device_id: device,
+            name: device.to_string(),
+            node_id,
+            addrs: Vec::new(),
+            paired_at: 0,
+        }
+    }
+}
+
 /// The paired-device list, persisted on every change.
 pub struct PeerStore {
     path: PathBuf,
@@ -30,6 +48,7 @@ pub struct PeerStore {
 }
 
 impl PeerStore {
+    /// The paired devices remembered under `data_dir` (none on first use).
     pub fn open(data_dir: &Path) -> Result<PeerStore, NetError> {
         let path = data_dir.join("peers.json");
         let peers = match std::fs::read(&path) {
@@ -51,14 +70,17 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Every paired device.
     pub fn list(&self) -> Vec<Peer> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The paired device behind an authenticated node id, to authorise it.
     pub fn by_node(&self, node_id: &str) -> Option<Peer> {
         self.list().into_iter().find(|p| p.node_id == node_id)
     }
 
+    /// A paired device by id, to dial it.
     pub fn by_device(&self, device: Uuid) -> Option<Peer> {
         self.list().into_iter().find(|p| p.device_id == device)
     }
@@ -103,6 +125,7 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Unpair a device; `false` when it was not paired.
     pub fn remove(&self, device: Uuid) -> Result<bool, NetError> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let before = peers.len();
@@ -118,6 +141,7 @@ impl PeerStore {
         Ok(removed)
     }
 
+    /// Record a successful contact, for the online state of `device list`.
     pub fn mark_seen(&self, device: Uuid, now_ms: u64) {
         self.seen
             .lock()
@@ -125,6 +149,7 @@ impl PeerStore {
             .insert(device, now_ms);
     }
 
+    /// When a device was last heard from since this node started.
     pub fn last_seen(&self, device: Uuid) -> Option<u64> {
         self.seen
             .lock()

@@ -15,6 +15,8 @@ pub const MAX_TICKET_LEN: usize = 2048;
 /// Most addresses a ticket may carry.
 pub const MAX_TICKET_ADDRS: usize = 16;
 
+/// A one-time pairing invite as the joiner receives it: whom to dial and
+/// the secret to prove.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ticket {
     pub node_id: [u8; 32],
@@ -27,6 +29,7 @@ pub struct Ticket {
 }
 
 impl Ticket {
+    /// The ticket as a `concord1…` string a user can paste.
     pub fn encode(&self) -> String {
         let bytes = postcard::to_allocvec(self).unwrap_or_default();
         format!(
@@ -37,6 +40,7 @@ impl Ticket {
         )
     }
 
+    /// Parse a pasted ticket, refusing anything malformed or over the limits.
     pub fn decode(s: &str) -> Result<Ticket, NetError> {
         let s = s.trim();
         let bad = |why: &str| {
@@ -53,14 +57,14 @@ impl Ticket {
         let bytes = data_encoding::BASE32_NOPAD
             .decode(body.to_ascii_uppercase().as_bytes())
             .map_err(|_| bad("it is not valid base32 (truncated or mistyped?)"))?;
-        let t: Ticket =
+        let ticket: Ticket =
             postcard::from_bytes(&bytes).map_err(|_| bad("it is truncated or corrupt"))?;
-        if t.addrs.len() > MAX_TICKET_ADDRS {
+        if ticket.addrs.len() > MAX_TICKET_ADDRS {
             return Err(bad("too many addresses"));
         }
-        iroh::PublicKey::from_bytes(&t.node_id)
+        iroh::PublicKey::from_bytes(&ticket.node_id)
             .map_err(|_| bad("the node id is not a valid key"))?;
-        Ok(t)
+        Ok(ticket)
     }
 }
 

@@ -1,11 +1,13 @@
 //! Fuzzing, as property tests, of the decoders concord-node runs on input from
-//! other people and devices: pairing tickets (pasted by a user) and compressed
-//! sync frames (from peers). Errors, never panics, and no allocation beyond the
-//! stated limits.
+//! other people and devices: pairing tickets (pasted by a user) and sync
+//! frames (from peers, through the same decoder the sync transport runs).
+//! Errors, never panics, and no allocation beyond the stated limits.
 
 use concord::service::protocol::{Envelope, Msg};
 use concord::Uuid;
-use concord_node::frame::{compress, decompress};
+use concord_node::frame::{
+    decode_envelope, encode_envelope, envelope_frame_len, MAX_ENVELOPE_FRAME,
+};
 use concord_node::ticket::{Ticket, MAX_TICKET_LEN};
 use proptest::prelude::*;
 
@@ -63,23 +65,39 @@ proptest! {
         }
     }
 
-    /// Arbitrary bytes as a compressed frame body: an error or a message.
+    /// Arbitrary bytes as a frame (flag byte and body): an error or a message.
     #[test]
-    fn decompress_of_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decompress::<Envelope>(&bytes, 1 << 20);
+    fn decode_of_arbitrary_frames(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_envelope(&bytes, 1 << 20);
     }
 
-    /// Real compressed messages with bytes flipped.
+    /// Arbitrary bytes behind the compressed flag: an error or a message.
     #[test]
-    fn decompress_of_mutated_frames(flips in proptest::collection::vec((any::<usize>(), 1u8..), 1..6)) {
-        let env = Envelope { id: 1, library: Uuid::from_u128(1), from: Uuid::from_u128(2), msg: Msg::SyncRequired { reason: "x".repeat(300) } };
-        let mut bytes = compress(&env).unwrap();
+    fn decode_of_arbitrary_compressed_bodies(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut frame = vec![1u8];
+        frame.extend_from_slice(&bytes);
+        let _ = decode_envelope(&frame, 1 << 20);
+    }
+
+    /// Real frames, plain and compressed, with bytes flipped.
+    #[test]
+    fn decode_of_mutated_frames(flips in proptest::collection::vec((any::<usize>(), 1u8..), 1..6), long in any::<bool>()) {
+        let reason = "x".repeat(if long { 8 * 1024 } else { 300 });
+        let env = Envelope { id: 1, library: Uuid::from_u128(1), from: Uuid::from_u128(2), msg: Msg::SyncRequired { reason } };
+        let (wire, _) = encode_envelope(&env).unwrap();
+        let mut frame = wire[4..].to_vec();
         for (at, b) in flips {
-            let n = bytes.len();
-            bytes[at % n] ^= b;
+            let n = frame.len();
+            frame[at % n] ^= b;
         }
-        if let Ok(env) = decompress::<Envelope>(&bytes, 1 << 20) {
-            let _ = env.msg.check_bounds();
+        let _ = decode_envelope(&frame, 1 << 20);
+    }
+
+    /// Any length prefix: refused outside the limit, before allocating.
+    #[test]
+    fn frame_lengths_are_bounded(prefix in any::<[u8; 4]>()) {
+        if let Ok(len) = envelope_frame_len(prefix) {
+            prop_assert!((1..=MAX_ENVELOPE_FRAME).contains(&len));
         }
     }
 }
@@ -98,9 +116,9 @@ fn a_ticket_round_trips_and_limits_hold() {
 }
 
 /// A frame that inflates past the limit is refused (a zip bomb cannot grow
-/// memory past `max`).
+/// memory past `max`), and frames round-trip.
 #[test]
-fn decompress_refuses_inflating_past_the_limit() {
+fn decode_refuses_inflating_past_the_limit() {
     let env = Envelope {
         id: 1,
         library: Uuid::from_u128(1),
@@ -109,8 +127,12 @@ fn decompress_refuses_inflating_past_the_limit() {
             reason: "a".repeat(1 << 20),
         },
     };
-    let bytes = compress(&env).unwrap();
-    assert!(bytes.len() < 10_000, "compresses well");
-    assert!(decompress::<Envelope>(&bytes, 1 << 16).is_err());
-    assert_eq!(decompress::<Envelope>(&bytes, 2 << 20).unwrap(), env);
+    let (wire, _) = encode_envelope(&env).unwrap();
+    assert!(wire.len() < 10_000, "compresses well");
+    let prefix: [u8; 4] = wire[..4].try_into().unwrap();
+    assert_eq!(envelope_frame_len(prefix).unwrap(), wire.len() - 4);
+    assert!(decode_envelope(&wire[4..], 1 << 16).is_err());
+    assert_eq!(decode_envelope(&wire[4..], 2 << 20).unwrap(), env);
+    assert!(envelope_frame_len(0u32.to_be_bytes()).is_err());
+    assert!(envelope_frame_len((MAX_ENVELOPE_FRAME as u32 + 1).to_be_bytes()).is_err());
 }

@@ -9,61 +9,20 @@ use std::time::{Duration, Instant};
 use concord::model::FileEntry;
 use concord::sync::txn::Source;
 use concord::{index, query, Library, Uuid};
-use concord_node::{pairing, setup, Node, NodeConfig};
+use concord_node::Node;
 
-fn config(name: &str, watch: bool) -> NodeConfig {
-    let mut c = NodeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        presence_interval: Duration::from_millis(200),
-        name: Some(name.to_string()),
-        watch,
-        ..NodeConfig::default()
-    };
-    c.sync.heartbeat_interval = Duration::from_millis(100);
-    c.sync.leader_timeout = Duration::from_millis(300);
-    c
-}
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-/// Wait until `f` holds, checking often, failing after `limit`. Returns how long
-/// it took.
-async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    start.elapsed()
-}
+mod support;
+use support::{fast_config, init_tracing, pair, share_new_library, start, wait_for};
 
 /// Two paired nodes sharing a new library: (A, B, library id).
 async fn two_nodes(tmp: &Path, b_watches: bool) -> (Node, Node, Uuid) {
-    let a = Node::start(tmp.join("a"), config("alpha", true))
-        .await
-        .unwrap();
-    let b = Node::start(tmp.join("b"), config("beta", b_watches))
-        .await
-        .unwrap();
-    pairing::join(&b.state, &pairing::invite(&a.state, None).encode())
-        .await
-        .unwrap();
-    let lib_id = a.state.data.create_library("files").unwrap().id();
-    concord_node::sync::start_service(&a.state, lib_id).unwrap();
-    let pa = b.state.resolve_peer("alpha").unwrap();
-    setup::join_library(&b.state, lib_id, &pa).await.unwrap();
+    let a = start(&tmp.join("a"), fast_config("alpha", true)).await;
+    let b = start(&tmp.join("b"), fast_config("beta", b_watches)).await;
+    pair(&a, &b).await;
+    let lib_id = share_new_library(&a, &b, "files").await;
     (a, b, lib_id)
 }
 
-/// `files` files of 0..=99 bytes in folders of 1,000, two levels deep.
 fn make_tree(root: &Path, files: usize) {
     for i in 0..files {
         let dir = root
@@ -117,7 +76,7 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     let b_loc = add_location(&lb, &tree).await;
     // A has no location there: B's initial index is browsable on A.
     wait_for("B's initial index browsable on A", limit, || {
-        let jobs = a.state.jobs(lib_id).unwrap();
+        let jobs = a.host.jobs(lib_id).unwrap();
         jobs.len() == 1 && jobs[0].origin == b.device_id() && jobs[0].state == "browsable"
     })
     .await;
@@ -161,7 +120,7 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     // B receives it and runs its own job for its own location.
     let t = Instant::now();
     let took = wait_for("B's index job", limit, || {
-        b.state
+        b.host
             .jobs(lib_id)
             .unwrap()
             .iter()
@@ -169,7 +128,7 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     })
     .await;
     eprintln!("B's job done {took:?} after A's index ({:?})", t.elapsed());
-    let jobs = b.state.jobs(lib_id).unwrap();
+    let jobs = b.host.jobs(lib_id).unwrap();
     let job = jobs.iter().find(|j| j.location == a_loc).unwrap();
     assert_eq!(job.local_location, Some(b_loc));
     assert_eq!(job.kind, "initial_index");
@@ -202,14 +161,14 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     // rescans its own location for it and finds nothing to change.
     if files > index::BATCH_MAX {
         wait_for("A's job for B's rescan", limit, || {
-            a.state
+            a.host
                 .jobs(lib_id)
                 .unwrap()
                 .iter()
                 .any(|j| j.origin == b.device_id() && j.kind == "rescan" && j.state == "indexed")
         })
         .await;
-        let jobs = a.state.jobs(lib_id).unwrap();
+        let jobs = a.host.jobs(lib_id).unwrap();
         let job = jobs.iter().find(|j| j.kind == "rescan").unwrap();
         assert_eq!(job.local_location, Some(a_loc));
         assert_eq!((job.inserted, job.updated, job.deleted), (0, 0, 0));
@@ -252,7 +211,7 @@ async fn watched_location_changes_reach_the_peer_live() {
     // A location added while the node runs is watched.
     let loc = add_location(&la, &tree).await;
     wait_for("A watching its new location", limit, || {
-        a.state
+        a.host
             .watching(lib_id)
             .iter()
             .any(|w| w.location == loc && w.ready)
@@ -444,9 +403,7 @@ async fn changes_made_while_stopped_are_caught_up_on_start() {
     std::fs::remove_file(tree.join("gone.txt")).unwrap();
     std::fs::write(tree.join("while-stopped.txt"), "offline").unwrap();
 
-    let a = Node::start(tmp.path().join("a"), config("alpha", true))
-        .await
-        .unwrap();
+    let a = start(&tmp.path().join("a"), fast_config("alpha", true)).await;
     let la = a.state.library(lib_id).unwrap();
     wait_for("the catch-up on A", limit, || {
         entry_on(&la, loc, "while-stopped.txt").is_some()
@@ -458,7 +415,7 @@ async fn changes_made_while_stopped_are_caught_up_on_start() {
         entry_on(&lb, loc, "while-stopped.txt").is_some_and(|e| e.size == 7)
     })
     .await;
-    assert!(a.state.watching(lib_id).iter().any(|w| w.location == loc));
+    assert!(a.host.watching(lib_id).iter().any(|w| w.location == loc));
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -5,22 +5,18 @@ use std::time::Duration;
 use concord::digest::{digest, Scope};
 use concord::model::Tag;
 use concord::{Change, Uuid};
-use concord_node::node::LibrarySettings;
 use concord_node::ticket::Ticket;
-use concord_node::{pairing, setup, Node, NodeConfig};
+use concord_node::LibrarySettings;
+use concord_node::Node;
 
-fn config() -> NodeConfig {
-    NodeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        presence_interval: Duration::from_millis(200),
-        ..NodeConfig::default()
-    }
-}
+mod support;
+use support::{config, fast_config, init_tracing, pair, share_new_library, start, wait_for};
+
+/// How long a test waits for sync to happen.
+const LIMIT: Duration = Duration::from_secs(30);
 
 async fn node(dir: &std::path::Path, name: &str) -> Node {
-    let mut c = config();
-    c.name = Some(name.to_string());
-    Node::start(dir.to_path_buf(), c).await.unwrap()
+    start(dir, config(name)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,26 +27,26 @@ async fn pair_join_library_and_refusals() {
     let c = node(&tmp.path().join("c"), "gamma").await;
 
     // Wrong secret: refused, nothing stored on either side.
-    let mut t = pairing::invite(&a.state, None);
+    let mut t = a.pairing.invite(None);
     t.secret[0] ^= 1;
-    let err = pairing::join(&b.state, &t.encode()).await.unwrap_err();
+    let err = b.pairing.join(&t.encode()).await.unwrap_err();
     assert!(err.to_string().contains("wrong secret"), "{err}");
     assert!(a.state.peers.list().is_empty() && b.state.peers.list().is_empty());
 
     // Expired.
-    let t = pairing::invite(&a.state, Some(0));
-    let err = pairing::join(&b.state, &t.encode()).await.unwrap_err();
+    let t = a.pairing.invite(Some(0));
+    let err = b.pairing.join(&t.encode()).await.unwrap_err();
     assert!(err.to_string().contains("expired"), "{err}");
 
     // Garbage.
-    assert!(pairing::join(&b.state, "concord1zzzz").await.is_err());
+    assert!(b.pairing.join("concord1zzzz").await.is_err());
 
     // Good ticket, then reuse.
-    let t = pairing::invite(&a.state, None).encode();
-    let peer = pairing::join(&b.state, &t).await.unwrap();
+    let t = a.pairing.invite(None).encode();
+    let peer = b.pairing.join(&t).await.unwrap();
     assert_eq!(peer.device_id, a.device_id());
     assert_eq!(a.state.peers.list().len(), 1);
-    let err = pairing::join(&c.state, &t).await.unwrap_err();
+    let err = c.pairing.join(&t).await.unwrap_err();
     assert!(err.to_string().contains("already used"), "{err}");
     assert!(c.state.peers.list().is_empty());
     assert_eq!(a.state.peers.list().len(), 1);
@@ -69,10 +65,10 @@ async fn pair_join_library_and_refusals() {
         .unwrap();
     }
     let pa = b.state.resolve_peer("alpha").unwrap();
-    let remote = setup::list_remote(&b.state, &pa).await.unwrap();
+    let remote = b.setup.list_remote(&pa).await.unwrap();
     assert_eq!(remote.len(), 1);
     assert_eq!(remote[0].id, lib_id);
-    setup::join_library(&b.state, lib_id, &pa).await.unwrap();
+    b.setup.join_library(lib_id, &pa).await.unwrap();
     let lb = b.state.library(lib_id).unwrap();
     let da = la.read(|c| digest(c, Scope::All)).unwrap();
     let db = lb.read(|c| digest(c, Scope::All)).unwrap();
@@ -86,7 +82,7 @@ async fn pair_join_library_and_refusals() {
         addrs: a.addrs(),
         paired_at: 0,
     };
-    let err = setup::list_remote(&c.state, &stranger).await.unwrap_err();
+    let err = c.setup.list_remote(&stranger).await.unwrap_err();
     assert!(err.to_string().contains("not paired"), "{err}");
 
     // A private library is not shared with B until shared.
@@ -94,9 +90,7 @@ async fn pair_join_library_and_refusals() {
     a.state
         .set_settings(private, &LibrarySettings { private: true })
         .unwrap();
-    let err = setup::join_library(&b.state, private, &pa)
-        .await
-        .unwrap_err();
+    let err = b.setup.join_library(private, &pa).await.unwrap_err();
     assert!(err.to_string().contains("not shared"), "{err}");
     assert!(b
         .state
@@ -111,7 +105,7 @@ async fn pair_join_library_and_refusals() {
         .remove_device(&b.device_id().to_string())
         .await
         .unwrap();
-    let err = setup::list_remote(&b.state, &pa).await.unwrap_err();
+    let err = b.setup.list_remote(&pa).await.unwrap_err();
     assert!(err.to_string().contains("not paired"), "{err}");
 
     let _ = Ticket::decode("concord1");
@@ -120,41 +114,14 @@ async fn pair_join_library_and_refusals() {
     c.shutdown().await;
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_flow_both_ways_over_iroh() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config();
-    cfg.sync.heartbeat_interval = Duration::from_millis(100);
-    cfg.sync.leader_timeout = Duration::from_millis(300);
-    let start = |dir: std::path::PathBuf, name: &str| {
-        let mut c = cfg.clone();
-        c.name = Some(name.to_string());
-        Node::start(dir, c)
-    };
-    let a = start(tmp.path().join("a"), "alpha").await.unwrap();
-    let b = start(tmp.path().join("b"), "beta").await.unwrap();
-    pairing::join(&b.state, &pairing::invite(&a.state, None).encode())
-        .await
-        .unwrap();
-    let lib_id = a.state.data.create_library("photos").unwrap().id();
-    concord_node::sync::start_service(&a.state, lib_id).unwrap();
-    let pa = b.state.resolve_peer("alpha").unwrap();
-    setup::join_library(&b.state, lib_id, &pa).await.unwrap();
+    let a = start(&tmp.path().join("a"), fast_config("alpha", true)).await;
+    let b = start(&tmp.path().join("b"), fast_config("beta", true)).await;
+    pair(&a, &b).await;
+    let lib_id = share_new_library(&a, &b, "photos").await;
     let la = a.state.library(lib_id).unwrap();
     let lb = b.state.library(lib_id).unwrap();
     let count = |l: &concord::Library, name: &str| -> i64 {
@@ -173,19 +140,19 @@ async fn changes_flow_both_ways_over_iroh() {
         color: None,
     }))
     .unwrap();
-    wait_for("A's tag on B", || count(&lb, "from-a") == 1).await;
+    wait_for("A's tag on B", LIMIT, || count(&lb, "from-a") == 1).await;
     lb.commit(Change::insert(&Tag {
         id: Uuid::now_v7(),
         name: "from-b".into(),
         color: None,
     }))
     .unwrap();
-    wait_for("B's tag on A", || count(&la, "from-b") == 1).await;
-    wait_for("equal digests", || {
+    wait_for("B's tag on A", LIMIT, || count(&la, "from-b") == 1).await;
+    wait_for("equal digests", LIMIT, || {
         la.read(|c| digest(c, Scope::All)).unwrap() == lb.read(|c| digest(c, Scope::All)).unwrap()
     })
     .await;
-    let st = b.state.service(lib_id).unwrap().status().await.unwrap();
+    let st = b.host.service(lib_id).unwrap().status().await.unwrap();
     assert_eq!(st.leader, a.device_id());
     a.shutdown().await;
     b.shutdown().await;
@@ -231,28 +198,12 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     use concord::sync::entry::{FieldWrite, LogEntry, Op};
 
     let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = config();
-    cfg.sync.heartbeat_interval = Duration::from_millis(100);
-    cfg.sync.leader_timeout = Duration::from_millis(300);
-    let start = |dir: std::path::PathBuf, name: &str| {
-        let mut c = cfg.clone();
-        c.name = Some(name.to_string());
-        Node::start(dir, c)
-    };
-    let a = start(tmp.path().join("a"), "alpha").await.unwrap();
-    let b = start(tmp.path().join("b"), "beta").await.unwrap();
-    let m = start(tmp.path().join("m"), "mallory").await.unwrap();
-    pairing::join(&b.state, &pairing::invite(&a.state, None).encode())
-        .await
-        .unwrap();
-    pairing::join(&m.state, &pairing::invite(&a.state, None).encode())
-        .await
-        .unwrap();
-    let lib_id = a.state.data.create_library("photos").unwrap().id();
-    concord_node::sync::start_service(&a.state, lib_id).unwrap();
-    setup::join_library(&b.state, lib_id, &b.state.resolve_peer("alpha").unwrap())
-        .await
-        .unwrap();
+    let a = start(&tmp.path().join("a"), fast_config("alpha", true)).await;
+    let b = start(&tmp.path().join("b"), fast_config("beta", true)).await;
+    let m = start(&tmp.path().join("m"), fast_config("mallory", true)).await;
+    pair(&a, &b).await;
+    pair(&a, &m).await;
+    let lib_id = share_new_library(&a, &b, "photos").await;
     let la = a.state.library(lib_id).unwrap();
     let lb = b.state.library(lib_id).unwrap();
     let before = la.read(|c| digest(c, Scope::All)).unwrap();
@@ -317,7 +268,8 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     );
 
     // A registered member sending a device-owned change for another owner.
-    setup::join_library(&m.state, lib_id, &m.state.resolve_peer("alpha").unwrap())
+    m.setup
+        .join_library(lib_id, &m.state.resolve_peer("alpha").unwrap())
         .await
         .unwrap();
     let before = la.read(|c| digest(c, Scope::All)).unwrap();
@@ -388,7 +340,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
         color: None,
     }))
     .unwrap();
-    wait_for("honest sync", || {
+    wait_for("honest sync", LIMIT, || {
         lb.read(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM tags WHERE name = 'still-syncing'",

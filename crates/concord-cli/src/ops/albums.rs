@@ -8,6 +8,7 @@ use crate::context::{CliResult, Context};
 use crate::request::EntryRef;
 use crate::resolve;
 
+/// `album create LIB NAME`.
 pub fn create(ctx: &Context, library: &str, name: &str) -> CliResult<Value> {
     validate::name("album name", name)?;
     let lib = ctx.library(library)?;
@@ -20,6 +21,7 @@ pub fn create(ctx: &Context, library: &str, name: &str) -> CliResult<Value> {
     Ok(json!({ "id": album.id.to_string(), "name": album.name }))
 }
 
+/// `album rename LIB ALBUM NEW_NAME`.
 pub fn rename(ctx: &Context, library: &str, album: &str, name: &str) -> CliResult<Value> {
     validate::name("album name", name)?;
     let lib = ctx.library(library)?;
@@ -28,6 +30,7 @@ pub fn rename(ctx: &Context, library: &str, album: &str, name: &str) -> CliResul
     Ok(json!({ "id": id.to_string(), "name": name }))
 }
 
+/// `album delete LIB ALBUM`.
 pub fn delete(ctx: &Context, library: &str, album: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     let id = resolve::album(&lib, library, album)?;
@@ -35,6 +38,7 @@ pub fn delete(ctx: &Context, library: &str, album: &str) -> CliResult<Value> {
     Ok(json!({ "id": id.to_string() }))
 }
 
+/// `album list LIB`.
 pub fn list(ctx: &Context, library: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     Ok(Value::Array(

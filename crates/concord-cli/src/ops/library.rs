@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 
 use crate::context::{CliError, CliResult, Context};
 
+/// `device`: this device's id, node id and name.
 pub fn device(ctx: &Context) -> CliResult<Value> {
     let id = ctx.data_dir().identity();
     let key = concord_node::identity::load_or_create(ctx.data_dir().root())
@@ -16,35 +17,37 @@ pub fn device(ctx: &Context) -> CliResult<Value> {
     }))
 }
 
+/// `library create NAME [--private]`.
 pub fn create(ctx: &Context, name: &str, private: bool) -> CliResult<Value> {
     let lib = ctx.data_dir().create_library(name)?;
     if private {
-        let settings = concord_node::node::LibrarySettings { private: true };
-        concord_node::node::write_settings(ctx.data_dir().root(), lib.id(), &settings)
+        concord_node::LibrarySettings { private: true }
+            .save(ctx.data_dir().root(), lib.id())
             .map_err(|e| CliError::new(e.to_string()))?;
     }
     Ok(json!({ "id": lib.id().to_string(), "name": lib.name() }))
 }
 
+/// Most conflicts `sync conflicts` shows: enough for any person to read, few
+/// enough to keep the answer small.
+const MAX_CONFLICTS_SHOWN: usize = 10_000;
+
 /// `sync conflicts LIB`: the overridden writes this device recorded, newest first.
 pub fn conflicts(ctx: &Context, library: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
-    let rows = lib.read(|c| {
-        let mut stmt = c.prepare(
-            "SELECT model, record, field, kept, discarded, at FROM conflicts ORDER BY at DESC, id DESC LIMIT 10000",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(json!({
-                "model": r.get::<_, String>(0)?,
-                "record": r.get::<_, concord::Uuid>(1)?.to_string(),
-                "field": r.get::<_, String>(2)?,
-                "kept": r.get::<_, String>(3)?,
-                "discarded": r.get::<_, String>(4)?,
-                "at": r.get::<_, i64>(5)?,
-            }))
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    })?;
+    let rows = concord::query::conflicts(&lib, MAX_CONFLICTS_SHOWN)?
+        .into_iter()
+        .map(|conflict| {
+            json!({
+                "model": conflict.model,
+                "record": conflict.record.to_string(),
+                "field": conflict.field,
+                "kept": conflict.kept,
+                "discarded": conflict.discarded,
+                "at": conflict.at,
+            })
+        })
+        .collect();
     Ok(Value::Array(rows))
 }
 
@@ -61,6 +64,7 @@ pub fn device_list_offline(ctx: &Context) -> CliResult<Value> {
     ))
 }
 
+/// `library list`.
 pub fn list(ctx: &Context) -> CliResult<Value> {
     let libs = ctx.data_dir().list_libraries()?;
     Ok(Value::Array(
@@ -70,6 +74,7 @@ pub fn list(ctx: &Context) -> CliResult<Value> {
     ))
 }
 
+/// `library digest LIB [--shared]`: compare devices' contents.
 pub fn digest(ctx: &Context, library: &str, shared: bool) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     let scope = if shared { Scope::Shared } else { Scope::All };
@@ -77,6 +82,7 @@ pub fn digest(ctx: &Context, library: &str, shared: bool) -> CliResult<Value> {
     Ok(json!({ "digest": digest, "records": records }))
 }
 
+/// `library export LIB`: the whole library as JSON.
 pub fn export(ctx: &Context, library: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     Ok(lib.read(|c| concord::digest::export(c, lib.id(), Scope::All))?)

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::context::{CliError, CliResult, Context};
 use crate::resolve;
 
+/// `location add LIB PATH`: add and index a folder of this device.
 pub fn add(ctx: &Context, library: &str, path: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     let progress = ctx.progress();
@@ -27,6 +28,7 @@ pub fn add(ctx: &Context, library: &str, path: &str) -> CliResult<Value> {
     }))
 }
 
+/// `location list LIB`.
 pub fn list(ctx: &Context, library: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     Ok(Value::Array(
@@ -63,6 +65,7 @@ fn own_location(
     Ok(loc)
 }
 
+/// `location rescan LIB LOC`: catch up with changes on disk.
 pub fn rescan(ctx: &Context, library: &str, location: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     let loc = own_location(&lib, library, location, "rescan")?;
@@ -71,16 +74,17 @@ pub fn rescan(ctx: &Context, library: &str, location: &str) -> CliResult<Value> 
         progress.update(done, total)
     });
     progress.finish();
-    let r = result?;
+    let report = result?;
     Ok(json!({
         "id": loc.id.to_string(),
-        "inserted": r.inserted,
-        "updated": r.updated,
-        "deleted": r.deleted,
-        "skipped": r.skipped,
+        "inserted": report.inserted,
+        "updated": report.updated,
+        "deleted": report.deleted,
+        "skipped": report.skipped,
     }))
 }
 
+/// `location remove LIB LOC`.
 pub fn remove(ctx: &Context, library: &str, location: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     let loc = own_location(&lib, library, location, "remove")?;
@@ -90,6 +94,7 @@ pub fn remove(ctx: &Context, library: &str, location: &str) -> CliResult<Value> 
     Ok(json!({ "id": loc.id.to_string() }))
 }
 
+/// `entry list LIB [--location LOC] [--device DEVICE]`.
 pub fn entries(
     ctx: &Context,
     library: &str,

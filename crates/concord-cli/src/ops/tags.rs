@@ -8,6 +8,7 @@ use crate::context::{CliResult, Context};
 use crate::request::EntryRef;
 use crate::resolve;
 
+/// `tag create LIB NAME [--color C]`.
 pub fn create(ctx: &Context, library: &str, name: &str, color: Option<&str>) -> CliResult<Value> {
     validate::name("tag name", name)?;
     let color = color.map(validate::color).transpose()?;
@@ -21,6 +22,7 @@ pub fn create(ctx: &Context, library: &str, name: &str, color: Option<&str>) -> 
     Ok(json!({ "id": tag.id.to_string(), "name": tag.name, "color": tag.color }))
 }
 
+/// `tag rename LIB TAG NEW_NAME`.
 pub fn rename(ctx: &Context, library: &str, tag: &str, name: &str) -> CliResult<Value> {
     validate::name("tag name", name)?;
     let lib = ctx.library(library)?;
@@ -29,6 +31,7 @@ pub fn rename(ctx: &Context, library: &str, tag: &str, name: &str) -> CliResult<
     Ok(json!({ "id": id.to_string(), "name": name }))
 }
 
+/// `tag recolor LIB TAG COLOR`.
 pub fn recolor(ctx: &Context, library: &str, tag: &str, color: &str) -> CliResult<Value> {
     let color = validate::color(color)?;
     let lib = ctx.library(library)?;
@@ -37,6 +40,7 @@ pub fn recolor(ctx: &Context, library: &str, tag: &str, color: &str) -> CliResul
     Ok(json!({ "id": id.to_string(), "color": color }))
 }
 
+/// `tag delete LIB TAG`.
 pub fn delete(ctx: &Context, library: &str, tag: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     let id = resolve::tag(&lib, library, tag)?;
@@ -44,6 +48,7 @@ pub fn delete(ctx: &Context, library: &str, tag: &str) -> CliResult<Value> {
     Ok(json!({ "id": id.to_string() }))
 }
 
+/// `tag list LIB`.
 pub fn list(ctx: &Context, library: &str) -> CliResult<Value> {
     let lib = ctx.library(library)?;
     Ok(Value::Array(

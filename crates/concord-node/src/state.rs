@@ -1,0 +1,294 @@
+//! The node's ground floor: what every protocol handler and the library host
+//! share. [`NodeState`] owns the data dir, the paired devices, the open
+//! libraries, the Iroh endpoint and its cached connections. It imports none of
+//! the protocol handlers: they are built on top of it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use concord::datadir::DataDir;
+use concord::hlc::{Clock, SystemClock};
+use concord::model::Device;
+use concord::query::members;
+use concord::{Change, Library, Uuid};
+use iroh::endpoint::Connection;
+use iroh::{Endpoint, EndpointAddr, EndpointId};
+use serde::Serialize;
+
+use crate::config::{LibrarySettings, NodeConfig};
+use crate::error::NetError;
+use crate::peers::{Peer, PeerStore};
+
+/// State shared by the protocol handlers, the library host and the node's API.
+pub struct NodeState {
+    pub data: DataDir,
+    pub endpoint: Endpoint,
+    pub peers: PeerStore,
+    pub config: NodeConfig,
+    libraries: Mutex<HashMap<Uuid, Arc<Library>>>,
+    connections: tokio::sync::Mutex<HashMap<(EndpointId, &'static [u8]), Connection>>,
+    clock: SystemClock,
+}
+
+/// What `device list` shows per paired device.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceStatus {
+    pub device_id: Uuid,
+    pub name: String,
+    pub online: bool,
+    /// Milliseconds since the Unix epoch, if seen since this node started.
+    pub last_seen: Option<u64>,
+}
+
+impl NodeState {
+    /// The state of a node bound to `endpoint`, with no library open yet.
+    pub fn new(data: DataDir, endpoint: Endpoint, peers: PeerStore, config: NodeConfig) -> Self {
+        NodeState {
+            data,
+            endpoint,
+            peers,
+            config,
+            libraries: Mutex::new(HashMap::new()),
+            connections: tokio::sync::Mutex::new(HashMap::new()),
+            clock: SystemClock,
+        }
+    }
+
+    /// Wall-clock time in ms, for invites, presence and pairing records.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// This device's id: what peers and libraries know it by.
+    pub fn device_id(&self) -> Uuid {
+        self.data.identity().device_id
+    }
+
+    /// This device's name, as shown to paired devices.
+    pub fn device_name(&self) -> String {
+        self.data.identity().name.clone()
+    }
+
+    /// Direct addresses of this node (the bound sockets; an unspecified bind address
+    /// is reported as loopback).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        let mut out = Vec::new();
+        for a in self.endpoint.bound_sockets() {
+            if a.ip().is_unspecified() {
+                out.push(SocketAddr::from(([127, 0, 0, 1], a.port())));
+            } else {
+                out.push(a);
+            }
+        }
+        for ip in self.endpoint.addr().ip_addrs() {
+            if !out.contains(ip) && !ip.ip().is_unspecified() {
+                out.push(*ip);
+            }
+        }
+        out.truncate(crate::ticket::MAX_TICKET_ADDRS);
+        out
+    }
+
+    /// Open (and cache) a library; make sure this device's row names its node id.
+    pub fn library(&self, id: Uuid) -> Result<Arc<Library>, NetError> {
+        let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lib) = libraries.get(&id) {
+            return Ok(lib.clone());
+        }
+        let lib = Arc::new(self.data.open_library(id)?);
+        self.register_self(&lib)?;
+        libraries.insert(id, lib.clone());
+        Ok(lib)
+    }
+
+    /// Forget a cached library handle (after a failed join removed it).
+    pub fn forget_library(&self, id: Uuid) {
+        self.libraries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Drop every cached library handle (the node is stopping).
+    pub fn close_libraries(&self) {
+        self.libraries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// How to reach a device for a library: paired devices by their remembered
+    /// addresses, other members of the library by the node id it registered.
+    pub fn peer_for_device(&self, device: Uuid, library: Uuid) -> Result<Peer, NetError> {
+        if let Some(peer) = self.peers.by_device(device) {
+            return Ok(peer);
+        }
+        let lib = self.library(library)?;
+        members::node_for_device(&lib, device)?
+            .map(|node_id| Peer::member(device, node_id))
+            .ok_or_else(|| NetError::Unreachable(format!("device {device} (no known node id)")))
+    }
+
+    /// The device behind a node id: a paired device, or a member of one of our
+    /// libraries. `None` for strangers.
+    pub fn device_for_node(&self, node_id: &str) -> Option<Uuid> {
+        if let Some(peer) = self.peers.by_node(node_id) {
+            return Some(peer.device_id);
+        }
+        let listed = self.data.list_libraries().ok()?;
+        for entry in listed {
+            let Ok(lib) = self.library(entry.id) else {
+                continue;
+            };
+            let found = members::device_for_node(&lib, node_id).ok().flatten();
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+
+    /// Register this device in `lib` with its current name and node id, so
+    /// other members can reach it without pairing.
+    fn register_self(&self, lib: &Library) -> Result<(), NetError> {
+        let me = self.device_id();
+        let node_id = self.endpoint.id().to_string();
+        match members::member(lib, me)? {
+            None => {
+                lib.commit(Change::insert(&Device {
+                    id: me,
+                    name: self.device_name(),
+                    node_id: Some(node_id),
+                }))?;
+            }
+            Some((name, registered))
+                if registered.as_deref() != Some(node_id.as_str())
+                    || name != self.device_name() =>
+            {
+                lib.commit(
+                    Change::update::<Device>(me)
+                        .set("node_id", node_id)
+                        .set("name", self.device_name()),
+                )?;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
+    /// This device's settings of a library.
+    pub fn settings(&self, id: Uuid) -> LibrarySettings {
+        LibrarySettings::load(self.data.root(), id)
+    }
+
+    /// Change this device's settings of a library (e.g. make it private).
+    pub fn set_settings(&self, id: Uuid, settings: &LibrarySettings) -> Result<(), NetError> {
+        settings.save(self.data.root(), id)
+    }
+
+    /// The paired peer behind an authenticated connection, or a refusal.
+    pub fn authorize(&self, remote: EndpointId) -> Result<Peer, NetError> {
+        self.peers.by_node(&remote.to_string()).ok_or_else(|| {
+            NetError::Refused(format!(
+                "device {} is not paired with {}; pair first (`concord pair invite` / `concord pair join`)",
+                remote.fmt_short(),
+                self.device_name()
+            ))
+        })
+    }
+
+    /// A connection to `peer` on `alpn`, reused while it stays open.
+    pub async fn connect(&self, peer: &Peer, alpn: &'static [u8]) -> Result<Connection, NetError> {
+        let id: EndpointId = peer
+            .node_id
+            .parse()
+            .map_err(|_| NetError::Other(format!("stored node id of {} is invalid", peer.name)))?;
+        {
+            let connections = self.connections.lock().await;
+            if let Some(conn) = connections.get(&(id, alpn)) {
+                if conn.close_reason().is_none() {
+                    return Ok(conn.clone());
+                }
+            }
+        }
+        let mut addr = EndpointAddr::new(id);
+        for a in &peer.addrs {
+            addr = addr.with_ip_addr(*a);
+        }
+        let conn = tokio::time::timeout(
+            self.config.request_timeout,
+            self.endpoint.connect(addr, alpn),
+        )
+        .await
+        .map_err(|_| NetError::Unreachable(format!("{} (timed out)", peer.name)))?
+        .map_err(|e| NetError::Unreachable(format!("{}: {e}", peer.name)))?;
+        self.connections
+            .lock()
+            .await
+            .insert((id, alpn), conn.clone());
+        Ok(conn)
+    }
+
+    /// Close every cached connection to a device (after it was removed).
+    pub async fn disconnect(&self, node_id: &str) {
+        let mut connections = self.connections.lock().await;
+        connections.retain(|(id, _), conn| {
+            if id.to_string() == node_id {
+                conn.close(1u32.into(), b"unpaired");
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Paired devices with their online state.
+    pub fn device_list(&self) -> Vec<DeviceStatus> {
+        let now = self.now_ms();
+        let window = (self.config.presence_interval.as_millis() as u64)
+            .saturating_mul(3)
+            .max(3_000);
+        self.peers
+            .list()
+            .into_iter()
+            .map(|p| {
+                let last_seen = self.peers.last_seen(p.device_id);
+                DeviceStatus {
+                    device_id: p.device_id,
+                    name: p.name,
+                    online: last_seen.is_some_and(|t| now.saturating_sub(t) <= window),
+                    last_seen,
+                }
+            })
+            .collect()
+    }
+
+    /// Resolve `DEVICE` (UUID or unique name) among paired devices.
+    pub fn resolve_peer(&self, key: &str) -> Result<Peer, NetError> {
+        let peers = self.peers.list();
+        if let Ok(id) = key.parse::<Uuid>() {
+            if let Some(p) = peers.iter().find(|p| p.device_id == id) {
+                return Ok(p.clone());
+            }
+        }
+        let named: Vec<&Peer> = peers.iter().filter(|p| p.name == key).collect();
+        match named.len() {
+            1 => Ok(named[0].clone()),
+            0 => Err(NetError::Other(format!(
+                "no paired device {key:?} (see `concord device list`)"
+            ))),
+            _ => Err(NetError::Other(format!(
+                "more than one paired device is named {key:?}; use its id (see `concord device list`)"
+            ))),
+        }
+    }
+
+    /// Unpair a device: it loses access at once.
+    pub async fn remove_device(&self, key: &str) -> Result<Peer, NetError> {
+        let peer = self.resolve_peer(key)?;
+        self.peers.remove(peer.device_id)?;
+        self.disconnect(&peer.node_id).await;
+        Ok(peer)
+    }
+}
