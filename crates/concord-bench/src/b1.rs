@@ -6,8 +6,8 @@ use concord::hlc::SystemClock;
 use concord::model::Tag;
 use concord::{Change, Library, Uuid};
 
+use crate::common::progress;
 use crate::common::{last_cpu, open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, UuidGen};
-use crate::progress;
 use crate::report::Row;
 
 const BATCH: usize = 1_000;

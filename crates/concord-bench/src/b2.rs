@@ -36,10 +36,10 @@ use rusqlite::Connection;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Map, ReadTxn, Transact, Update};
 
+use crate::common::progress;
 use crate::common::{
     last_cpu, open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, SplitMix64, UuidGen,
 };
-use crate::progress;
 use crate::report::Row;
 
 const CHUNK: usize = 1_000;

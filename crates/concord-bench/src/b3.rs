@@ -26,9 +26,9 @@ use concord::sync::txn::Source;
 use concord::Change;
 use concord_node::{setup, sync};
 
+use crate::common::progress;
 use crate::common::{Scale, UuidGen};
 use crate::net::{self, BareIroh};
-use crate::progress;
 use crate::report::Row;
 
 const GAP: Duration = Duration::from_millis(5);

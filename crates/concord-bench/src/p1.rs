@@ -30,7 +30,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
             bps
         };
         let c = Cluster::new(tmp.path(), config, |lib, dev| {
-            crate::b4::populate(lib, dev, files, 10)
+            crate::fixture::populate(lib, dev, files, 10)
         })
         .await?;
         let lb = c.lb()?;

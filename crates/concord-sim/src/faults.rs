@@ -1,5 +1,5 @@
 //! Which faults a run injects, and the `--faults` syntax that names them. The
-//! injection itself happens in [`crate::chaos`] (devices) and [`crate::net`]
+//! injection itself happens in `chaos` (devices) and `net`
 //! (messages).
 
 /// Which faults a run injects. All on by default.

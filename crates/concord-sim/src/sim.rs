@@ -1,6 +1,6 @@
 //! One simulated run from seed to report: the run's options, its runtime, and
-//! the phases in order (the world and its devices are in [`crate::world`], the
-//! chaos phase in [`crate::chaos`]).
+//! the phases in order (the world and its devices are in `world`, the
+//! chaos phase in `chaos`).
 //!
 //! Everything runs on one tokio current-thread runtime whose clock starts paused:
 //! time advances only when every task is idle, straight to the next timer, so a

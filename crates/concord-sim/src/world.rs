@@ -1,7 +1,7 @@
 //! The simulated world: every device's library, service and clock, and the
 //! operations a run performs on a device (start, crash, write, check its
-//! clock). What goes wrong and when is decided in [`crate::chaos`]; the phases
-//! of a run are driven by [`crate::sim`].
+//! clock). What goes wrong and when is decided in `chaos`; the phases
+//! of a run are driven by `sim`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -249,10 +249,10 @@ impl World {
     pub(crate) fn ack(&mut self, i: usize, receipt: &Receipt) -> Result<(), String> {
         let lib = self.devices[i].lib.clone().unwrap();
         for &(origin, seq) in &receipt.entries {
-            let e = lib
+            let fetched = lib
                 .with_log(|l| l.fetch_origin(origin, seq - 1, 1))
                 .map_err(|e| e.to_string())?;
-            let e = e
+            let entry = fetched
                 .into_iter()
                 .next()
                 .filter(|e| e.origin_seq == seq)
@@ -264,17 +264,17 @@ impl World {
                 &[
                     origin.as_bytes(),
                     &seq.to_le_bytes(),
-                    &e.hlc.to_le_bytes(),
-                    e.record.as_bytes(),
+                    &entry.hlc.to_le_bytes(),
+                    entry.record.as_bytes(),
                 ],
             );
             self.acked.push(Acked {
                 origin,
                 seq,
-                hlc: e.hlc,
-                model: e.model,
-                record: e.record,
-                op: e.op,
+                hlc: entry.hlc,
+                model: entry.model,
+                record: entry.record,
+                op: entry.op,
             });
         }
         Ok(())
