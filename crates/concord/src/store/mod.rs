@@ -1,6 +1,11 @@
-//! SQLite files of a library: opening, pragmas, versioned migrations.
+//! SQLite files of a library: opening, pragmas, versioned migrations, and the
+//! one owner of the SQL shared across the crate (the `meta` table, INSERT
+//! builders, conversions of data older versions left).
 
+pub(crate) mod legacy;
+pub mod meta;
 pub mod schema;
+pub mod sql;
 
 use std::path::Path;
 

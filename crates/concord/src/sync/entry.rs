@@ -123,22 +123,89 @@ pub enum BulkOperation {
     },
 }
 
+impl BulkOperation {
+    /// The location whose rows the operation wrote (on the origin device).
+    pub fn location(&self) -> Uuid {
+        match self {
+            Self::InitialIndex { location, .. } | Self::Rescan { location, .. } => *location,
+        }
+    }
+
+    /// The location's root path on the origin device.
+    pub fn path(&self) -> &str {
+        match self {
+            Self::InitialIndex { path, .. } | Self::Rescan { path, .. } => path,
+        }
+    }
+
+    /// Fingerprint of the volume the location lies on, so that another device can
+    /// find the same volume mounted elsewhere.
+    pub fn volume_fingerprint(&self) -> &str {
+        match self {
+            Self::InitialIndex {
+                volume_fingerprint, ..
+            }
+            | Self::Rescan {
+                volume_fingerprint, ..
+            } => volume_fingerprint,
+        }
+    }
+
+    /// How many rows the operation wrote.
+    pub fn count(&self) -> u64 {
+        match self {
+            Self::InitialIndex { count, .. } | Self::Rescan { count, .. } => *count,
+        }
+    }
+
+    /// The same operation announcing `count` rows, for the writer that learns the
+    /// real number only after writing them.
+    pub fn with_count(self, count: u64) -> Self {
+        match self {
+            Self::InitialIndex {
+                location,
+                path,
+                volume_fingerprint,
+                ..
+            } => Self::InitialIndex {
+                location,
+                path,
+                volume_fingerprint,
+                count,
+            },
+            Self::Rescan {
+                location,
+                path,
+                volume_fingerprint,
+                ..
+            } => Self::Rescan {
+                location,
+                path,
+                volume_fingerprint,
+                count,
+            },
+        }
+    }
+
+    /// Stable lowercase name of the variant (`initial_index`, `rescan`), for
+    /// status output and logs.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::InitialIndex { .. } => "initial_index",
+            Self::Rescan { .. } => "rescan",
+        }
+    }
+}
+
 /// Check an entry against its model before it touches anything: known model,
 /// field ids in range, value kinds as declared, bounded text, key fields present.
 pub fn validate(entry: &LogEntry) -> Result<&'static ModelInfo> {
     if entry.model == crate::sync::BULK_MODEL {
         return match entry.op {
-            Op::Bulk(BulkOperation::InitialIndex {
-                ref path,
-                ref volume_fingerprint,
-                ..
-            })
-            | Op::Bulk(BulkOperation::Rescan {
-                ref path,
-                ref volume_fingerprint,
-                ..
-            }) => {
-                if path.len() > MAX_TEXT_BYTES || volume_fingerprint.len() > MAX_TEXT_BYTES {
+            Op::Bulk(ref bulk) => {
+                if bulk.path().len() > MAX_TEXT_BYTES
+                    || bulk.volume_fingerprint().len() > MAX_TEXT_BYTES
+                {
                     return Err(Error::Malformed("bulk operation text too long".into()));
                 }
                 Ok(&BULK_INFO)

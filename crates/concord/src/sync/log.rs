@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::sync::entry::LogEntry;
-use crate::sync::segment::{self, segment_from_row, Segment, SEGMENT_COLUMNS};
+use crate::sync::segment::{self, segment_from_row, Run, Segment, SEGMENT_COLUMNS};
 
 /// Per-origin highest contiguous `origin_seq`.
 pub type VersionVector = BTreeMap<Uuid, u64>;
@@ -30,15 +30,6 @@ pub type VersionVector = BTreeMap<Uuid, u64>;
 /// Local segments merged into one row when the outbox is moved into the log,
 /// at most (a single larger transaction stays one segment).
 pub(crate) const MERGE_SEGMENT_ENTRIES: u64 = 1024;
-
-/// A run of encoded entries of one origin, ready to be stored.
-pub(crate) struct Run {
-    pub origin: Uuid,
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub max_hlc: u64,
-    pub blob: Vec<u8>,
-}
 
 /// The log in one `sync.db` connection.
 pub struct SyncLog {
@@ -62,47 +53,11 @@ fn query_segments(
 }
 
 impl SyncLog {
-    /// Open the log, converting a log written before segments (one row per
-    /// entry, table `log`, schema v3 and earlier) into one-entry segments that
-    /// keep every entry's position, library sequence and epoch.
+    /// Open the log in `conn` (a `sync.db` brought up to date by
+    /// [`crate::store::open_db`]), converting a log written before segments
+    /// (see [`crate::store::legacy::convert_v3_log`]).
     pub fn open(mut conn: Connection) -> Result<Self> {
-        let legacy: bool = conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'log'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if legacy {
-            let tx = conn.transaction()?;
-            {
-                let mut read = tx.prepare(
-                    "SELECT origin, origin_seq, hlc, lib_seq, epoch, model, record, payload
-                     FROM log ORDER BY id",
-                )?;
-                let mut ins = tx.prepare(
-                    "INSERT INTO segments (origin, first_seq, last_seq, lib_seq, epoch, entries)
-                     VALUES (?1, ?2, ?2, ?3, ?4, ?5)",
-                )?;
-                let mut rows = read.query([])?;
-                while let Some(r) = rows.next()? {
-                    let origin: Uuid = r.get(0)?;
-                    let seq: i64 = r.get(1)?;
-                    let hlc: i64 = r.get(2)?;
-                    let lib_seq: Option<i64> = r.get(3)?;
-                    let epoch: Option<i64> = r.get(4)?;
-                    let model: String = r.get(5)?;
-                    let record: Uuid = r.get(6)?;
-                    let payload: Vec<u8> = r.get(7)?;
-                    let mut blob = Vec::with_capacity(payload.len() + 48);
-                    segment::encode_raw(&mut blob, hlc as u64, &model, &record, &payload)?;
-                    ins.execute(params![origin, seq, lib_seq, epoch, blob])?;
-                }
-            }
-            tx.execute_batch("DROP TABLE log;")?;
-            tx.commit()?;
-        }
+        crate::store::legacy::convert_v3_log(&mut conn)?;
         Ok(Self { conn })
     }
 

@@ -33,6 +33,15 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::sync::entry::{LogEntry, Op, MAX_PAYLOAD_BYTES};
 
+/// A run of encoded entries of one origin, ready to be stored.
+pub(crate) struct Run {
+    pub origin: Uuid,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub max_hlc: u64,
+    pub blob: Vec<u8>,
+}
+
 /// Append one entry to a segment blob.
 pub(crate) fn encode_entry(
     buf: &mut Vec<u8>,

@@ -3,7 +3,9 @@
 //!
 //! Rows come back as the model structs (rebuilt with [`Syncable::from_values`]),
 //! so callers never depend on the table layout. Memberships count only when
-//! present. Nothing here writes: writes go through the TransactionManager.
+//! present. Nothing here writes synced data: synced writes go through
+//! [`Library::commit`]; the one write here is device-local bookkeeping
+//! ([`set_bulk_operation_state`]).
 
 use std::collections::HashMap;
 
@@ -12,8 +14,14 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::model::{Album, Device, FileEntry, Location, Syncable, Tag, Value, Volume};
-use crate::sync::entry::{BulkOperation, Op};
 use crate::sync::txn::Library;
+
+mod bulk;
+mod conflicts;
+pub mod members;
+
+pub use bulk::{bulk_operations, set_bulk_operation_state, BulkRecord};
+pub use conflicts::{conflict_count, conflicts, ConflictRecord};
 
 /// `SELECT uuid, <synced fields>, <local fields> FROM <table> <tail>` as models.
 fn load<M: Syncable>(conn: &Connection, tail: &str, params: &[&dyn ToSql]) -> Result<Vec<M>> {
@@ -214,45 +222,6 @@ pub fn count_below(lib: &Library, location: Uuid, path: &str) -> Result<u64> {
             "SELECT COUNT(*) FROM file_entries WHERE location = ?1 AND path >= ?2 AND path < ?3",
         )?
         .query_row(rusqlite::params![location, lo, hi], |r| r.get::<_, i64>(0))? as u64)
-    })
-}
-
-/// A bulk operation this device has seen (DESIGN §7), its own or a peer's, and
-/// the device-local state of what was done about it.
-#[derive(Debug, Clone)]
-pub struct BulkRecord {
-    pub origin: Uuid,
-    pub origin_seq: u64,
-    pub hlc: u64,
-    /// `None` when the stored payload does not decode.
-    pub op: Option<BulkOperation>,
-    /// `seen` when recorded; the node's job runner moves it on.
-    pub state: String,
-}
-
-/// Every recorded bulk operation, oldest first (by HLC).
-pub fn bulk_operations(lib: &Library) -> Result<Vec<BulkRecord>> {
-    lib.read(|c| {
-        let mut stmt = c.prepare_cached(
-            "SELECT origin, origin_seq, hlc, payload, state FROM bulk_operations \
-             ORDER BY hlc, origin, origin_seq",
-        )?;
-        let mut rows = stmt.query([])?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next()? {
-            let payload: Vec<u8> = r.get(3)?;
-            out.push(BulkRecord {
-                origin: r.get(0)?,
-                origin_seq: r.get::<_, i64>(1)? as u64,
-                hlc: r.get::<_, i64>(2)? as u64,
-                op: match Op::decode(&payload) {
-                    Ok(Op::Bulk(b)) => Some(b),
-                    _ => None,
-                },
-                state: r.get(4)?,
-            });
-        }
-        Ok(out)
     })
 }
 

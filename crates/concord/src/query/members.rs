@@ -1,0 +1,93 @@
+//! Who belongs to a library: typed reads of the `devices` table.
+//!
+//! The node (routing, pairing, joining) and the sync service ask these questions
+//! constantly; answering them here keeps the table layout out of their code.
+//! A device is a member once its `Device` row exists (it registered itself, or
+//! was registered by the device that let it join).
+
+use std::collections::HashMap;
+
+use rusqlite::OptionalExtension;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::sync::txn::Library;
+
+/// Whether `device` is registered in the library, so that it may read and write it.
+pub fn is_member(lib: &Library, device: Uuid) -> Result<bool> {
+    lib.read(|c| {
+        Ok(
+            c.prepare_cached("SELECT COUNT(*) FROM devices WHERE uuid = ?1")?
+                .query_row([device], |r| r.get::<_, i64>(0))?
+                > 0,
+        )
+    })
+}
+
+/// The member device that registered the Iroh node id `node_id`, to tell who is
+/// calling. `None` for a node no member registered.
+pub fn device_for_node(lib: &Library, node_id: &str) -> Result<Option<Uuid>> {
+    lib.read(|c| {
+        Ok(
+            c.prepare_cached("SELECT uuid FROM devices WHERE node_id = ?1")?
+                .query_row([node_id], |r| r.get(0))
+                .optional()?,
+        )
+    })
+}
+
+/// The Iroh node id a member registered, to reach it without pairing. `None`
+/// when the device is no member or registered no node id.
+pub fn node_for_device(lib: &Library, device: Uuid) -> Result<Option<String>> {
+    lib.read(|c| {
+        Ok(
+            c.prepare_cached("SELECT node_id FROM devices WHERE uuid = ?1")?
+                .query_row([device], |r| r.get::<_, Option<String>>(0))
+                .optional()?
+                .flatten(),
+        )
+    })
+}
+
+/// Name and node id of a registered device, to tell whether its registration
+/// is up to date. `None` when the device is no member.
+pub fn member(lib: &Library, device: Uuid) -> Result<Option<(String, Option<String>)>> {
+    lib.read(|c| {
+        Ok(
+            c.prepare_cached("SELECT name, node_id FROM devices WHERE uuid = ?1")?
+                .query_row([device], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?,
+        )
+    })
+}
+
+/// Registered devices, sorted by UUID (this device included): the set the sync
+/// service talks to and elects leaders among.
+pub fn member_ids(lib: &Library) -> Result<Vec<Uuid>> {
+    lib.read(|c| {
+        let mut stmt = c.prepare_cached("SELECT uuid FROM devices ORDER BY uuid")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Uuid>(0))?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    })
+}
+
+/// How many devices are registered, for library listings.
+pub fn member_count(lib: &Library) -> Result<u64> {
+    lib.read(|c| {
+        Ok(c.prepare_cached("SELECT COUNT(*) FROM devices")?
+            .query_row([], |r| r.get::<_, i64>(0))? as u64)
+    })
+}
+
+/// Registered devices and the time in ms (the physical part of the HLC that
+/// created their row, `_hlc >> 16`) they joined: a device that joined recently
+/// has not acknowledged anything yet and must not hold back pruning forever.
+pub fn members_registered_at(lib: &Library) -> Result<HashMap<Uuid, u64>> {
+    lib.read(|c| {
+        let mut stmt = c.prepare_cached("SELECT uuid, _hlc FROM devices")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Uuid>(0)?, (r.get::<_, i64>(1)? as u64) >> 16))
+        })?;
+        Ok(rows.collect::<std::result::Result<HashMap<_, _>, _>>()?)
+    })
+}

@@ -1,0 +1,99 @@
+//! The two halves of applying entries received from peers
+//! ([`super::Library::apply_remote`]): screening them before anything is
+//! written, and applying the ones the log took as new.
+
+use uuid::Uuid;
+
+use super::change::ApplyReport;
+use crate::error::Result;
+use crate::hlc::HlcGenerator;
+use crate::model::ModelInfo;
+use crate::sync::apply::{Applier, Outcome};
+use crate::sync::entry::{self, LogEntry};
+use crate::sync::log::SyncLog;
+
+/// The entries worth appending, each with its model: valid, with numbers in
+/// range and a clock not too far ahead, and not already held by the log.
+/// Rejections and duplicates are counted in `report`.
+pub(super) fn screen_remote(
+    entries: &[LogEntry],
+    log: &SyncLog,
+    hlc: &HlcGenerator,
+    report: &mut ApplyReport,
+) -> Result<Vec<(LogEntry, &'static ModelInfo)>> {
+    let mut accepted: Vec<(LogEntry, &'static ModelInfo)> = Vec::new();
+    let mut held_through: Vec<(Uuid, u64)> = Vec::new();
+    for e in entries {
+        if e.origin_seq == 0 || e.origin_seq > i64::MAX as u64 || e.hlc > i64::MAX as u64 {
+            report.rejected.push(format!(
+                "entry {}:{} has out-of-range numbers",
+                e.origin, e.origin_seq
+            ));
+            continue;
+        }
+        let m = match entry::validate(e) {
+            Ok(m) => m,
+            Err(err) => {
+                report
+                    .rejected
+                    .push(format!("entry {}:{}: {err}", e.origin, e.origin_seq));
+                continue;
+            }
+        };
+        if let Err(err) = hlc.check(&e.stamp()) {
+            report.rejected.push(err.to_string());
+            continue;
+        }
+        // Entries at or below their origin's contiguous position are held (or
+        // were, before pruning). The rest are deduplicated by `append` itself
+        // (INSERT OR IGNORE), so no per-entry lookup is needed here.
+        let held = match held_through.iter().find(|(o, _)| *o == e.origin) {
+            Some(&(_, c)) => c,
+            None => {
+                let c = log.contiguous(e.origin)?;
+                held_through.push((e.origin, c));
+                c
+            }
+        };
+        if e.origin_seq <= held {
+            report.duplicates += 1;
+            continue;
+        }
+        accepted.push((e.clone(), m));
+    }
+    Ok(accepted)
+}
+
+/// Apply the entries of `accepted` at the indices `fresh` (those the log took as
+/// new), counting outcomes in `report` and moving the clock past each. Returns
+/// the models changed.
+pub(super) fn apply_screened(
+    applier: &Applier<'_, '_>,
+    hlc: &HlcGenerator,
+    accepted: &[(LogEntry, &'static ModelInfo)],
+    fresh: &[usize],
+    report: &mut ApplyReport,
+) -> Result<Vec<&'static str>> {
+    let mut models: Vec<&'static str> = Vec::new();
+    for &i in fresh {
+        let (e, m) = &accepted[i];
+        let outcome = if applier.apply_update_fast(e, m)? {
+            Outcome::Applied
+        } else {
+            applier.apply(e, m)?
+        };
+        match outcome {
+            Outcome::Applied => {
+                report.applied += 1;
+                if !models.contains(&m.name) {
+                    models.push(m.name);
+                }
+            }
+            Outcome::Unchanged => report.unchanged += 1,
+            Outcome::Refused(_) => report.refused += 1,
+        }
+        // Cannot fail: checked when screened.
+        let _ = hlc.receive(&e.stamp());
+    }
+    Ok(models)
+}
