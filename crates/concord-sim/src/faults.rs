@@ -5,18 +5,26 @@
 /// Which faults a run injects. All on by default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Faults {
+    /// Messages lost (either leg of a request).
     pub drop: bool,
+    /// Requests delivered twice.
     pub duplicate: bool,
+    /// Latency drawn per message (so messages overtake each other), some slow.
     pub delay: bool,
+    /// The devices split in two groups that cannot talk, then heal.
     pub partition: bool,
+    /// A device's service aborted mid-flight and its library closed.
     pub crash: bool,
+    /// Wall clocks skewed by up to an hour and jumping back.
     pub clock: bool,
+    /// The leader crashed right after a burst of writes.
     pub leader_kill: bool,
     /// Short log retention and long outages: pruning and snapshot backfill.
     pub prune: bool,
 }
 
 impl Faults {
+    /// The names `--faults` accepts, in field order.
     pub const NAMES: &'static [&'static str] = &[
         "drop",
         "dup",
@@ -28,6 +36,7 @@ impl Faults {
         "prune",
     ];
 
+    /// Every fault on: the default, and what the sweeps run.
     pub fn all() -> Self {
         Self {
             drop: true,
@@ -41,6 +50,7 @@ impl Faults {
         }
     }
 
+    /// No fault: a run that only checks convergence of the workload.
     pub fn none() -> Self {
         Self {
             drop: false,

@@ -7,19 +7,29 @@ use crate::net::NetStats;
 pub struct Report {
     pub seed: u64,
     pub devices: usize,
+    /// Hash of every event of the run: equal hashes mean the same run.
     pub trace: String,
+    /// Events folded into the trace hash.
     pub events: u64,
+    /// Why the run failed; `None` when every invariant held.
     pub failure: Option<String>,
+    /// Workload commits that wrote something.
     pub commits: u64,
+    /// Log entries acknowledged to their authors.
     pub acked_entries: u64,
     pub crashes: u64,
     pub partitions: u64,
     pub clock_faults: u64,
     pub leader_kills: u64,
+    /// Snapshots the services took to backfill a device (from their stats).
     pub snapshots: u64,
+    /// Entries the services refused (from their stats).
     pub rejected: u64,
+    /// The highest term epoch any device reached.
     pub max_epoch: u64,
+    /// Simulated time skipped in the heal phase so clocks catch up with stamps.
     pub time_jump_s: u64,
+    /// Simulated length of the run.
     pub sim_ms: u64,
     pub net: NetStats,
 }

@@ -55,6 +55,7 @@ pub struct Options {
 }
 
 impl Options {
+    /// A seed with every fault and drawn device count and chaos length.
     pub fn new(seed: u64) -> Self {
         Self {
             seed,

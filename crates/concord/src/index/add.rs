@@ -17,10 +17,12 @@ use super::volume::{volume_identity, VolumeIdentity};
 use super::walk::scan;
 use super::write::{to_rows, write_bulk};
 
-/// A location just added, and what indexing it found.
+/// A location just added, and what indexing it found: what the caller shows
+/// the user (and the ids it needs to rescan the location later).
 #[derive(Debug, Clone)]
 pub struct Indexed {
     pub location: Location,
+    /// The volume the location lies on (found, or created with it).
     pub volume: Volume,
     /// File entries written.
     pub entries: u64,

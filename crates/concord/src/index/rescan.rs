@@ -18,14 +18,19 @@ use super::progress::ProgressCallback;
 use super::walk::{scan, Scan};
 use super::write::{to_rows, write_diffs, Diff, RescanOptions, WriteMode};
 
-/// What a rescan changed.
+/// What a rescan or refresh changed, for the caller to show (the CLI, a job's
+/// status) and for tests to check how it was written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RescanReport {
+    /// New entries written, including the contents of new folders.
     pub inserted: u64,
+    /// Entries whose kind, size, time or parent changed.
     pub updated: u64,
     /// Entries deleted, including the contents of deleted folders.
     pub deleted: u64,
+    /// Entries the walk could not read (see [`super::Scan::skipped`]).
     pub skipped: u64,
+    /// How the changes were written.
     pub mode: WriteMode,
 }
 

@@ -50,9 +50,11 @@ pub enum WritePolicy {
     Windows,
 }
 
-/// Options of [`super::rescan_location_with`] and [`super::refresh_dirs`].
+/// Options of [`super::rescan_location_with`] and [`super::refresh_dirs`]: the
+/// caller decides how its changes reach peers and whether it can be stopped.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RescanOptions<'a> {
+    /// How the differences found are written.
     pub policy: WritePolicy,
     /// When set, the rescan stops before its next write with an error; what was
     /// already committed stays (each commit is complete on its own).
