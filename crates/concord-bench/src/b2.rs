@@ -80,6 +80,7 @@ fn b_name(i: usize) -> String {
     format!("b-{i}")
 }
 
+/// Run B2 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let n = scale.pick(15_000, 150_000);
     let plan = Plan::new(n);

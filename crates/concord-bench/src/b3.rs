@@ -42,6 +42,7 @@ fn tag(ids: &mut UuidGen, i: usize) -> Tag {
     }
 }
 
+/// Run B3 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let n = scale.pick(200, 1_000);
     let rt = net::runtime()?;

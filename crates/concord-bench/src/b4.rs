@@ -44,6 +44,7 @@ pub struct JoinerReport {
     pub frames: Vec<(String, u64, u64, u64)>,
 }
 
+/// Run B4 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let files = scale.pick(50_000, 1_000_000);
     let tags = scale.pick(1_000, 10_000);

@@ -67,6 +67,7 @@ fn encoded(entries: &[LogEntry]) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// Run B5 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let files = scale.pick(50_000, 1_000_000);
     let rt = net::runtime()?;

@@ -196,6 +196,7 @@ fn log_growth(lib: &Library, before: i64) -> anyhow::Result<(usize, usize)> {
     Ok((n, size))
 }
 
+/// Run B6 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let files = scale.pick(20_000, 200_000);
     let synthetic_rows = scale.pick(100_000, 1_000_000);

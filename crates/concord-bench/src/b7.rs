@@ -45,6 +45,7 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Run B7 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let tags = scale.pick(1_000, 10_000);
     let changes = scale.pick(10_000, 100_000);

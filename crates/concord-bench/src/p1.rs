@@ -17,6 +17,7 @@ use crate::common::Scale;
 use crate::net::{self, BareIroh, Cluster};
 use crate::report::Row;
 
+/// Run P1 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let files = scale.pick(50_000, 1_000_000);
     let rt = net::runtime()?;

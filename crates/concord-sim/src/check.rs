@@ -48,6 +48,8 @@ pub struct View {
     pub vv: VersionVector,
 }
 
+/// What convergence compares on one device; `bulk` are the file entries written
+/// by `commit_bulk`, which stay on their owner and are left out.
 pub fn view(lib: &Library, bulk: &BTreeSet<Uuid>) -> Result<View> {
     let shared = lib.read(|c| digest(c, Scope::Shared))?.0;
     let files = lib.read(|c| {

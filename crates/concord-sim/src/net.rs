@@ -57,6 +57,8 @@ pub struct NetStats {
     pub unreachable: u64,
 }
 
+/// The network every device of a run talks over; devices reach it through
+/// the [`Transport`] of [`SimNet::link`].
 pub struct SimNet {
     state: Mutex<State>,
     trace: Arc<Trace>,
@@ -64,6 +66,7 @@ pub struct SimNet {
 }
 
 impl SimNet {
+    /// A network with no device on it yet, drawing its faults from `rng`.
     pub fn new(rng: Rng, faults: NetFaults, trace: Arc<Trace>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
@@ -81,6 +84,7 @@ impl SimNet {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// What the network did so far, for the report.
     pub fn stats(&self) -> NetStats {
         *self.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -110,14 +114,17 @@ impl SimNet {
         }
     }
 
+    /// Split the devices: two talk only when their groups are equal.
     pub fn set_partition(&self, groups: BTreeMap<Uuid, u32>) {
         self.locked().group = groups;
     }
 
+    /// Undo any partition.
     pub fn heal(&self) {
         self.locked().group.clear();
     }
 
+    /// Change the message faults (the heal phase turns them off).
     pub fn set_faults(&self, faults: NetFaults) {
         self.locked().faults = faults;
     }
