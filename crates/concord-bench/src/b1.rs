@@ -6,8 +6,8 @@ use concord::hlc::SystemClock;
 use concord::model::Tag;
 use concord::{Change, Library, Uuid};
 
+use crate::common::progress;
 use crate::common::{last_cpu, open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, UuidGen};
-use crate::progress;
 use crate::report::Row;
 
 const BATCH: usize = 1_000;
@@ -24,6 +24,7 @@ fn tags(seed: u64, n: usize) -> Vec<Tag> {
         .collect()
 }
 
+/// Run B1 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let singles = scale.pick(10_000, 100_000);
     let batched = scale.pick(100_000, 1_000_000);

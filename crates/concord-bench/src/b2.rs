@@ -36,10 +36,10 @@ use rusqlite::Connection;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, Map, ReadTxn, Transact, Update};
 
+use crate::common::progress;
 use crate::common::{
     last_cpu, open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, SplitMix64, UuidGen,
 };
-use crate::progress;
 use crate::report::Row;
 
 const CHUNK: usize = 1_000;
@@ -80,6 +80,7 @@ fn b_name(i: usize) -> String {
     format!("b-{i}")
 }
 
+/// Run B2 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let n = scale.pick(15_000, 150_000);
     let plan = Plan::new(n);

@@ -25,9 +25,9 @@ use concord::model::Tag;
 use concord::sync::txn::Source;
 use concord::Change;
 
+use crate::common::progress;
 use crate::common::{Scale, UuidGen};
 use crate::net::{self, BareIroh};
-use crate::progress;
 use crate::report::Row;
 
 const GAP: Duration = Duration::from_millis(5);
@@ -41,6 +41,7 @@ fn tag(ids: &mut UuidGen, i: usize) -> Tag {
     }
 }
 
+/// Run B3 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let n = scale.pick(200, 1_000);
     let rt = net::runtime()?;

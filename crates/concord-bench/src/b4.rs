@@ -7,7 +7,7 @@
 //! it prunes its log (every registered device has everything) and a joiner must
 //! take a snapshot. The joiner runs in a child process (this binary re-executed
 //! in joiner mode) so its peak RSS (`VmHWM`) is its own: it pairs with A, then
-//! `setup::join_library` is timed. Afterwards this process opens the joiner's
+//! `LibrarySetup::join_library` is timed. Afterwards this process opens the joiner's
 //! library and compares full digests.
 //!
 //! Baseline, same run: bytes per second of one plain Iroh stream on 127.0.0.1
@@ -16,24 +16,21 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use concord::datadir::DataDir;
 use concord::digest::Scope;
-use concord::model::{entry_kind, FileEntry, Location, Tag, Volume};
-use concord::sync::entry::BulkOperation;
-use concord::{Change, Library, Uuid};
+use concord::Uuid;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{timed, Scale, UuidGen};
+use crate::common::progress;
+use crate::common::{timed, Scale};
+use crate::fixture;
 use crate::net::{self, BareIroh};
-use crate::progress;
 use crate::report::Row;
 
 /// First argument that switches the binary into joiner mode.
 pub const JOINER_ARG: &str = "__b4-joiner";
-
-const FOLDERS: usize = 1_000;
 
 /// What the joiner process reports (one JSON line on its stdout).
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,107 +43,7 @@ pub struct JoinerReport {
     pub frames: Vec<(String, u64, u64, u64)>,
 }
 
-/// Fill `lib` (owned by `device`) with `files` file entries and `tags` tags.
-pub fn populate(lib: &Library, device: Uuid, files: usize, tags: usize) -> anyhow::Result<()> {
-    let mut ids = UuidGen::new(0xB4);
-    let vol = Volume {
-        id: ids.next_id(),
-        device,
-        name: "bench".into(),
-        fingerprint: "bench-volume".into(),
-        mount_point: "/".into(),
-    };
-    let loc = Location {
-        id: ids.next_id(),
-        device,
-        volume: vol.id,
-        path: "/bench".into(),
-        name: "bench".into(),
-    };
-    lib.commit_batch(vec![Change::insert(&vol), Change::insert(&loc)])?;
-    let folders: Vec<Uuid> = (0..FOLDERS).map(|_| ids.next_id()).collect();
-    let dirs = folders
-        .clone()
-        .into_iter()
-        .enumerate()
-        .map(|(i, id)| FileEntry {
-            id,
-            device,
-            location: loc.id,
-            parent: None,
-            name: format!("d{i:03}"),
-            path: format!("d{i:03}"),
-            kind: entry_kind::DIR,
-            size: 0,
-            modified: Some(1_700_000_000_000),
-            inode: Some(i as i64 + 1),
-        });
-    // Files grouped by folder, ids in that order: what an indexer walking the
-    // tree folder by folder writes.
-    let mut fids = UuidGen::new(0xB4F);
-    let n_files = files.saturating_sub(FOLDERS);
-    let per_folder = n_files.div_ceil(FOLDERS).max(1);
-    let file_rows = (0..n_files).map(move |i| FileEntry {
-        id: fids.next_id(),
-        device,
-        location: loc.id,
-        parent: Some(folders[i / per_folder]),
-        name: format!("file{i:07}.jpg"),
-        path: format!("d{:03}/file{i:07}.jpg", i / per_folder),
-        kind: entry_kind::FILE,
-        size: (i as i64 * 7919) % 10_000_000,
-        modified: Some(1_700_000_000_000 + i as i64),
-        inode: Some(i as i64 + 1_000_000),
-    });
-    lib.commit_bulk(
-        dirs.chain(file_rows),
-        BulkOperation::InitialIndex {
-            location: loc.id,
-            path: loc.path.clone(),
-            volume_fingerprint: "bench-volume".into(),
-            count: 0,
-        },
-    )?;
-    let mut tids = UuidGen::new(0xB47);
-    for start in (0..tags).step_by(1_000) {
-        let batch: Vec<Change> = (start..(start + 1_000).min(tags))
-            .map(|i| {
-                Change::insert(&Tag {
-                    id: tids.next_id(),
-                    name: format!("tag {i}"),
-                    color: (i % 3 == 0).then(|| format!("#{:06x}", (i * 7919) & 0xff_ffff)),
-                })
-            })
-            .collect();
-        lib.commit_batch(batch)?;
-    }
-    lib.flush()?;
-    Ok(())
-}
-
-/// The tag ids `populate` made, in order.
-pub fn tag_ids(tags: usize) -> Vec<Uuid> {
-    let mut tids = UuidGen::new(0xB47);
-    (0..tags).map(|_| tids.next_id()).collect()
-}
-
-/// Start the owner's service and wait until it has pruned its log (it is alone).
-pub async fn prune_alone(node: &concord_node::Node, lib: &Library) -> anyhow::Result<()> {
-    node.host.start(lib.id())?;
-    net::wait_until(
-        "the owner to prune its log",
-        Duration::from_secs(60),
-        Duration::from_millis(10),
-        || {
-            let vv = net::version_vector(lib)?;
-            let floor = lib.with_log(|l| l.pruned_floor())?;
-            Ok(vv.iter().all(|(o, s)| floor.get(o) == Some(s)))
-        },
-    )
-    .await?;
-    Ok(())
-}
-
+/// Run B4 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let files = scale.pick(50_000, 1_000_000);
     let tags = scale.pick(1_000, 10_000);
@@ -158,9 +55,9 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         let a = net::start(&tmp.path().join("owner"), net::node_config("owner")).await?;
         let lib_id = a.state.data.create_library("b4")?.id();
         let la = a.state.library(lib_id)?;
-        let (_, fill_s) = timed(|| populate(&la, a.device_id(), files, tags))?;
+        let (_, fill_s) = timed(|| fixture::populate(&la, a.device_id(), files, tags))?;
         progress!("owner: {files} file entries and {tags} tags in {fill_s:.1} s");
-        prune_alone(&a, &la).await?;
+        net::prune_alone(&a, &la).await?;
         let ticket = a.pairing.invite(None).encode();
         let exe = std::env::current_exe()?;
         let dir = joiner_dir.clone();

@@ -26,9 +26,9 @@ use concord::sync::entry::LogEntry;
 use concord::sync::log::VersionVector;
 use concord::{Change, Library, Uuid};
 
+use crate::common::progress;
 use crate::common::{Scale, SplitMix64};
 use crate::net::{self, Cluster};
-use crate::progress;
 use crate::report::Row;
 
 const TAGS: usize = 1_000;
@@ -67,6 +67,7 @@ fn encoded(entries: &[LogEntry]) -> anyhow::Result<u64> {
     Ok(n)
 }
 
+/// Run B5 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let files = scale.pick(50_000, 1_000_000);
     let rt = net::runtime()?;
@@ -77,7 +78,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     rt.block_on(async {
         let t = Instant::now();
         let mut c = Cluster::new(tmp.path(), config.clone(), |lib, dev| {
-            crate::b4::populate(lib, dev, files, TAGS)
+            crate::fixture::populate(lib, dev, files, TAGS)
         })
         .await?;
         progress!(
@@ -86,7 +87,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         );
         c.wait_quiet(Duration::from_millis(500), Duration::from_secs(60))
             .await?;
-        let ids = crate::b4::tag_ids(TAGS);
+        let ids = crate::fixture::tag_ids(TAGS);
         let a_dev = c.a.device_id();
         let b_dev = c.b_device;
 

@@ -24,10 +24,10 @@ use concord::sync::entry::BulkOperation;
 use concord::{Change, Library, Uuid};
 use rusqlite::Connection;
 
+use crate::common::progress;
 use crate::common::{
     last_cpu, open_baseline, peak_rss_mb, reset_peak_rss, timed, Scale, SplitMix64, UuidGen,
 };
-use crate::progress;
 use crate::report::Row;
 
 const DEV: Uuid = Uuid::from_u128(0x0000_b600_0000_7000_8000_0000_0000_0001);
@@ -196,6 +196,7 @@ fn log_growth(lib: &Library, before: i64) -> anyhow::Result<(usize, usize)> {
     Ok((n, size))
 }
 
+/// Run B6 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let files = scale.pick(20_000, 200_000);
     let synthetic_rows = scale.pick(100_000, 1_000_000);

@@ -22,9 +22,9 @@ use concord::hlc::SystemClock;
 use concord::model::Tag;
 use concord::{Change, Library, Uuid};
 
+use crate::common::progress;
 use crate::common::{Scale, UuidGen};
 use crate::net::{self, Cluster};
-use crate::progress;
 use crate::report::Row;
 
 const BATCH: usize = 1_000;
@@ -36,15 +36,16 @@ fn tag_ids(tags: usize) -> Vec<Uuid> {
 
 fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        if e.file_type()?.is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name()))?;
+    for item in std::fs::read_dir(from)? {
+        let item = item?;
+        if item.file_type()?.is_file() {
+            std::fs::copy(item.path(), to.join(item.file_name()))?;
         }
     }
     Ok(())
 }
 
+/// Run B7 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let tags = scale.pick(1_000, 10_000);
     let changes = scale.pick(10_000, 100_000);

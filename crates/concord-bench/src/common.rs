@@ -166,9 +166,9 @@ pub fn peak_rss_mb() -> Option<f64> {
 }
 
 /// Progress on stderr (stdout carries the results).
-#[macro_export]
 macro_rules! progress {
     ($($arg:tt)*) => {
         eprintln!("  {}", format!($($arg)*))
     };
 }
+pub(crate) use progress;

@@ -13,6 +13,7 @@ mod b5;
 mod b6;
 mod b7;
 mod common;
+mod fixture;
 mod net;
 mod p1;
 mod report;
@@ -75,12 +76,12 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             name => {
-                let w = WORKLOADS
+                let workload = WORKLOADS
                     .iter()
                     .find(|(id, _, _)| id.eq_ignore_ascii_case(name))
                     .ok_or_else(|| anyhow::anyhow!("unknown workload {name:?}\n{}", usage()))?;
-                if !chosen.iter().any(|c| c.0 == w.0) {
-                    chosen.push(w);
+                if !chosen.iter().any(|c| c.0 == workload.0) {
+                    chosen.push(workload);
                 }
             }
         }

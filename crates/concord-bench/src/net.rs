@@ -273,6 +273,23 @@ pub async fn release(lib: Arc<Library>, limit: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Start the owner's service and wait until it has pruned its log (it is alone).
+pub async fn prune_alone(node: &Node, lib: &Library) -> anyhow::Result<()> {
+    node.host.start(lib.id())?;
+    wait_until(
+        "the owner to prune its log",
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        || {
+            let vv = version_vector(lib)?;
+            let floor = lib.with_log(|l| l.pruned_floor())?;
+            Ok(vv.iter().all(|(o, s)| floor.get(o) == Some(s)))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 /// Two nodes on 127.0.0.1 sharing one library: A created it (the leader), B
 /// joined it. B can be taken offline (its node shut down, its data kept) and
 /// brought back.
@@ -300,7 +317,7 @@ impl Cluster {
         let lib_id = a.state.data.create_library("bench")?.id();
         let la = a.state.library(lib_id)?;
         populate(&la, a.device_id())?;
-        crate::b4::prune_alone(&a, &la).await?;
+        prune_alone(&a, &la).await?;
         let mut cb = config.clone();
         cb.name = Some("beta".into());
         let b_dir = dir.join("b");

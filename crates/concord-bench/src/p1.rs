@@ -17,6 +17,7 @@ use crate::common::Scale;
 use crate::net::{self, BareIroh, Cluster};
 use crate::report::Row;
 
+/// Run P1 at `scale`; its rows say whether each figure met its target.
 pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let files = scale.pick(50_000, 1_000_000);
     let rt = net::runtime()?;
@@ -30,7 +31,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
             bps
         };
         let c = Cluster::new(tmp.path(), config, |lib, dev| {
-            crate::b4::populate(lib, dev, files, 10)
+            crate::fixture::populate(lib, dev, files, 10)
         })
         .await?;
         let lb = c.lb()?;

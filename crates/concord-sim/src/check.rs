@@ -22,7 +22,7 @@
 use std::collections::BTreeSet;
 
 use concord::digest::{digest, Scope};
-use concord::model::{model_by_name, ModelKind};
+use concord::model::{model_by_name, ModelInfo, ModelKind};
 use concord::rusqlite::OptionalExtension;
 use concord::sync::entry::Op;
 use concord::sync::log::VersionVector;
@@ -48,15 +48,17 @@ pub struct View {
     pub vv: VersionVector,
 }
 
+/// What convergence compares on one device; `bulk` are the file entries written
+/// by `commit_bulk`, which stay on their owner and are left out.
 pub fn view(lib: &Library, bulk: &BTreeSet<Uuid>) -> Result<View> {
     let shared = lib.read(|c| digest(c, Scope::Shared))?.0;
     let files = lib.read(|c| {
         let mut h = blake3::Hasher::new();
-        let mut st = c.prepare_cached(
+        let mut stmt = c.prepare_cached(
             "SELECT uuid, device, location, parent, name, path, kind, size, modified
              FROM file_entries ORDER BY uuid",
         )?;
-        let mut rows = st.query([])?;
+        let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let id: Uuid = r.get(0)?;
             if bulk.contains(&id) {
@@ -68,10 +70,10 @@ pub fn view(lib: &Library, bulk: &BTreeSet<Uuid>) -> Result<View> {
             }
         }
         h.update(b"tombstones");
-        let mut st = c.prepare_cached(
+        let mut stmt = c.prepare_cached(
             "SELECT uuid FROM tombstones WHERE model = 'file_entry' ORDER BY uuid",
         )?;
-        let mut rows = st.query([])?;
+        let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             h.update(r.get::<_, Uuid>(0)?.as_bytes());
         }
@@ -120,45 +122,43 @@ fn op_name(op: &Op) -> &'static str {
     }
 }
 
-fn effect(lib: &Library, a: &Acked) -> std::result::Result<(), String> {
-    let q = |f: &dyn Fn(&concord::rusqlite::Connection) -> concord::rusqlite::Result<bool>| {
-        lib.read(|c| Ok(f(c)?)).map_err(|e| e.to_string())
-    };
-    if let Op::Bulk(_) = a.op {
-        let held = q(&|c| {
-            c.query_row(
-                "SELECT 1 FROM bulk_operations WHERE origin = ?1 AND origin_seq = ?2",
-                concord::rusqlite::params![a.origin, a.seq as i64],
-                |_| Ok(()),
-            )
+/// Whether a read-only query finds a row, as the run's failure message on error.
+fn exists(
+    lib: &Library,
+    sql: &str,
+    params: impl concord::rusqlite::Params,
+) -> std::result::Result<bool, String> {
+    lib.read(|c| {
+        Ok(c.query_row(sql, params, |_| Ok(()))
             .optional()
-            .map(|r| r.is_some())
-        })?;
+            .map(|r| r.is_some())?)
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// The effect of one acknowledged entry is visible on `lib`: a bulk operation
+/// is recorded; a record is tombstoned (and gone), or present with each field
+/// it wrote stamped at or after it; a membership decided at or after it.
+fn effect(lib: &Library, a: &Acked) -> std::result::Result<(), String> {
+    if let Op::Bulk(_) = a.op {
+        let held = exists(
+            lib,
+            "SELECT 1 FROM bulk_operations WHERE origin = ?1 AND origin_seq = ?2",
+            concord::rusqlite::params![a.origin, a.seq as i64],
+        )?;
         return if held {
             Ok(())
         } else {
             Err("bulk operation missing".into())
         };
     }
-    let m = model_by_name(&a.model).ok_or("unknown model")?;
-    let tombstoned = q(&|c| {
-        c.query_row(
-            "SELECT 1 FROM tombstones WHERE uuid = ?1",
-            [a.record],
-            |_| Ok(()),
-        )
-        .optional()
-        .map(|r| r.is_some())
-    })?;
-    let row_exists = q(&|c| {
-        c.query_row(
-            &format!("SELECT 1 FROM {} WHERE uuid = ?1", m.table),
-            [a.record],
-            |_| Ok(()),
-        )
-        .optional()
-        .map(|r| r.is_some())
-    })?;
+    let model = model_by_name(&a.model).ok_or("unknown model")?;
+    let tombstoned = exists(lib, "SELECT 1 FROM tombstones WHERE uuid = ?1", [a.record])?;
+    let row_exists = exists(
+        lib,
+        &format!("SELECT 1 FROM {} WHERE uuid = ?1", model.table),
+        [a.record],
+    )?;
     if tombstoned {
         return if row_exists {
             Err("tombstoned but its row is back".into())
@@ -166,59 +166,70 @@ fn effect(lib: &Library, a: &Acked) -> std::result::Result<(), String> {
             Ok(())
         };
     }
-    if m.kind == ModelKind::Record && matches!(a.op, Op::Delete(_)) {
+    if model.kind == ModelKind::Record && matches!(a.op, Op::Delete(_)) {
         return Err("deleted (acknowledged) but not tombstoned".into());
     }
     if !row_exists {
         return Err("its record is missing".into());
     }
+    match model.kind {
+        ModelKind::Membership => membership_decided(lib, model, a),
+        ModelKind::Record => fields_stamped(lib, model, a),
+    }
+}
+
+/// A membership's presence was decided at or after this write.
+fn membership_decided(
+    lib: &Library,
+    model: &ModelInfo,
+    a: &Acked,
+) -> std::result::Result<(), String> {
+    let add = !matches!(a.op, Op::Delete(_));
+    let (t, present, d): (i64, i64, Uuid) = lib
+        .read(|c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT _hlc, present, _dev FROM {} WHERE uuid = ?1",
+                    model.table
+                ),
+                [a.record],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?)
+        })
+        .map_err(|e| e.to_string())?;
+    if (t as u64, present != 0, d) < (a.hlc, add, a.origin) {
+        return Err(format!(
+            "membership decided at ({t}, {present}) older than this write"
+        ));
+    }
+    Ok(())
+}
+
+/// Every field this write set carries its stamp or a later one.
+fn fields_stamped(lib: &Library, model: &ModelInfo, a: &Acked) -> std::result::Result<(), String> {
     let stamp = (a.hlc, a.origin);
-    match m.kind {
-        ModelKind::Membership => {
-            let add = !matches!(a.op, Op::Delete(_));
-            let (t, present, d): (i64, i64, Uuid) = lib
-                .read(|c| {
-                    Ok(c.query_row(
-                        &format!(
-                            "SELECT _hlc, present, _dev FROM {} WHERE uuid = ?1",
-                            m.table
-                        ),
-                        [a.record],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )?)
-                })
-                .map_err(|e| e.to_string())?;
-            if (t as u64, present != 0, d) < (a.hlc, add, a.origin) {
-                return Err(format!(
-                    "membership decided at ({t}, {present}) older than this write"
-                ));
-            }
+    for write in a.op.writes() {
+        let field = &model.fields[write.field as usize];
+        if field.key || field.owner {
+            continue;
         }
-        ModelKind::Record => {
-            for w in a.op.writes() {
-                let f = &m.fields[w.field as usize];
-                if f.key || f.owner {
-                    continue;
-                }
-                let (t, d): (i64, Uuid) = lib
-                    .read(|c| {
-                        Ok(c.query_row(
-                            &format!(
-                                "SELECT COALESCE({0}__hlc, _hlc), COALESCE({0}__dev, _dev) FROM {1} WHERE uuid = ?1",
-                                f.name, m.table
-                            ),
-                            [a.record],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        )?)
-                    })
-                    .map_err(|e| e.to_string())?;
-                if ((t as u64), d) < stamp {
-                    return Err(format!(
-                        "field {} has clock {t} older than this write ({})",
-                        f.name, a.hlc
-                    ));
-                }
-            }
+        let (t, d): (i64, Uuid) = lib
+            .read(|c| {
+                Ok(c.query_row(
+                    &format!(
+                        "SELECT COALESCE({0}__hlc, _hlc), COALESCE({0}__dev, _dev) FROM {1} WHERE uuid = ?1",
+                        field.name, model.table
+                    ),
+                    [a.record],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .map_err(|e| e.to_string())?;
+        if ((t as u64), d) < stamp {
+            return Err(format!(
+                "field {} has clock {t} older than this write ({})",
+                field.name, a.hlc
+            ));
         }
     }
     Ok(())

@@ -10,6 +10,8 @@ use tokio::time::Instant;
 /// Wall-clock milliseconds at the start of every run (2023-11-14).
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
 
+/// One device's wall clock: shared with its library as its `Clock`, skewed
+/// by the run.
 #[derive(Debug)]
 pub struct SimClock {
     start: Instant,
@@ -17,6 +19,7 @@ pub struct SimClock {
 }
 
 impl SimClock {
+    /// A clock showing [`EPOCH_MS`] at `start`, not skewed.
     pub fn new(start: Instant) -> Arc<Self> {
         Arc::new(Self {
             start,
@@ -29,10 +32,12 @@ impl SimClock {
         EPOCH_MS + Instant::now().duration_since(self.start).as_millis() as u64
     }
 
+    /// How far this clock is off the simulated time, in milliseconds.
     pub fn offset_ms(&self) -> i64 {
         self.offset_ms.load(Ordering::SeqCst)
     }
 
+    /// Skew this clock (negative: behind); it may jump back.
     pub fn set_offset_ms(&self, ms: i64) {
         self.offset_ms.store(ms, Ordering::SeqCst);
     }

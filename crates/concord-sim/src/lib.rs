@@ -6,13 +6,25 @@
 //! seeded workload ([`workload`]) and seeded faults run; [`check`] then verifies
 //! the invariants. A run is a pure function of its seed: [`sim::run`] prints
 //! the same trace hash every time, so any failure replays exactly.
+//!
+//! [`sim`] drives a run through its phases; `world` holds the devices and what
+//! can be done to one (start, crash, write); `chaos` decides the device faults
+//! that [`faults`] enables; [`report`] is what a run returns.
+//! Dependencies run one way: `sim` → `chaos` → `world` → `check`, `net`,
+//! `workload`, `clock` → `rng`, `trace`.
 
+mod chaos;
 pub mod check;
 pub mod clock;
+pub mod faults;
 pub mod net;
+pub mod report;
 pub mod rng;
 pub mod sim;
 pub mod trace;
 pub mod workload;
+mod world;
 
-pub use sim::{run, Faults, Options, Report};
+pub use faults::Faults;
+pub use report::Report;
+pub use sim::{run, Options};

@@ -7,12 +7,14 @@ use std::sync::Mutex;
 
 use tokio::time::Instant;
 
+/// The running hash of a run's events, shared by the world and the network.
 pub struct Trace {
     start: Instant,
     inner: Mutex<(blake3::Hasher, u64)>,
 }
 
 impl Trace {
+    /// An empty trace whose event times count from `start`.
     pub fn new(start: Instant) -> Self {
         Self {
             start,
@@ -20,6 +22,8 @@ impl Trace {
         }
     }
 
+    /// Fold one event of `kind` with its `parts` into the hash, stamped with the
+    /// simulated time (printed too when `CONCORD_SIM_TRACE` is set).
     pub fn event(&self, kind: &str, parts: &[&[u8]]) {
         let at = Instant::now().duration_since(self.start).as_millis() as u64;
         if std::env::var_os("CONCORD_SIM_TRACE").is_some() {

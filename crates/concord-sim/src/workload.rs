@@ -29,8 +29,8 @@ pub struct Done {
 
 fn ids(lib: &Library, sql: &str, p: &[&dyn concord::rusqlite::ToSql]) -> Vec<Uuid> {
     lib.read(|c| {
-        let mut st = c.prepare_cached(sql)?;
-        let rows = st.query_map(p, |r| r.get::<_, Uuid>(0))?;
+        let mut stmt = c.prepare_cached(sql)?;
+        let rows = stmt.query_map(p, |r| r.get::<_, Uuid>(0))?;
         Ok(rows.collect::<concord::rusqlite::Result<Vec<Uuid>>>()?)
     })
     .unwrap_or_default()
@@ -71,214 +71,275 @@ fn new_file(rng: &mut Rng, me: Owned, parent: Option<Uuid>, id: Uuid) -> FileEnt
     }
 }
 
+/// The records a device can see, as a user picking a target would: each list
+/// read fresh from its library, in UUID order so picks are deterministic.
+struct Visible<'a> {
+    lib: &'a Library,
+    me: Owned,
+}
+
+impl Visible<'_> {
+    fn tags(&self) -> Vec<Uuid> {
+        ids(self.lib, "SELECT uuid FROM tags ORDER BY uuid", &[])
+    }
+
+    fn albums(&self) -> Vec<Uuid> {
+        ids(self.lib, "SELECT uuid FROM albums ORDER BY uuid", &[])
+    }
+
+    fn files(&self) -> Vec<Uuid> {
+        ids(self.lib, "SELECT uuid FROM file_entries ORDER BY uuid", &[])
+    }
+
+    fn own_files(&self) -> Vec<Uuid> {
+        ids(
+            self.lib,
+            "SELECT uuid FROM file_entries WHERE device = ?1 ORDER BY uuid",
+            &[&self.me.device],
+        )
+    }
+
+    fn own_dirs(&self) -> Vec<Uuid> {
+        ids(
+            self.lib,
+            "SELECT uuid FROM file_entries WHERE device = ?1 AND kind = 1 ORDER BY uuid",
+            &[&self.me.device],
+        )
+    }
+
+    /// Present members of a membership table.
+    fn members(&self, table: &str) -> Vec<Uuid> {
+        ids(
+            self.lib,
+            &format!("SELECT uuid FROM {table} WHERE present = 1 ORDER BY uuid"),
+            &[],
+        )
+    }
+}
+
+/// A step's name and its changes, or only its name when it found no target.
+type Planned = std::result::Result<(&'static str, Vec<Change>), &'static str>;
+
 /// One random change on `lib` (the device `me`).
 pub fn step(rng: &mut Rng, lib: &Library, me: Owned, bulk: bool) -> Done {
-    let tags = || ids(lib, "SELECT uuid FROM tags ORDER BY uuid", &[]);
-    let albums = || ids(lib, "SELECT uuid FROM albums ORDER BY uuid", &[]);
-    let files = || ids(lib, "SELECT uuid FROM file_entries ORDER BY uuid", &[]);
-    let own_files = || {
-        ids(
-            lib,
-            "SELECT uuid FROM file_entries WHERE device = ?1 ORDER BY uuid",
-            &[&me.device],
-        )
-    };
-    let own_dirs = || {
-        ids(
-            lib,
-            "SELECT uuid FROM file_entries WHERE device = ?1 AND kind = 1 ORDER BY uuid",
-            &[&me.device],
-        )
-    };
-    let mut bulk_rows = Vec::new();
+    let visible = Visible { lib, me };
     let roll = rng.below(if bulk { 100 } else { 98 });
-    let (what, change): (&'static str, Vec<Change>) = match roll {
-        0..=9 => {
-            let t = Tag {
-                id: rng.uuid(),
-                name: name(rng),
-                color: color(rng),
-            };
-            ("tag-create", vec![Change::insert(&t)])
-        }
-        10..=15 => match rng.pick(&tags()) {
-            Some(&t) => (
-                "tag-rename",
-                vec![Change::update::<Tag>(t).set("name", name(rng))],
-            ),
-            None => return nothing("tag-rename"),
+    let planned = match roll {
+        0..=24 => tag_change(rng, &visible, roll),
+        25..=38 => album_change(rng, &visible, roll),
+        39..=60 => file_change(rng, &visible, roll),
+        61..=86 => membership_change(rng, &visible, roll),
+        87..=93 => metadata_change(rng, &visible),
+        94..=97 => Ok(new_files_tagged(rng, &visible)),
+        _ => return bulk_files(rng, lib, me),
+    };
+    match planned {
+        Ok((what, changes)) => Done {
+            what,
+            result: lib.commit_batch(changes),
+            bulk_rows: Vec::new(),
         },
-        16..=20 => match rng.pick(&tags()) {
-            Some(&t) => (
-                "tag-recolor",
-                vec![Change::update::<Tag>(t).set("color", color(rng))],
-            ),
-            None => return nothing("tag-recolor"),
-        },
-        21..=24 => match rng.pick(&tags()) {
-            Some(&t) => ("tag-delete", vec![Change::delete::<Tag>(t)]),
-            None => return nothing("tag-delete"),
-        },
-        25..=30 => {
-            let a = Album {
-                id: rng.uuid(),
-                name: name(rng),
-                description: rng.chance(0.5).then(|| name(rng)),
-            };
-            ("album-create", vec![Change::insert(&a)])
-        }
-        31..=35 => match rng.pick(&albums()) {
-            Some(&a) => {
-                let c = if rng.chance(0.5) {
-                    Change::update::<Album>(a).set("name", name(rng))
-                } else {
-                    Change::update::<Album>(a).set("description", Some(name(rng)))
-                };
-                ("album-rename", vec![c])
-            }
-            None => return nothing("album-rename"),
-        },
-        36..=38 => match rng.pick(&albums()) {
-            Some(&a) => ("album-delete", vec![Change::delete::<Album>(a)]),
-            None => return nothing("album-delete"),
-        },
-        39..=50 => {
-            let parent = if rng.chance(0.5) {
-                rng.pick(&own_dirs()).copied()
-            } else {
-                None
-            };
-            let id = rng.uuid();
-            let f = new_file(rng, me, parent, id);
-            ("file-insert", vec![Change::insert(&f)])
-        }
-        51..=56 => match rng.pick(&own_files()) {
-            Some(&f) => {
-                let mut c = Change::update::<FileEntry>(f).set("size", rng.below(1 << 30) as i64);
-                if rng.chance(0.4) {
-                    c = c.set("name", name(rng));
-                }
-                if rng.chance(0.3) {
-                    c = c.set("modified", Value::Null);
-                }
-                ("file-update", vec![c])
-            }
-            None => return nothing("file-update"),
-        },
-        57..=60 => match rng.pick(&own_files()) {
-            Some(&f) => ("file-delete", vec![Change::delete::<FileEntry>(f)]),
-            None => return nothing("file-delete"),
-        },
-        61..=70 => match (rng.pick(&tags()).copied(), rng.pick(&files()).copied()) {
-            (Some(t), Some(f)) => (
+        Err(what) => nothing(what),
+    }
+}
+
+/// Rolls 0..=24: create, rename, recolor or delete a tag.
+fn tag_change(rng: &mut Rng, visible: &Visible<'_>, roll: u64) -> Planned {
+    if roll <= 9 {
+        let t = Tag {
+            id: rng.uuid(),
+            name: name(rng),
+            color: color(rng),
+        };
+        return Ok(("tag-create", vec![Change::insert(&t)]));
+    }
+    let what = match roll {
+        10..=15 => "tag-rename",
+        16..=20 => "tag-recolor",
+        _ => "tag-delete",
+    };
+    let Some(&t) = rng.pick(&visible.tags()) else {
+        return Err(what);
+    };
+    let change = match roll {
+        10..=15 => Change::update::<Tag>(t).set("name", name(rng)),
+        16..=20 => Change::update::<Tag>(t).set("color", color(rng)),
+        _ => Change::delete::<Tag>(t),
+    };
+    Ok((what, vec![change]))
+}
+
+/// Rolls 25..=38: create, rename or delete an album.
+fn album_change(rng: &mut Rng, visible: &Visible<'_>, roll: u64) -> Planned {
+    if roll <= 30 {
+        let a = Album {
+            id: rng.uuid(),
+            name: name(rng),
+            description: rng.chance(0.5).then(|| name(rng)),
+        };
+        return Ok(("album-create", vec![Change::insert(&a)]));
+    }
+    let what = if roll <= 35 {
+        "album-rename"
+    } else {
+        "album-delete"
+    };
+    let Some(&a) = rng.pick(&visible.albums()) else {
+        return Err(what);
+    };
+    let change = if roll > 35 {
+        Change::delete::<Album>(a)
+    } else if rng.chance(0.5) {
+        Change::update::<Album>(a).set("name", name(rng))
+    } else {
+        Change::update::<Album>(a).set("description", Some(name(rng)))
+    };
+    Ok((what, vec![change]))
+}
+
+/// Rolls 39..=60: insert, update or delete one of this device's file entries.
+fn file_change(rng: &mut Rng, visible: &Visible<'_>, roll: u64) -> Planned {
+    if roll <= 50 {
+        let parent = if rng.chance(0.5) {
+            rng.pick(&visible.own_dirs()).copied()
+        } else {
+            None
+        };
+        let id = rng.uuid();
+        let f = new_file(rng, visible.me, parent, id);
+        return Ok(("file-insert", vec![Change::insert(&f)]));
+    }
+    let what = if roll <= 56 {
+        "file-update"
+    } else {
+        "file-delete"
+    };
+    let Some(&f) = rng.pick(&visible.own_files()) else {
+        return Err(what);
+    };
+    if roll > 56 {
+        return Ok((what, vec![Change::delete::<FileEntry>(f)]));
+    }
+    let mut c = Change::update::<FileEntry>(f).set("size", rng.below(1 << 30) as i64);
+    if rng.chance(0.4) {
+        c = c.set("name", name(rng));
+    }
+    if rng.chance(0.3) {
+        c = c.set("modified", Value::Null);
+    }
+    Ok((what, vec![c]))
+}
+
+/// Rolls 61..=86: tag a file or untag it, add a file to an album or remove it.
+fn membership_change(rng: &mut Rng, visible: &Visible<'_>, roll: u64) -> Planned {
+    match roll {
+        61..=70 => match (
+            rng.pick(&visible.tags()).copied(),
+            rng.pick(&visible.files()).copied(),
+        ) {
+            (Some(t), Some(f)) => Ok((
                 "tag-assign",
                 vec![Change::insert(&TagAssignment::new(t, f))],
-            ),
-            _ => return nothing("tag-assign"),
+            )),
+            _ => Err("tag-assign"),
         },
-        71..=75 => {
-            let members = ids(
-                lib,
-                "SELECT uuid FROM tag_assignments WHERE present = 1 ORDER BY uuid",
-                &[],
-            );
-            match rng.pick(&members) {
-                Some(&m) => ("tag-unassign", vec![Change::delete::<TagAssignment>(m)]),
-                None => return nothing("tag-unassign"),
-            }
-        }
-        76..=82 => match (rng.pick(&albums()).copied(), rng.pick(&files()).copied()) {
-            (Some(a), Some(f)) => ("album-add", vec![Change::insert(&AlbumItem::new(a, f))]),
-            _ => return nothing("album-add"),
+        71..=75 => match rng.pick(&visible.members("tag_assignments")) {
+            Some(&member) => Ok((
+                "tag-unassign",
+                vec![Change::delete::<TagAssignment>(member)],
+            )),
+            None => Err("tag-unassign"),
         },
-        83..=86 => {
-            let members = ids(
-                lib,
-                "SELECT uuid FROM album_items WHERE present = 1 ORDER BY uuid",
-                &[],
-            );
-            match rng.pick(&members) {
-                Some(&m) => ("album-remove", vec![Change::delete::<AlbumItem>(m)]),
-                None => return nothing("album-remove"),
-            }
-        }
-        87..=93 => match rng.pick(&files()) {
-            Some(&f) => {
-                let id = UserMetadata::id_for(f);
-                let exists = !ids(
-                    lib,
-                    "SELECT uuid FROM user_metadata WHERE uuid = ?1",
-                    &[&id],
-                )
-                .is_empty();
-                let note = rng.chance(0.7).then(|| name(rng));
-                let fav = rng.chance(0.5);
-                let c = if exists && rng.chance(0.15) {
-                    Change::delete::<UserMetadata>(id)
-                } else if exists {
-                    Change::update::<UserMetadata>(id)
-                        .set("note", note)
-                        .set("favorite", fav)
-                } else {
-                    Change::insert(&UserMetadata {
-                        id,
-                        entry: f,
-                        note,
-                        favorite: fav,
-                    })
-                };
-                ("metadata", vec![c])
-            }
-            None => return nothing("metadata"),
+        76..=82 => match (
+            rng.pick(&visible.albums()).copied(),
+            rng.pick(&visible.files()).copied(),
+        ) {
+            (Some(a), Some(f)) => Ok(("album-add", vec![Change::insert(&AlbumItem::new(a, f))])),
+            _ => Err("album-add"),
         },
-        94..=97 => {
-            // A batch: several new files and a tag on each.
-            let n = rng.range(2, 8);
-            let tag = rng.pick(&tags()).copied();
-            let mut v = Vec::new();
-            for _ in 0..n {
-                let id = rng.uuid();
-                let f = new_file(rng, me, None, id);
-                v.push(Change::insert(&f));
-                if let Some(t) = tag {
-                    v.push(Change::insert(&TagAssignment::new(t, f.id)));
-                }
-            }
-            ("batch", v)
-        }
-        _ => {
-            let n = rng.range(3, 40);
-            let rows: Vec<FileEntry> = (0..n)
-                .map(|_| {
-                    let id = rng.uuid();
-                    new_file(rng, me, None, id)
-                })
-                .collect();
-            bulk_rows = rows.iter().map(|r| r.id).collect();
-            let op = BulkOperation::InitialIndex {
-                location: me.location,
-                path: "/sim".into(),
-                volume_fingerprint: "sim".into(),
-                count: 0,
-            };
-            let result = lib.commit_bulk(rows, op);
-            if result.is_err() {
-                bulk_rows.clear();
-            }
-            return Done {
-                what: "bulk",
-                result,
-                bulk_rows,
-            };
-        }
+        _ => match rng.pick(&visible.members("album_items")) {
+            Some(&member) => Ok(("album-remove", vec![Change::delete::<AlbumItem>(member)])),
+            None => Err("album-remove"),
+        },
+    }
+}
+
+/// Rolls 87..=93: write, change or delete a file's note and favorite flag.
+fn metadata_change(rng: &mut Rng, visible: &Visible<'_>) -> Planned {
+    let Some(&f) = rng.pick(&visible.files()) else {
+        return Err("metadata");
     };
+    let id = UserMetadata::id_for(f);
+    let exists = !ids(
+        visible.lib,
+        "SELECT uuid FROM user_metadata WHERE uuid = ?1",
+        &[&id],
+    )
+    .is_empty();
+    let note = rng.chance(0.7).then(|| name(rng));
+    let fav = rng.chance(0.5);
+    let c = if exists && rng.chance(0.15) {
+        Change::delete::<UserMetadata>(id)
+    } else if exists {
+        Change::update::<UserMetadata>(id)
+            .set("note", note)
+            .set("favorite", fav)
+    } else {
+        Change::insert(&UserMetadata {
+            id,
+            entry: f,
+            note,
+            favorite: fav,
+        })
+    };
+    Ok(("metadata", vec![c]))
+}
+
+/// Rolls 94..=97: a batch of several new files and a tag on each.
+fn new_files_tagged(rng: &mut Rng, visible: &Visible<'_>) -> (&'static str, Vec<Change>) {
+    let n = rng.range(2, 8);
+    let tag = rng.pick(&visible.tags()).copied();
+    let mut changes = Vec::new();
+    for _ in 0..n {
+        let id = rng.uuid();
+        let f = new_file(rng, visible.me, None, id);
+        changes.push(Change::insert(&f));
+        if let Some(t) = tag {
+            changes.push(Change::insert(&TagAssignment::new(t, f.id)));
+        }
+    }
+    ("batch", changes)
+}
+
+/// Rolls 98..=99 (when bulk writes are on): new file entries through
+/// `commit_bulk`, as an indexer writes them.
+fn bulk_files(rng: &mut Rng, lib: &Library, me: Owned) -> Done {
+    let n = rng.range(3, 40);
+    let rows: Vec<FileEntry> = (0..n)
+        .map(|_| {
+            let id = rng.uuid();
+            new_file(rng, me, None, id)
+        })
+        .collect();
+    let mut bulk_rows: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let op = BulkOperation::InitialIndex {
+        location: me.location,
+        path: "/sim".into(),
+        volume_fingerprint: "sim".into(),
+        count: 0,
+    };
+    let result = lib.commit_bulk(rows, op);
+    if result.is_err() {
+        bulk_rows.clear();
+    }
     Done {
-        what,
-        result: lib.commit_batch(change),
+        what: "bulk",
+        result,
         bulk_rows,
     }
 }
 
+/// A step that found nothing to change: nothing written, nothing acknowledged.
 fn nothing(what: &'static str) -> Done {
     Done {
         what,

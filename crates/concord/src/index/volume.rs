@@ -130,14 +130,14 @@ mod linux {
                 best = Some(m);
             }
         }
-        let m = best?;
-        let fingerprint = match fs_uuid(&m.source) {
+        let mount = best?;
+        let fingerprint = match fs_uuid(&mount.source) {
             Some(u) => format!("uuid:{u}"),
-            None => format!("dev:{}:{}", m.devno, m.source),
+            None => format!("dev:{}:{}", mount.devno, mount.source),
         };
         Some(VolumeIdentity {
             fingerprint,
-            mount_point: m.mount_point.to_string_lossy().into_owned(),
+            mount_point: mount.mount_point.to_string_lossy().into_owned(),
         })
     }
 

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::entry_kind;
 use crate::sync::entry::MAX_TEXT_BYTES;
 
-use super::{Progress, PROGRESS_EVERY};
+use super::progress::{ProgressCallback, PROGRESS_EVERY};
 
 /// One file, folder or link found by [`scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub struct Scan {
 }
 
 /// Walk `root` (a folder) without following symbolic links.
-pub fn scan(root: &Path, progress: Progress<'_>) -> Result<Scan> {
+pub fn scan(root: &Path, progress: ProgressCallback<'_>) -> Result<Scan> {
     scan_at(root, "", true, progress)
 }
 
@@ -50,7 +50,7 @@ pub(crate) fn scan_at(
     dir: &Path,
     prefix: &str,
     recursive: bool,
-    progress: Progress<'_>,
+    progress: ProgressCallback<'_>,
 ) -> Result<Scan> {
     let mut out = Scan::default();
     let mut stack: Vec<(PathBuf, Option<usize>, String)> =
