@@ -25,15 +25,15 @@ pub struct Peer {
 
 impl Peer {
     /// A member of a shared library that is not paired directly: known by the
-    /// node id it registered in the library's `devices` table, addresses unknown
-    /// (remembered ones are used when the device is also paired). Sync requests
+    /// node id and addresses it registered in the library's `devices` table
+    /// (paired devices use their remembered addresses instead). Sync requests
     /// need no pairing, only membership, so this is how they find such devices.
-    pub fn member(device: Uuid, node_id: String) -> Peer {
+    pub fn member(device: Uuid, node_id: String, addrs: Vec<SocketAddr>) -> Peer {
         Peer {
             device_id: device,
             name: device.to_string(),
             node_id,
-            addrs: Vec::new(),
+            addrs,
             paired_at: 0,
         }
     }

@@ -393,6 +393,7 @@ pub fn register(lib: &Library, peer: &Peer) -> Result<(), NetError> {
             id: peer.device_id,
             name: peer.name.clone(),
             node_id: Some(peer.node_id.clone()),
+            addrs: crate::state::format_addrs(&peer.addrs),
         }))?;
     }
     Ok(())

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::config::{LibrarySettings, NodeConfig};
 use crate::error::NetError;
 use crate::peers::{Peer, PeerStore};
+use crate::ticket::MAX_TICKET_ADDRS;
 
 /// State shared by the protocol handlers, the library host and the node's API.
 pub struct NodeState {
@@ -125,9 +126,20 @@ impl NodeState {
             return Ok(peer);
         }
         let lib = self.library(library)?;
-        members::node_for_device(&lib, device)?
-            .map(|node_id| Peer::member(device, node_id))
-            .ok_or_else(|| NetError::Unreachable(format!("device {device} (no known node id)")))
+        match members::member(&lib, device)? {
+            Some(Device {
+                node_id: Some(node_id),
+                addrs,
+                ..
+            }) => Ok(Peer::member(
+                device,
+                node_id,
+                parse_addrs(addrs.as_deref().unwrap_or("")),
+            )),
+            _ => Err(NetError::Unreachable(format!(
+                "device {device} (no known node id)"
+            ))),
+        }
     }
 
     /// The device behind a node id: a paired device, or a member of one of our
@@ -154,23 +166,28 @@ impl NodeState {
     fn register_self(&self, lib: &Library) -> Result<(), NetError> {
         let me = self.device_id();
         let node_id = self.endpoint.id().to_string();
+        let addrs = format_addrs(&self.local_addrs());
         match members::member(lib, me)? {
             None => {
                 lib.commit(Change::insert(&Device {
                     id: me,
                     name: self.device_name(),
                     node_id: Some(node_id),
+                    addrs,
                 }))?;
             }
-            Some((name, registered))
-                if registered.as_deref() != Some(node_id.as_str())
-                    || name != self.device_name() =>
+            Some(row)
+                if row.node_id.as_deref() != Some(node_id.as_str())
+                    || row.name != self.device_name()
+                    || row.addrs != addrs =>
             {
-                lib.commit(
-                    Change::update::<Device>(me)
-                        .set("node_id", node_id)
-                        .set("name", self.device_name()),
-                )?;
+                let mut change = Change::update::<Device>(me)
+                    .set("node_id", node_id)
+                    .set("name", self.device_name());
+                if let Some(addrs) = addrs {
+                    change = change.set("addrs", addrs);
+                }
+                lib.commit(change)?;
             }
             Some(_) => {}
         }
@@ -291,4 +308,24 @@ impl NodeState {
         self.disconnect(&peer.node_id).await;
         Ok(peer)
     }
+}
+
+/// Addresses as a `Device` row keeps them: `ip:port`, comma-separated, at most
+/// [`MAX_TICKET_ADDRS`]. `None` when there are none.
+pub fn format_addrs(addrs: &[SocketAddr]) -> Option<String> {
+    let list: Vec<String> = addrs
+        .iter()
+        .take(MAX_TICKET_ADDRS)
+        .map(|a| a.to_string())
+        .collect();
+    (!list.is_empty()).then(|| list.join(","))
+}
+
+/// Addresses from a `Device` row, which another member may have written: at
+/// most [`MAX_TICKET_ADDRS`], the unparsable ones skipped.
+pub fn parse_addrs(text: &str) -> Vec<SocketAddr> {
+    text.split(',')
+        .filter_map(|a| a.trim().parse().ok())
+        .take(MAX_TICKET_ADDRS)
+        .collect()
 }

@@ -112,6 +112,7 @@ impl World {
                     id,
                     name: format!("d{i}"),
                     node_id: None,
+                    addrs: None,
                 }))
                 .map_err(to_message)?;
         }

@@ -278,6 +278,7 @@ async fn reconcile_ends_when_both_sides_miss_the_same_entry() {
                 id: Uuid::from_u128(d),
                 name: format!("d{d}"),
                 node_id: None,
+                addrs: None,
             }))
             .unwrap();
         }
@@ -310,6 +311,7 @@ async fn a_stopped_service_lets_go_of_its_library() {
         id: Uuid::from_u128(2),
         name: "peer".into(),
         node_id: None,
+        addrs: None,
     }))
     .unwrap();
     let svc = SyncService::new(a.clone(), Arc::new(Direct::new(None)), config()).unwrap();

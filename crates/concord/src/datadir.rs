@@ -137,6 +137,7 @@ impl DataDir {
             id: self.identity.device_id,
             name: self.identity.name.clone(),
             node_id: None,
+            addrs: None,
         }))?;
         Ok(lib)
     }

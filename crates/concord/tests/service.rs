@@ -98,6 +98,7 @@ impl Cluster {
                 id: *d,
                 name: format!("d{i}"),
                 node_id: None,
+                addrs: None,
             }))
             .unwrap();
         }

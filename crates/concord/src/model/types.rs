@@ -21,6 +21,11 @@ pub struct Device {
     pub name: String,
     /// Iroh node id (public key) in its string form, once known.
     pub node_id: Option<String>,
+    /// Where the device's node listens (`ip:port`, comma-separated), written
+    /// by the device itself when they change: members that never paired
+    /// directly reach each other through these when the device that
+    /// introduced them is away.
+    pub addrs: Option<String>,
 }
 
 /// A user tag.

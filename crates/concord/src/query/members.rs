@@ -11,6 +11,7 @@ use rusqlite::OptionalExtension;
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::model::Device;
 use crate::sync::txn::Library;
 
 /// Whether `device` is registered in the library, so that it may read and write it.
@@ -36,26 +37,21 @@ pub fn device_for_node(lib: &Library, node_id: &str) -> Result<Option<Uuid>> {
     })
 }
 
-/// The Iroh node id a member registered, to reach it without pairing. `None`
-/// when the device is no member or registered no node id.
-pub fn node_for_device(lib: &Library, device: Uuid) -> Result<Option<String>> {
+/// A registered device's row (name, node id, addresses): to tell whether its
+/// registration is up to date, and how to reach it. `None` when the device is
+/// no member.
+pub fn member(lib: &Library, device: Uuid) -> Result<Option<Device>> {
     lib.read(|c| {
         Ok(
-            c.prepare_cached("SELECT node_id FROM devices WHERE uuid = ?1")?
-                .query_row([device], |r| r.get::<_, Option<String>>(0))
-                .optional()?
-                .flatten(),
-        )
-    })
-}
-
-/// Name and node id of a registered device, to tell whether its registration
-/// is up to date. `None` when the device is no member.
-pub fn member(lib: &Library, device: Uuid) -> Result<Option<(String, Option<String>)>> {
-    lib.read(|c| {
-        Ok(
-            c.prepare_cached("SELECT name, node_id FROM devices WHERE uuid = ?1")?
-                .query_row([device], |r| Ok((r.get(0)?, r.get(1)?)))
+            c.prepare_cached("SELECT name, node_id, addrs FROM devices WHERE uuid = ?1")?
+                .query_row([device], |r| {
+                    Ok(Device {
+                        id: device,
+                        name: r.get(0)?,
+                        node_id: r.get(1)?,
+                        addrs: r.get(2)?,
+                    })
+                })
                 .optional()?,
         )
     })

@@ -131,6 +131,47 @@ CREATE TABLE outbox_segments (
     vec![v1, v2, v3, v4]
 }
 
+/// Columns of fields added to a model after its table was created.
+///
+/// **Decision**: a new *optional* field needs no numbered migration: the first
+/// table layout (`v1`) is generated from today's models, so a fresh library
+/// has every column already, and an older one gets the missing field columns
+/// (value and override clock) here, on open. Rows written before hold NULL,
+/// which is what an absent optional field means.
+pub fn add_missing_columns(conn: &mut rusqlite::Connection) -> crate::Result<()> {
+    let tx = conn.transaction()?;
+    for m in crate::model::registry() {
+        let have: Vec<String> = {
+            let mut stmt = tx.prepare(&format!("PRAGMA table_info({})", m.table))?;
+            let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+            names.collect::<rusqlite::Result<_>>()?
+        };
+        let synced = m.fields.iter().map(|f| (f, true));
+        for (f, is_synced) in synced.chain(m.local_fields.iter().map(|f| (f, false))) {
+            if have.iter().any(|c| c == f.name) {
+                continue;
+            }
+            let mut sql = format!(
+                "ALTER TABLE {t} ADD COLUMN {f} {ty};",
+                t = m.table,
+                f = f.name,
+                ty = f.kind.sql_type()
+            );
+            if is_synced && m.kind == ModelKind::Record && !f.key && !f.owner {
+                sql.push_str(&format!(
+                    "ALTER TABLE {t} ADD COLUMN {f}__hlc INTEGER;
+                     ALTER TABLE {t} ADD COLUMN {f}__dev BLOB;",
+                    t = m.table,
+                    f = f.name
+                ));
+            }
+            tx.execute_batch(&sql)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// Schema version of `sync.db`.
 pub const SYNC_SCHEMA_VERSION: i64 = 4;
 

@@ -168,6 +168,7 @@ impl Library {
         }
         let lock = lock_library(dir)?;
         let mut lib = open_db(&lib_path, false, &schema::library_migrations())?;
+        schema::add_missing_columns(&mut lib)?;
         let sync_path = dir.join("sync.db");
         let mut sync = open_db(&sync_path, true, &schema::sync_migrations())?;
         crate::store::checkpoint_in_background(&mut lib, &lib_path)?;
