@@ -175,6 +175,9 @@ fn sync_config(rng: &mut Rng, faults: Faults) -> SyncConfig {
         inline_blocking: true,
         // The simulated network times out first (150 ms); this is the backstop.
         request_timeout: Duration::from_millis(200),
+        // The leader answers in one round trip (2–50 ms here, slower legs
+        // time out): past this a follower also pushes directly.
+        direct_after: Duration::from_millis(60),
     }
 }
 

@@ -93,8 +93,20 @@ impl SyncService {
                 self.run_sqlite(move |lib| pull::page(lib, location, &cursor))
                     .await
             }
+            Msg::TakeOver { term } => Ok(self.on_take_over(term)),
             other => Err(Error::Invalid(format!("{} is not a request", other.name()))),
         }
+    }
+
+    /// `TakeOver`: a member whose election probe found the leader of `term`
+    /// gone thinks this device should lead. Check the leader now (the check
+    /// probes it first) rather than a `leader_timeout` later.
+    fn on_take_over(&self, term: Term) -> Msg {
+        let state = self.state();
+        if state.term == term && state.role == Role::Follower {
+            self.shared.suspect.notify_one();
+        }
+        Msg::Ok
     }
 
     /// `NewEntries`: the leader sequenced a range (fenced by its term).

@@ -7,11 +7,15 @@
 //! device with the highest id (counting itself) takes `max epoch seen + 1`.
 //! Devices that are not the highest wait for it to do the same.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term};
 use super::state::SyncService;
+use crate::sync::version_vector::{vv_covers, VersionVector};
 
 impl SyncService {
     /// React to new local entries (and, on the leader, any new entries).
@@ -56,17 +60,24 @@ impl SyncService {
             term,
             role: Role::Follower,
             seq: cursor,
-            vv,
+            vv: vv.clone(),
             horizon: None,
         };
         let mut tasks = self.probe_all(members, &probe);
         let mut reachable = vec![self.shared.me];
+        let mut their_vvs: HashMap<Uuid, VersionVector> = HashMap::new();
         let mut top_epoch = term.epoch;
         let mut leader_alive = false;
         while let Some(done) = tasks.join_next().await {
             let Ok((from, reply)) = done else { continue };
-            if let Ok(Msg::HeartbeatReply { term: t, .. }) = reply {
+            if let Ok(Msg::HeartbeatReply {
+                term: t,
+                vv: theirs,
+                ..
+            }) = reply
+            {
                 reachable.push(from);
+                their_vvs.insert(from, theirs);
                 top_epoch = top_epoch.max(t.epoch);
                 if t > term {
                     self.adopt(t).await;
@@ -96,11 +107,52 @@ impl SyncService {
             self.heartbeat_all(new).await;
             self.on_change().await;
         } else {
-            // Let the higher device take over; meanwhile sync directly with it.
+            // The higher device should take over: ask it to check now (it may
+            // still hear from the leader; then nothing changes), instead of
+            // letting it find out a `leader_timeout` later or every member
+            // holding an election of its own. Meanwhile sync directly with it,
+            // when one of the two holds what the other lacks.
             self.state().last_leader_contact = Instant::now();
-            if let Err(e) = self.reconcile_with(winner).await {
-                tracing::debug!(peer = %winner, "leaderless reconcile failed: {e}");
+            if term.leader != Uuid::nil() {
+                let _ = self.probe(winner, Msg::TakeOver { term }).await;
+            }
+            let differs = their_vvs
+                .get(&winner)
+                .is_none_or(|theirs| !vv_covers(theirs, &vv) || !vv_covers(&vv, theirs));
+            if differs {
+                if let Err(e) = self.reconcile_with(winner).await {
+                    tracing::debug!(peer = %winner, "leaderless reconcile failed: {e}");
+                }
             }
         }
+    }
+
+    /// Out of turn (a request to the leader failed or went unanswered, or a
+    /// member asked us to take over): check the leader now rather than after
+    /// `leader_timeout`. At most once per [`Self::check_gap`], so a burst of
+    /// such hints costs one round of probes.
+    pub(super) async fn check_leader(&self) {
+        {
+            let mut state = self.state();
+            if state.role == Role::Leader {
+                return;
+            }
+            if state
+                .last_check
+                .is_some_and(|t| t.elapsed() < self.check_gap())
+            {
+                return;
+            }
+            state.last_check = Some(Instant::now());
+        }
+        self.elect().await;
+    }
+
+    /// Shortest time between two out-of-turn leader checks.
+    fn check_gap(&self) -> Duration {
+        self.shared
+            .config
+            .heartbeat_interval
+            .min(Duration::from_secs(2))
     }
 }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term, MAX_BATCH_ENTRIES};
 use super::state::SyncService;
+use crate::sync::entry::LogEntry;
 
 impl SyncService {
     /// Follower: send our own unproposed entries to the leader; without a
@@ -40,18 +41,7 @@ impl SyncService {
         let top = entries.iter().map(|e| e.origin_seq).max().unwrap_or(upto);
         let full = entries.len() == batch;
         let delivered = if leader != Uuid::nil() && leader != me {
-            let proposal = Msg::ProposeEntries {
-                entries: entries.clone(),
-            };
-            match self.send(leader, proposal).await {
-                Ok(reply @ (Msg::Ok | Msg::Sequenced { .. })) => {
-                    if let Err(e) = self.on_taken(leader, reply).await {
-                        self.note_error(e);
-                    }
-                    true
-                }
-                _ => false,
-            }
+            self.propose_to_leader(leader, &entries).await
         } else {
             false
         };
@@ -61,35 +51,60 @@ impl SyncService {
                 self.shared.wake.notify_one();
             }
         } else {
-            // No leader: spread directly (DESIGN §5: keep syncing with whoever is reachable).
-            for peer in self.online_peers().await {
-                let push = Msg::PushEntries {
-                    entries: entries.clone(),
-                };
-                if let Ok(reply @ Msg::Sequenced { .. }) = self.send(peer, push).await {
-                    if let Err(e) = self.on_taken(peer, reply).await {
-                        self.note_error(e);
-                    }
+            // No leader, or none that takes them in time: spread directly
+            // (DESIGN §5: keep syncing with whoever is reachable). The leader
+            // gets them from a later proposal or from the reconcile that
+            // follows a change of term.
+            self.push_directly(leader, entries).await;
+        }
+    }
+
+    /// Follower: offer `entries` to the leader. True when it took them within
+    /// `direct_after`; otherwise the leader is suspect and gets checked (a
+    /// dead leader is noticed now, not a `leader_timeout` later; the check
+    /// probes it before anything changes).
+    async fn propose_to_leader(&self, leader: Uuid, entries: &[LogEntry]) -> bool {
+        let proposal = Msg::ProposeEntries {
+            entries: entries.to_vec(),
+        };
+        let deadline = self.shared.config.direct_after;
+        match tokio::time::timeout(deadline, self.send(leader, proposal)).await {
+            Ok(Ok(reply @ (Msg::Ok | Msg::Sequenced { .. }))) => {
+                if let Err(e) = self.on_taken(leader, reply).await {
+                    self.note_error(e);
                 }
+                true
+            }
+            // `StaleTerm` (a newer term was adopted meanwhile) or an error reply.
+            Ok(Ok(_)) => false,
+            Ok(Err(_)) | Err(_) => {
+                tracing::debug!(library = %self.shared.lib.id(), leader = %leader, "the leader did not take a proposal in time; pushing directly");
+                self.shared.suspect.notify_one();
+                false
             }
         }
     }
 
-    /// Members heard from within `leader_timeout`: whom to push to without a leader.
-    async fn online_peers(&self) -> Vec<Uuid> {
-        let members = self.members().await;
-        let window = self.shared.config.leader_timeout;
-        let state = self.state();
-        members
+    /// Push `entries` to every other member at once (not to `leader`, which
+    /// just failed to take them), each bounded like a probe. Members that were
+    /// introduced by the leader may never have talked to each other: this is
+    /// what keeps them in sync while it is away.
+    async fn push_directly(&self, leader: Uuid, entries: Vec<LogEntry>) {
+        let targets: Vec<Uuid> = self
+            .members()
+            .await
             .into_iter()
-            .filter(|d| {
-                state
-                    .peers
-                    .get(d)
-                    .and_then(|p| p.last_contact)
-                    .is_some_and(|t| t.elapsed() <= window)
-            })
-            .collect()
+            .filter(|d| *d != leader)
+            .collect();
+        let push = Msg::PushEntries { entries };
+        let mut tasks = self.probe_all(targets, &push);
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((peer, Ok(reply @ Msg::Sequenced { .. }))) = done {
+                if let Err(e) = self.on_taken(peer, reply).await {
+                    self.note_error(e);
+                }
+            }
+        }
     }
 
     /// Bring this device up to date with its leader (or, leaderless, with peers).

@@ -207,6 +207,13 @@ pub enum Msg {
         to_seq: u64,
         entries: Option<Vec<LogEntry>>,
     },
+    /// Follower → the highest member it reaches, after an election probe
+    /// found the leader of `term` unreachable: check the leader now and take
+    /// over if it is gone. Only that one device is asked, so a lost leader
+    /// costs one takeover, not an election on every member. Answered `Ok`.
+    TakeOver {
+        term: Term,
+    },
 }
 
 impl Msg {
@@ -232,6 +239,7 @@ impl Msg {
             Msg::SyncRequired { .. } => "SyncRequired",
             Msg::Error { .. } => "Error",
             Msg::Sequenced { .. } => "Sequenced",
+            Msg::TakeOver { .. } => "TakeOver",
         }
     }
 

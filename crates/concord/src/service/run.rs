@@ -64,6 +64,15 @@ impl SyncService {
                     let service = self.clone();
                     work.spawn(async move { service.catch_up().await });
                 }
+                _ = shared.suspect.notified() => {
+                    if !shared.ticking.swap(true, Ordering::SeqCst) {
+                        let service = self.clone();
+                        work.spawn(async move {
+                            service.check_leader().await;
+                            service.shared.ticking.store(false, Ordering::SeqCst);
+                        });
+                    }
+                }
                 _ = tokio::time::sleep_until(next_tick) => {
                     next_tick = Instant::now() + shared.config.heartbeat_interval;
                     if !shared.ticking.swap(true, Ordering::SeqCst) {

@@ -43,6 +43,11 @@ pub struct SyncConfig {
     /// at most one `heartbeat_interval`, so an unreachable device never stalls
     /// an election or a push for longer than that.
     pub request_timeout: Duration,
+    /// A follower whose leader has not taken a proposal this long after it
+    /// was sent pushes the change straight to the other members instead, and
+    /// checks whether the leader is still there (DESIGN §5: the leader is a
+    /// fast path, never a wait).
+    pub direct_after: Duration,
 }
 
 impl Default for SyncConfig {
@@ -54,6 +59,7 @@ impl Default for SyncConfig {
             retention: Duration::from_secs(30 * 24 * 3600),
             inline_blocking: false,
             request_timeout: Duration::from_secs(10),
+            direct_after: Duration::from_millis(500),
         }
     }
 }
@@ -95,6 +101,8 @@ pub(super) struct State {
     /// Leader only: ranges sequenced while taking a follower's entries, whose
     /// `NewEntries` the next propagation sends (in order, before its own range).
     pub(super) unnotified: Vec<Notice>,
+    /// When this device last checked its leader out of turn.
+    pub(super) last_check: Option<Instant>,
 }
 
 /// Leader: a sequenced range the other followers still have to hear of.
@@ -135,6 +143,9 @@ pub(super) struct ServiceShared {
     pub(super) kick: Notify,
     /// At most one heartbeat/election round at a time.
     pub(super) ticking: AtomicBool,
+    /// Asks the main loop to check the leader now: a request to it failed or
+    /// went unanswered, or a member that found it gone asked us to take over.
+    pub(super) suspect: Notify,
     /// Ends the main loop (`SyncService::stop`).
     pub(super) stop: watch::Sender<bool>,
 }
@@ -182,6 +193,7 @@ impl SyncService {
                     seq,
                     pulls: BTreeMap::new(),
                     unnotified: Vec::new(),
+                    last_check: None,
                 }),
                 config,
                 next_id: AtomicU64::new(1),
@@ -193,6 +205,7 @@ impl SyncService {
                 sequencing: tokio::sync::Mutex::new(()),
                 kick: Notify::new(),
                 ticking: AtomicBool::new(false),
+                suspect: Notify::new(),
                 stop,
             }),
         })
