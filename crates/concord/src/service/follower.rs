@@ -28,34 +28,39 @@ impl SyncService {
             (state.term.leader, state.proposed_upto.max(held))
         };
         let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
-        let entries = match self
-            .run_sqlite(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch)))
-            .await
-        {
-            Ok(e) => e,
-            Err(e) => return self.note_error(e),
-        };
-        if entries.is_empty() {
-            return;
-        }
-        let top = entries.iter().map(|e| e.origin_seq).max().unwrap_or(upto);
-        let full = entries.len() == batch;
-        let delivered = if leader != Uuid::nil() && leader != me {
-            self.propose_to_leader(leader, &entries).await
-        } else {
-            false
-        };
-        if delivered {
-            self.state().proposed_upto = top;
-            if full {
-                self.shared.wake.notify_one();
+        let mut upto = upto;
+        let mut ask_leader = leader != Uuid::nil() && leader != me;
+        loop {
+            let entries = match self
+                .run_sqlite(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch)))
+                .await
+            {
+                Ok(e) => e,
+                Err(e) => return self.note_error(e),
+            };
+            if entries.is_empty() {
+                return;
             }
-        } else {
+            let top = entries.iter().map(|e| e.origin_seq).max().unwrap_or(upto);
+            let full = entries.len() == batch;
+            if ask_leader && self.propose_to_leader(leader, &entries).await {
+                self.state().proposed_upto = top;
+                if full {
+                    self.shared.wake.notify_one();
+                }
+                return;
+            }
             // No leader, or none that takes them in time: spread directly
-            // (DESIGN §5: keep syncing with whoever is reachable). The leader
-            // gets them from a later proposal or from the reconcile that
-            // follows a change of term.
+            // (DESIGN §5: keep syncing with whoever is reachable), every batch
+            // of what is new, without asking the leader again. The leader gets
+            // them from a later proposal or from the reconcile that follows a
+            // change of term.
+            ask_leader = false;
             self.push_directly(leader, entries).await;
+            if !full {
+                return;
+            }
+            upto = top;
         }
     }
 
