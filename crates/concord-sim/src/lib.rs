@@ -9,14 +9,16 @@
 //!
 //! [`sim`] drives a run through its phases; `world` holds the devices and what
 //! can be done to one (start, crash, write); `chaos` decides the device faults
-//! that [`faults`] enables; [`report`] is what a run returns.
-//! Dependencies run one way: `sim` → `chaos` → `world` → `check`, `net`,
+//! that [`faults`] enables; [`liveness`] checks, with the production
+//! timeouts, that no change waits for a leader; [`report`] is what a run returns.
+//! Dependencies run one way: `sim` → `chaos`, `liveness` → `world` → `check`, `net`,
 //! `workload`, `clock` → `rng`, `trace`.
 
 mod chaos;
 pub mod check;
 pub mod clock;
 pub mod faults;
+pub mod liveness;
 pub mod net;
 pub mod report;
 pub mod rng;

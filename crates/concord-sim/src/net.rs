@@ -31,6 +31,10 @@ pub struct NetFaults {
     pub slow: f64,
     /// How long a requester waits for a response.
     pub timeout: Duration,
+    /// A request to a device that is down goes unanswered until `timeout`
+    /// (as over QUIC to a killed process: nothing says it is gone) instead of
+    /// failing at once.
+    pub silent_down: bool,
 }
 
 #[derive(Default)]
@@ -221,6 +225,10 @@ impl SimNet {
             self.trace
                 .event("down", &[from.as_bytes(), to.as_bytes(), name.as_bytes()]);
             self.count(|s| s.unreachable += 1);
+            if self.locked().faults.silent_down {
+                sleep_until(deadline).await;
+                return Err(TransportError::Timeout(to));
+            }
             return Err(TransportError::Unreachable(to));
         };
         Ok(svc)

@@ -157,6 +157,7 @@ fn chaos_net_faults(rng: &mut Rng, faults: Faults) -> NetFaults {
         },
         slow: if faults.delay { 0.05 } else { 0.0 },
         timeout: Duration::from_millis(150),
+        silent_down: false,
     }
 }
 
@@ -197,6 +198,12 @@ impl World {
         self.chaos(faults, chaos).await?;
         self.heal().await?;
         self.quiet().await?;
+        // Liveness with the production timeouts (`liveness`): the leader dies,
+        // followers' writes still reach everyone at once; then quiet again.
+        self.production_timeouts().await?;
+        self.quiet().await?;
+        self.leader_loss().await?;
+        self.quiet().await?;
         self.final_checks().await
     }
 
@@ -211,6 +218,7 @@ impl World {
             latency_ms: (1, 5),
             slow: 0.0,
             timeout: Duration::from_millis(150),
+            silent_down: false,
         });
         for i in 0..self.devices.len() {
             if self.devices[i].clock.offset_ms() != 0 {
