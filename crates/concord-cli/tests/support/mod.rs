@@ -4,6 +4,8 @@
 //! 1 with one `error:` line and nothing on stdout).
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::process::Output;
 
 use serde_json::Value;

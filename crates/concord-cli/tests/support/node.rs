@@ -1,0 +1,192 @@
+//! Real `concord` nodes for the multi-process tests: each a daemon on
+//! 127.0.0.1 with real Iroh and its own data dir, driven through the CLI as a
+//! script would. Every wait is on a condition with a deadline, never a fixed
+//! sleep.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{expect_failure, expect_success, one_json, BIN};
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Node {
+    pub dir: PathBuf,
+    pub name: String,
+    child: Option<Child>,
+    pub retention_ms: Option<u64>,
+    /// Run with the production heartbeat and leader timeouts instead of the
+    /// fast ones most tests use.
+    pub default_timeouts: bool,
+}
+
+impl Node {
+    pub fn new(root: &Path, name: &str) -> Node {
+        Node {
+            dir: root.join(name),
+            name: name.to_string(),
+            child: None,
+            retention_ms: None,
+            default_timeouts: false,
+        }
+    }
+
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--data-dir").arg(&self.dir).args([
+            "start",
+            "--name",
+            &self.name,
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        if !self.default_timeouts {
+            cmd.args([
+                "--heartbeat-ms",
+                "100",
+                "--leader-timeout-ms",
+                "500",
+                "--presence-ms",
+                "200",
+            ]);
+        }
+        if let Some(r) = self.retention_ms {
+            cmd.args(["--retention-ms", &r.to_string()]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn concord start");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(DEADLINE).expect("node did not print ready");
+        assert_eq!(line.trim(), "ready", "{}: {line}", self.name);
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// `concord stop`, then wait for the process to end.
+    pub fn stop(&mut self) {
+        let out = self.run(&["stop"]);
+        assert!(
+            out.status.success(),
+            "stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if let Some(mut c) = self.child.take() {
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("run concord")
+    }
+
+    /// Run with `--json`; must succeed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.run(&a);
+        one_json(&expect_success(out, &a))
+    }
+
+    /// Run expecting failure: exit 1 and one `error:` line; returns it.
+    pub fn fails(&self, args: &[&str]) -> String {
+        expect_failure(self.run(args), args)
+    }
+
+    pub fn device_id(&self) -> String {
+        self.json(&["device"])["device_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn digest(&self, lib: &str) -> String {
+        self.json(&["library", "digest", lib])["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    pub fn tags(&self, lib: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .json(&["tag", "list", lib])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn peers(&self) -> Vec<Value> {
+        self.json(&["device", "list"]).as_array().unwrap().clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
+    wait_within(what, DEADLINE, f);
+}
+
+/// Wait for `f` up to `limit`; how long it took.
+pub fn wait_within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+pub fn pair(inviter: &Node, joiner: &Node) {
+    let ticket = inviter.json(&["pair", "invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let j = joiner.json(&["pair", "join", &ticket]);
+    assert_eq!(j["name"], inviter.name.as_str());
+}
+
+pub fn online(n: &Node, other: &str) -> bool {
+    n.peers()
+        .iter()
+        .any(|p| p["name"] == other && p["online"] == true)
+}
+
+pub fn converged(nodes: &[&Node], lib: &str) -> bool {
+    let d: Vec<String> = nodes.iter().map(|n| n.digest(lib)).collect();
+    d.windows(2).all(|w| w[0] == w[1])
+}
