@@ -12,6 +12,7 @@ mod b4;
 mod b5;
 mod b6;
 mod b7;
+mod b8;
 mod common;
 mod fixture;
 mod net;
@@ -35,6 +36,11 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
     ("B5", "healing a partition: round trips and bytes", b5::run),
     ("B6", "indexing a file tree with commit_bulk", b6::run),
     ("B7", "an offline follower catching up", b7::run),
+    (
+        "B8",
+        "a killed leader: a follower's change reaching every member",
+        b8::run,
+    ),
     (
         "P1",
         "pulling another device's location (remote browsing)",
