@@ -80,9 +80,12 @@ impl SyncService {
             if let Ok(Msg::HeartbeatReply { vv: theirs, .. }) = reply {
                 let now = self.now_ms();
                 let ack = theirs.clone();
-                let _ = self
+                if let Err(e) = self
                     .run_sqlite(move |lib| lib.with_log(|l| l.record_ack(from, &ack, now)))
-                    .await;
+                    .await
+                {
+                    self.note_error(e);
+                }
                 if !vv_covers(&theirs, &vv) || !vv_covers(&vv, &theirs) {
                     differing.push(from);
                 }
