@@ -276,12 +276,18 @@ async fn join_on(
 /// The inviter's side of the handshake.
 impl Pairing {
     async fn handle(&self, conn: &Connection) -> Result<(), NetError> {
-        let (mut send, mut recv) = conn
-            .accept_bi()
+        // Anyone who can reach the node may dial this protocol: the stream
+        // and the whole handshake must come within the request timeout.
+        let limit = self.state.config.request_timeout;
+        let (mut send, mut recv) = tokio::time::timeout(limit, conn.accept_bi())
             .await
+            .map_err(|_| NetError::Timeout("the joiner opened no stream".into()))?
             .map_err(|e| NetError::Io(e.to_string()))?;
         let joiner_node: EndpointId = conn.remote_id();
-        let outcome = self.handshake(&mut send, &mut recv, joiner_node).await;
+        let outcome =
+            tokio::time::timeout(limit, self.handshake(&mut send, &mut recv, joiner_node))
+                .await
+                .unwrap_or_else(|_| Err(NetError::Timeout("pairing handshake".into())));
         if let Err(NetError::Refused(reason)) = &outcome {
             let _ = write_msg(
                 &mut send,

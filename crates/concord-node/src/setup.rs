@@ -107,7 +107,13 @@ impl LibrarySetup {
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
-        let req: SetupRequest = expect_msg(&mut recv, MAX_CONTROL_FRAME).await?;
+        // A peer that stalls before its request is complete is cut off.
+        let req: SetupRequest = tokio::time::timeout(
+            crate::frame::FRAME_READ_TIMEOUT,
+            expect_msg(&mut recv, MAX_CONTROL_FRAME),
+        )
+        .await
+        .map_err(|_| NetError::Timeout("the peer sent no complete request".into()))??;
         let result = self.respond(peer_node, req, &mut send).await;
         if let Err(e) = &result {
             let _ = write_msg(
