@@ -3,9 +3,9 @@
 //! frames (from peers, through the same decoder the sync transport runs).
 //! Errors, never panics, and no allocation beyond the stated limits.
 
+use concord::service::protocol::Term;
 use concord::service::protocol::{Envelope, Msg};
 use concord::Uuid;
-use concord::service::protocol::Term;
 use concord_node::frame::{
     decode_envelope, encode_envelope, envelope_frame_len, LARGE_VARIANTS, MAX_ENVELOPE_FRAME,
     MAX_SMALL_ENVELOPE,

@@ -79,11 +79,7 @@ pub struct Library {
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn lock_library(dir: &Path) -> Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("library.lock"))?;
+    let file = crate::private::lock_file(&dir.join("library.lock"))?;
     let start = std::time::Instant::now();
     loop {
         match file.try_lock() {
@@ -120,7 +116,7 @@ impl Library {
         device: Uuid,
         clock: Box<dyn Clock>,
     ) -> Result<Library> {
-        std::fs::create_dir_all(dir)?;
+        crate::private::private_dir(dir)?;
         if dir.join("library.db").exists() {
             return Err(Error::Other(format!(
                 "{} already holds a library",
@@ -166,6 +162,7 @@ impl Library {
         if !lib_path.exists() {
             return Err(Error::LibraryNotFound(dir.display().to_string()));
         }
+        crate::private::private_dir(dir)?;
         let lock = lock_library(dir)?;
         let mut lib = open_db(&lib_path, false, &schema::library_migrations())?;
         schema::add_missing_columns(&mut lib)?;
