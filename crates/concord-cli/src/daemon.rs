@@ -17,6 +17,7 @@ use std::time::Duration;
 use concord::datadir::DataDir;
 use concord::Uuid;
 use concord_node::peers::Peer;
+use concord_node::skew::warning_for;
 use concord_node::{Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -255,7 +256,15 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
         }
         Request::PairJoin { ticket } => {
             let peer = node.pairing.join(&ticket).await.map_err(net)?;
-            Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
+            let clock_warning = state
+                .skew
+                .offset(peer.device_id)
+                .and_then(|offset| warning_for(&peer.name, offset));
+            Ok(json!({
+                "device_id": peer.device_id.to_string(),
+                "name": peer.name,
+                "clock_warning": clock_warning,
+            }))
         }
         Request::DeviceList => Ok(serde_json::to_value(state.device_list()).unwrap_or_default()),
         Request::DeviceRemove { device } => {
@@ -341,6 +350,7 @@ async fn sync_status(node: &Node, ctx: &Context, library: &str) -> CliResult<Val
         "stats": status.stats,
         "jobs": jobs,
         "watching": node.host.watching(id),
+        "clock_warning": node.state.skew.warning(),
     }))
 }
 
