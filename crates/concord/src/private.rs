@@ -59,3 +59,51 @@ pub fn lock_file(path: &Path) -> io::Result<File> {
     file.set_permissions(Permissions::from_mode(FILE_MODE))?;
     Ok(file)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().mode() & 0o777
+    }
+
+    /// A leftover temp file with a loose mode, or a link planted under its
+    /// name, is replaced by a fresh 0600 file; the link's target is untouched.
+    #[test]
+    fn create_new_never_writes_through_a_leftover() {
+        let tmp = tempfile::tempdir().unwrap();
+        let leftover = tmp.path().join("node.tmp");
+        std::fs::write(&leftover, b"old").unwrap();
+        std::fs::set_permissions(&leftover, Permissions::from_mode(0o644)).unwrap();
+        create_new(&leftover).unwrap().write_all(b"new").unwrap();
+        assert_eq!(mode(&leftover), FILE_MODE);
+        assert_eq!(std::fs::read(&leftover).unwrap(), b"new");
+
+        let target = tmp.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        let planted = tmp.path().join("x.tmp");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        create_new(&planted).unwrap().write_all(b"secret").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(&planted).unwrap().is_file());
+        assert_eq!(mode(&planted), FILE_MODE);
+    }
+
+    #[test]
+    fn folders_and_files_are_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), DIR_MODE);
+        let file = dir.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        std::fs::set_permissions(&file, Permissions::from_mode(0o666)).unwrap();
+        restrict(&file).unwrap();
+        assert_eq!(mode(&file), FILE_MODE);
+        restrict(&dir.join("missing")).unwrap();
+    }
+}
