@@ -9,7 +9,7 @@
 //! node's life (a killed node releases it with its process), and a socket file
 //! left behind by a killed node is replaced on start.
 
-use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use concord::datadir::DataDir;
 use concord::Uuid;
 use concord_node::peers::Peer;
+use concord_node::skew::warning_for;
 use concord_node::{Node, NodeConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -91,8 +92,8 @@ pub fn start(dir: PathBuf, opts: StartOptions, json: bool) -> CliResult<()> {
         concord::validate::name("device name", name)?;
     }
     let config = node_config(&opts)?;
-    std::fs::create_dir_all(&dir)?;
-    let lock = File::create(dir.join("node.lock"))?;
+    concord::private::private_dir(&dir)?;
+    let lock = concord::private::lock_file(&dir.join("node.lock"))?;
     match lock.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -124,6 +125,10 @@ async fn serve(dir: PathBuf, config: NodeConfig, json: bool) -> CliResult<()> {
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)
         .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", sock.display())))?;
+    // Only this user may drive the node: the socket is 0600 (inside a 0700
+    // data dir), and each client's uid is checked as well (`allowed`).
+    concord::private::restrict(&sock)?;
+    let owner = std::fs::metadata(&sock)?.uid();
     let opener = node.state.clone();
     let ctx = Arc::new(Context::new(DataDir::open(&dir)?).with_opener(Arc::new(
         move |id: Uuid| opener.library(id).map_err(|e| CliError::new(e.to_string())),
@@ -153,6 +158,10 @@ async fn serve(dir: PathBuf, config: NodeConfig, json: bool) -> CliResult<()> {
             _ = stop_rx.changed() => break,
             conn = listener.accept() => {
                 let Ok((stream, _)) = conn else { continue };
+                if !allowed(&stream, owner) {
+                    tokio::spawn(refuse(stream));
+                    continue;
+                }
                 let (node, ctx, stop) = (node.clone(), ctx.clone(), stop_tx.clone());
                 tokio::spawn(async move {
                     if let Err(e) = client(stream, node, ctx, stop).await {
@@ -165,6 +174,43 @@ async fn serve(dir: PathBuf, config: NodeConfig, json: bool) -> CliResult<()> {
     tracing::info!("node stopping");
     node.shutdown().await;
     Ok(())
+}
+
+/// A control client may be this node's user or root; anyone else (a socket
+/// reachable by mistake, a loosened mode) is refused and logged.
+fn allowed(stream: &UnixStream, owner: u32) -> bool {
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == owner || cred.uid() == 0 => true,
+        Ok(cred) => {
+            tracing::warn!(
+                uid = cred.uid(),
+                "control connection from another user refused"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!("control connection refused: cannot check its user: {e}");
+            false
+        }
+    }
+}
+
+/// Tell a refused client why. Its request is read first (bounded, and
+/// never acted on), so the client is not cut off while still writing it.
+async fn refuse(mut stream: UnixStream) {
+    let mut line = String::new();
+    let read = BufReader::new(&mut stream).take(MAX_LINE as u64);
+    let _ = tokio::time::timeout(Duration::from_secs(5), {
+        let mut read = read;
+        async move { read.read_line(&mut line).await }
+    })
+    .await;
+    let response =
+        ControlResponse::Error("permission denied: this node belongs to another user".to_string());
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = stream.write_all(&out).await;
+    let _ = stream.shutdown().await;
 }
 
 async fn client(
@@ -210,7 +256,15 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
         }
         Request::PairJoin { ticket } => {
             let peer = node.pairing.join(&ticket).await.map_err(net)?;
-            Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
+            let clock_warning = state
+                .skew
+                .offset(peer.device_id)
+                .and_then(|offset| warning_for(&peer.name, offset));
+            Ok(json!({
+                "device_id": peer.device_id.to_string(),
+                "name": peer.name,
+                "clock_warning": clock_warning,
+            }))
         }
         Request::DeviceList => Ok(serde_json::to_value(state.device_list()).unwrap_or_default()),
         Request::DeviceRemove { device } => {
@@ -296,6 +350,7 @@ async fn sync_status(node: &Node, ctx: &Context, library: &str) -> CliResult<Val
         "stats": status.stats,
         "jobs": jobs,
         "watching": node.host.watching(id),
+        "clock_warning": node.state.skew.warning(),
     }))
 }
 

@@ -103,8 +103,9 @@ enum Command {
 enum PairCmd {
     /// Make a one-time ticket (valid 5 minutes); prints it
     Invite {
-        /// Validity in milliseconds (for tests)
-        #[arg(long, value_name = "MS", hide = true)]
+        /// Validity in milliseconds (for tests; at most a day)
+        #[arg(long, value_name = "MS", hide = true,
+              value_parser = clap::value_parser!(u64).range(1..=concord_node::pairing::MAX_INVITE_TTL_MS))]
         ttl_ms: Option<u64>,
     },
     /// Pair with the device that made TICKET
@@ -601,6 +602,11 @@ fn main() -> ExitCode {
                     "warning: skipped {skipped} entries that could not be read or whose names are not UTF-8"
                 );
             }
+            if let (false, "pair join", Some(warning)) =
+                (json, name, value["clock_warning"].as_str())
+            {
+                eprintln!("warning: {}", render::escape(warning));
+            }
             let out = render::output(name, &value, json);
             if !out.is_empty() {
                 let mut stdout = std::io::stdout().lock();
@@ -610,7 +616,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", e.line());
+            eprintln!("error: {}", render::escape(&e.line()));
             ExitCode::from(1)
         }
     }

@@ -95,14 +95,19 @@ fn sync_status(v: &Value) -> String {
         out.push_str("\n\n");
         out.push_str(&jobs);
     }
+    if let Some(warning) = v["clock_warning"].as_str() {
+        out.push_str("\n\nwarning: ");
+        out.push_str(&escape(warning));
+    }
     out
 }
 
-/// A JSON value as a table cell: strings bare, null as `-`, arrays joined by `,`.
+/// A JSON value as a table cell: strings bare (control characters escaped),
+/// null as `-`, arrays joined by `,`.
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => escape(s),
         Value::Array(a) if a.is_empty() => "-".into(),
         Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
@@ -162,6 +167,28 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// `s` safe for a terminal: control characters (C0, DEL, C1) and bidi
+/// overrides written as `\u{..}`. Names and paths come from peers and from
+/// file names; an escape sequence in one must not drive the user's terminal.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(needs_escape) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if needs_escape(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +211,16 @@ mod tests {
         );
         assert_eq!(output("tag list", &json!([]), false), "");
         assert_eq!(output("tag rename", &json!({"id": "1"}), false), "");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("plain é"), "plain é");
+        assert_eq!(
+            escape("a\u{1b}[31mb\u{7}\u{9b}c\u{202e}d\n"),
+            "a\\u{1b}[31mb\\u{7}\\u{9b}c\\u{202e}d\\u{a}"
+        );
+        let tags = json!([{"id": "1", "name": "x\u{1b}]0;t\u{7}", "color": null}]);
+        assert!(!output("tag list", &tags, false).contains('\u{1b}'));
     }
 }

@@ -73,6 +73,14 @@ pub async fn expect_msg<T: DeserializeOwned>(
 pub const MAX_ENVELOPE_FRAME: usize = 16 * 1024 * 1024;
 /// Largest sync envelope after decompression.
 pub const MAX_ENVELOPE_INFLATED: usize = 64 * 1024 * 1024;
+/// Largest encoded envelope of a message type that carries no entries, rows
+/// or pages (terms, cursors, version vectors of at most
+/// `MAX_VV_ORIGINS` origins, error texts): its natural bound is far below
+/// [`MAX_ENVELOPE_INFLATED`].
+pub const MAX_SMALL_ENVELOPE: usize = 1024 * 1024;
+/// Longest a peer may take to send one frame once its stream is open; a
+/// peer that stalls mid-frame is cut off rather than holding memory.
+pub const FRAME_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Envelopes larger than this are compressed.
 const COMPRESS_ABOVE: usize = 4 * 1024;
 
@@ -127,16 +135,78 @@ pub fn decode_envelope(frame: &[u8], max_inflated: usize) -> Result<Envelope, Ne
     let raw = match flag {
         0 => body,
         1 => {
-            inflated = zstd::bulk::decompress(body, max_inflated)
+            // The size is checked before anything is inflated: the frame
+            // must declare it, within the limit, and may not exceed it.
+            let size = inflated_size(body, max_inflated)?;
+            inflated = zstd::bulk::decompress(body, size)
                 .map_err(|e| NetError::Protocol(format!("decompress: {e}")))?;
             &inflated[..]
         }
         f => return Err(NetError::Protocol(format!("unknown frame flag {f}"))),
     };
+    check_type_bound(raw)?;
     let env: Envelope = postcard::from_bytes(raw)
         .map_err(|e| NetError::Protocol(format!("undecodable envelope: {e}")))?;
     env.msg.check_bounds().map_err(NetError::Protocol)?;
     Ok(env)
+}
+
+/// The size a zstd body declares it inflates to, refused when missing (a
+/// streamed frame) or above `max`.
+fn inflated_size(body: &[u8], max: usize) -> Result<usize, NetError> {
+    match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(n)) if n <= max as u64 => Ok(n as usize),
+        Ok(Some(n)) => Err(NetError::Protocol(format!(
+            "compressed frame inflates to {n} bytes, over the {max}-byte limit"
+        ))),
+        Ok(None) => Err(NetError::Protocol(
+            "compressed frame does not declare its size".into(),
+        )),
+        Err(_) => Err(NetError::Protocol("not a zstd frame".into())),
+    }
+}
+
+/// The start of every encoded [`Envelope`], up to its message's variant
+/// index: enough to learn the message type before decoding the rest.
+#[derive(serde::Deserialize)]
+struct EnvelopeHead {
+    _id: u64,
+    _library: concord::Uuid,
+    _from: concord::Uuid,
+    variant: u32,
+}
+
+/// Variant indices (in `Msg`'s declaration order) of the message types that
+/// carry entries, snapshot rows or pages; every other type is bounded by
+/// [`MAX_SMALL_ENVELOPE`]. `tests/decoders.rs` checks the indices.
+pub const LARGE_VARIANTS: [u32; 8] = [
+    0,  // NewEntries
+    4,  // ProposeEntries
+    6,  // PushEntries
+    10, // EntriesResponse
+    12, // ReconcileResponse
+    13, // SnapshotChunk
+    14, // PullPage
+    18, // Sequenced
+];
+
+/// Refuse an encoding larger than its message type's natural bound, before
+/// decoding it (a decoded version vector takes far more memory than its
+/// encoding).
+fn check_type_bound(raw: &[u8]) -> Result<(), NetError> {
+    if raw.len() <= MAX_SMALL_ENVELOPE {
+        return Ok(());
+    }
+    let (head, _) = postcard::take_from_bytes::<EnvelopeHead>(raw)
+        .map_err(|e| NetError::Protocol(format!("undecodable envelope: {e}")))?;
+    if LARGE_VARIANTS.contains(&head.variant) {
+        return Ok(());
+    }
+    Err(NetError::Protocol(format!(
+        "a message of type {} takes {} bytes; at most {MAX_SMALL_ENVELOPE} for its type",
+        head.variant,
+        raw.len()
+    )))
 }
 
 /// Write one sync envelope; returns the frame's size and the raw encoding's
@@ -153,9 +223,14 @@ pub async fn write_envelope(
 }
 
 /// Read one sync envelope. `received` is told the frame's size on the wire as
-/// soon as it is read, whether or not it decodes.
+/// soon as it is read, whether or not it decodes. `decodes`, when given, is
+/// the peer's share of buffers: a permit is held from the first byte after
+/// the length prefix until the envelope is decoded, so a peer's many streams
+/// cannot each hold a frame in memory at once. The whole frame must arrive
+/// within [`FRAME_READ_TIMEOUT`].
 pub async fn read_envelope(
     recv: &mut RecvStream,
+    decodes: Option<&tokio::sync::Semaphore>,
     received: impl FnOnce(usize),
 ) -> Result<Envelope, NetError> {
     let mut prefix = [0u8; 4];
@@ -163,9 +238,18 @@ pub async fn read_envelope(
         .await
         .map_err(|e| NetError::Io(e.to_string()))?;
     let len = envelope_frame_len(prefix)?;
+    let _permit = match decodes {
+        Some(s) => Some(
+            s.acquire()
+                .await
+                .map_err(|_| NetError::Io("connection closing".into()))?,
+        ),
+        None => None,
+    };
     let mut frame = vec![0u8; len];
-    recv.read_exact(&mut frame)
+    tokio::time::timeout(FRAME_READ_TIMEOUT, recv.read_exact(&mut frame))
         .await
+        .map_err(|_| NetError::Timeout(format!("a frame of {len} bytes (stalled mid-frame)")))?
         .map_err(|e| NetError::Io(e.to_string()))?;
     received(len + 4);
     decode_envelope(&frame, MAX_ENVELOPE_INFLATED)

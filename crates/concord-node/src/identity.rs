@@ -2,7 +2,6 @@
 //! in `<data-dir>/node.key` with mode 0600.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use iroh::SecretKey;
@@ -21,13 +20,10 @@ pub fn load_or_create(data_dir: &Path) -> Result<SecretKey, NetError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SecretKey::generate();
+            // A fresh `node.tmp`, exclusively and 0600: a leftover (a crash
+            // here, or a file planted under that name) is never written through.
             let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = concord::private::create_new(&tmp)?;
             f.write_all(&key.to_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;

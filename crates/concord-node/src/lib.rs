@@ -15,7 +15,7 @@
 //! - [`host`]: starts and stops a library's sync service and job runner;
 //! - [`jobs`] and [`watcher`]: index jobs and the folder watcher;
 //! - [`state`]: data dir, paired devices, open libraries, connections;
-//! - [`config`], [`peers`], [`frame`], [`ticket`], [`identity`], [`error`].
+//! - [`config`], [`peers`], [`skew`], [`frame`], [`ticket`], [`identity`], [`error`].
 
 pub mod config;
 pub mod error;
@@ -27,6 +27,7 @@ pub mod node;
 pub mod pairing;
 pub mod peers;
 pub mod setup;
+pub mod skew;
 pub mod state;
 pub mod ticket;
 pub mod transport;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord::datadir::DataDir;
-use iroh::endpoint::{presets, PortmapperConfig};
+use iroh::endpoint::{presets, PortmapperConfig, VarInt};
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointId};
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use crate::pairing::Pairing;
 use crate::peers::PeerStore;
 use crate::setup::LibrarySetup;
 use crate::state::NodeState;
-use crate::transport::{IrohTransport, SyncHandler, Traffic};
+use crate::transport::{IrohTransport, SyncHandler, Traffic, MAX_STREAMS_PER_PEER};
 use crate::{identity, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
 
 /// Remembered between runs: `<data-dir>/node.json`.
@@ -153,9 +153,13 @@ async fn bind(secret: iroh::SecretKey, addr: SocketAddr) -> Result<Endpoint, Net
     let idle = Duration::from_secs(5)
         .try_into()
         .map_err(|_| NetError::Other("idle timeout out of range".into()))?;
+    // Bounded peers: a few dozen concurrent streams per connection, no
+    // unidirectional ones (no protocol uses them).
     let transport = iroh::endpoint::QuicTransportConfig::builder()
         .keep_alive_interval(Duration::from_secs(1))
         .max_idle_timeout(Some(idle))
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_PEER))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
         .build();
     Endpoint::builder(presets::Minimal)
         .transport_config(transport)

@@ -29,6 +29,9 @@ use crate::PAIRING_ALPN;
 pub const VERSION: u32 = 1;
 /// Largest pairing frame.
 pub const MAX_FRAME: usize = 4 * 1024;
+/// Longest validity of an invite: a ticket is a bearer secret, so it
+/// should not outlive the moment it was made for.
+pub const MAX_INVITE_TTL_MS: u64 = 24 * 3600 * 1000;
 /// Wrong proofs tolerated before an invite is burned.
 const MAX_FAILED_PROOFS: u32 = 3;
 
@@ -53,11 +56,13 @@ enum PairMsg {
         addrs: Vec<SocketAddr>,
         nonce: [u8; 32],
     },
-    /// Inviter → joiner.
+    /// Inviter → joiner. `now_ms`: the inviter's clock, so the joiner can
+    /// tell its user when its own clock is too far off to sync.
     Challenge {
         device_id: Uuid,
         name: String,
         nonce: [u8; 32],
+        now_ms: u64,
     },
     /// Joiner → inviter: MAC with role 1.
     Proof {
@@ -126,10 +131,13 @@ impl Pairing {
         self.invites.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Make a one-time invite and its ticket.
+    /// Make a one-time invite and its ticket, valid `ttl_ms` (the node's
+    /// `invite_ttl` by default, at most [`MAX_INVITE_TTL_MS`]).
     pub fn invite(&self, ttl_ms: Option<u64>) -> Ticket {
         let state = &self.state;
-        let ttl = ttl_ms.unwrap_or(state.config.invite_ttl.as_millis() as u64);
+        let ttl = ttl_ms
+            .unwrap_or(state.config.invite_ttl.as_millis() as u64)
+            .min(MAX_INVITE_TTL_MS);
         let secret: [u8; 32] = random_bytes();
         let invite_id: [u8; 8] = random_bytes();
         let expires_at = state.now_ms().saturating_add(ttl);
@@ -158,12 +166,10 @@ impl Pairing {
     /// Pair with the inviter of `ticket`. Returns the inviter as stored.
     pub async fn join(&self, ticket: &str) -> Result<Peer, NetError> {
         let state = &self.state;
+        // Whether the ticket expired is the inviter's to judge, by its own
+        // clock: this device's clock may be off by hours (a NAS without a
+        // real-time clock), and the ticket's `expires_at` is on the inviter's.
         let ticket = Ticket::decode(ticket)?;
-        if ticket.expires_at <= state.now_ms() {
-            return Err(NetError::Refused(
-                "the ticket has expired; ask for a new one with `concord pair invite`".into(),
-            ));
-        }
         let inviter_node = PublicKey::from_bytes(&ticket.node_id)
             .map_err(|_| NetError::Refused("invalid ticket: bad node id".into()))?;
         if inviter_node == state.endpoint.id() {
@@ -216,7 +222,11 @@ async fn join_on(
                 device_id,
                 name,
                 nonce,
-            } => (device_id, name, nonce),
+                now_ms,
+            } => {
+                state.skew.record(device_id, &name, state.now_ms(), now_ms);
+                (device_id, name, nonce)
+            }
             PairMsg::Refused { reason } => {
                 return Err(NetError::Refused(format!("pairing refused: {reason}")))
             }
@@ -276,12 +286,18 @@ async fn join_on(
 /// The inviter's side of the handshake.
 impl Pairing {
     async fn handle(&self, conn: &Connection) -> Result<(), NetError> {
-        let (mut send, mut recv) = conn
-            .accept_bi()
+        // Anyone who can reach the node may dial this protocol: the stream
+        // and the whole handshake must come within the request timeout.
+        let limit = self.state.config.request_timeout;
+        let (mut send, mut recv) = tokio::time::timeout(limit, conn.accept_bi())
             .await
+            .map_err(|_| NetError::Timeout("the joiner opened no stream".into()))?
             .map_err(|e| NetError::Io(e.to_string()))?;
         let joiner_node: EndpointId = conn.remote_id();
-        let outcome = self.handshake(&mut send, &mut recv, joiner_node).await;
+        let outcome =
+            tokio::time::timeout(limit, self.handshake(&mut send, &mut recv, joiner_node))
+                .await
+                .unwrap_or_else(|_| Err(NetError::Timeout("pairing handshake".into())));
         if let Err(NetError::Refused(reason)) = &outcome {
             let _ = write_msg(
                 &mut send,
@@ -381,6 +397,7 @@ impl Pairing {
                 device_id: state.device_id(),
                 name: state.device_name(),
                 nonce: inviter_nonce,
+                now_ms: state.now_ms(),
             },
         )
         .await?;

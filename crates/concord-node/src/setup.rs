@@ -64,10 +64,12 @@ pub struct RemoteLibrary {
 /// The answer to a [`SetupRequest`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SetupResponse {
+    /// `now_ms`: the answering device's clock (see `skew.rs`).
     Pong {
         device_id: Uuid,
         name: String,
         addrs: Vec<SocketAddr>,
+        now_ms: u64,
     },
     Libraries(Vec<RemoteLibrary>),
     /// The joiner is registered; it backfills through the sync protocol.
@@ -107,7 +109,13 @@ impl LibrarySetup {
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
-        let req: SetupRequest = expect_msg(&mut recv, MAX_CONTROL_FRAME).await?;
+        // A peer that stalls before its request is complete is cut off.
+        let req: SetupRequest = tokio::time::timeout(
+            crate::frame::FRAME_READ_TIMEOUT,
+            expect_msg(&mut recv, MAX_CONTROL_FRAME),
+        )
+        .await
+        .map_err(|_| NetError::Timeout("the peer sent no complete request".into()))??;
         let result = self.respond(peer_node, req, &mut send).await;
         if let Err(e) = &result {
             let _ = write_msg(
@@ -149,6 +157,7 @@ impl LibrarySetup {
                     device_id: state.device_id(),
                     name: state.device_name(),
                     addrs: state.local_addrs(),
+                    now_ms: state.now_ms(),
                 };
                 write_msg(send, &pong).await
             }
@@ -263,8 +272,10 @@ impl LibrarySetup {
                 device_id,
                 name,
                 addrs,
+                now_ms,
             } if device_id == peer.device_id => {
                 state.peers.mark_seen(peer.device_id, state.now_ms());
+                state.skew.record(device_id, &name, state.now_ms(), now_ms);
                 state
                     .peers
                     .update_addrs(peer.device_id, Some(&name), &addrs)

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::config::{LibrarySettings, NodeConfig};
 use crate::error::NetError;
 use crate::peers::{Peer, PeerStore};
+use crate::skew::ClockSkew;
 use crate::ticket::MAX_TICKET_ADDRS;
 
 /// State shared by the protocol handlers, the library host and the node's API.
@@ -27,6 +28,8 @@ pub struct NodeState {
     pub endpoint: Endpoint,
     pub peers: PeerStore,
     pub config: NodeConfig,
+    /// How far this device's clock is from each peer's.
+    pub skew: ClockSkew,
     libraries: Mutex<HashMap<Uuid, Arc<Library>>>,
     connections: tokio::sync::Mutex<HashMap<(EndpointId, &'static [u8]), Connection>>,
     clock: SystemClock,
@@ -50,6 +53,7 @@ impl NodeState {
             endpoint,
             peers,
             config,
+            skew: ClockSkew::default(),
             libraries: Mutex::new(HashMap::new()),
             connections: tokio::sync::Mutex::new(HashMap::new()),
             clock: SystemClock,

@@ -21,12 +21,26 @@ use concord::service::transport::{BoxFuture, Transport, TransportError};
 use concord::Uuid;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
+use tokio::sync::Semaphore;
 
 use crate::error::NetError;
-use crate::frame::{read_envelope, write_envelope};
+use crate::frame::{read_envelope, write_envelope, FRAME_READ_TIMEOUT};
 use crate::host::LibraryHost;
 use crate::state::NodeState;
 use crate::SYNC_ALPN;
+
+/// Most envelopes one peer may have in memory at once (read and being
+/// decoded), across all its streams: each takes at most
+/// [`crate::frame::MAX_ENVELOPE_FRAME`] plus
+/// [`crate::frame::MAX_ENVELOPE_INFLATED`] bytes, so a peer holds at most
+/// this many times that, however many streams it opens.
+pub const MAX_DECODES_PER_PEER: usize = 4;
+/// Streams a peer may have open at once on one connection (QUIC's
+/// `max_concurrent_bidi_streams`, set on the endpoint): more wait for QUIC
+/// flow control on the peer's side and cost us nothing.
+pub const MAX_STREAMS_PER_PEER: u32 = 32;
+/// Close code of a connection cut off for misbehaving.
+pub const MISBEHAVING: u32 = 4;
 
 /// Bytes of sync traffic, for benchmarks and status.
 #[derive(Debug, Default)]
@@ -75,8 +89,12 @@ impl Traffic {
         Ok(())
     }
 
-    async fn receive(&self, recv: &mut RecvStream) -> Result<Envelope, NetError> {
-        read_envelope(recv, |wire| self.record_received(wire)).await
+    async fn receive(
+        &self,
+        recv: &mut RecvStream,
+        decodes: Option<&Semaphore>,
+    ) -> Result<Envelope, NetError> {
+        read_envelope(recv, decodes, |wire| self.record_received(wire)).await
     }
 }
 
@@ -108,7 +126,7 @@ impl IrohTransport {
         self.traffic.requests.fetch_add(1, Ordering::Relaxed);
         self.traffic.send(&mut send, &req).await?;
         let _ = send.finish();
-        let reply = self.traffic.receive(&mut recv).await?;
+        let reply = self.traffic.receive(&mut recv, None).await?;
         if reply.id != req.id || reply.from != to {
             return Err(NetError::Protocol(
                 "reply does not match the request".into(),
@@ -172,10 +190,18 @@ impl SyncHandler {
     async fn serve(
         &self,
         device: Uuid,
+        decodes: &Semaphore,
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
-        let req = self.traffic.receive(&mut recv).await?;
+        // A peer that opens a stream and sends nothing (or stalls mid-frame)
+        // is cut off after FRAME_READ_TIMEOUT.
+        let req = tokio::time::timeout(
+            FRAME_READ_TIMEOUT,
+            self.traffic.receive(&mut recv, Some(decodes)),
+        )
+        .await
+        .map_err(|_| NetError::Timeout("the peer sent no complete request".into()))??;
         let reply = if req.from != device {
             tracing::warn!(claimed = %req.from, actual = %device, "sync request claims another device");
             error_reply(
@@ -218,11 +244,23 @@ impl ProtocolHandler for SyncHandler {
             conn.close(3u32.into(), b"not paired and not a library member");
             return Ok(());
         };
+        // This peer's share of decode buffers (its streams are bounded by the
+        // endpoint's `max_concurrent_bidi_streams`).
+        let decodes = Arc::new(Semaphore::new(MAX_DECODES_PER_PEER));
         crate::frame::for_each_stream(&conn, |send, recv| {
             let handler = self.clone();
+            let decodes = decodes.clone();
+            let conn = conn.clone();
             async move {
-                if let Err(e) = handler.serve(device, send, recv).await {
-                    tracing::warn!(device = %device, "sync stream closed: {e}");
+                match handler.serve(device, &decodes, send, recv).await {
+                    Ok(()) => {}
+                    Err(e @ (NetError::Protocol(_) | NetError::Timeout(_))) => {
+                        // Oversized, undecodable, a compression bomb, or a
+                        // stall: not an honest peer's mistake. Cut it off.
+                        tracing::warn!(device = %device, node = %conn.remote_id().fmt_short(), "misbehaving peer disconnected: {e}");
+                        conn.close(MISBEHAVING.into(), b"protocol violation");
+                    }
+                    Err(e) => tracing::debug!(device = %device, "sync stream closed: {e}"),
                 }
             }
         })

@@ -3,10 +3,12 @@
 //! frames (from peers, through the same decoder the sync transport runs).
 //! Errors, never panics, and no allocation beyond the stated limits.
 
+use concord::service::protocol::Term;
 use concord::service::protocol::{Envelope, Msg};
 use concord::Uuid;
 use concord_node::frame::{
-    decode_envelope, encode_envelope, envelope_frame_len, MAX_ENVELOPE_FRAME,
+    decode_envelope, encode_envelope, envelope_frame_len, LARGE_VARIANTS, MAX_ENVELOPE_FRAME,
+    MAX_SMALL_ENVELOPE,
 };
 use concord_node::ticket::{Ticket, MAX_TICKET_LEN};
 use proptest::prelude::*;
@@ -124,7 +126,7 @@ fn decode_refuses_inflating_past_the_limit() {
         library: Uuid::from_u128(1),
         from: Uuid::from_u128(2),
         msg: Msg::SyncRequired {
-            reason: "a".repeat(1 << 20),
+            reason: "a".repeat(1 << 19),
         },
     };
     let (wire, _) = encode_envelope(&env).unwrap();
@@ -135,4 +137,112 @@ fn decode_refuses_inflating_past_the_limit() {
     assert_eq!(decode_envelope(&wire[4..], 2 << 20).unwrap(), env);
     assert!(envelope_frame_len(0u32.to_be_bytes()).is_err());
     assert!(envelope_frame_len((MAX_ENVELOPE_FRAME as u32 + 1).to_be_bytes()).is_err());
+}
+
+/// The variant index a message is encoded with (one byte after the
+/// envelope's id and two UUIDs, for these small values).
+fn variant(msg: Msg) -> u32 {
+    let env = Envelope {
+        id: 1,
+        library: Uuid::from_u128(1),
+        from: Uuid::from_u128(2),
+        msg,
+    };
+    postcard::to_allocvec(&env).unwrap()[35] as u32
+}
+
+/// `LARGE_VARIANTS` names exactly the types that carry entries, rows or
+/// pages; the others are bounded by `MAX_SMALL_ENVELOPE` before decoding.
+#[test]
+fn per_type_bounds_name_the_right_types() {
+    let term = Term {
+        epoch: 1,
+        leader: Uuid::from_u128(3),
+    };
+    let large = [
+        Msg::NewEntries {
+            term,
+            from_seq: 1,
+            to_seq: 1,
+            entries: None,
+        },
+        Msg::ProposeEntries { entries: vec![] },
+        Msg::PushEntries { entries: vec![] },
+        Msg::EntriesResponse {
+            entries: vec![],
+            has_more: false,
+        },
+        Msg::ReconcileResponse {
+            vv: Default::default(),
+            entries: vec![],
+            has_more: false,
+            term,
+            seq: 0,
+        },
+        Msg::SnapshotChunk {
+            rows: vec![],
+            tombstones: vec![],
+            bulk: vec![],
+            next: None,
+            vv: Default::default(),
+        },
+        Msg::PullPage {
+            rows: vec![],
+            next: None,
+            total: 0,
+            position: 0,
+        },
+        Msg::Sequenced {
+            term,
+            from_seq: 1,
+            to_seq: 1,
+            entries: None,
+        },
+    ];
+    let mut found: Vec<u32> = large.into_iter().map(variant).collect();
+    found.sort();
+    assert_eq!(found, LARGE_VARIANTS);
+    for small in [
+        Msg::Ok,
+        Msg::StaleTerm { term },
+        Msg::TakeOver { term },
+        Msg::Error {
+            message: String::new(),
+        },
+    ] {
+        assert!(!LARGE_VARIANTS.contains(&variant(small)));
+    }
+    // A small type past its bound is refused; within it, decoded.
+    let error = |n: usize| Envelope {
+        id: 1,
+        library: Uuid::from_u128(1),
+        from: Uuid::from_u128(2),
+        msg: Msg::Error {
+            message: "x".repeat(n),
+        },
+    };
+    let (wire, _) = encode_envelope(&error(MAX_SMALL_ENVELOPE)).unwrap();
+    assert!(decode_envelope(&wire[4..], 64 << 20).is_err());
+    let (wire, _) = encode_envelope(&error(MAX_SMALL_ENVELOPE / 2)).unwrap();
+    assert!(decode_envelope(&wire[4..], 64 << 20).is_ok());
+}
+
+/// A compressed body is judged by the size it declares, before anything is
+/// inflated: a declared 1 GiB and an undeclared size are both refused.
+#[test]
+fn inflated_size_is_checked_before_inflating() {
+    let mut declared = 0xFD2F_B528u32.to_le_bytes().to_vec();
+    declared.push(0xE0); // single segment, 8-byte content size
+    declared.extend_from_slice(&(1u64 << 30).to_le_bytes());
+    declared.extend_from_slice(&[0x0B, 0, 0, 0]); // last RLE block of one byte
+    let mut frame = vec![1u8];
+    frame.extend(&declared);
+    let err = decode_envelope(&frame, 64 << 20).unwrap_err().to_string();
+    assert!(err.contains("inflates to 1073741824 bytes"), "{err}");
+
+    let hidden = zstd::stream::encode_all(&vec![7u8; 100_000][..], 1).unwrap();
+    let mut frame = vec![1u8];
+    frame.extend(&hidden);
+    let err = decode_envelope(&frame, 64 << 20).unwrap_err().to_string();
+    assert!(err.contains("does not declare its size"), "{err}");
 }

@@ -5,6 +5,8 @@
 //! <data-dir>/libraries/<uuid>/library.db  domain tables, clocks, tombstones, conflicts
 //! <data-dir>/libraries/<uuid>/sync.db     the sync log
 //! ```
+//!
+//! The data dir and its folders are 0700, its files 0600 (`crate::private`).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::hlc::SystemClock;
 use crate::model::Device;
+use crate::private::{create_new, private_dir, restrict};
 use crate::store::meta::{key, meta_get};
 use crate::sync::txn::{Change, Library};
 use crate::validate;
@@ -50,8 +53,18 @@ fn default_device_name() -> String {
 impl DataDir {
     /// Open `root`, creating it and this device's identity on first use.
     pub fn open(root: &Path) -> Result<DataDir> {
-        std::fs::create_dir_all(root.join("libraries"))
+        private_dir(root)
+            .and_then(|_| private_dir(&root.join("libraries")))
             .map_err(|e| Error::Other(format!("cannot create data dir {}: {e}", root.display())))?;
+        for file in [
+            "device.json",
+            "node.key",
+            "node.json",
+            "peers.json",
+            "node.lock",
+        ] {
+            restrict(&root.join(file))?;
+        }
         let id_path = root.join("device.json");
         let identity = match std::fs::read(&id_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -202,10 +215,14 @@ impl DataDir {
 }
 
 /// Write a file so that a crash leaves either the old or the new content.
+/// The file is 0600 (`private::create_new`: a fresh temp file, whatever
+/// a crash left under its name).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
+    let mut file = create_new(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }

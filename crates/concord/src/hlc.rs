@@ -25,15 +25,33 @@ pub trait Clock: Send + Sync + 'static {
 }
 
 /// The operating system's wall clock. The only place production code reads it.
+///
+/// `CONCORD_CLOCK_OFFSET_MS` (a signed number of ms, read once per process)
+/// shifts it: the multi-process tests use it to run a device whose clock is
+/// hours off, as a NAS without a real-time clock would be. Unset, it is 0.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
+/// The environment variable that shifts [`SystemClock`] (tests only).
+pub const CLOCK_OFFSET_ENV: &str = "CONCORD_CLOCK_OFFSET_MS";
+
+fn clock_offset_ms() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var(CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now()
+        let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+            .unwrap_or(0);
+        wall.saturating_add_signed(clock_offset_ms())
     }
 }
 

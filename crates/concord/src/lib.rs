@@ -19,6 +19,7 @@ pub use error::{Error, Result};
 pub use sync::txn::{Change, Library, ResourceChanged};
 pub mod datadir;
 pub mod digest;
+pub mod private;
 pub mod validate;
 /// The SQLite binding, for embedders that query `library.db` read-only.
 pub use rusqlite;

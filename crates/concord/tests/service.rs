@@ -1,5 +1,6 @@
 //! The SyncService over an in-memory transport: replication, failover, partition,
-//! pruning and snapshot. Real libraries on real SQLite files.
+//! pruning and snapshot, and a malicious member forging terms and horizons.
+//! Real libraries on real SQLite files.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -8,10 +9,11 @@ use std::time::Duration;
 use concord::digest::{digest, Scope};
 use concord::hlc::SystemClock;
 use concord::model::{Device, Tag};
-use concord::service::protocol::{Envelope, Role};
+use concord::service::protocol::{Envelope, Msg, Role, Term};
 use concord::service::transport::{BoxFuture, Transport, TransportError};
 use concord::service::{SyncConfig, SyncService};
 use concord::sync::entry::LogEntry;
+use concord::sync::log::VersionVector;
 use concord::{Change, Library, Uuid};
 
 #[derive(Default)]
@@ -20,7 +22,12 @@ struct Net {
     down: Mutex<HashSet<Uuid>>,
     /// Every exchange that got a response: (from, to, request, response).
     exchanges: Mutex<Vec<Exchange>>,
+    /// Devices answered by a forger instead of a SyncService.
+    rogues: Mutex<HashMap<Uuid, Forger>>,
 }
+
+/// A malicious member's answer to each request it receives.
+type Forger = Arc<dyn Fn(&Msg) -> Msg + Send + Sync>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Exchange {
@@ -43,6 +50,16 @@ impl Transport for Link {
                 if down.contains(&to) || down.contains(&self.me) {
                     return Err(TransportError::Unreachable(to));
                 }
+            }
+            let rogue = self.net.rogues.lock().unwrap().get(&to).cloned();
+            if let Some(forge) = rogue {
+                let msg = forge(&req.msg);
+                return Ok(Envelope {
+                    id: req.id,
+                    library: req.library,
+                    from: to,
+                    msg,
+                });
             }
             let svc = self.net.nodes.lock().unwrap().get(&to).cloned();
             let Some(s) = svc else {
@@ -544,4 +561,207 @@ async fn an_adopted_term_is_persisted() {
     c.kill(1);
     c.start(1);
     assert!(c.svc(1).term() >= adopted);
+}
+
+impl Cluster {
+    /// A request from `from` (a member that runs no service: the malicious
+    /// one) to device `to`; returns the answer.
+    async fn forge(&self, to: usize, from: Uuid, msg: Msg) -> Msg {
+        let env = Envelope {
+            id: 0,
+            library: self.libs[0].id(),
+            from,
+            msg,
+        };
+        self.svc(to).handle(env).await.msg
+    }
+
+    /// Every running device holds `term` in memory and in `sync.db`.
+    fn assert_term(&self, which: &[usize], term: Term) {
+        for i in which {
+            assert_eq!(self.svc(*i).term(), term, "device {i}");
+            assert_eq!(
+                self.libs[*i].with_log(|l| l.term()).unwrap(),
+                Some(term),
+                "device {i}, stored"
+            );
+        }
+    }
+
+    /// Tags written on each of `which`, then converged: nothing lost.
+    async fn write_and_converge(&self, which: &[usize], label: &str) {
+        for i in which {
+            tag(&self.libs[*i], &format!("{label}-{i}"));
+        }
+        self.wait_converged(which).await;
+    }
+}
+
+fn heartbeat(term: Term, role: Role, horizon: Option<VersionVector>) -> Msg {
+    Msg::Heartbeat {
+        term,
+        role,
+        seq: 0,
+        vv: VersionVector::new(),
+        horizon,
+    }
+}
+
+/// A member forging terms in its requests: `(u64::MAX, X)` naming another
+/// device or itself, a jump of two million epochs, a leader's `NewEntries`
+/// under a term it does not lead (newer or current). Every one is refused;
+/// the leader keeps leading and the honest devices keep converging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_terms_from_a_member_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 4, config());
+    let honest = [0, 2, 3];
+    let (m, d2, d3) = (c.devices[1], c.devices[2], c.devices[3]);
+    for i in honest {
+        c.start(i);
+    }
+    c.write_and_converge(&honest, "before").await;
+    let t0 = c.svc(0).term();
+    assert_eq!(t0.leader, c.devices[0]);
+    let newer = |epoch, leader| Term { epoch, leader };
+    let forged = [
+        heartbeat(newer(u64::MAX, d2), Role::Leader, None),
+        heartbeat(newer(u64::MAX, m), Role::Leader, None),
+        heartbeat(newer(u64::MAX, d3), Role::Follower, None),
+        heartbeat(newer(t0.epoch + 2_000_000, m), Role::Leader, None),
+    ];
+    for to in honest {
+        for msg in forged.iter().cloned() {
+            let reply = c.forge(to, m, msg).await;
+            assert_eq!(reply.name(), "HeartbeatReply");
+        }
+        // A leader's notification under a term the sender does not lead.
+        for term in [newer(t0.epoch + 1, d3), t0] {
+            let reply = c
+                .forge(
+                    to,
+                    m,
+                    Msg::NewEntries {
+                        term,
+                        from_seq: 1,
+                        to_seq: 1_000_000,
+                        entries: Some(Vec::new()),
+                    },
+                )
+                .await;
+            assert_eq!(reply.name(), "Error", "{reply:?}");
+        }
+        c.assert_term(&honest, t0);
+    }
+    assert_eq!(c.svc(0).role(), Role::Leader);
+    c.write_and_converge(&honest, "after").await;
+    c.assert_term(&honest, t0);
+    assert_eq!(count_tags(&c.libs[2]), 6);
+}
+
+/// A member answering every request with forged terms (`StaleTerm`, a
+/// reconcile answer and probe replies naming other devices, `u64::MAX`):
+/// honest devices only ask the leader named, adopt nothing it does not
+/// confirm, still fail over to the honest device with the highest id at a
+/// small epoch when the leader dies, and lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_terms_in_answers_only_make_devices_ask_the_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 4, config());
+    let honest = [0, 2, 3];
+    let (m, d2, d3) = (c.devices[1], c.devices[2], c.devices[3]);
+    let forge: Forger = Arc::new(move |req: &Msg| match req {
+        Msg::Heartbeat {
+            role: Role::Follower,
+            ..
+        } => Msg::HeartbeatReply {
+            term: Term {
+                epoch: u64::MAX,
+                leader: d3,
+            },
+            role: Role::Leader,
+            seq: 0,
+            vv: VersionVector::new(),
+        },
+        Msg::Reconcile { .. } => Msg::ReconcileResponse {
+            vv: VersionVector::new(),
+            entries: Vec::new(),
+            has_more: false,
+            term: Term {
+                epoch: 4,
+                leader: d2,
+            },
+            seq: 0,
+        },
+        _ => Msg::StaleTerm {
+            term: Term {
+                epoch: 5,
+                leader: d2,
+            },
+        },
+    });
+    c.net.rogues.lock().unwrap().insert(m, forge);
+    for i in honest {
+        c.start(i);
+    }
+    c.write_and_converge(&honest, "before").await;
+    let t0 = c.svc(0).term();
+    c.assert_term(&honest, t0);
+
+    // The leader dies: the highest honest device takes over, one epoch up
+    // (give or take a contested round), never at a forged epoch.
+    c.kill(0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (t2, t3) = (c.svc(2).term(), c.svc(3).term());
+        assert!(t2.epoch < 4 && t3.epoch < 4, "forged epoch: {t2:?} {t3:?}");
+        if t2 == t3 && t2.leader == d3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new leader: {t2:?} {t3:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.write_and_converge(&[2, 3], "outage").await;
+    c.start(0);
+    c.write_and_converge(&honest, "back").await;
+    assert_eq!(count_tags(&c.libs[0]), 8);
+    assert_eq!(c.svc(0).term().leader, d3);
+}
+
+/// A member's heartbeat carrying a pruning horizon under the current term
+/// (which it does not lead) prunes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_horizon_from_a_non_leader_prunes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 4, config());
+    let honest = [0, 2, 3];
+    let m = c.devices[1];
+    for i in honest {
+        c.start(i);
+    }
+    c.write_and_converge(&honest, "before").await;
+    let t0 = c.svc(0).term();
+    let everything: VersionVector = c.devices.iter().map(|d| (*d, u64::MAX)).collect();
+    let counts: Vec<u64> = honest
+        .iter()
+        .map(|i| c.libs[*i].with_log(|l| l.count()).unwrap())
+        .collect();
+    for to in [2, 3] {
+        for role in [Role::Leader, Role::Follower] {
+            let reply = c
+                .forge(to, m, heartbeat(t0, role, Some(everything.clone())))
+                .await;
+            assert_eq!(reply.name(), "HeartbeatReply");
+        }
+    }
+    for (k, i) in honest.iter().enumerate() {
+        let log = &c.libs[*i];
+        assert!(log.with_log(|l| l.pruned_floor()).unwrap().is_empty());
+        assert!(log.with_log(|l| l.count()).unwrap() >= counts[k]);
+    }
+    c.write_and_converge(&honest, "after").await;
+    assert_eq!(count_tags(&c.libs[3]), 6);
 }

@@ -22,6 +22,10 @@ pub struct Node {
     /// Run with the production heartbeat and leader timeouts instead of the
     /// fast ones most tests use.
     pub default_timeouts: bool,
+    /// The umask the node runs under (the inherited one when `None`).
+    pub umask: Option<u32>,
+    /// Extra environment of the node and of every command run for it.
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -32,11 +36,29 @@ impl Node {
             child: None,
             retention_ms: None,
             default_timeouts: false,
+            umask: None,
+            env: Vec::new(),
         }
     }
 
+    /// The `concord` binary, under this node's umask and environment.
+    fn command(&self) -> Command {
+        let mut cmd = match self.umask {
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     pub fn start(&mut self) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = self.command();
         cmd.arg("--data-dir").arg(&self.dir).args([
             "start",
             "--name",
@@ -96,7 +118,7 @@ impl Node {
     }
 
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        self.command()
             .arg("--data-dir")
             .arg(&self.dir)
             .args(args)

@@ -11,14 +11,39 @@ use crate::error::Result;
 use crate::sync::entry::LogEntry;
 
 impl SyncService {
-    /// Refuse a message from an older term; adopt a newer one.
-    pub(super) async fn fence(&self, term: Term) -> Option<Msg> {
+    /// Fence a leader's message (`NewEntries`, `Sequenced`) from `from`:
+    /// refuse an older term; refuse a term `from` does not lead (a newer one
+    /// is only checked with the leader it names, see `hear_of`); adopt a
+    /// newer term of its own when within bounds. `None`: go ahead.
+    pub(super) async fn fence(&self, from: Uuid, term: Term) -> Option<Msg> {
         let mine = self.state().term;
         if term < mine {
             return Some(Msg::StaleTerm { term: mine });
         }
-        self.adopt(term).await;
-        None
+        if term.leader != from {
+            self.hear_of(from, term).await;
+            tracing::warn!(library = %self.shared.lib.id(), from = %from, epoch = term.epoch, leader = %term.leader, "refused a leader's message from another device");
+            return Some(Msg::Error {
+                message: format!(
+                    "term {} is led by {}, not by its sender {from}",
+                    term.epoch, term.leader
+                ),
+            });
+        }
+        self.hear_of(from, term).await;
+        let now = self.state().term;
+        if now == term {
+            None
+        } else if term < now {
+            Some(Msg::StaleTerm { term: now })
+        } else {
+            Some(Msg::Error {
+                message: format!(
+                    "term {} is too far ahead of ours ({})",
+                    term.epoch, now.epoch
+                ),
+            })
+        }
     }
 
     /// Follower: the leader of `term` (already fenced) sequenced
@@ -70,7 +95,7 @@ impl SyncService {
             entries,
         } = reply
         {
-            if self.fence(term).await.is_none() {
+            if self.fence(peer, term).await.is_none() {
                 self.on_sequenced(peer, term, from_seq, to_seq, entries)
                     .await?;
             }

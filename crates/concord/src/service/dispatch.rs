@@ -118,7 +118,7 @@ impl SyncService {
         to_seq: u64,
         entries: Option<Vec<LogEntry>>,
     ) -> Result<Msg> {
-        if let Some(stale) = self.fence(term).await {
+        if let Some(stale) = self.fence(from, term).await {
             return Ok(stale);
         }
         self.on_sequenced(from, term, from_seq, to_seq, entries)
@@ -152,7 +152,8 @@ impl SyncService {
     }
 
     /// `Heartbeat`: from the leader (adopt its term, catch up, prune to its
-    /// horizon) or from a follower probing during an election.
+    /// horizon) or from a follower probing during an election. A heartbeat
+    /// claiming a term its sender does not lead changes nothing here.
     async fn on_heartbeat(
         &self,
         from: Uuid,
@@ -166,14 +167,20 @@ impl SyncService {
         if term < mine && role == Role::Leader {
             return Ok(Msg::StaleTerm { term: mine });
         }
+        // Only the leader's own heartbeat speaks for its term (contact,
+        // catching up, pruning); a probe's newer term is checked with the
+        // leader it names (`hear_of`).
+        let from_leader = role == Role::Leader && term.leader == from;
         if term > mine {
-            self.adopt(term).await;
+            self.hear_of(from, term).await;
         }
         let my_vv = self.version_vector().await;
-        let (my_term, my_role, my_seq, lacking) = {
+        let (my_term, my_role, my_seq, lacking, from_leader) = {
             let mut state = self.state();
             state.peers.entry(from).or_default().vv = vv.clone();
-            if role == Role::Leader && term == state.term {
+            // The current leader's own heartbeat.
+            let from_leader = from_leader && term == state.term;
+            if from_leader {
                 state.last_leader_contact = Instant::now();
                 // The leader holds (or held) entries we lack: the cursor cannot
                 // fetch them if they were sequenced below it or pruned while this
@@ -183,18 +190,19 @@ impl SyncService {
                     state.cursor_term = None;
                 }
             }
-            let lacking = role == Role::Leader
-                && term == state.term
+            let lacking = from_leader
                 && (state.cursor_term != Some(term)
                     || state.cursor < seq
                     || !vv_covers(&my_vv, &vv));
-            (state.term, state.role, state.seq, lacking)
+            (state.term, state.role, state.seq, lacking, from_leader)
         };
         if lacking {
             self.shared.wake.notify_one();
         }
         if let Some(h) = horizon {
-            if role == Role::Leader && term == my_term {
+            // A horizon prunes the log: accepted only from the current
+            // leader, in a heartbeat it sent itself.
+            if from_leader {
                 if let Err(e) = self
                     .run_sqlite(move |lib| lib.with_log(|l| l.prune_covered(&h)))
                     .await

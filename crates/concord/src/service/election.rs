@@ -3,8 +3,10 @@
 //! decides the role when a follower hears nothing from its leader.
 //!
 //! A follower that hears nothing from its leader for `leader_timeout` probes
-//! every registered device: a newer term is adopted; otherwise the reachable
-//! device with the highest id (counting itself) takes `max epoch seen + 1`.
+//! every registered device: a newer term is adopted when its leader answers
+//! for it; otherwise the reachable device with the highest id (counting
+//! itself) takes `max epoch seen + 1` (epochs beyond `MAX_EPOCH_STEP` of ours
+//! are not counted, so the step stays bounded and never overflows).
 //! Devices that are not the highest wait for it to do the same.
 
 use std::collections::HashMap;
@@ -14,7 +16,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term};
-use super::state::SyncService;
+use super::state::{SyncService, MAX_EPOCH_STEP};
 use crate::sync::version_vector::{vv_covers, VersionVector};
 
 impl SyncService {
@@ -78,9 +80,14 @@ impl SyncService {
             {
                 reachable.push(from);
                 their_vvs.insert(from, theirs);
-                top_epoch = top_epoch.max(t.epoch);
-                if t > term {
-                    self.adopt(t).await;
+                // Epochs beyond the bound are not counted (nor adopted), so
+                // our own next epoch stays within it too.
+                if t.epoch < term.epoch.saturating_add(MAX_EPOCH_STEP) {
+                    top_epoch = top_epoch.max(t.epoch);
+                }
+                // A newer term is adopted from its own leader; named by
+                // another member it is checked with that leader.
+                if t > term && self.hear_of(from, t).await {
                     return;
                 }
                 if from == term.leader && term.leader != Uuid::nil() {
@@ -98,8 +105,11 @@ impl SyncService {
         }
         let winner = reachable.iter().copied().max().unwrap_or(self.shared.me);
         if winner == self.shared.me {
+            let Some(epoch) = top_epoch.checked_add(1) else {
+                return self.note_error("no election: the epoch is at its limit");
+            };
             let new = Term {
-                epoch: top_epoch + 1,
+                epoch,
                 leader: self.shared.me,
             };
             tracing::info!(library = %self.shared.lib.id(), epoch = new.epoch, "elected leader");

@@ -11,9 +11,12 @@
 //!
 //! Roles and terms: a term is `(epoch, leader)`; the higher term wins everywhere
 //! (fencing: a request from an older term is answered `StaleTerm`, and its
-//! sender steps down). Followers that hear nothing from their leader for
-//! `leader_timeout` probe the registered devices; the reachable device with the
-//! highest id takes `epoch + 1`.
+//! sender steps down). A term is adopted only from the leader it names (any
+//! other mention makes the device ask that leader), and by bounded steps
+//! (`state::MAX_EPOCH_STEP`), so a member cannot seize or freeze leadership.
+//! Followers that hear nothing from their leader for `leader_timeout` probe
+//! the registered devices; the reachable device with the highest id takes
+//! `epoch + 1`.
 //!
 //! The service is transport-agnostic ([`transport::Transport`]) and reads time
 //! only through tokio's clock and the library's [`crate::hlc::Clock`], so the

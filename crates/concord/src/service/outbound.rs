@@ -1,6 +1,11 @@
 //! Requests to other devices: every outbound message goes through here, so
 //! the envelope, the time limits, the contact bookkeeping and the adoption of
 //! a newer term a peer answers with are in one place.
+//!
+//! Leadership comes only from the leader (DESIGN §13): a term is adopted from
+//! the device it names; a newer term another member mentions (`StaleTerm`, a
+//! reconcile answer, a probe) is only a rumour, which this device checks by
+//! asking the leader it names (`confirm_rumour`) before adopting anything.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -8,8 +13,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use super::protocol::{Envelope, Msg};
-use super::state::SyncService;
+use super::protocol::{Envelope, Msg, Role, Term};
+use super::state::{epoch_in_bounds, SyncService};
 use super::transport::TransportError;
 
 impl SyncService {
@@ -79,7 +84,7 @@ impl SyncService {
                 let now = self.now_ms();
                 self.state().peers.entry(to).or_default().heard_from(now);
                 if let Msg::StaleTerm { term } = r.msg {
-                    self.adopt(term).await;
+                    self.hear_of(to, term).await;
                 }
             }
             Err(e) => {
@@ -87,5 +92,49 @@ impl SyncService {
             }
         }
         reply.map(|e| e.msg)
+    }
+
+    /// `from` told us of `term`. Adopted when `from` is the leader it names;
+    /// a newer term named by anyone else only makes this device ask that
+    /// leader (`confirm_rumour`, run by the main loop). Returns whether the
+    /// term was adopted.
+    pub(super) async fn hear_of(&self, from: Uuid, term: Term) -> bool {
+        if term.leader == from {
+            return self.adopt(term).await;
+        }
+        let mut state = self.state();
+        let newer = term > state.term && epoch_in_bounds(state.term, term);
+        if newer && state.rumour.is_none_or(|r| r < term) {
+            state.rumour = Some(term);
+            drop(state);
+            self.shared.confirm.notify_one();
+        }
+        false
+    }
+
+    /// Ask the leader a rumoured term names what its term is, and adopt its
+    /// answer if it names itself (a newer rumour it answers with is checked
+    /// in turn). A leader that does not answer is not adopted: elections go on.
+    pub(super) async fn confirm_rumour(&self) {
+        let (rumour, term, seq) = {
+            let mut state = self.state();
+            let Some(rumour) = state.rumour.take() else {
+                return;
+            };
+            if rumour <= state.term {
+                return;
+            }
+            (rumour, state.term, state.cursor)
+        };
+        let probe = Msg::Heartbeat {
+            term,
+            role: Role::Follower,
+            seq,
+            vv: self.version_vector().await,
+            horizon: None,
+        };
+        if let Ok(Msg::HeartbeatReply { term, .. }) = self.probe(rumour.leader, probe).await {
+            self.hear_of(rumour.leader, term).await;
+        }
     }
 }

@@ -55,7 +55,7 @@ impl SyncService {
                     term,
                     seq,
                 }) => {
-                    self.adopt(term).await;
+                    self.hear_of(peer, term).await;
                     raise_past(&mut next, &entries);
                     if has_more {
                         // Pipelined: ask for the next page while applying this one.
@@ -89,7 +89,6 @@ impl SyncService {
                     snapshot_taken = true;
                     continue;
                 }
-                Ok(Msg::StaleTerm { .. }) => continue,
                 Ok(other) => {
                     return Err(Error::Other(format!("unexpected reply {}", other.name())))
                 }

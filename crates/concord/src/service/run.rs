@@ -64,6 +64,10 @@ impl SyncService {
                     let service = self.clone();
                     work.spawn(async move { service.catch_up().await });
                 }
+                _ = shared.confirm.notified() => {
+                    let service = self.clone();
+                    work.spawn(async move { service.confirm_rumour().await });
+                }
                 _ = shared.suspect.notified() => {
                     if !shared.ticking.swap(true, Ordering::SeqCst) {
                         let service = self.clone();

@@ -103,6 +103,20 @@ pub(super) struct State {
     pub(super) unnotified: Vec<Notice>,
     /// When this device last checked its leader out of turn.
     pub(super) last_check: Option<Instant>,
+    /// A newer term another member told us of without being its leader: it
+    /// is adopted only if its leader confirms it (`confirm_rumour`).
+    pub(super) rumour: Option<Term>,
+}
+
+/// Largest step an adopted term's epoch may take past this device's. Honest
+/// elections move the epoch by one; a member announcing a term far ahead (or
+/// `u64::MAX`, after which no election could ever win) is refused, so no one
+/// can freeze leadership or overflow the next election's epoch.
+pub(super) const MAX_EPOCH_STEP: u64 = 1_000_000;
+
+/// Whether `term` may follow `mine` (bounded step, never the last epoch).
+pub(super) fn epoch_in_bounds(mine: Term, term: Term) -> bool {
+    term.epoch != u64::MAX && term.epoch.saturating_sub(mine.epoch) <= MAX_EPOCH_STEP
 }
 
 /// Leader: a sequenced range the other followers still have to hear of.
@@ -143,6 +157,8 @@ pub(super) struct ServiceShared {
     pub(super) kick: Notify,
     /// At most one heartbeat/election round at a time.
     pub(super) ticking: AtomicBool,
+    /// Asks the main loop to probe the leader of `State::rumour`.
+    pub(super) confirm: Notify,
     /// Asks the main loop to check the leader now: a request to it failed or
     /// went unanswered, or a member that found it gone asked us to take over.
     pub(super) suspect: Notify,
@@ -194,6 +210,7 @@ impl SyncService {
                     pulls: BTreeMap::new(),
                     unnotified: Vec::new(),
                     last_check: None,
+                    rumour: None,
                 }),
                 config,
                 next_id: AtomicU64::new(1),
@@ -205,6 +222,7 @@ impl SyncService {
                 sequencing: tokio::sync::Mutex::new(()),
                 kick: Notify::new(),
                 ticking: AtomicBool::new(false),
+                confirm: Notify::new(),
                 suspect: Notify::new(),
                 stop,
             }),
@@ -287,11 +305,17 @@ impl SyncService {
     }
 
     /// Adopt a newer term (or ignore an older one). Returns whether it changed.
+    /// Only for terms this device chose or heard from the leader they name
+    /// (`hear_of`); a term out of bounds ([`epoch_in_bounds`]) is refused.
     pub(super) async fn adopt(&self, term: Term) -> bool {
         let me = self.shared.me;
         {
             let mut state = self.state();
             if term <= state.term {
+                return false;
+            }
+            if !epoch_in_bounds(state.term, term) {
+                tracing::warn!(library = %self.shared.lib.id(), epoch = term.epoch, leader = %term.leader, mine = state.term.epoch, "refused a term too far ahead of ours");
                 return false;
             }
             tracing::info!(library = %self.shared.lib.id(), epoch = term.epoch, leader = %term.leader, "new term");

@@ -21,6 +21,13 @@ pub fn open_db(path: &Path, create: bool, migrations: &[String]) -> Result<Conne
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let mut conn = Connection::open_with_flags(path, flags)?;
+    // 0600 before the first write, so the `-wal` and `-shm` SQLite creates
+    // take the same mode; existing ones are tightened too.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        crate::private::restrict(Path::new(&file))?;
+    }
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -17,7 +17,10 @@
 //!
 //! Applying is idempotent: an entry applied twice changes nothing the second time.
 
+mod retention;
 mod update_fast;
+
+pub use retention::{prune_conflicts, ConflictRetention};
 
 use rusqlite::{params_from_iter, OptionalExtension, Transaction};
 use uuid::Uuid;

@@ -23,7 +23,7 @@ use crate::store::legacy::{legacy_outbox_runs, LEGACY_OUTBOX_TABLES};
 use crate::store::meta::{key, meta_get, meta_set};
 use crate::store::sql::new_row_insert_sql;
 use crate::store::{open_db, schema};
-use crate::sync::apply::Applier;
+use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention};
 use crate::sync::entry::{self, BulkOperation, LogEntry, Op};
 use crate::sync::log::SyncLog;
 use crate::sync::BULK_MODEL;
@@ -44,15 +44,21 @@ pub struct LibraryOptions {
     /// How far ahead of this clock a remote stamp may be (see
     /// [`HlcGenerator::with_max_drift`]).
     pub max_clock_drift: std::time::Duration,
+    /// How much of the conflict log is kept.
+    pub conflicts: ConflictRetention,
 }
 
 impl Default for LibraryOptions {
     fn default() -> Self {
         Self {
             max_clock_drift: crate::hlc::DEFAULT_MAX_CLOCK_DRIFT,
+            conflicts: ConflictRetention::default(),
         }
     }
 }
+
+/// How often the conflict log is pruned by age (by count: on every write).
+const CONFLICTS_AGED_EVERY_MS: u64 = 3600 * 1000;
 
 struct Inner {
     lib: Connection,
@@ -70,6 +76,9 @@ pub struct Library {
     hlc: HlcGenerator,
     inner: Mutex<Inner>,
     events: broadcast::Sender<ResourceChanged>,
+    conflicts: ConflictRetention,
+    /// When the conflict log was last pruned by age (ms; 0: not yet).
+    conflicts_aged_at: std::sync::atomic::AtomicU64,
     /// Held for the library's life: one open `Library` per library, across
     /// processes (two would hand out the same `origin_seq`).
     lock: Option<std::fs::File>,
@@ -79,11 +88,7 @@ pub struct Library {
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn lock_library(dir: &Path) -> Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("library.lock"))?;
+    let file = crate::private::lock_file(&dir.join("library.lock"))?;
     let start = std::time::Instant::now();
     loop {
         match file.try_lock() {
@@ -120,7 +125,7 @@ impl Library {
         device: Uuid,
         clock: Box<dyn Clock>,
     ) -> Result<Library> {
-        std::fs::create_dir_all(dir)?;
+        crate::private::private_dir(dir)?;
         if dir.join("library.db").exists() {
             return Err(Error::Other(format!(
                 "{} already holds a library",
@@ -166,6 +171,7 @@ impl Library {
         if !lib_path.exists() {
             return Err(Error::LibraryNotFound(dir.display().to_string()));
         }
+        crate::private::private_dir(dir)?;
         let lock = lock_library(dir)?;
         let mut lib = open_db(&lib_path, false, &schema::library_migrations())?;
         schema::add_missing_columns(&mut lib)?;
@@ -198,6 +204,8 @@ impl Library {
                 outbox_len: 0,
             }),
             events,
+            conflicts: opts.conflicts,
+            conflicts_aged_at: std::sync::atomic::AtomicU64::new(0),
         };
         library.recover()?;
         Ok(library)
@@ -452,12 +460,26 @@ impl Library {
         };
         let models = apply_screened(&applier, &self.hlc, &accepted, &fresh, &mut report)?;
         set_watermark(&tx, latest, latest)?;
+        self.prune_conflicts(&tx, applier.now_ms)?;
         tx.commit()?;
         drop(guard);
         if report.applied > 0 {
             self.announce(Source::Remote, models, report.applied);
         }
         Ok(report)
+    }
+
+    /// Keep the conflict log within its retention: by count on every apply,
+    /// by age at most every [`CONFLICTS_AGED_EVERY_MS`].
+    fn prune_conflicts(&self, tx: &Connection, now_ms: u64) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let aged_at = self.conflicts_aged_at.load(Ordering::Relaxed);
+        let by_age = now_ms.saturating_sub(aged_at) >= CONFLICTS_AGED_EVERY_MS;
+        prune_conflicts(tx, self.conflicts, now_ms, by_age)?;
+        if by_age {
+            self.conflicts_aged_at.store(now_ms, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Remote-apply path for state that does not arrive as log entries (snapshot
