@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord::datadir::DataDir;
+use concord::service::PeerStatus;
 use concord::Uuid;
 use concord_node::peers::Peer;
 use concord_node::{Node, NodeConfig};
@@ -212,7 +213,9 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
             let peer = node.pairing.join(&ticket).await.map_err(net)?;
             Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
         }
-        Request::DeviceList => Ok(serde_json::to_value(state.device_list()).unwrap_or_default()),
+        Request::DeviceList => {
+            Ok(serde_json::to_value(state.device_list().await).unwrap_or_default())
+        }
         Request::DeviceRemove { device } => {
             let peer = state.remove_device(&device).await.map_err(net)?;
             Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
@@ -275,6 +278,20 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
     }
 }
 
+/// Each member's line of `sync status`, with its name and the link to it.
+async fn peer_links(node: &Node, library: Uuid, peers: &[PeerStatus]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(peers.len());
+    for p in peers {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        let link = node.state.device_link(p.device_id, library).await;
+        v["name"] = json!(node.state.device_name_of(p.device_id, library));
+        v["path"] = json!(link.map(|l| l.path));
+        v["rtt_ms"] = json!(link.map(|l| l.rtt_ms));
+        out.push(v);
+    }
+    out
+}
+
 /// `sync status LIB`: the library's sync service, jobs and watched locations.
 async fn sync_status(node: &Node, ctx: &Context, library: &str) -> CliResult<Value> {
     let id = ctx.library(library)?.id();
@@ -290,7 +307,7 @@ async fn sync_status(node: &Node, ctx: &Context, library: &str) -> CliResult<Val
         "role": status.role,
         "seq": status.seq,
         "version_vector": status.version_vector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "peers": status.peers,
+        "peers": peer_links(node, id, &status.peers).await,
         "conflicts": status.conflicts,
         "log_entries": status.log_entries,
         "stats": status.stats,

@@ -14,6 +14,7 @@
 //!   its own state (pairing its invites, the transport its traffic counters);
 //! - [`host`]: starts and stops a library's sync service and job runner;
 //! - [`jobs`] and [`watcher`]: index jobs and the folder watcher;
+//! - [`status`]: what `device list` shows of each link;
 //! - [`state`]: data dir, paired devices, open libraries, connections;
 //! - [`config`], [`peers`], [`frame`], [`ticket`], [`identity`], [`error`].
 
@@ -28,6 +29,7 @@ pub mod pairing;
 pub mod peers;
 pub mod setup;
 pub mod state;
+pub mod status;
 pub mod ticket;
 pub mod transport;
 pub mod watcher;

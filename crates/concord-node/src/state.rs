@@ -14,7 +14,6 @@ use concord::query::members;
 use concord::{Change, Library, Uuid};
 use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointAddr, EndpointId};
-use serde::Serialize;
 
 use crate::config::{LibrarySettings, NodeConfig};
 use crate::error::NetError;
@@ -30,16 +29,6 @@ pub struct NodeState {
     libraries: Mutex<HashMap<Uuid, Arc<Library>>>,
     connections: tokio::sync::Mutex<HashMap<(EndpointId, &'static [u8]), Connection>>,
     clock: SystemClock,
-}
-
-/// What `device list` shows per paired device.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceStatus {
-    pub device_id: Uuid,
-    pub name: String,
-    pub online: bool,
-    /// Milliseconds since the Unix epoch, if seen since this node started.
-    pub last_seen: Option<u64>,
 }
 
 impl NodeState {
@@ -247,6 +236,17 @@ impl NodeState {
         Ok(conn)
     }
 
+    /// Any open cached connection to `id` (whatever its ALPN), to read the
+    /// path and round-trip time Iroh measured on it.
+    pub async fn open_connection(&self, id: EndpointId) -> Option<Connection> {
+        let connections = self.connections.lock().await;
+        connections
+            .iter()
+            .filter(|((peer, _), conn)| *peer == id && conn.close_reason().is_none())
+            .map(|(_, conn)| conn.clone())
+            .next()
+    }
+
     /// Close every cached connection to a device (after it was removed).
     pub async fn disconnect(&self, node_id: &str) {
         let mut connections = self.connections.lock().await;
@@ -258,27 +258,6 @@ impl NodeState {
                 true
             }
         });
-    }
-
-    /// Paired devices with their online state.
-    pub fn device_list(&self) -> Vec<DeviceStatus> {
-        let now = self.now_ms();
-        let window = (self.config.presence_interval.as_millis() as u64)
-            .saturating_mul(3)
-            .max(3_000);
-        self.peers
-            .list()
-            .into_iter()
-            .map(|p| {
-                let last_seen = self.peers.last_seen(p.device_id);
-                DeviceStatus {
-                    device_id: p.device_id,
-                    name: p.name,
-                    online: last_seen.is_some_and(|t| now.saturating_sub(t) <= window),
-                    last_seen,
-                }
-            })
-            .collect()
     }
 
     /// Resolve `DEVICE` (UUID or unique name) among paired devices.
