@@ -54,6 +54,8 @@ pub struct StartOptions {
     pub leader_timeout_ms: Option<u64>,
     pub presence_ms: Option<u64>,
     pub retention_ms: Option<u64>,
+    /// `--no-mdns`: no LAN discovery even on a LAN address.
+    pub no_mdns: bool,
 }
 
 /// Where the control socket of the node for `dir` lives.
@@ -71,6 +73,8 @@ fn node_config(opts: &StartOptions) -> CliResult<NodeConfig> {
         })?;
     }
     config.name = opts.name.clone();
+    // A loopback node has no LAN to search: tests and the demo stay silent.
+    config.mdns = !opts.no_mdns && !config.listen.ip().is_loopback();
     if let Some(ms) = opts.heartbeat_ms {
         config.sync.heartbeat_interval = Duration::from_millis(ms.max(1));
     }

@@ -50,6 +50,9 @@ enum Command {
         /// Socket address to listen on, e.g. 127.0.0.1:0
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// No LAN discovery (mDNS); it is also off when listening on loopback
+        #[arg(long)]
+        no_mdns: bool,
         /// Leader heartbeat interval in milliseconds [default: 30000]
         #[arg(long, value_name = "MS", hide = true)]
         heartbeat_ms: Option<u64>,
@@ -545,6 +548,7 @@ fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
             leader_timeout_ms,
             presence_ms,
             retention_ms,
+            no_mdns,
         } => {
             let opts = daemon::StartOptions {
                 name,
@@ -553,6 +557,7 @@ fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
                 leader_timeout_ms,
                 presence_ms,
                 retention_ms,
+                no_mdns,
             };
             daemon::start(dir, opts, cli.json)?;
             Ok(("start", serde_json::Value::Null))

@@ -4,7 +4,8 @@
 //! Three protocols, each a handler on the node's router (docs/PROTOCOL.md):
 //! [`pairing`] (`concord/pairing/1`), [`setup`] (`concord/library/1`) and the
 //! sync [`transport`] (`concord/sync/1`). Networking is loopback/LAN only by
-//! default: no relays, no internet discovery, no port mapping.
+//! default: no relays, no internet discovery, no port mapping; LAN discovery
+//! (mDNS) only when [`NodeConfig::mdns`] asks for it.
 //!
 //! Data flows one way, from the top of this list to the bottom (a module
 //! imports only modules below it):
@@ -12,6 +13,7 @@
 //! - [`node`]: starts everything and owns the router and the presence loop;
 //! - [`pairing`], [`setup`], [`transport`]: the protocol handlers, each owning
 //!   its own state (pairing its invites, the transport its traffic counters);
+//! - [`discovery`]: LAN discovery (mDNS) and network-change wake-ups;
 //! - [`host`]: starts and stops a library's sync service and job runner;
 //! - [`jobs`] and [`watcher`]: index jobs and the folder watcher;
 //! - [`status`]: what `device list` shows of each link;
@@ -19,6 +21,7 @@
 //! - [`config`], [`peers`], [`frame`], [`ticket`], [`identity`], [`error`].
 
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod frame;
 pub mod host;

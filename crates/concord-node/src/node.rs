@@ -13,6 +13,7 @@ use iroh::endpoint::{presets, PortmapperConfig};
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointId};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::config::NodeConfig;
 use crate::error::NetError;
@@ -22,7 +23,7 @@ use crate::peers::PeerStore;
 use crate::setup::LibrarySetup;
 use crate::state::NodeState;
 use crate::transport::{IrohTransport, SyncHandler, Traffic};
-use crate::{identity, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
+use crate::{discovery, identity, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
 
 /// Remembered between runs: `<data-dir>/node.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -43,7 +44,8 @@ pub struct Node {
     pub setup: LibrarySetup,
     traffic: Arc<Traffic>,
     router: Router,
-    presence: tokio::task::JoinHandle<()>,
+    /// Presence, LAN discovery and the watch on this node's own addresses.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -71,7 +73,16 @@ impl Node {
         for listed in state.data.list_libraries()? {
             host.start(listed.id)?;
         }
-        let presence = tokio::spawn(presence_loop(state.clone(), setup.clone()));
+        let wake = Arc::new(Notify::new());
+        let mut background = vec![discovery::watch_own_addrs(state.clone(), wake.clone())];
+        if state.config.mdns {
+            background.push(discovery::start_mdns(state.clone(), wake.clone())?);
+        }
+        background.push(tokio::spawn(presence_loop(
+            state.clone(),
+            setup.clone(),
+            wake,
+        )));
         Ok(Node {
             state,
             host,
@@ -79,7 +90,7 @@ impl Node {
             setup,
             traffic,
             router,
-            presence,
+            background,
         })
     }
 
@@ -105,7 +116,9 @@ impl Node {
 
     /// Stop accepting, close connections, flush libraries.
     pub async fn shutdown(&self) {
-        self.presence.abort();
+        for task in &self.background {
+            task.abort();
+        }
         self.host.stop_all();
         let _ = self.router.shutdown().await;
         self.state.close_libraries();
@@ -169,20 +182,45 @@ async fn bind(secret: iroh::SecretKey, addr: SocketAddr) -> Result<Endpoint, Net
         .map_err(|e| NetError::Other(format!("cannot listen on {addr}: {e}")))
 }
 
-/// Contact every paired device now and then every `presence_interval`.
-async fn presence_loop(state: Arc<NodeState>, setup: LibrarySetup) {
+/// First retry after a failed contact; doubled per failed round up to the
+/// presence interval.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+
+/// Contact every paired device now and then every `presence_interval`. While
+/// some device is unreachable, try again sooner with a bounded backoff, which
+/// starts over whenever the network changes (`wake`: own addresses changed, a
+/// device found on the LAN), so a link that comes back is used within moments.
+async fn presence_loop(state: Arc<NodeState>, setup: LibrarySetup, wake: Arc<Notify>) {
+    let interval = state.config.presence_interval;
+    let mut retry = RETRY_MIN;
     loop {
         let peers = state.peers.list();
         let mut tasks = tokio::task::JoinSet::new();
         for peer in peers {
             let setup = setup.clone();
             tasks.spawn(async move {
-                if let Err(e) = setup.ping(&peer).await {
+                let result = setup.ping(&peer).await;
+                if let Err(e) = &result {
                     tracing::debug!(device = %peer.device_id, "presence: {e}");
                 }
+                result.is_ok()
             });
         }
-        while tasks.join_next().await.is_some() {}
-        tokio::time::sleep(state.config.presence_interval).await;
+        let mut all_reached = true;
+        while let Some(done) = tasks.join_next().await {
+            all_reached &= done.unwrap_or(false);
+        }
+        let pause = if all_reached {
+            retry = RETRY_MIN;
+            interval
+        } else {
+            let pause = retry.min(interval);
+            retry = retry.saturating_mul(2).min(interval);
+            pause
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = wake.notified() => retry = RETRY_MIN,
+        }
     }
 }

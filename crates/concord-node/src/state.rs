@@ -247,6 +247,29 @@ impl NodeState {
             .next()
     }
 
+    /// Close cached connections to `node_id` whose path goes to none of
+    /// `addrs` (the device moved): the next request dials it afresh.
+    pub async fn drop_stale(&self, node_id: &str, addrs: &[SocketAddr]) {
+        let mut connections = self.connections.lock().await;
+        connections.retain(|(id, _), conn| {
+            if id.to_string() != node_id {
+                return true;
+            }
+            let paths = conn.paths();
+            let current = paths
+                .iter()
+                .find(|p| p.is_selected())
+                .map(|p| p.remote_addr().clone());
+            match current {
+                Some(iroh::TransportAddr::Ip(a)) if !addrs.contains(&a) => {
+                    conn.close(2u32.into(), b"moved");
+                    false
+                }
+                _ => true,
+            }
+        });
+    }
+
     /// Close every cached connection to a device (after it was removed).
     pub async fn disconnect(&self, node_id: &str) {
         let mut connections = self.connections.lock().await;

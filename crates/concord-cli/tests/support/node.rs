@@ -22,6 +22,13 @@ pub struct Node {
     /// Run with the production heartbeat and leader timeouts instead of the
     /// fast ones most tests use.
     pub default_timeouts: bool,
+    /// Run inside this network namespace (`ip netns exec`), for the tests on
+    /// namespace networks.
+    pub netns: Option<String>,
+    /// The `--listen` address.
+    pub listen: String,
+    /// More `concord start` arguments (`--no-mdns`, `--relay URL`).
+    pub start_args: Vec<String>,
 }
 
 impl Node {
@@ -32,18 +39,29 @@ impl Node {
             child: None,
             retention_ms: None,
             default_timeouts: false,
+            netns: None,
+            listen: "127.0.0.1:0".into(),
+            start_args: Vec::new(),
         }
     }
 
     pub fn start(&mut self) {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, BIN]);
+                cmd
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("--data-dir").arg(&self.dir).args([
             "start",
             "--name",
             &self.name,
             "--listen",
-            "127.0.0.1:0",
+            &self.listen,
         ]);
+        cmd.args(&self.start_args);
         if !self.default_timeouts {
             cmd.args([
                 "--heartbeat-ms",
@@ -59,7 +77,14 @@ impl Node {
         }
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("CONCORD_TEST_LOGS") {
+                Some(dir) => {
+                    std::fs::File::create(Path::new(&dir).join(format!("{}.log", self.name)))
+                        .map(Stdio::from)
+                        .unwrap_or_else(|_| Stdio::null())
+                }
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("spawn concord start");
         let stdout = child.stdout.take().unwrap();

@@ -1,0 +1,241 @@
+//! Tests on real networks built from Linux network namespaces: every host is
+//! a namespace with its own interfaces and addresses, joined by veth pairs
+//! and bridges that live in namespaces too, so nothing here touches the
+//! machine's own network and no packet leaves the namespaces a test creates.
+//!
+//! They need root and `ip netns`; without them each test prints why it is
+//! skipped and passes. Every namespace is named after the test process and a
+//! counter, and is deleted (with the links inside it) when the test ends,
+//! however it ends.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+mod support;
+use support::node::*;
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// The namespaces (and veth pairs in creation) of one test, removed on drop.
+struct Net {
+    namespaces: Vec<String>,
+    pending_links: Vec<String>,
+}
+
+impl Net {
+    /// A new empty network, or `None` (with the reason printed) where
+    /// namespaces cannot be made.
+    fn new(test: &str) -> Option<Net> {
+        let mut net = Net {
+            namespaces: Vec::new(),
+            pending_links: Vec::new(),
+        };
+        let probe = net.name("probe");
+        let ok = Command::new("ip")
+            .args(["netns", "add", &probe])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!(
+                "skipping {test}: it needs root and `ip netns` (iproute2) to build its network"
+            );
+            return None;
+        }
+        net.namespaces.push(probe);
+        Some(net)
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!(
+            "cc{}n{}{what}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A new namespace with its loopback up.
+    fn host(&mut self, what: &str) -> String {
+        let ns = self.name(what);
+        sh(&["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        self.ip(&ns, "link set lo up");
+        ns
+    }
+
+    /// `ip -n NS ARGS...`, which must succeed.
+    fn ip(&self, ns: &str, args: &str) {
+        let mut all = vec!["-n", ns];
+        all.extend(args.split_whitespace());
+        sh(&all);
+    }
+
+    /// A veth pair from `a` (interface `a_if`) to `b` (`b_if`), both up.
+    fn wire(&mut self, a: &str, a_if: &str, b: &str, b_if: &str) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let (x, y) = (
+            format!("cv{}{n}a", std::process::id() % 100_000),
+            format!("cv{}{n}b", std::process::id() % 100_000),
+        );
+        self.pending_links.push(x.clone());
+        sh(&["link", "add", &x, "type", "veth", "peer", "name", &y]);
+        sh(&["link", "set", &x, "netns", a, "name", a_if]);
+        sh(&["link", "set", &y, "netns", b, "name", b_if]);
+        self.pending_links.pop();
+        self.ip(a, &format!("link set {a_if} up"));
+        self.ip(b, &format!("link set {b_if} up"));
+    }
+
+    /// A switch: a namespace holding a bridge `br0`.
+    fn switch(&mut self, what: &str) -> String {
+        let ns = self.host(what);
+        self.ip(&ns, "link add br0 type bridge");
+        self.ip(&ns, "link set br0 up");
+        ns
+    }
+
+    /// Plug `host` into `switch` as `dev` with `addr` (CIDR); multicast (mDNS)
+    /// goes out on it.
+    fn plug(&mut self, host: &str, dev: &str, addr: &str, switch: &str) {
+        let port = format!("p{}", NEXT.fetch_add(1, Ordering::Relaxed));
+        self.wire(host, dev, switch, &port);
+        self.ip(switch, &format!("link set {port} master br0"));
+        self.ip(host, &format!("addr add {addr} dev {dev}"));
+        self.ip(host, &format!("route add 224.0.0.0/4 dev {dev}"));
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for link in &self.pending_links {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A node inside namespace `ns`, listening on every address there.
+fn node_in(root: &std::path::Path, name: &str, ns: &str, args: &[&str]) -> Node {
+    let mut n = Node::new(root, name);
+    n.netns = Some(ns.to_string());
+    n.listen = "0.0.0.0:0".into();
+    n.start_args = args.iter().map(|s| s.to_string()).collect();
+    n.start();
+    n
+}
+
+/// `cond` stays false for all of `window` (an absence, which can only be
+/// observed over a period).
+fn stays_false(window: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        if cond() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+fn has_tags(n: &Node, lib: &str, tags: &[&str]) -> bool {
+    let have = n.tags(lib);
+    tags.iter().all(|t| have.iter().any(|h| h == t))
+}
+
+/// Two hosts on one bridge, paired and sharing library `lib`, in sync.
+fn lan_pair(net: &mut Net, root: &std::path::Path, args: &[&str]) -> (Vec<String>, Vec<Node>) {
+    let sw = net.switch("sw");
+    let h1 = net.host("h1");
+    let h2 = net.host("h2");
+    net.plug(&h1, "eth0", "10.201.0.1/24", &sw);
+    net.plug(&h2, "eth0", "10.201.0.2/24", &sw);
+    let a = node_in(root, "h1", &h1, args);
+    let b = node_in(root, "h2", &h2, args);
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    b.json(&["library", "join", "lib", "h1"]);
+    a.json(&["tag", "create", "lib", "before"]);
+    wait_until("both hold the first tag", || {
+        has_tags(&b, "lib", &["before"])
+    });
+    (vec![h1, h2], vec![a, b])
+}
+
+/// Move both hosts to new addresses: nobody's remembered address is good.
+fn readdress(net: &Net, hosts: &[String]) {
+    net.ip(&hosts[0], "addr del 10.201.0.1/24 dev eth0");
+    net.ip(&hosts[1], "addr del 10.201.0.2/24 dev eth0");
+    net.ip(&hosts[0], "addr add 10.201.0.11/24 dev eth0");
+    net.ip(&hosts[1], "addr add 10.201.0.12/24 dev eth0");
+    // Removing a device's last address drops its routes, the multicast one
+    // too; a DHCP client puts it back the same way.
+    for h in hosts {
+        net.ip(h, "route replace 224.0.0.0/4 dev eth0");
+    }
+}
+
+#[test]
+fn lan_devices_find_each_other_again_after_address_changes_through_mdns() {
+    let Some(mut net) = Net::new("lan mDNS") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (hosts, nodes) = lan_pair(&mut net, tmp.path(), &[]);
+    readdress(&net, &hosts);
+    nodes[0].json(&["tag", "create", "lib", "from-h1"]);
+    nodes[1].json(&["tag", "create", "lib", "from-h2"]);
+    wait_until("both sides' writes on both, without pairing again", || {
+        nodes
+            .iter()
+            .all(|n| has_tags(n, "lib", &["from-h1", "from-h2"]))
+    });
+    wait_until("digests equal", || {
+        converged(&[&nodes[0], &nodes[1]], "lib")
+    });
+}
+
+#[test]
+fn without_mdns_a_moved_device_is_found_only_when_it_dials_in() {
+    let Some(mut net) = Net::new("lan without mDNS") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (hosts, nodes) = lan_pair(&mut net, tmp.path(), &["--no-mdns"]);
+    readdress(&net, &hosts);
+    nodes[0].json(&["tag", "create", "lib", "from-h1"]);
+    nodes[1].json(&["tag", "create", "lib", "from-h2"]);
+    assert!(
+        stays_false(Duration::from_secs(5), || has_tags(
+            &nodes[1],
+            "lib",
+            &["from-h1"]
+        ) || has_tags(
+            &nodes[0],
+            "lib",
+            &["from-h2"]
+        )),
+        "without mDNS neither should find the other at its new address"
+    );
+    // h1 returns to the address h2 remembers: h2 dials in, h1 learns h2's new one.
+    net.ip(&hosts[0], "addr add 10.201.0.1/24 dev eth0");
+    wait_until("both sides' writes on both once h2 dials in", || {
+        nodes
+            .iter()
+            .all(|n| has_tags(n, "lib", &["from-h1", "from-h2"]))
+    });
+    wait_until("digests equal", || {
+        converged(&[&nodes[0], &nodes[1]], "lib")
+    });
+}
