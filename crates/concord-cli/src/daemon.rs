@@ -56,6 +56,8 @@ pub struct StartOptions {
     pub retention_ms: Option<u64>,
     /// `--no-mdns`: no LAN discovery even on a LAN address.
     pub no_mdns: bool,
+    /// `--relay URL`, repeatable.
+    pub relays: Vec<String>,
 }
 
 /// Where the control socket of the node for `dir` lives.
@@ -75,6 +77,17 @@ fn node_config(opts: &StartOptions) -> CliResult<NodeConfig> {
     config.name = opts.name.clone();
     // A loopback node has no LAN to search: tests and the demo stay silent.
     config.mdns = !opts.no_mdns && !config.listen.ip().is_loopback();
+    if opts.relays.len() > concord_node::relays::MAX_RELAYS {
+        return Err(CliError::new(format!(
+            "at most {} --relay URLs",
+            concord_node::relays::MAX_RELAYS
+        )));
+    }
+    for url in &opts.relays {
+        config
+            .relays
+            .push(concord_node::relays::parse(url).map_err(CliError::new)?);
+    }
     if let Some(ms) = opts.heartbeat_ms {
         config.sync.heartbeat_interval = Duration::from_millis(ms.max(1));
     }

@@ -239,3 +239,164 @@ fn without_mdns_a_moved_device_is_found_only_when_it_dials_in() {
         converged(&[&nodes[0], &nodes[1]], "lib")
     });
 }
+
+/// `concord relay --insecure-http` inside a namespace, stopped on drop.
+struct Relay {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Relay {
+    fn start(ns: &str, listen: &str) -> Relay {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                support::BIN,
+                "relay",
+                "--listen",
+                listen,
+                "--insecure-http",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn concord relay");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+            let url = lines.next().and_then(Result::ok).unwrap_or_default();
+            let _ = tx.send((ready, url));
+        });
+        let (ready, url) = rx
+            .recv_timeout(DEADLINE)
+            .expect("relay did not print ready");
+        assert_eq!(ready, "ready");
+        assert!(url.starts_with("http://"), "{url}");
+        Relay { child, url }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path `sync status` on `n` shows for its peer named `peer`.
+fn path_to(n: &Node, peer: &str) -> Option<String> {
+    let st = n.json(&["sync", "status", "lib"]);
+    st["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == peer)
+        .and_then(|p| p["path"].as_str().map(String::from))
+}
+
+#[test]
+fn hosts_without_a_route_sync_through_a_relay_then_move_to_a_direct_path() {
+    let Some(mut net) = Net::new("relay") else {
+        return;
+    };
+    // A router joins three networks: A (10.202.1.0/24), B (10.202.2.0/24)
+    // and the relay's (10.202.3.0/24). A and B route only to the relay's.
+    let rt = net.host("rt");
+    let ha = net.host("ha");
+    let hb = net.host("hb");
+    let hr = net.host("hr");
+    net.wire(&ha, "eth0", &rt, "ra");
+    net.wire(&hb, "eth0", &rt, "rb");
+    net.wire(&hr, "eth0", &rt, "rc");
+    net.ip(&rt, "addr add 10.202.1.1/24 dev ra");
+    net.ip(&rt, "addr add 10.202.2.1/24 dev rb");
+    net.ip(&rt, "addr add 10.202.3.1/24 dev rc");
+    let fwd = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &rt,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .status()
+        .unwrap();
+    assert!(fwd.success());
+    net.ip(&ha, "addr add 10.202.1.2/24 dev eth0");
+    net.ip(&hb, "addr add 10.202.2.2/24 dev eth0");
+    net.ip(&hr, "addr add 10.202.3.2/24 dev eth0");
+    net.ip(&ha, "route add 10.202.3.0/24 via 10.202.1.1");
+    net.ip(&hb, "route add 10.202.3.0/24 via 10.202.2.1");
+    net.ip(&hr, "route add default via 10.202.3.1");
+
+    let relay = Relay::start(&hr, "10.202.3.2:3340");
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--no-mdns", "--relay", relay.url.as_str()];
+    let a = node_in(tmp.path(), "ha", &ha, &args);
+    let b = node_in(tmp.path(), "hb", &hb, &args);
+    let ticket = a.json(&["pair", "invite"])["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ticket.starts_with("concord2"), "{ticket}");
+    assert_eq!(b.json(&["pair", "join", &ticket])["name"], "ha");
+    a.json(&["library", "create", "lib"]);
+    b.json(&["library", "join", "lib", "ha"]);
+    a.json(&["tag", "create", "lib", "from-a"]);
+    b.json(&["tag", "create", "lib", "from-b"]);
+    wait_until("both sides' tags on both through the relay", || {
+        has_tags(&a, "lib", &["from-a", "from-b"]) && has_tags(&b, "lib", &["from-a", "from-b"])
+    });
+    wait_until("digests equal", || converged(&[&a, &b], "lib"));
+    wait_until("sync status says relay", || {
+        path_to(&a, "hb").as_deref() == Some("relay")
+            && path_to(&b, "ha").as_deref() == Some("relay")
+    });
+
+    // A route appears: the connection moves to the direct path.
+    net.ip(&ha, "route add 10.202.2.0/24 via 10.202.1.1");
+    net.ip(&hb, "route add 10.202.1.0/24 via 10.202.2.1");
+    wait_until("sync status says direct", || {
+        path_to(&a, "hb").as_deref() == Some("direct")
+            && path_to(&b, "ha").as_deref() == Some("direct")
+    });
+    a.json(&["tag", "create", "lib", "direct-a"]);
+    b.json(&["tag", "create", "lib", "direct-b"]);
+    wait_until("writes after the move on both", || {
+        has_tags(&a, "lib", &["direct-a", "direct-b"])
+            && has_tags(&b, "lib", &["direct-a", "direct-b"])
+    });
+}
+
+#[test]
+fn writes_on_both_sides_of_a_cut_link_all_arrive_once_it_returns() {
+    let Some(mut net) = Net::new("cut link") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (hosts, nodes) = lan_pair(&mut net, tmp.path(), &[]);
+    net.ip(&hosts[1], "link set eth0 down");
+    let mut written = Vec::new();
+    for i in 0..10 {
+        for (n, side) in nodes.iter().zip(["h1", "h2"]) {
+            let tag = format!("{side}-cut-{i}");
+            n.json(&["tag", "create", "lib", &tag]); // acknowledged
+            written.push(tag);
+        }
+    }
+    net.ip(&hosts[1], "link set eth0 up");
+    net.ip(&hosts[1], "route replace 224.0.0.0/4 dev eth0");
+    let tags: Vec<&str> = written.iter().map(String::as_str).collect();
+    let took = wait_within("every acknowledged write on both", DEADLINE, || {
+        nodes.iter().all(|n| has_tags(n, "lib", &tags))
+    });
+    wait_until("digests equal", || {
+        converged(&[&nodes[0], &nodes[1]], "lib")
+    });
+    eprintln!("all writes on both {took:?} after the link returned");
+}

@@ -33,6 +33,9 @@ pub struct NodeConfig {
     /// default for embedders and tests; `concord start` turns it on unless
     /// `--no-mdns` is given or it listens on loopback.
     pub mdns: bool,
+    /// Relays this node is reachable through (`--relay URL`); none by
+    /// default, so nothing leaves the LAN unless the user asks.
+    pub relays: Vec<iroh::RelayUrl>,
 }
 
 impl Default for NodeConfig {
@@ -46,6 +49,7 @@ impl Default for NodeConfig {
             sync: concord::service::SyncConfig::default(),
             watch: true,
             mdns: false,
+            relays: Vec::new(),
         }
     }
 }

@@ -71,7 +71,7 @@ async fn found(state: &NodeState, node_id: &str, addrs: &[SocketAddr]) -> bool {
         return false;
     }
     tracing::info!(device = %peer.device_id, ?addrs, "found on the LAN at new addresses");
-    if let Err(e) = state.peers.update_addrs(peer.device_id, None, addrs) {
+    if let Err(e) = state.peers.update_addrs(peer.device_id, None, addrs, None) {
         tracing::warn!("cannot remember new addresses of {}: {e}", peer.name);
     }
     state.drop_stale(node_id, addrs).await;

@@ -4,7 +4,7 @@
 //! Three protocols, each a handler on the node's router (docs/PROTOCOL.md):
 //! [`pairing`] (`concord/pairing/1`), [`setup`] (`concord/library/1`) and the
 //! sync [`transport`] (`concord/sync/1`). Networking is loopback/LAN only by
-//! default: no relays, no internet discovery, no port mapping; LAN discovery
+//! default: no relays (only those given in [`NodeConfig::relays`]), no internet discovery, no port mapping; LAN discovery
 //! (mDNS) only when [`NodeConfig::mdns`] asks for it.
 //!
 //! Data flows one way, from the top of this list to the bottom (a module
@@ -18,7 +18,7 @@
 //! - [`jobs`] and [`watcher`]: index jobs and the folder watcher;
 //! - [`status`]: what `device list` shows of each link;
 //! - [`state`]: data dir, paired devices, open libraries, connections;
-//! - [`config`], [`peers`], [`frame`], [`ticket`], [`identity`], [`error`].
+//! - [`config`], [`peers`], [`relays`], [`frame`], [`ticket`], [`identity`], [`error`].
 
 pub mod config;
 pub mod discovery;
@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod node;
 pub mod pairing;
 pub mod peers;
+pub mod relays;
 pub mod setup;
 pub mod state;
 pub mod status;
@@ -42,8 +43,10 @@ pub use error::NetError;
 pub use node::Node;
 
 /// ALPN of pairing; the version is in the ALPN so versions can coexist.
-pub const PAIRING_ALPN: &[u8] = b"concord/pairing/1";
+/// Version 2 added the joiner's relays to `Hello`.
+pub const PAIRING_ALPN: &[u8] = b"concord/pairing/2";
 /// ALPN of library setup (presence, list, share, join).
-pub const LIBRARY_ALPN: &[u8] = b"concord/library/1";
+/// Version 2 added relays to `Ping` and `Pong`.
+pub const LIBRARY_ALPN: &[u8] = b"concord/library/2";
 /// ALPN of the sync transport (replication of the libraries' logs).
 pub const SYNC_ALPN: &[u8] = b"concord/sync/1";

@@ -11,6 +11,7 @@ use std::time::Duration;
 use concord::datadir::DataDir;
 use iroh::endpoint::{presets, PortmapperConfig};
 use iroh::protocol::Router;
+use iroh::RelayMode;
 use iroh::{Endpoint, EndpointId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -56,7 +57,7 @@ impl Node {
         if let Some(name) = &config.name {
             data.set_name(name)?;
         }
-        let endpoint = bind_remembered(&data_dir, config.listen).await?;
+        let endpoint = bind_remembered(&data_dir, config.listen, &config.relays).await?;
         let peers = PeerStore::open(&data_dir)?;
         let state = Arc::new(NodeState::new(data, endpoint.clone(), peers, config));
         let traffic = Arc::new(Traffic::default());
@@ -130,6 +131,7 @@ impl Node {
 async fn bind_remembered(
     data_dir: &std::path::Path,
     listen: SocketAddr,
+    relays: &[iroh::RelayUrl],
 ) -> Result<Endpoint, NetError> {
     let secret = identity::load_or_create(data_dir)?;
     let memo_path = data_dir.join("node.json");
@@ -141,12 +143,12 @@ async fn bind_remembered(
         (0, Some(port)) => {
             let mut again = listen;
             again.set_port(port);
-            match bind(secret.clone(), again).await {
+            match bind(secret.clone(), again, relays).await {
                 Ok(endpoint) => endpoint,
-                Err(_) => bind(secret, listen).await?,
+                Err(_) => bind(secret, listen, relays).await?,
             }
         }
-        _ => bind(secret, listen).await?,
+        _ => bind(secret, listen, relays).await?,
     };
     if let Some(port) = endpoint.bound_sockets().first().map(|a| a.port()) {
         let memo = NodeMemo {
@@ -160,7 +162,14 @@ async fn bind_remembered(
     Ok(endpoint)
 }
 
-async fn bind(secret: iroh::SecretKey, addr: SocketAddr) -> Result<Endpoint, NetError> {
+/// Bind with no relay unless `relays` are given (then the first one that
+/// answers becomes this node's home relay; Iroh prefers direct paths and moves
+/// a connection to one as soon as it works).
+async fn bind(
+    secret: iroh::SecretKey,
+    addr: SocketAddr,
+    relays: &[iroh::RelayUrl],
+) -> Result<Endpoint, NetError> {
     // Notice a vanished peer within seconds, so a cached connection to a killed
     // node is dropped instead of swallowing requests until they time out.
     let idle = Duration::from_secs(5)
@@ -170,7 +179,11 @@ async fn bind(secret: iroh::SecretKey, addr: SocketAddr) -> Result<Endpoint, Net
         .keep_alive_interval(Duration::from_secs(1))
         .max_idle_timeout(Some(idle))
         .build();
-    Endpoint::builder(presets::Minimal)
+    let mut builder = Endpoint::builder(presets::Minimal);
+    if !relays.is_empty() {
+        builder = builder.relay_mode(RelayMode::Custom(relays.iter().cloned().collect()));
+    }
+    builder
         .transport_config(transport)
         .portmapper_config(PortmapperConfig::Disabled)
         .clear_ip_transports()

@@ -1,4 +1,4 @@
-//! Pairing, ALPN `concord/pairing/1` (DESIGN §9, docs/PROTOCOL.md).
+//! Pairing, ALPN `concord/pairing/2` (DESIGN §9, docs/PROTOCOL.md).
 //!
 //! The joiner dials the node id from the ticket, so QUIC authenticates the
 //! inviter. Each side then proves knowledge of the one-time secret with a keyed
@@ -52,6 +52,8 @@ enum PairMsg {
         name: String,
         addrs: Vec<SocketAddr>,
         nonce: [u8; 32],
+        /// Relays the joiner is reachable through (at most `MAX_RELAYS`).
+        relays: Vec<String>,
     },
     /// Inviter → joiner.
     Challenge {
@@ -149,6 +151,7 @@ impl Pairing {
             node_id: *state.endpoint.id().as_bytes(),
             device_id: state.device_id(),
             addrs: state.local_addrs(),
+            relays: state.relay_urls(),
             invite_id,
             secret,
             expires_at,
@@ -174,6 +177,9 @@ impl Pairing {
         let mut addr = EndpointAddr::new(inviter_node);
         for a in &ticket.addrs {
             addr = addr.with_ip_addr(*a);
+        }
+        for url in crate::relays::usable(&ticket.relays) {
+            addr = addr.with_relay_url(url);
         }
         let timeout = state.config.request_timeout;
         let conn = tokio::time::timeout(timeout, state.endpoint.connect(addr, PAIRING_ALPN))
@@ -207,6 +213,7 @@ async fn join_on(
             name: state.device_name(),
             addrs: state.local_addrs(),
             nonce: joiner_nonce,
+            relays: state.relay_urls(),
         },
     )
     .await?;
@@ -267,6 +274,7 @@ async fn join_on(
         node_id: inviter_node.to_string(),
         addrs: ticket.addrs.clone(),
         paired_at: state.now_ms(),
+        relays: crate::relays::sanitize(&ticket.relays),
     };
     state.peers.upsert(peer.clone())?;
     state.peers.mark_seen(peer.device_id, state.now_ms());
@@ -359,6 +367,7 @@ impl Pairing {
             name,
             addrs,
             nonce: joiner_nonce,
+            relays,
         } = expect_msg(recv, MAX_FRAME).await?
         else {
             return Err(NetError::Protocol("expected Hello".into()));
@@ -405,6 +414,7 @@ impl Pairing {
             node_id: joiner_node.to_string(),
             addrs,
             paired_at: state.now_ms(),
+            relays: crate::relays::sanitize(&relays),
         };
         state.peers.upsert(peer.clone())?;
         state.peers.mark_seen(device_id, state.now_ms());

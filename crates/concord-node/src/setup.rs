@@ -1,4 +1,4 @@
-//! Library setup, ALPN `concord/library/1` (DESIGN §9, docs/PROTOCOL.md).
+//! Library setup, ALPN `concord/library/2` (DESIGN §9, docs/PROTOCOL.md).
 //!
 //! One request per bidirectional stream. Every request is authorised against the
 //! paired-device store by the QUIC-authenticated node id; a device may list and
@@ -34,13 +34,15 @@ pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 /// Largest list of libraries.
 pub const MAX_LIST_FRAME: usize = 16 * 1024 * 1024;
 
-/// What a device asks on `concord/library/1`, one per stream.
+/// What a device asks on `concord/library/2`, one per stream.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum SetupRequest {
     Ping {
         device_id: Uuid,
         name: String,
         addrs: Vec<SocketAddr>,
+        /// Relays the sender is reachable through (at most `MAX_RELAYS`).
+        relays: Vec<String>,
     },
     List,
     Join {
@@ -68,6 +70,7 @@ pub enum SetupResponse {
         device_id: Uuid,
         name: String,
         addrs: Vec<SocketAddr>,
+        relays: Vec<String>,
     },
     Libraries(Vec<RemoteLibrary>),
     /// The joiner is registered; it backfills through the sync protocol.
@@ -136,6 +139,7 @@ impl LibrarySetup {
                 device_id,
                 name,
                 addrs,
+                relays,
             } => {
                 if device_id != peer.device_id {
                     return Err(NetError::Refused(
@@ -144,11 +148,12 @@ impl LibrarySetup {
                 }
                 state
                     .peers
-                    .update_addrs(peer.device_id, Some(&name), &addrs)?;
+                    .update_addrs(peer.device_id, Some(&name), &addrs, Some(&relays))?;
                 let pong = SetupResponse::Pong {
                     device_id: state.device_id(),
                     name: state.device_name(),
                     addrs: state.local_addrs(),
+                    relays: state.relay_urls(),
                 };
                 write_msg(send, &pong).await
             }
@@ -256,6 +261,7 @@ impl LibrarySetup {
             device_id: state.device_id(),
             name: state.device_name(),
             addrs: state.local_addrs(),
+            relays: state.relay_urls(),
         };
         let what = format!("ping {}", peer.name);
         match self.call(peer, &req, MAX_CONTROL_FRAME, &what).await? {
@@ -263,11 +269,12 @@ impl LibrarySetup {
                 device_id,
                 name,
                 addrs,
+                relays,
             } if device_id == peer.device_id => {
                 state.peers.mark_seen(peer.device_id, state.now_ms());
                 state
                     .peers
-                    .update_addrs(peer.device_id, Some(&name), &addrs)
+                    .update_addrs(peer.device_id, Some(&name), &addrs, Some(&relays))
             }
             _ => Err(unexpected("ping")),
         }
@@ -393,7 +400,7 @@ pub fn register(lib: &Library, peer: &Peer) -> Result<(), NetError> {
             id: peer.device_id,
             name: peer.name.clone(),
             node_id: Some(peer.node_id.clone()),
-            addrs: crate::state::format_addrs(&peer.addrs),
+            addrs: crate::state::format_addrs(&peer.addrs, &peer.relays),
         }))?;
     }
     Ok(())

@@ -80,6 +80,16 @@ impl NodeState {
         out
     }
 
+    /// Relays this node is reachable through, as it tells other devices.
+    pub fn relay_urls(&self) -> Vec<String> {
+        self.config
+            .relays
+            .iter()
+            .take(crate::relays::MAX_RELAYS)
+            .map(|u| u.to_string())
+            .collect()
+    }
+
     /// Open (and cache) a library; make sure this device's row names its node id.
     pub fn library(&self, id: Uuid) -> Result<Arc<Library>, NetError> {
         let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,11 +130,15 @@ impl NodeState {
                 node_id: Some(node_id),
                 addrs,
                 ..
-            }) => Ok(Peer::member(
-                device,
-                node_id,
-                parse_addrs(addrs.as_deref().unwrap_or("")),
-            )),
+            }) => {
+                let addrs = addrs.as_deref().unwrap_or("");
+                Ok(Peer::member(
+                    device,
+                    node_id,
+                    parse_addrs(addrs),
+                    parse_relays(addrs),
+                ))
+            }
             _ => Err(NetError::Unreachable(format!(
                 "device {device} (no known node id)"
             ))),
@@ -155,7 +169,7 @@ impl NodeState {
     fn register_self(&self, lib: &Library) -> Result<(), NetError> {
         let me = self.device_id();
         let node_id = self.endpoint.id().to_string();
-        let addrs = format_addrs(&self.local_addrs());
+        let addrs = format_addrs(&self.local_addrs(), &self.relay_urls());
         match members::member(lib, me)? {
             None => {
                 lib.commit(Change::insert(&Device {
@@ -221,6 +235,9 @@ impl NodeState {
         let mut addr = EndpointAddr::new(id);
         for a in &peer.addrs {
             addr = addr.with_ip_addr(*a);
+        }
+        for url in crate::relays::usable(&peer.relays) {
+            addr = addr.with_relay_url(url);
         }
         let conn = tokio::time::timeout(
             self.config.request_timeout,
@@ -312,13 +329,16 @@ impl NodeState {
     }
 }
 
-/// Addresses as a `Device` row keeps them: `ip:port`, comma-separated, at most
-/// [`MAX_TICKET_ADDRS`]. `None` when there are none.
-pub fn format_addrs(addrs: &[SocketAddr]) -> Option<String> {
+/// Addresses as a `Device` row keeps them: `ip:port`, then relay URLs,
+/// comma-separated, at most [`MAX_TICKET_ADDRS`] and
+/// [`crate::relays::MAX_RELAYS`]. `None` when there are none. Older nodes skip
+/// the relay URLs (they do not parse as addresses).
+pub fn format_addrs(addrs: &[SocketAddr], relays: &[String]) -> Option<String> {
     let list: Vec<String> = addrs
         .iter()
         .take(MAX_TICKET_ADDRS)
         .map(|a| a.to_string())
+        .chain(crate::relays::sanitize(relays))
         .collect();
     (!list.is_empty()).then(|| list.join(","))
 }
@@ -330,4 +350,15 @@ pub fn parse_addrs(text: &str) -> Vec<SocketAddr> {
         .filter_map(|a| a.trim().parse().ok())
         .take(MAX_TICKET_ADDRS)
         .collect()
+}
+
+/// Relay URLs from a `Device` row: the entries that are usable relay URLs.
+pub fn parse_relays(text: &str) -> Vec<String> {
+    let list: Vec<String> = text
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| a.starts_with("http"))
+        .take(crate::relays::MAX_RELAYS * 2)
+        .collect();
+    crate::relays::sanitize(&list)
 }
