@@ -382,13 +382,30 @@ fn writes_on_both_sides_of_a_cut_link_all_arrive_once_it_returns() {
     let (hosts, nodes) = lan_pair(&mut net, tmp.path(), &[]);
     net.ip(&hosts[1], "link set eth0 down");
     let mut written = Vec::new();
-    for i in 0..10 {
-        for (n, side) in nodes.iter().zip(["h1", "h2"]) {
-            let tag = format!("{side}-cut-{i}");
-            n.json(&["tag", "create", "lib", &tag]); // acknowledged
-            written.push(tag);
+    let mut write_round = |round: &str, written: &mut Vec<String>| {
+        for i in 0..5 {
+            for (n, side) in nodes.iter().zip(["h1", "h2"]) {
+                let tag = format!("{side}-{round}-{i}");
+                n.json(&["tag", "create", "lib", &tag]); // acknowledged
+                written.push(tag);
+            }
         }
-    }
+    };
+    write_round("cut", &mut written);
+    // Keep writing until the connections have died on both sides (QUIC idle
+    // timeout), so what follows is a reconnection, not a retransmission.
+    wait_until("both sides see the connection gone", || {
+        nodes.iter().zip(["h2", "h1"]).all(|(n, other)| {
+            n.peers()
+                .iter()
+                .any(|p| p["name"] == other && p["path"].is_null())
+        })
+    });
+    write_round("dead", &mut written);
+    assert!(
+        !has_tags(&nodes[1], "lib", &["h1-cut-0"]) && !has_tags(&nodes[0], "lib", &["h2-cut-0"]),
+        "nothing crosses a link that is down"
+    );
     net.ip(&hosts[1], "link set eth0 up");
     net.ip(&hosts[1], "route replace 224.0.0.0/4 dev eth0");
     let tags: Vec<&str> = written.iter().map(String::as_str).collect();

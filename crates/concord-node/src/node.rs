@@ -77,7 +77,11 @@ impl Node {
         let wake = Arc::new(Notify::new());
         let mut background = vec![discovery::watch_own_addrs(state.clone(), wake.clone())];
         if state.config.mdns {
-            background.push(discovery::start_mdns(state.clone(), wake.clone())?);
+            // A host without multicast still runs; it only cannot be found on the LAN.
+            match discovery::start_mdns(state.clone(), wake.clone()) {
+                Ok(task) => background.push(task),
+                Err(e) => tracing::warn!("{e}; continuing without LAN discovery"),
+            }
         }
         background.push(tokio::spawn(presence_loop(
             state.clone(),
