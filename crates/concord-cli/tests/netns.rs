@@ -382,7 +382,7 @@ fn writes_on_both_sides_of_a_cut_link_all_arrive_once_it_returns() {
     let (hosts, nodes) = lan_pair(&mut net, tmp.path(), &[]);
     net.ip(&hosts[1], "link set eth0 down");
     let mut written = Vec::new();
-    let mut write_round = |round: &str, written: &mut Vec<String>| {
+    let write_round = |round: &str, written: &mut Vec<String>| {
         for i in 0..5 {
             for (n, side) in nodes.iter().zip(["h1", "h2"]) {
                 let tag = format!("{side}-{round}-{i}");
