@@ -18,12 +18,13 @@
 //! Development aid: `B3_DEBUG=1` prints every commit slower than 3 ms.
 
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord::model::Syncable;
 use concord::model::Tag;
 use concord::sync::txn::Source;
-use concord::Change;
+use concord::{Change, Library};
 
 use crate::common::progress;
 use crate::common::{Scale, UuidGen};
@@ -39,6 +40,99 @@ fn tag(ids: &mut UuidGen, i: usize) -> Tag {
         name: format!("b3 tag {i}"),
         color: None,
     }
+}
+
+/// Commit `WARMUP + n` tags on `la` 5 ms apart (absolute schedule) and
+/// return the latency in ms of each of the last `n` to `lb` (a library of
+/// another node that syncs with it), unsorted. Blocks: call it from a plain
+/// thread or `spawn_blocking`.
+pub fn measure(la: Arc<Library>, lb: Arc<Library>, n: usize) -> anyhow::Result<Vec<f64>> {
+    // Observer on B: (arrival, tags held) per remote event touching tags.
+    let total = WARMUP + n;
+    let mut events = lb.subscribe();
+    let lb2 = lb.clone();
+    let (obs_tx, obs_rx) = mpsc::channel::<(Instant, usize)>();
+    let observer = std::thread::spawn(move || -> anyhow::Result<()> {
+        loop {
+            let ev = match events.blocking_recv() {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                    anyhow::bail!("observer lagged by {k} events")
+                }
+                Err(_) => return Ok(()),
+            };
+            let at = Instant::now();
+            if ev.source != Source::Remote || !ev.models.contains(&Tag::INFO.name) {
+                continue;
+            }
+            let held: i64 =
+                lb2.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tags", [], |r| r.get(0))?))?;
+            let held = held as usize;
+            if obs_tx.send((at, held)).is_err() || held >= total {
+                return Ok(());
+            }
+        }
+    });
+
+    // Driver on A: commits on an absolute 5 ms schedule.
+    let la2 = la.clone();
+    let driver = std::thread::spawn(move || -> anyhow::Result<Vec<Instant>> {
+        let mut ids = UuidGen::new(0xB3);
+        let mut done = Vec::with_capacity(total);
+        let start = Instant::now();
+        for i in 0..total {
+            la2.commit(Change::insert(&tag(&mut ids, i)))?;
+            done.push(Instant::now());
+            let next = start + GAP * (i as u32 + 1);
+            if let Some(d) = next.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+        }
+        Ok(done)
+    });
+    let committed = driver
+        .join()
+        .map_err(|_| anyhow::anyhow!("driver panicked"))??;
+    let arrivals = (move || -> anyhow::Result<Vec<(Instant, usize)>> {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while out.last().is_none_or(|(_, h)| *h < total) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match obs_rx.recv_timeout(left) {
+                Ok(x) => out.push(x),
+                Err(_) => anyhow::bail!(
+                    "B received {} of {total} tags",
+                    out.last().map_or(0, |(_, h)| *h)
+                ),
+            }
+        }
+        Ok(out)
+    })()?;
+    observer
+        .join()
+        .map_err(|_| anyhow::anyhow!("observer panicked"))??;
+
+    // Latency of each measured commit (warm-up ones left out).
+    let mut lat = Vec::with_capacity(n);
+    let mut ev = arrivals.iter();
+    let mut cur = ev.next();
+    for (k, done) in committed.iter().enumerate() {
+        while let Some((_, held)) = cur {
+            if *held > k {
+                break;
+            }
+            cur = ev.next();
+        }
+        let (at, _) = cur.ok_or_else(|| anyhow::anyhow!("no arrival for tag {k}"))?;
+        if k >= WARMUP {
+            let ms = at.saturating_duration_since(*done).as_secs_f64() * 1e3;
+            if std::env::var_os("B3_DEBUG").is_some() && ms > 3.0 {
+                eprintln!("slow {k}: {ms:.2} ms");
+            }
+            lat.push(ms);
+        }
+    }
+    Ok(lat)
 }
 
 /// Run B3 at `scale`; its rows say whether each figure met its target.
@@ -57,99 +151,12 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         let la = a.state.library(lib_id)?;
         let lb = b.state.library(lib_id)?;
 
-        // Observer on B: (arrival, tags held) per remote event touching tags.
-        let total = WARMUP + n;
-        let mut events = lb.subscribe();
-        let lb2 = lb.clone();
-        let (obs_tx, obs_rx) = mpsc::channel::<(Instant, usize)>();
-        let observer = std::thread::spawn(move || -> anyhow::Result<()> {
-            loop {
-                let ev = match events.blocking_recv() {
-                    Ok(ev) => ev,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
-                        anyhow::bail!("observer lagged by {k} events")
-                    }
-                    Err(_) => return Ok(()),
-                };
-                let at = Instant::now();
-                if ev.source != Source::Remote || !ev.models.contains(&Tag::INFO.name) {
-                    continue;
-                }
-                let held: i64 = lb2
-                    .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM tags", [], |r| r.get(0))?))?;
-                let held = held as usize;
-                if obs_tx.send((at, held)).is_err() || held >= total {
-                    return Ok(());
-                }
-            }
-        });
-
-        // Driver on A: commits on an absolute 5 ms schedule.
-        let la2 = la.clone();
-        let driver = std::thread::spawn(move || -> anyhow::Result<Vec<Instant>> {
-            let mut ids = UuidGen::new(0xB3);
-            let mut done = Vec::with_capacity(total);
-            let start = Instant::now();
-            for i in 0..total {
-                la2.commit(Change::insert(&tag(&mut ids, i)))?;
-                done.push(Instant::now());
-                let next = start + GAP * (i as u32 + 1);
-                if let Some(d) = next.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(d);
-                }
-            }
-            Ok(done)
-        });
-        let committed = tokio::task::spawn_blocking(move || driver.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("driver panicked"))??;
-        let arrivals = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(Instant, usize)>> {
-            let mut out = Vec::new();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while out.last().is_none_or(|(_, h)| *h < total) {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match obs_rx.recv_timeout(left) {
-                    Ok(x) => out.push(x),
-                    Err(_) => anyhow::bail!(
-                        "B received {} of {total} tags",
-                        out.last().map_or(0, |(_, h)| *h)
-                    ),
-                }
-            }
-            Ok(out)
-        })
-        .await??;
-        observer
-            .join()
-            .map_err(|_| anyhow::anyhow!("observer panicked"))??;
-
-        // Latency of each measured commit (warm-up ones left out).
-        let mut lat = Vec::with_capacity(n);
-        let mut ev = arrivals.iter();
-        let mut cur = ev.next();
-        for (k, done) in committed.iter().enumerate() {
-            while let Some((_, held)) = cur {
-                if *held > k {
-                    break;
-                }
-                cur = ev.next();
-            }
-            let (at, _) = cur.ok_or_else(|| anyhow::anyhow!("no arrival for tag {k}"))?;
-            if k >= WARMUP {
-                let ms = at.saturating_duration_since(*done).as_secs_f64() * 1e3;
-                if std::env::var_os("B3_DEBUG").is_some() && ms > 3.0 {
-                    eprintln!("slow {k}: {ms:.2} ms");
-                }
-                lat.push(ms);
-            }
-        }
+        let (la2, lb2) = (la.clone(), lb.clone());
+        let mut lat = tokio::task::spawn_blocking(move || measure(la2, lb2, n)).await??;
         lat.sort_by(f64::total_cmp);
         let (sa, _, ra) = net::traffic(&a);
         let (sb, _, rb) = net::traffic(&b);
-        progress!(
-            "sync traffic: A sent {sa} B in {ra} requests, B sent {sb} B in {rb} requests; {} events on B",
-            arrivals.len()
-        );
+        progress!("sync traffic: A sent {sa} B in {ra} requests, B sent {sb} B in {rb} requests");
         for (name, t) in a.traffic().by_msg() {
             progress!("  A {name}: {} frames, {} B", t.frames, t.wire);
         }

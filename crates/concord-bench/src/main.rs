@@ -8,6 +8,7 @@
 mod b1;
 mod b2;
 mod b3;
+mod b3r;
 mod b4;
 mod b5;
 mod b6;
@@ -32,6 +33,11 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
     ),
     ("B2", "applying a peer's renames (LWW merge)", b2::run),
     ("B3", "commit-to-event latency between two nodes", b3::run),
+    (
+        "B3R",
+        "B3 through a relay beside direct, on namespace networks (root)",
+        b3r::run,
+    ),
     ("B4", "backfilling a large library to a new device", b4::run),
     ("B5", "healing a partition: round trips and bytes", b5::run),
     ("B6", "indexing a file tree with commit_bulk", b6::run),

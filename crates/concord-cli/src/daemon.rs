@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord::datadir::DataDir;
+use concord::service::PeerStatus;
 use concord::Uuid;
 use concord_node::peers::Peer;
 use concord_node::skew::warning_for;
@@ -54,6 +55,10 @@ pub struct StartOptions {
     pub leader_timeout_ms: Option<u64>,
     pub presence_ms: Option<u64>,
     pub retention_ms: Option<u64>,
+    /// `--no-mdns`: no LAN discovery even on a LAN address.
+    pub no_mdns: bool,
+    /// `--relay URL`, repeatable.
+    pub relays: Vec<String>,
 }
 
 /// Where the control socket of the node for `dir` lives.
@@ -71,6 +76,19 @@ fn node_config(opts: &StartOptions) -> CliResult<NodeConfig> {
         })?;
     }
     config.name = opts.name.clone();
+    // A loopback node has no LAN to search: tests and the demo stay silent.
+    config.mdns = !opts.no_mdns && !config.listen.ip().is_loopback();
+    if opts.relays.len() > concord_node::relays::MAX_RELAYS {
+        return Err(CliError::new(format!(
+            "at most {} --relay URLs",
+            concord_node::relays::MAX_RELAYS
+        )));
+    }
+    for url in &opts.relays {
+        config
+            .relays
+            .push(concord_node::relays::parse(url).map_err(CliError::new)?);
+    }
     if let Some(ms) = opts.heartbeat_ms {
         config.sync.heartbeat_interval = Duration::from_millis(ms.max(1));
     }
@@ -266,7 +284,9 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
                 "clock_warning": clock_warning,
             }))
         }
-        Request::DeviceList => Ok(serde_json::to_value(state.device_list()).unwrap_or_default()),
+        Request::DeviceList => {
+            Ok(serde_json::to_value(state.device_list().await).unwrap_or_default())
+        }
         Request::DeviceRemove { device } => {
             let peer = state.remove_device(&device).await.map_err(net)?;
             Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
@@ -329,6 +349,20 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
     }
 }
 
+/// Each member's line of `sync status`, with its name and the link to it.
+async fn peer_links(node: &Node, library: Uuid, peers: &[PeerStatus]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(peers.len());
+    for p in peers {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        let link = node.state.device_link(p.device_id, library).await;
+        v["name"] = json!(node.state.device_name_of(p.device_id, library));
+        v["path"] = json!(link.map(|l| l.path));
+        v["rtt_ms"] = json!(link.map(|l| l.rtt_ms));
+        out.push(v);
+    }
+    out
+}
+
 /// `sync status LIB`: the library's sync service, jobs and watched locations.
 async fn sync_status(node: &Node, ctx: &Context, library: &str) -> CliResult<Value> {
     let id = ctx.library(library)?.id();
@@ -344,7 +378,7 @@ async fn sync_status(node: &Node, ctx: &Context, library: &str) -> CliResult<Val
         "role": status.role,
         "seq": status.seq,
         "version_vector": status.version_vector.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "peers": status.peers,
+        "peers": peer_links(node, id, &status.peers).await,
         "conflicts": status.conflicts,
         "log_entries": status.log_entries,
         "stats": status.stats,

@@ -11,6 +11,7 @@ mod daemon;
 mod demo;
 mod ops;
 mod progress;
+mod relay;
 mod render;
 mod request;
 mod resolve;
@@ -50,6 +51,12 @@ enum Command {
         /// Socket address to listen on, e.g. 127.0.0.1:0
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// No LAN discovery (mDNS); it is also off when listening on loopback
+        #[arg(long)]
+        no_mdns: bool,
+        /// Be reachable through this relay (repeatable); none by default
+        #[arg(long, value_name = "URL")]
+        relay: Vec<String>,
         /// Leader heartbeat interval in milliseconds [default: 30000]
         #[arg(long, value_name = "MS", hide = true)]
         heartbeat_ms: Option<u64>,
@@ -65,6 +72,21 @@ enum Command {
     },
     /// Stop the running node
     Stop,
+    /// Run a relay server for devices in networks with no route between them
+    Relay {
+        /// Socket address to serve on, e.g. 0.0.0.0:3340
+        #[arg(long, value_name = "ADDR")]
+        listen: String,
+        /// TLS certificate chain (PEM)
+        #[arg(long, value_name = "PEM", requires = "key")]
+        cert: Option<std::path::PathBuf>,
+        /// TLS private key (PEM)
+        #[arg(long, value_name = "PEM", requires = "cert")]
+        key: Option<std::path::PathBuf>,
+        /// Serve plain HTTP (a trusted LAN or a test network only)
+        #[arg(long, conflicts_with_all = ["cert", "key"])]
+        insecure_http: bool,
+    },
     /// Pair with another device
     #[command(subcommand)]
     Pair(PairCmd),
@@ -361,7 +383,7 @@ fn entry_refs(args: Vec<PathBuf>) -> CliResult<Vec<EntryRef>> {
 
 fn request(cmd: Command) -> CliResult<Request> {
     Ok(match cmd {
-        Command::Start { .. } | Command::Demo { .. } => {
+        Command::Start { .. } | Command::Demo { .. } | Command::Relay { .. } => {
             return Err(CliError::new("internal: start/demo are not requests"))
         }
         Command::Stop => Request::Stop,
@@ -537,6 +559,22 @@ fn data_dir(flag: Option<PathBuf>) -> CliResult<PathBuf> {
 
 /// Run the command; `(command name, --json value)` on success.
 fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
+    if let Command::Relay {
+        listen,
+        cert,
+        key,
+        insecure_http,
+    } = cli.command
+    {
+        let opts = relay::RelayOptions {
+            listen,
+            cert,
+            key,
+            insecure_http,
+        };
+        relay::run(opts, cli.json)?;
+        return Ok(("start", serde_json::Value::Null));
+    }
     let dir = data_dir(cli.data_dir)?;
     match cli.command {
         Command::Start {
@@ -546,6 +584,8 @@ fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
             leader_timeout_ms,
             presence_ms,
             retention_ms,
+            no_mdns,
+            relay,
         } => {
             let opts = daemon::StartOptions {
                 name,
@@ -554,6 +594,8 @@ fn run(cli: Cli) -> CliResult<(&'static str, serde_json::Value)> {
                 leader_timeout_ms,
                 presence_ms,
                 retention_ms,
+                no_mdns,
+                relays: relay,
             };
             daemon::start(dir, opts, cli.json)?;
             Ok(("start", serde_json::Value::Null))

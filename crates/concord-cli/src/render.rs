@@ -3,6 +3,7 @@
 //! a digest alone, lists as aligned columns, and nothing for commands that only
 //! change something.
 
+use concord::hlc::Clock;
 use serde_json::Value;
 
 /// The text to print on stdout (empty: print nothing).
@@ -42,9 +43,9 @@ fn plain(command: &str, v: &Value) -> String {
         "pair invite" => text(&v["ticket"]),
         "pair join" => text(&v["device_id"]),
         "device list" => list(
-            v,
-            &["ID", "NAME", "ONLINE", "LAST SEEN"],
-            &["device_id", "name", "online", "last_seen"],
+            &readable(v),
+            &["ID", "NAME", "ONLINE", "PATH", "RTT", "LAST SEEN"],
+            &["device_id", "name", "online", "path", "rtt_ms", "last_seen"],
         ),
         "library remote" => list(
             v,
@@ -78,9 +79,17 @@ fn sync_status(v: &Value) -> String {
         ],
     );
     let peers = list(
-        &v["peers"],
-        &["PEER", "ONLINE", "LAG", "LAST SEEN"],
-        &["device_id", "online", "lag_entries", "last_seen"],
+        &readable(&v["peers"]),
+        &["PEER", "NAME", "ONLINE", "PATH", "RTT", "LAG", "LAST SEEN"],
+        &[
+            "device_id",
+            "name",
+            "online",
+            "path",
+            "rtt_ms",
+            "lag_entries",
+            "last_seen",
+        ],
     );
     if !peers.is_empty() {
         out.push_str("\n\n");
@@ -100,6 +109,41 @@ fn sync_status(v: &Value) -> String {
         out.push_str(&escape(warning));
     }
     out
+}
+
+/// Peer lines as people read them: `last_seen` (ms since the epoch) as
+/// "12 s ago", `rtt_ms` as "0.42 ms".
+fn readable(v: &Value) -> Value {
+    let now = concord::hlc::SystemClock.now_ms();
+    let Some(items) = v.as_array() else {
+        return v.clone();
+    };
+    let items = items
+        .iter()
+        .map(|item| {
+            let mut item = item.clone();
+            if let Some(t) = item["last_seen"].as_u64() {
+                item["last_seen"] = Value::String(ago(now.saturating_sub(t)));
+            }
+            if let Some(ms) = item["rtt_ms"].as_f64() {
+                item["rtt_ms"] = Value::String(format!("{ms:.2} ms"));
+            }
+            item
+        })
+        .collect();
+    Value::Array(items)
+}
+
+/// A duration in the past, rounded to a unit people read: "12 s ago",
+/// "5 min ago", "3 h ago", "2 d ago".
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..120 => format!("{s} s ago"),
+        120..7_200 => format!("{} min ago", s / 60),
+        7_200..172_800 => format!("{} h ago", s / 3600),
+        _ => format!("{} d ago", s / 86_400),
+    }
 }
 
 /// A JSON value as a table cell: strings bare (control characters escaped),
@@ -222,5 +266,13 @@ mod tests {
         );
         let tags = json!([{"id": "1", "name": "x\u{1b}]0;t\u{7}", "color": null}]);
         assert!(!output("tag list", &tags, false).contains('\u{1b}'));
+    }
+
+    #[test]
+    fn last_seen_reads_as_time_ago() {
+        assert_eq!(ago(12_400), "12 s ago");
+        assert_eq!(ago(300_000), "5 min ago");
+        assert_eq!(ago(3 * 3_600_000), "3 h ago");
+        assert_eq!(ago(3 * 86_400_000), "3 d ago");
     }
 }

@@ -425,3 +425,65 @@ fn demo_exits_zero_with_converged_devices() {
         "seed + one per device + outage writes + offline write"
     );
 }
+
+/// `device list` and `sync status` name each peer and show its link: a direct
+/// path with its round-trip time, and "N s ago" in plain output while JSON
+/// keeps milliseconds since the epoch.
+#[test]
+fn device_list_and_sync_status_show_names_paths_and_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut a = Node::new(tmp.path(), "alpha");
+    let mut b = Node::new(tmp.path(), "beta");
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    b.json(&["library", "join", "lib", "alpha"]);
+    let linked = |v: &Value| v["path"] == "direct" && v["rtt_ms"].as_f64().is_some();
+    wait_until("alpha sees a direct link to beta", || {
+        a.peers().iter().any(|p| p["name"] == "beta" && linked(p))
+    });
+    let peer = a.peers().into_iter().find(|p| p["name"] == "beta").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let seen = peer["last_seen"].as_u64().expect("last_seen in ms");
+    assert!(
+        now.abs_diff(seen) < 60_000,
+        "last_seen {seen} is ms since the epoch"
+    );
+    assert_eq!(peer["online"], true);
+    assert!(peer["rtt_ms"].as_f64().unwrap() >= 0.0);
+
+    let plain = support::expect_success(
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&a.dir)
+            .args(["device", "list"])
+            .output()
+            .unwrap(),
+        &["device", "list"],
+    );
+    let line = plain.lines().find(|l| l.contains("beta")).unwrap();
+    assert!(plain.starts_with("ID"), "{plain}");
+    assert!(
+        line.contains("direct") && line.contains(" ms") && line.ends_with(" s ago"),
+        "{line}"
+    );
+
+    wait_until("sync status names beta with its link", || {
+        let st = a.json(&["sync", "status", "lib"]);
+        st["peers"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "beta" && linked(p)))
+    });
+    let out = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&b.dir)
+        .args(["sync", "status", "lib"])
+        .output()
+        .unwrap();
+    let plain = support::expect_success(out, &["sync", "status", "lib"]);
+    assert!(plain.contains("alpha"), "{plain}");
+}

@@ -29,6 +29,13 @@ pub struct NodeConfig {
     /// Watch this device's locations and write their changes as they happen
     /// (see [`crate::jobs`] and [`crate::watcher`]).
     pub watch: bool,
+    /// Announce this node and find paired devices on the LAN (mDNS). Off by
+    /// default for embedders and tests; `concord start` turns it on unless
+    /// `--no-mdns` is given or it listens on loopback.
+    pub mdns: bool,
+    /// Relays this node is reachable through (`--relay URL`); none by
+    /// default, so nothing leaves the LAN unless the user asks.
+    pub relays: Vec<iroh::RelayUrl>,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +48,8 @@ impl Default for NodeConfig {
             request_timeout: Duration::from_secs(10),
             sync: concord::service::SyncConfig::default(),
             watch: true,
+            mdns: false,
+            relays: Vec::new(),
         }
     }
 }

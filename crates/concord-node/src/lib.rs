@@ -4,7 +4,8 @@
 //! Three protocols, each a handler on the node's router (docs/PROTOCOL.md):
 //! [`pairing`] (`concord/pairing/1`), [`setup`] (`concord/library/1`) and the
 //! sync [`transport`] (`concord/sync/1`). Networking is loopback/LAN only by
-//! default: no relays, no internet discovery, no port mapping.
+//! default: no relays (only those given in [`NodeConfig::relays`]), no internet discovery, no port mapping; LAN discovery
+//! (mDNS) only when [`NodeConfig::mdns`] asks for it.
 //!
 //! Data flows one way, from the top of this list to the bottom (a module
 //! imports only modules below it):
@@ -12,12 +13,15 @@
 //! - [`node`]: starts everything and owns the router and the presence loop;
 //! - [`pairing`], [`setup`], [`transport`]: the protocol handlers, each owning
 //!   its own state (pairing its invites, the transport its traffic counters);
+//! - [`discovery`]: LAN discovery (mDNS) and network-change wake-ups;
 //! - [`host`]: starts and stops a library's sync service and job runner;
 //! - [`jobs`] and [`watcher`]: index jobs and the folder watcher;
+//! - [`status`]: what `device list` shows of each link;
 //! - [`state`]: data dir, paired devices, open libraries, connections;
-//! - [`config`], [`peers`], [`skew`], [`frame`], [`ticket`], [`identity`], [`error`].
+//! - [`config`], [`peers`], [`skew`], [`relays`], [`frame`], [`ticket`], [`identity`], [`error`].
 
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod frame;
 pub mod host;
@@ -26,9 +30,11 @@ pub mod jobs;
 pub mod node;
 pub mod pairing;
 pub mod peers;
+pub mod relays;
 pub mod setup;
 pub mod skew;
 pub mod state;
+pub mod status;
 pub mod ticket;
 pub mod transport;
 pub mod watcher;
@@ -38,8 +44,10 @@ pub use error::NetError;
 pub use node::Node;
 
 /// ALPN of pairing; the version is in the ALPN so versions can coexist.
+/// Unreleased: `Hello.relays` and `Challenge.now_ms` joined version 1.
 pub const PAIRING_ALPN: &[u8] = b"concord/pairing/1";
 /// ALPN of library setup (presence, list, share, join).
+/// Unreleased: `relays` and `Pong.now_ms` joined version 1.
 pub const LIBRARY_ALPN: &[u8] = b"concord/library/1";
 /// ALPN of the sync transport (replication of the libraries' logs).
 pub const SYNC_ALPN: &[u8] = b"concord/sync/1";

@@ -11,8 +11,10 @@ use std::time::Duration;
 use concord::datadir::DataDir;
 use iroh::endpoint::{presets, PortmapperConfig, VarInt};
 use iroh::protocol::Router;
+use iroh::RelayMode;
 use iroh::{Endpoint, EndpointId};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use crate::config::NodeConfig;
 use crate::error::NetError;
@@ -22,7 +24,7 @@ use crate::peers::PeerStore;
 use crate::setup::LibrarySetup;
 use crate::state::NodeState;
 use crate::transport::{IrohTransport, SyncHandler, Traffic, MAX_STREAMS_PER_PEER};
-use crate::{identity, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
+use crate::{discovery, identity, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
 
 /// Remembered between runs: `<data-dir>/node.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -43,7 +45,8 @@ pub struct Node {
     pub setup: LibrarySetup,
     traffic: Arc<Traffic>,
     router: Router,
-    presence: tokio::task::JoinHandle<()>,
+    /// Presence, LAN discovery and the watch on this node's own addresses.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -54,7 +57,7 @@ impl Node {
         if let Some(name) = &config.name {
             data.set_name(name)?;
         }
-        let endpoint = bind_remembered(&data_dir, config.listen).await?;
+        let endpoint = bind_remembered(&data_dir, config.listen, &config.relays).await?;
         let peers = PeerStore::open(&data_dir)?;
         let state = Arc::new(NodeState::new(data, endpoint.clone(), peers, config));
         let traffic = Arc::new(Traffic::default());
@@ -71,7 +74,20 @@ impl Node {
         for listed in state.data.list_libraries()? {
             host.start(listed.id)?;
         }
-        let presence = tokio::spawn(presence_loop(state.clone(), setup.clone()));
+        let wake = Arc::new(Notify::new());
+        let mut background = vec![discovery::watch_own_addrs(state.clone(), wake.clone())];
+        if state.config.mdns {
+            // A host without multicast still runs; it only cannot be found on the LAN.
+            match discovery::start_mdns(state.clone(), wake.clone()) {
+                Ok(task) => background.push(task),
+                Err(e) => tracing::warn!("{e}; continuing without LAN discovery"),
+            }
+        }
+        background.push(tokio::spawn(presence_loop(
+            state.clone(),
+            setup.clone(),
+            wake,
+        )));
         Ok(Node {
             state,
             host,
@@ -79,7 +95,7 @@ impl Node {
             setup,
             traffic,
             router,
-            presence,
+            background,
         })
     }
 
@@ -105,7 +121,9 @@ impl Node {
 
     /// Stop accepting, close connections, flush libraries.
     pub async fn shutdown(&self) {
-        self.presence.abort();
+        for task in &self.background {
+            task.abort();
+        }
         self.host.stop_all();
         let _ = self.router.shutdown().await;
         self.state.close_libraries();
@@ -117,6 +135,7 @@ impl Node {
 async fn bind_remembered(
     data_dir: &std::path::Path,
     listen: SocketAddr,
+    relays: &[iroh::RelayUrl],
 ) -> Result<Endpoint, NetError> {
     let secret = identity::load_or_create(data_dir)?;
     let memo_path = data_dir.join("node.json");
@@ -128,12 +147,12 @@ async fn bind_remembered(
         (0, Some(port)) => {
             let mut again = listen;
             again.set_port(port);
-            match bind(secret.clone(), again).await {
+            match bind(secret.clone(), again, relays).await {
                 Ok(endpoint) => endpoint,
-                Err(_) => bind(secret, listen).await?,
+                Err(_) => bind(secret, listen, relays).await?,
             }
         }
-        _ => bind(secret, listen).await?,
+        _ => bind(secret, listen, relays).await?,
     };
     if let Some(port) = endpoint.bound_sockets().first().map(|a| a.port()) {
         let memo = NodeMemo {
@@ -147,7 +166,14 @@ async fn bind_remembered(
     Ok(endpoint)
 }
 
-async fn bind(secret: iroh::SecretKey, addr: SocketAddr) -> Result<Endpoint, NetError> {
+/// Bind with no relay unless `relays` are given (then the first one that
+/// answers becomes this node's home relay; Iroh prefers direct paths and moves
+/// a connection to one as soon as it works).
+async fn bind(
+    secret: iroh::SecretKey,
+    addr: SocketAddr,
+    relays: &[iroh::RelayUrl],
+) -> Result<Endpoint, NetError> {
     // Notice a vanished peer within seconds, so a cached connection to a killed
     // node is dropped instead of swallowing requests until they time out.
     let idle = Duration::from_secs(5)
@@ -161,7 +187,11 @@ async fn bind(secret: iroh::SecretKey, addr: SocketAddr) -> Result<Endpoint, Net
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_PEER))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .build();
-    Endpoint::builder(presets::Minimal)
+    let mut builder = Endpoint::builder(presets::Minimal);
+    if !relays.is_empty() {
+        builder = builder.relay_mode(RelayMode::Custom(relays.iter().cloned().collect()));
+    }
+    builder
         .transport_config(transport)
         .portmapper_config(PortmapperConfig::Disabled)
         .clear_ip_transports()
@@ -173,20 +203,45 @@ async fn bind(secret: iroh::SecretKey, addr: SocketAddr) -> Result<Endpoint, Net
         .map_err(|e| NetError::Other(format!("cannot listen on {addr}: {e}")))
 }
 
-/// Contact every paired device now and then every `presence_interval`.
-async fn presence_loop(state: Arc<NodeState>, setup: LibrarySetup) {
+/// First retry after a failed contact; doubled per failed round up to the
+/// presence interval.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+
+/// Contact every paired device now and then every `presence_interval`. While
+/// some device is unreachable, try again sooner with a bounded backoff, which
+/// starts over whenever the network changes (`wake`: own addresses changed, a
+/// device found on the LAN), so a link that comes back is used within moments.
+async fn presence_loop(state: Arc<NodeState>, setup: LibrarySetup, wake: Arc<Notify>) {
+    let interval = state.config.presence_interval;
+    let mut retry = RETRY_MIN;
     loop {
         let peers = state.peers.list();
         let mut tasks = tokio::task::JoinSet::new();
         for peer in peers {
             let setup = setup.clone();
             tasks.spawn(async move {
-                if let Err(e) = setup.ping(&peer).await {
+                let result = setup.ping(&peer).await;
+                if let Err(e) = &result {
                     tracing::debug!(device = %peer.device_id, "presence: {e}");
                 }
+                result.is_ok()
             });
         }
-        while tasks.join_next().await.is_some() {}
-        tokio::time::sleep(state.config.presence_interval).await;
+        let mut all_reached = true;
+        while let Some(done) = tasks.join_next().await {
+            all_reached &= done.unwrap_or(false);
+        }
+        let pause = if all_reached {
+            retry = RETRY_MIN;
+            interval
+        } else {
+            let pause = retry.min(interval);
+            retry = retry.saturating_mul(2).min(interval);
+            pause
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = wake.notified() => retry = RETRY_MIN,
+        }
     }
 }

@@ -55,6 +55,8 @@ enum PairMsg {
         name: String,
         addrs: Vec<SocketAddr>,
         nonce: [u8; 32],
+        /// Relays the joiner is reachable through (at most `MAX_RELAYS`).
+        relays: Vec<String>,
     },
     /// Inviter → joiner. `now_ms`: the inviter's clock, so the joiner can
     /// tell its user when its own clock is too far off to sync.
@@ -157,6 +159,7 @@ impl Pairing {
             node_id: *state.endpoint.id().as_bytes(),
             device_id: state.device_id(),
             addrs: state.local_addrs(),
+            relays: state.relay_urls(),
             invite_id,
             secret,
             expires_at,
@@ -180,6 +183,9 @@ impl Pairing {
         let mut addr = EndpointAddr::new(inviter_node);
         for a in &ticket.addrs {
             addr = addr.with_ip_addr(*a);
+        }
+        for url in crate::relays::usable(&ticket.relays) {
+            addr = addr.with_relay_url(url);
         }
         let timeout = state.config.request_timeout;
         let conn = tokio::time::timeout(timeout, state.endpoint.connect(addr, PAIRING_ALPN))
@@ -213,6 +219,7 @@ async fn join_on(
             name: state.device_name(),
             addrs: state.local_addrs(),
             nonce: joiner_nonce,
+            relays: state.relay_urls(),
         },
     )
     .await?;
@@ -277,6 +284,7 @@ async fn join_on(
         node_id: inviter_node.to_string(),
         addrs: ticket.addrs.clone(),
         paired_at: state.now_ms(),
+        relays: crate::relays::sanitize(&ticket.relays),
     };
     state.peers.upsert(peer.clone())?;
     state.peers.mark_seen(peer.device_id, state.now_ms());
@@ -375,6 +383,7 @@ impl Pairing {
             name,
             addrs,
             nonce: joiner_nonce,
+            relays,
         } = expect_msg(recv, MAX_FRAME).await?
         else {
             return Err(NetError::Protocol("expected Hello".into()));
@@ -422,6 +431,7 @@ impl Pairing {
             node_id: joiner_node.to_string(),
             addrs,
             paired_at: state.now_ms(),
+            relays: crate::relays::sanitize(&relays),
         };
         state.peers.upsert(peer.clone())?;
         state.peers.mark_seen(device_id, state.now_ms());

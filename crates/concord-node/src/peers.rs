@@ -21,6 +21,10 @@ pub struct Peer {
     /// Last known direct addresses.
     pub addrs: Vec<SocketAddr>,
     pub paired_at: u64,
+    /// Relays it said it is reachable through (absent in files written
+    /// before relays existed).
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 impl Peer {
@@ -28,13 +32,19 @@ impl Peer {
     /// node id and addresses it registered in the library's `devices` table
     /// (paired devices use their remembered addresses instead). Sync requests
     /// need no pairing, only membership, so this is how they find such devices.
-    pub fn member(device: Uuid, node_id: String, addrs: Vec<SocketAddr>) -> Peer {
+    pub fn member(
+        device: Uuid,
+        node_id: String,
+        addrs: Vec<SocketAddr>,
+        relays: Vec<String>,
+    ) -> Peer {
         Peer {
             device_id: device,
             name: device.to_string(),
             node_id,
             addrs,
             paired_at: 0,
+            relays,
         }
     }
 }
@@ -93,12 +103,13 @@ impl PeerStore {
         self.save(&peers)
     }
 
-    /// Update addresses and name of a known peer.
+    /// Update addresses, relays and name of a known peer (`None`: unchanged).
     pub fn update_addrs(
         &self,
         device: Uuid,
         name: Option<&str>,
         addrs: &[SocketAddr],
+        relays: Option<&[String]>,
     ) -> Result<(), NetError> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let Some(p) = peers.iter_mut().find(|p| p.device_id == device) else {
@@ -112,6 +123,12 @@ impl PeerStore {
                 .copied()
                 .collect();
             changed = true;
+        }
+        if let Some(relays) = relays.map(crate::relays::sanitize) {
+            if p.relays != relays {
+                p.relays = relays;
+                changed = true;
+            }
         }
         if let Some(n) = name {
             if p.name != n && concord::validate::name("device name", n).is_ok() {

@@ -41,6 +41,8 @@ pub enum SetupRequest {
         device_id: Uuid,
         name: String,
         addrs: Vec<SocketAddr>,
+        /// Relays the sender is reachable through (at most `MAX_RELAYS`).
+        relays: Vec<String>,
     },
     List,
     Join {
@@ -70,6 +72,7 @@ pub enum SetupResponse {
         name: String,
         addrs: Vec<SocketAddr>,
         now_ms: u64,
+        relays: Vec<String>,
     },
     Libraries(Vec<RemoteLibrary>),
     /// The joiner is registered; it backfills through the sync protocol.
@@ -144,6 +147,7 @@ impl LibrarySetup {
                 device_id,
                 name,
                 addrs,
+                relays,
             } => {
                 if device_id != peer.device_id {
                     return Err(NetError::Refused(
@@ -152,12 +156,13 @@ impl LibrarySetup {
                 }
                 state
                     .peers
-                    .update_addrs(peer.device_id, Some(&name), &addrs)?;
+                    .update_addrs(peer.device_id, Some(&name), &addrs, Some(&relays))?;
                 let pong = SetupResponse::Pong {
                     device_id: state.device_id(),
                     name: state.device_name(),
                     addrs: state.local_addrs(),
                     now_ms: state.now_ms(),
+                    relays: state.relay_urls(),
                 };
                 write_msg(send, &pong).await
             }
@@ -265,6 +270,7 @@ impl LibrarySetup {
             device_id: state.device_id(),
             name: state.device_name(),
             addrs: state.local_addrs(),
+            relays: state.relay_urls(),
         };
         let what = format!("ping {}", peer.name);
         match self.call(peer, &req, MAX_CONTROL_FRAME, &what).await? {
@@ -273,12 +279,13 @@ impl LibrarySetup {
                 name,
                 addrs,
                 now_ms,
+                relays,
             } if device_id == peer.device_id => {
                 state.peers.mark_seen(peer.device_id, state.now_ms());
                 state.skew.record(device_id, &name, state.now_ms(), now_ms);
                 state
                     .peers
-                    .update_addrs(peer.device_id, Some(&name), &addrs)
+                    .update_addrs(peer.device_id, Some(&name), &addrs, Some(&relays))
             }
             _ => Err(unexpected("ping")),
         }
@@ -404,7 +411,7 @@ pub fn register(lib: &Library, peer: &Peer) -> Result<(), NetError> {
             id: peer.device_id,
             name: peer.name.clone(),
             node_id: Some(peer.node_id.clone()),
-            addrs: crate::state::format_addrs(&peer.addrs),
+            addrs: crate::state::format_addrs(&peer.addrs, &peer.relays),
         }))?;
     }
     Ok(())

@@ -14,7 +14,6 @@ use concord::query::members;
 use concord::{Change, Library, Uuid};
 use iroh::endpoint::Connection;
 use iroh::{Endpoint, EndpointAddr, EndpointId};
-use serde::Serialize;
 
 use crate::config::{LibrarySettings, NodeConfig};
 use crate::error::NetError;
@@ -33,16 +32,6 @@ pub struct NodeState {
     libraries: Mutex<HashMap<Uuid, Arc<Library>>>,
     connections: tokio::sync::Mutex<HashMap<(EndpointId, &'static [u8]), Connection>>,
     clock: SystemClock,
-}
-
-/// What `device list` shows per paired device.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceStatus {
-    pub device_id: Uuid,
-    pub name: String,
-    pub online: bool,
-    /// Milliseconds since the Unix epoch, if seen since this node started.
-    pub last_seen: Option<u64>,
 }
 
 impl NodeState {
@@ -95,6 +84,16 @@ impl NodeState {
         out
     }
 
+    /// Relays this node is reachable through, as it tells other devices.
+    pub fn relay_urls(&self) -> Vec<String> {
+        self.config
+            .relays
+            .iter()
+            .take(crate::relays::MAX_RELAYS)
+            .map(|u| u.to_string())
+            .collect()
+    }
+
     /// Open (and cache) a library; make sure this device's row names its node id.
     pub fn library(&self, id: Uuid) -> Result<Arc<Library>, NetError> {
         let mut libraries = self.libraries.lock().unwrap_or_else(|e| e.into_inner());
@@ -135,11 +134,15 @@ impl NodeState {
                 node_id: Some(node_id),
                 addrs,
                 ..
-            }) => Ok(Peer::member(
-                device,
-                node_id,
-                parse_addrs(addrs.as_deref().unwrap_or("")),
-            )),
+            }) => {
+                let addrs = addrs.as_deref().unwrap_or("");
+                Ok(Peer::member(
+                    device,
+                    node_id,
+                    parse_addrs(addrs),
+                    parse_relays(addrs),
+                ))
+            }
             _ => Err(NetError::Unreachable(format!(
                 "device {device} (no known node id)"
             ))),
@@ -170,7 +173,7 @@ impl NodeState {
     fn register_self(&self, lib: &Library) -> Result<(), NetError> {
         let me = self.device_id();
         let node_id = self.endpoint.id().to_string();
-        let addrs = format_addrs(&self.local_addrs());
+        let addrs = format_addrs(&self.local_addrs(), &self.relay_urls());
         match members::member(lib, me)? {
             None => {
                 lib.commit(Change::insert(&Device {
@@ -237,6 +240,9 @@ impl NodeState {
         for a in &peer.addrs {
             addr = addr.with_ip_addr(*a);
         }
+        for url in crate::relays::usable(&peer.relays) {
+            addr = addr.with_relay_url(url);
+        }
         let conn = tokio::time::timeout(
             self.config.request_timeout,
             self.endpoint.connect(addr, alpn),
@@ -251,6 +257,40 @@ impl NodeState {
         Ok(conn)
     }
 
+    /// Any open cached connection to `id` (whatever its ALPN), to read the
+    /// path and round-trip time Iroh measured on it.
+    pub async fn open_connection(&self, id: EndpointId) -> Option<Connection> {
+        let connections = self.connections.lock().await;
+        connections
+            .iter()
+            .filter(|((peer, _), conn)| *peer == id && conn.close_reason().is_none())
+            .map(|(_, conn)| conn.clone())
+            .next()
+    }
+
+    /// Close cached connections to `node_id` whose path goes to none of
+    /// `addrs` (the device moved): the next request dials it afresh.
+    pub async fn drop_stale(&self, node_id: &str, addrs: &[SocketAddr]) {
+        let mut connections = self.connections.lock().await;
+        connections.retain(|(id, _), conn| {
+            if id.to_string() != node_id {
+                return true;
+            }
+            let paths = conn.paths();
+            let current = paths
+                .iter()
+                .find(|p| p.is_selected())
+                .map(|p| p.remote_addr().clone());
+            match current {
+                Some(iroh::TransportAddr::Ip(a)) if !addrs.contains(&a) => {
+                    conn.close(2u32.into(), b"moved");
+                    false
+                }
+                _ => true,
+            }
+        });
+    }
+
     /// Close every cached connection to a device (after it was removed).
     pub async fn disconnect(&self, node_id: &str) {
         let mut connections = self.connections.lock().await;
@@ -262,27 +302,6 @@ impl NodeState {
                 true
             }
         });
-    }
-
-    /// Paired devices with their online state.
-    pub fn device_list(&self) -> Vec<DeviceStatus> {
-        let now = self.now_ms();
-        let window = (self.config.presence_interval.as_millis() as u64)
-            .saturating_mul(3)
-            .max(3_000);
-        self.peers
-            .list()
-            .into_iter()
-            .map(|p| {
-                let last_seen = self.peers.last_seen(p.device_id);
-                DeviceStatus {
-                    device_id: p.device_id,
-                    name: p.name,
-                    online: last_seen.is_some_and(|t| now.saturating_sub(t) <= window),
-                    last_seen,
-                }
-            })
-            .collect()
     }
 
     /// Resolve `DEVICE` (UUID or unique name) among paired devices.
@@ -314,13 +333,16 @@ impl NodeState {
     }
 }
 
-/// Addresses as a `Device` row keeps them: `ip:port`, comma-separated, at most
-/// [`MAX_TICKET_ADDRS`]. `None` when there are none.
-pub fn format_addrs(addrs: &[SocketAddr]) -> Option<String> {
+/// Addresses as a `Device` row keeps them: `ip:port`, then relay URLs,
+/// comma-separated, at most [`MAX_TICKET_ADDRS`] and
+/// [`crate::relays::MAX_RELAYS`]. `None` when there are none. Older nodes skip
+/// the relay URLs (they do not parse as addresses).
+pub fn format_addrs(addrs: &[SocketAddr], relays: &[String]) -> Option<String> {
     let list: Vec<String> = addrs
         .iter()
         .take(MAX_TICKET_ADDRS)
         .map(|a| a.to_string())
+        .chain(crate::relays::sanitize(relays))
         .collect();
     (!list.is_empty()).then(|| list.join(","))
 }
@@ -332,4 +354,15 @@ pub fn parse_addrs(text: &str) -> Vec<SocketAddr> {
         .filter_map(|a| a.trim().parse().ok())
         .take(MAX_TICKET_ADDRS)
         .collect()
+}
+
+/// Relay URLs from a `Device` row: the entries that are usable relay URLs.
+pub fn parse_relays(text: &str) -> Vec<String> {
+    let list: Vec<String> = text
+        .split(',')
+        .map(|a| a.trim().to_string())
+        .filter(|a| a.starts_with("http"))
+        .take(crate::relays::MAX_RELAYS * 2)
+        .collect();
+    crate::relays::sanitize(&list)
 }

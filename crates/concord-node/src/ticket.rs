@@ -1,6 +1,7 @@
-//! Pairing tickets: `concord1` followed by lowercase base32 of a postcard
+//! Pairing tickets: `concord2` followed by lowercase base32 of a postcard
 //! encoding of the inviter's node id, device id, addresses, the invite id, a
-//! 256-bit one-time secret and the expiry.
+//! 256-bit one-time secret, the expiry and the inviter's relay URLs.
+//! `concord1` tickets (the same without relays) are still accepted.
 
 use std::net::SocketAddr;
 
@@ -8,8 +9,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::NetError;
+use crate::relays::MAX_RELAYS;
 
-const PREFIX: &str = "concord1";
+const PREFIX: &str = "concord2";
+/// Tickets made before relays existed.
+const PREFIX_V1: &str = "concord1";
 /// Longest ticket string accepted.
 pub const MAX_TICKET_LEN: usize = 2048;
 /// Most addresses a ticket may carry.
@@ -26,6 +30,20 @@ pub struct Ticket {
     pub secret: [u8; 32],
     /// Milliseconds since the Unix epoch.
     pub expires_at: u64,
+    /// Relays the inviter is reachable through (`--relay`), at most
+    /// [`MAX_RELAYS`]; empty for a node without relays.
+    pub relays: Vec<String>,
+}
+
+/// The `concord1` layout: a [`Ticket`] without relays.
+#[derive(Deserialize)]
+struct TicketV1 {
+    node_id: [u8; 32],
+    device_id: Uuid,
+    addrs: Vec<SocketAddr>,
+    invite_id: [u8; 8],
+    secret: [u8; 32],
+    expires_at: u64,
 }
 
 impl Ticket {
@@ -51,16 +69,37 @@ impl Ticket {
         if s.len() > MAX_TICKET_LEN {
             return Err(bad("too long"));
         }
-        let body = s
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| bad("it does not start with concord1"))?;
+        let (body, v1) = match (s.strip_prefix(PREFIX), s.strip_prefix(PREFIX_V1)) {
+            (Some(body), _) => (body, false),
+            (None, Some(body)) => (body, true),
+            (None, None) => return Err(bad("it does not start with concord2 (or concord1)")),
+        };
         let bytes = data_encoding::BASE32_NOPAD
             .decode(body.to_ascii_uppercase().as_bytes())
             .map_err(|_| bad("it is not valid base32 (truncated or mistyped?)"))?;
-        let ticket: Ticket =
-            postcard::from_bytes(&bytes).map_err(|_| bad("it is truncated or corrupt"))?;
+        let corrupt = |_| bad("it is truncated or corrupt");
+        let ticket = if v1 {
+            let old: TicketV1 = postcard::from_bytes(&bytes).map_err(corrupt)?;
+            Ticket {
+                node_id: old.node_id,
+                device_id: old.device_id,
+                addrs: old.addrs,
+                invite_id: old.invite_id,
+                secret: old.secret,
+                expires_at: old.expires_at,
+                relays: Vec::new(),
+            }
+        } else {
+            postcard::from_bytes::<Ticket>(&bytes).map_err(corrupt)?
+        };
         if ticket.addrs.len() > MAX_TICKET_ADDRS {
             return Err(bad("too many addresses"));
+        }
+        if ticket.relays.len() > MAX_RELAYS {
+            return Err(bad("too many relays"));
+        }
+        for url in &ticket.relays {
+            crate::relays::parse(url).map_err(|e| bad(&e))?;
         }
         iroh::PublicKey::from_bytes(&ticket.node_id)
             .map_err(|_| bad("the node id is not a valid key"))?;
@@ -80,6 +119,7 @@ mod tests {
             invite_id: [1; 8],
             secret: [7; 32],
             expires_at: 123,
+            relays: vec!["http://10.0.0.1:3340/".into()],
         }
     }
 
@@ -87,6 +127,47 @@ mod tests {
     fn round_trip() {
         let t = sample();
         assert_eq!(Ticket::decode(&t.encode()).unwrap(), t);
+    }
+
+    #[test]
+    fn concord1_tickets_still_decode() {
+        #[derive(Serialize)]
+        struct V1 {
+            node_id: [u8; 32],
+            device_id: Uuid,
+            addrs: Vec<SocketAddr>,
+            invite_id: [u8; 8],
+            secret: [u8; 32],
+            expires_at: u64,
+        }
+        let t = sample();
+        let old = V1 {
+            node_id: t.node_id,
+            device_id: t.device_id,
+            addrs: t.addrs.clone(),
+            invite_id: t.invite_id,
+            secret: t.secret,
+            expires_at: t.expires_at,
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let s = format!(
+            "concord1{}",
+            data_encoding::BASE32_NOPAD
+                .encode(&bytes)
+                .to_ascii_lowercase()
+        );
+        let back = Ticket::decode(&s).unwrap();
+        assert_eq!(back.secret, t.secret);
+        assert!(back.relays.is_empty());
+    }
+
+    #[test]
+    fn bad_relays_are_refused() {
+        let mut t = sample();
+        t.relays = vec!["ftp://nope".into()];
+        assert!(Ticket::decode(&t.encode()).is_err());
+        t.relays = vec!["http://10.0.0.1:1/".into(); MAX_RELAYS + 1];
+        assert!(Ticket::decode(&t.encode()).is_err());
     }
 
     #[test]

@@ -81,6 +81,7 @@ async fn pair_join_library_and_refusals() {
         node_id: a.node_id().to_string(),
         addrs: a.addrs(),
         paired_at: 0,
+        relays: Vec::new(),
     };
     let err = c.setup.list_remote(&stranger).await.unwrap_err();
     assert!(err.to_string().contains("not paired"), "{err}");

@@ -59,7 +59,7 @@ pub fn device_list_offline(ctx: &Context) -> CliResult<Value> {
         peers
             .list()
             .into_iter()
-            .map(|p| json!({"device_id": p.device_id.to_string(), "name": p.name, "online": false, "last_seen": null}))
+            .map(|p| json!({"device_id": p.device_id.to_string(), "name": p.name, "online": false, "last_seen": null, "path": null, "rtt_ms": null}))
             .collect(),
     ))
 }

@@ -26,6 +26,13 @@ pub struct Node {
     pub umask: Option<u32>,
     /// Extra environment of the node and of every command run for it.
     pub env: Vec<(String, String)>,
+    /// Run inside this network namespace (`ip netns exec`), for the tests on
+    /// namespace networks.
+    pub netns: Option<String>,
+    /// The `--listen` address.
+    pub listen: String,
+    /// More `concord start` arguments (`--no-mdns`, `--relay URL`).
+    pub start_args: Vec<String>,
 }
 
 impl Node {
@@ -38,34 +45,55 @@ impl Node {
             default_timeouts: false,
             umask: None,
             env: Vec::new(),
+            netns: None,
+            listen: "127.0.0.1:0".into(),
+            start_args: Vec::new(),
         }
     }
 
     /// The `concord` binary, under this node's umask and environment.
     fn command(&self) -> Command {
-        let mut cmd = match self.umask {
-            Some(mask) => {
-                let mut sh = Command::new("sh");
-                sh.arg("-c")
-                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
-                    .arg(BIN);
-                sh
-            }
-            None => Command::new(BIN),
-        };
+        self.command_in(None)
+    }
+
+    /// The daemon runs inside the node's network namespace, if it has one
+    /// (commands reach it over its socket in the data dir, from anywhere).
+    fn daemon_command(&self) -> Command {
+        self.command_in(self.netns.as_deref())
+    }
+
+    fn command_in(&self, netns: Option<&str>) -> Command {
+        let mut program: Vec<String> = Vec::new();
+        if let Some(ns) = netns {
+            program.extend(["ip", "netns", "exec", ns].map(String::from));
+        }
+        if let Some(mask) = self.umask {
+            program.extend(
+                [
+                    "sh",
+                    "-c",
+                    &format!("umask {mask:03o} && exec \"$0\" \"$@\""),
+                ]
+                .map(String::from),
+            );
+        }
+        program.push(BIN.to_string());
+        let mut cmd = Command::new(&program[0]);
+        cmd.args(&program[1..]);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
     pub fn start(&mut self) {
-        let mut cmd = self.command();
+        let mut cmd = self.daemon_command();
         cmd.arg("--data-dir").arg(&self.dir).args([
             "start",
             "--name",
             &self.name,
             "--listen",
-            "127.0.0.1:0",
+            &self.listen,
         ]);
+        cmd.args(&self.start_args);
         if !self.default_timeouts {
             cmd.args([
                 "--heartbeat-ms",
@@ -81,7 +109,14 @@ impl Node {
         }
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("CONCORD_TEST_LOGS") {
+                Some(dir) => {
+                    std::fs::File::create(Path::new(&dir).join(format!("{}.log", self.name)))
+                        .map(Stdio::from)
+                        .unwrap_or_else(|_| Stdio::null())
+                }
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("spawn concord start");
         let stdout = child.stdout.take().unwrap();
