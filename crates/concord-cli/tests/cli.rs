@@ -492,3 +492,75 @@ fn bad_input_fails_cleanly_and_changes_nothing() {
     // The JSON flag does not change how errors look.
     env.fail(&["--json", "tag", "list", "nolib"]);
 }
+
+/// `concord relay` serves TLS with exactly the certificate and key it is
+/// given, and refuses a configuration that is neither TLS nor an explicit
+/// `--insecure-http` (DESIGN §14). The TLS part needs `openssl` to make a
+/// certificate and to look at what the relay presents; it skips without it.
+#[test]
+fn relay_serves_tls_with_the_given_certificate_and_refuses_half_a_setup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = tmp.path().join("cert.pem");
+    let key = tmp.path().join("key.pem");
+    fn relay(extra: &[&str]) -> (Output, Vec<String>) {
+        let mut args: Vec<String> = ["relay", "--listen", "127.0.0.1:0"]
+            .map(String::from)
+            .to_vec();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        (Command::new(BIN).args(&args).output().unwrap(), args)
+    }
+    let (out, args) = relay(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(expect_failure(out, &args).contains("--insecure-http"));
+    let cert_arg = cert.to_str().unwrap();
+    let (out, args) = relay(&["--cert", cert_arg, "--insecure-http"]);
+    assert!(out.status.code() != Some(0), "{args:?} must not start");
+
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=concord-relay-test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    if !made.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipping the TLS part: it needs openssl to make a certificate");
+        return;
+    }
+    let mut child = Command::new(BIN)
+        .args(["relay", "--listen", "127.0.0.1:0", "--cert", cert_arg])
+        .arg("--key")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let ready = lines.next().unwrap().unwrap();
+    let url = lines.next().unwrap().unwrap();
+    assert_eq!(ready, "ready");
+    let host_port = url
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("a TLS relay's URL is https: {url}"))
+        .trim_end_matches('/')
+        .to_string();
+    let shown = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &host_port,
+            "-servername",
+            "localhost",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("concord-relay-test"),
+        "the relay presents the given certificate: {text}"
+    );
+}
