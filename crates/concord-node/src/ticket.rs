@@ -37,6 +37,7 @@ pub struct Ticket {
 
 /// The `concord1` layout: a [`Ticket`] without relays.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
 struct TicketV1 {
     node_id: [u8; 32],
     device_id: Uuid,
@@ -131,17 +132,8 @@ mod tests {
 
     #[test]
     fn concord1_tickets_still_decode() {
-        #[derive(Serialize)]
-        struct V1 {
-            node_id: [u8; 32],
-            device_id: Uuid,
-            addrs: Vec<SocketAddr>,
-            invite_id: [u8; 8],
-            secret: [u8; 32],
-            expires_at: u64,
-        }
         let t = sample();
-        let old = V1 {
+        let old = TicketV1 {
             node_id: t.node_id,
             device_id: t.device_id,
             addrs: t.addrs.clone(),
