@@ -281,16 +281,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
         fingerprint: "f".into(),
         mount_point: "/".into(),
     };
-    let writes = vol
-        .to_values()
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| FieldWrite {
-            field: i as u16,
-            value,
-            base: 0,
-        })
-        .collect();
+    let writes = FieldWrite::all(vol.to_values());
     let stolen = LogEntry {
         origin: m.device_id(),
         origin_seq: 1_000_000,

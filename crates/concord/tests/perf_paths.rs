@@ -236,18 +236,7 @@ fn entries_in_the_old_per_entry_outbox_reach_the_log() {
         epoch: None,
         model: Tag::INFO.name.to_string(),
         record: tag(1, "one").id,
-        op: Op::Insert(
-            tag(1, "one")
-                .to_values()
-                .into_iter()
-                .enumerate()
-                .map(|(i, value)| FieldWrite {
-                    field: i as u16,
-                    value,
-                    base: 0,
-                })
-                .collect(),
-        ),
+        op: Op::Insert(FieldWrite::all(tag(1, "one").to_values())),
     };
     lib.read(|c| {
         c.execute(

@@ -53,6 +53,22 @@ pub struct FieldWrite {
     pub base: u64,
 }
 
+impl FieldWrite {
+    /// One write per field, in field order, of a record written whole (an
+    /// insert): `values` as `Syncable::to_values` lists them, no base.
+    pub fn all(values: Vec<Value>) -> Vec<FieldWrite> {
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| FieldWrite {
+                field: i as u16,
+                value,
+                base: 0,
+            })
+            .collect()
+    }
+}
+
 /// What a change does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {

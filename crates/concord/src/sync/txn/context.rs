@@ -243,15 +243,7 @@ impl<'a> TxCtx<'a, '_> {
                 self.check_not_deleted(target_model, *target, fresh_insert)?;
             }
         }
-        let writes: Vec<FieldWrite> = values
-            .into_iter()
-            .enumerate()
-            .map(|(i, value)| FieldWrite {
-                field: i as u16,
-                value,
-                base: 0,
-            })
-            .collect();
+        let writes = FieldWrite::all(values);
         if fresh_insert {
             return self.append_insert(m, record, writes, &local);
         }
