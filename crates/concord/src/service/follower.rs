@@ -51,16 +51,26 @@ impl SyncService {
                 return;
             }
             // No leader, or none that takes them in time: spread directly
-            // (DESIGN §5: keep syncing with whoever is reachable), every batch
-            // of what is new, without asking the leader again. The leader gets
-            // them from a later proposal or from the reconcile that follows a
-            // change of term.
+            // (DESIGN §5: keep syncing with whoever is reachable) every batch
+            // not pushed directly before, without asking the leader again, so
+            // a long outage does not resend its backlog with every change. The
+            // leader gets them from a later proposal or from the reconcile that
+            // follows a change of term.
             ask_leader = false;
-            self.push_directly(leader, entries).await;
+            let pushed = self.state().direct_upto;
+            let fresh: Vec<LogEntry> = entries
+                .into_iter()
+                .filter(|e| e.origin_seq > pushed)
+                .collect();
+            if !fresh.is_empty() {
+                self.push_directly(leader, fresh).await;
+                let mut state = self.state();
+                state.direct_upto = state.direct_upto.max(top);
+            }
             if !full {
                 return;
             }
-            upto = top;
+            upto = top.max(pushed);
         }
     }
 

@@ -103,6 +103,10 @@ pub(super) struct State {
     pub(super) unnotified: Vec<Notice>,
     /// When this device last checked its leader out of turn.
     pub(super) last_check: Option<Instant>,
+    /// Highest own `origin_seq` already pushed directly to every member while
+    /// the leader did not take proposals; later direct pushes start above it
+    /// (a member that missed one gets it by reconciling).
+    pub(super) direct_upto: u64,
     /// A newer term another member told us of without being its leader: it
     /// is adopted only if its leader confirms it (`confirm_rumour`).
     pub(super) rumour: Option<Term>,
@@ -210,6 +214,7 @@ impl SyncService {
                     pulls: BTreeMap::new(),
                     unnotified: Vec::new(),
                     last_check: None,
+                    direct_upto: 0,
                     rumour: None,
                 }),
                 config,
