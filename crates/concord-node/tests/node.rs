@@ -239,6 +239,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
             value: Value::Text("evil".into()),
             base: 0,
         }]),
+        seal: None,
     };
     let r = reply(
         &raw_sync(
@@ -291,6 +292,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
         model: "volume".into(),
         record: vol.id,
         op: Op::Insert(writes),
+        seal: None,
     };
     let r = reply(
         &raw_sync(

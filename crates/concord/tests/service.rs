@@ -14,6 +14,8 @@ use concord::service::transport::{BoxFuture, Transport, TransportError};
 use concord::service::{SyncConfig, SyncService};
 use concord::sync::entry::LogEntry;
 use concord::sync::log::VersionVector;
+use concord::sync::seal::NodeKey;
+use concord::sync::txn::LibraryOptions;
 use concord::{Change, Library, Uuid};
 
 #[derive(Default)]
@@ -78,6 +80,19 @@ impl Transport for Link {
     }
 }
 
+/// Device `i`'s node key (fixed: tests replay).
+fn key(i: usize) -> NodeKey {
+    NodeKey::from_bytes(&[i as u8 + 1; 32])
+}
+
+/// Options that seal with device `i`'s key and verify every received entry.
+fn signed(i: usize) -> LibraryOptions {
+    LibraryOptions {
+        key: Some(key(i)),
+        ..LibraryOptions::default()
+    }
+}
+
 fn config() -> SyncConfig {
     SyncConfig {
         heartbeat_interval: Duration::from_millis(50),
@@ -102,19 +117,20 @@ impl Cluster {
         devices.sort();
         // The creator (lowest id, so failover must move the lead) registers everyone.
         let creator = devices[0];
-        let a = Library::create(
+        let a = Library::create_with(
             &dir.join("0"),
             lib_id,
             "lib",
             creator,
             Box::new(SystemClock),
+            signed(0),
         )
         .unwrap();
         for (i, d) in devices.iter().enumerate() {
             a.commit(Change::insert(&Device {
                 id: *d,
                 name: format!("d{i}"),
-                node_id: None,
+                node_id: Some(key(i).node_id()),
                 addrs: None,
             }))
             .unwrap();
@@ -136,12 +152,13 @@ impl Cluster {
             .unwrap();
         let mut libs = vec![Arc::new(a)];
         for (i, d) in devices.iter().enumerate().skip(1) {
-            let l = Library::create(
+            let l = Library::create_with(
                 &dir.join(i.to_string()),
                 lib_id,
                 "lib",
                 *d,
                 Box::new(SystemClock),
+                signed(i),
             )
             .unwrap();
             l.apply_remote(&entries).unwrap();

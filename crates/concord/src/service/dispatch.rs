@@ -147,7 +147,7 @@ impl SyncService {
         if role == Role::Leader {
             return self.take_from_follower(from, mine, entries).await;
         }
-        self.apply(entries).await?;
+        self.apply(from, entries).await?;
         Ok(Msg::Ok)
     }
 

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::model::{model_by_name, FieldKind, ModelInfo, Value};
+use crate::sync::seal::Seal;
 
 /// Largest encoded payload accepted from anyone.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -30,6 +31,9 @@ pub struct LogEntry {
     pub model: String,
     pub record: Uuid,
     pub op: Op,
+    /// On the last entry of a chunk: the origin's signature over the chunk
+    /// (`crate::sync::seal`). Not part of what it signs.
+    pub seal: Option<Seal>,
 }
 
 impl LogEntry {
@@ -41,6 +45,46 @@ impl LogEntry {
     pub fn id(&self) -> (Uuid, u64) {
         (self.origin, self.origin_seq)
     }
+    /// The bytes of this entry a seal covers, appended to `out`: everything the
+    /// origin wrote, not what others add on the way (`lib_seq`, `epoch`, the
+    /// seal itself). Built by [`signed_bytes_of`], which a field added to the
+    /// entry must join so that seals cover it.
+    pub fn signed_bytes(&self, out: &mut Vec<u8>) {
+        let payload = self.op.encode();
+        signed_bytes_of(
+            self.origin,
+            self.origin_seq,
+            self.hlc,
+            &self.model,
+            &self.record,
+            &payload,
+            out,
+        );
+    }
+}
+
+/// THE encoding of an entry's signed bytes, from its parts (the payload being
+/// the encoded [`Op`]), so that entries decoded from a peer and raw entries of
+/// a log segment (sealed where they enter the log, without decoding them) hash
+/// alike: origin, `origin_seq`, HLC, model name, record, payload, each fixed-size
+/// or length-prefixed.
+pub(crate) fn signed_bytes_of(
+    origin: Uuid,
+    origin_seq: u64,
+    hlc: u64,
+    model: &str,
+    record: &Uuid,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(origin.as_bytes());
+    out.extend_from_slice(&origin_seq.to_le_bytes());
+    out.extend_from_slice(&hlc.to_le_bytes());
+    out.extend_from_slice(&(model.len() as u64).to_le_bytes());
+    out.extend_from_slice(model.as_bytes());
+    out.extend_from_slice(record.as_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// One field written by a change. `base` is the clock time the author saw on that
