@@ -363,7 +363,11 @@ impl SyncService {
     /// sequence numbers are the sender's; this log keeps its own. Entries no
     /// verified seal covers are refused there; the sender is charged with them
     /// (`sync status`, and a warning in the log).
-    pub(super) async fn apply(&self, from: Uuid, mut entries: Vec<LogEntry>) -> Result<ApplyReport> {
+    pub(super) async fn apply(
+        &self,
+        from: Uuid,
+        mut entries: Vec<LogEntry>,
+    ) -> Result<ApplyReport> {
         if entries.is_empty() {
             return Ok(ApplyReport::default());
         }

@@ -11,7 +11,6 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::model::{model_by_name, FieldKind, ModelInfo, Value};
-use crate::sync::seal::Seal;
 
 /// Largest encoded payload accepted from anyone.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
@@ -85,6 +84,16 @@ pub(crate) fn signed_bytes_of(
     out.extend_from_slice(record.as_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(payload);
+}
+
+/// The signature closing a chunk of an origin's entries (`crate::sync::seal`),
+/// carried by the chunk's last entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// `origin_seq` of the chunk's first entry (the last is the carrier's).
+    pub first: u64,
+    /// The ed25519 signature, as two halves (serde's arrays stop at 32).
+    pub sig: [[u8; 32]; 2],
 }
 
 /// One field written by a change. `base` is the clock time the author saw on that

@@ -21,11 +21,11 @@
 use std::collections::HashMap;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::Result;
 use crate::model::Value;
+pub use crate::sync::entry::Seal;
 use crate::sync::entry::{FieldWrite, LogEntry, Op};
 
 /// Most entries one seal covers. Below every batch limit of the sync protocol
@@ -36,22 +36,11 @@ pub const CHUNK_ENTRIES: u64 = 256;
 /// (Iroh's TLS handshakes sign with the same key, over other bytes).
 const DOMAIN: &[u8] = b"concord/seal/1\0";
 
-/// The signature closing a chunk: carried by the chunk's last entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Seal {
-    /// `origin_seq` of the chunk's first entry (the last is the carrier's).
-    pub first: u64,
-    /// The ed25519 signature, as two halves (serde's arrays stop at 32).
-    pub sig: [[u8; 32]; 2],
-}
-
-impl Seal {
-    fn signature(&self) -> Signature {
-        let mut b = [0u8; 64];
-        b[..32].copy_from_slice(&self.sig[0]);
-        b[32..].copy_from_slice(&self.sig[1]);
-        Signature::from_bytes(&b)
-    }
+fn signature(seal: &Seal) -> Signature {
+    let mut b = [0u8; 64];
+    b[..32].copy_from_slice(&seal.sig[0]);
+    b[32..].copy_from_slice(&seal.sig[1]);
+    Signature::from_bytes(&b)
 }
 
 /// A device's node key (the secret behind its Iroh node id), which seals the
@@ -163,10 +152,7 @@ impl<'a> RunSealer<'a> {
         self.next += 1;
         let (first, hasher) = self.chunk.get_or_insert_with(|| {
             let end = (seq + CHUNK_ENTRIES - 1).min(self.last);
-            (
-                seq,
-                ChunkHasher::new(self.library, self.origin, seq, end),
-            )
+            (seq, ChunkHasher::new(self.library, self.origin, seq, end))
         });
         hasher.add(signed_bytes);
         let first = *first;
@@ -208,32 +194,7 @@ pub(crate) fn verify_entries(
     for (i, e) in entries.iter().enumerate() {
         index.entry(e.id()).or_insert(i);
     }
-    // Each sealed chunk: its origin, range and the indices of its entries.
-    let mut pending: Vec<(Uuid, u64, u64, Vec<usize>)> = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        let Some(seal) = e.seal else { continue };
-        if index.get(&e.id()) != Some(&i) {
-            continue;
-        }
-        let (first, last) = (seal.first, e.origin_seq);
-        if first == 0 || first > last || last - first >= CHUNK_ENTRIES {
-            refusals.push(format!(
-                "entry {}:{last} carries a seal over an impossible range from {first}",
-                e.origin
-            ));
-            continue;
-        }
-        let members: Option<Vec<usize>> = (first..=last)
-            .map(|s| index.get(&(e.origin, s)).copied())
-            .collect();
-        match members {
-            Some(m) => pending.push((e.origin, first, last, m)),
-            None => refusals.push(format!(
-                "chunk {}:{first}..={last} arrived incomplete (a sender must not split a chunk)",
-                e.origin
-            )),
-        }
-    }
+    let mut pending = sealed_chunks(entries, &index, &mut refusals);
     let mut known: HashMap<Uuid, Option<[u8; 32]>> = HashMap::new();
     let mut learned: HashMap<Uuid, [u8; 32]> = HashMap::new();
     let mut bytes = Vec::new();
@@ -266,7 +227,7 @@ pub(crate) fn verify_entries(
             let seal = entries[members[members.len() - 1]].seal;
             let good = seal.is_some_and(|s| {
                 VerifyingKey::from_bytes(&key)
-                    .is_ok_and(|k| k.verify(&hasher.finish(), &s.signature()).is_ok())
+                    .is_ok_and(|k| k.verify(&hasher.finish(), &signature(&s)).is_ok())
             });
             if !good {
                 refusals.push(format!(
@@ -308,6 +269,45 @@ pub(crate) fn verify_entries(
     Ok((ok, refusals))
 }
 
+/// A sealed chunk of a batch: its origin, range and the indices of its entries.
+type Chunk = (Uuid, u64, u64, Vec<usize>);
+
+/// The sealed chunks of a batch whose entries are all there (the first copy of
+/// each); a seal over an impossible range or a chunk with entries missing is a
+/// refusal.
+fn sealed_chunks(
+    entries: &[LogEntry],
+    index: &HashMap<(Uuid, u64), usize>,
+    refusals: &mut Refusals,
+) -> Vec<Chunk> {
+    let mut pending: Vec<Chunk> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let Some(seal) = e.seal else { continue };
+        if index.get(&e.id()) != Some(&i) {
+            continue;
+        }
+        let (first, last) = (seal.first, e.origin_seq);
+        if first == 0 || first > last || last - first >= CHUNK_ENTRIES {
+            refusals.push(format!(
+                "entry {}:{last} carries a seal over an impossible range from {first}",
+                e.origin
+            ));
+            continue;
+        }
+        let members: Option<Vec<usize>> = (first..=last)
+            .map(|s| index.get(&(e.origin, s)).copied())
+            .collect();
+        match members {
+            Some(m) => pending.push((e.origin, first, last, m)),
+            None => refusals.push(format!(
+                "chunk {}:{first}..={last} arrived incomplete (a sender must not split a chunk)",
+                e.origin
+            )),
+        }
+    }
+    pending
+}
+
 /// The node id `origin`'s own chunk writes into its own `Device` row: the key a
 /// device's first registration certifies itself with.
 fn own_registration(entries: &[LogEntry], members: &[usize], origin: Uuid) -> Option<[u8; 32]> {
@@ -329,10 +329,13 @@ fn registrations(e: &LogEntry) -> Option<(Uuid, [u8; 32])> {
         Op::Insert(w) | Op::Update(w) => w,
         _ => return None,
     };
-    writes.iter().find(|w| w.field == field).and_then(|w| match &w.value {
-        Value::Text(s) => parse_node_id(s).map(|k| (e.record, k)),
-        _ => None,
-    })
+    writes
+        .iter()
+        .find(|w| w.field == field)
+        .and_then(|w| match &w.value {
+            Value::Text(s) => parse_node_id(s).map(|k| (e.record, k)),
+            _ => None,
+        })
 }
 
 /// Per entry of `entries` (whole chunks, in the order a log read returns

@@ -70,7 +70,13 @@ pub(super) fn seal_entries(
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return Ok(());
     };
-    let mut sealer = RunSealer::new(key, library, first.origin, first.origin_seq, last.origin_seq);
+    let mut sealer = RunSealer::new(
+        key,
+        library,
+        first.origin,
+        first.origin_seq,
+        last.origin_seq,
+    );
     let mut bytes = Vec::with_capacity(256);
     for e in entries {
         bytes.clear();
