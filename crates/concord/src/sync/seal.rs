@@ -395,3 +395,34 @@ pub(crate) fn cut_after(entries: &mut Vec<LogEntry>, limit: usize) {
         .unwrap_or(entries.len());
     entries.truncate(end);
 }
+
+/// Seal `entries` (consecutive entries of one origin, in order) with `key` in
+/// chunks from the first, as that origin's log would: for tools that build
+/// entries outside a library, the simulation's forger and tests.
+pub fn seal_entries(key: &NodeKey, library: Uuid, entries: &mut [LogEntry]) {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return;
+    };
+    let mut sealer = RunSealer::new(
+        key,
+        library,
+        first.origin,
+        first.origin_seq,
+        last.origin_seq,
+    );
+    let mut bytes = Vec::new();
+    for e in entries.iter() {
+        bytes.clear();
+        e.signed_bytes(&mut bytes);
+        sealer.add(&bytes);
+    }
+    for e in entries.iter_mut() {
+        e.seal = None;
+    }
+    let base = entries[0].origin_seq;
+    for (last, seal) in sealer.seals {
+        if let Some(e) = entries.get_mut((last - base) as usize) {
+            e.seal = Some(seal);
+        }
+    }
+}

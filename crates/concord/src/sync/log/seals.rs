@@ -65,25 +65,17 @@ pub(super) fn seal_entries(
     tx: &Transaction<'_>,
     key: &NodeKey,
     library: Uuid,
-    entries: &[LogEntry],
+    entries: &mut [LogEntry],
 ) -> Result<()> {
-    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+    let Some(origin) = entries.first().map(|e| e.origin) else {
         return Ok(());
     };
-    let mut sealer = RunSealer::new(
-        key,
-        library,
-        first.origin,
-        first.origin_seq,
-        last.origin_seq,
-    );
-    let mut bytes = Vec::with_capacity(256);
-    for e in entries {
-        bytes.clear();
-        e.signed_bytes(&mut bytes);
-        sealer.add(&bytes);
-    }
-    store_seals(tx, first.origin, &sealer.seals)
+    crate::sync::seal::seal_entries(key, library, entries);
+    let seals: Vec<(u64, Seal)> = entries
+        .iter()
+        .filter_map(|e| e.seal.map(|s| (e.origin_seq, s)))
+        .collect();
+    store_seals(tx, origin, &seals)
 }
 
 impl SyncLog {
@@ -126,7 +118,7 @@ impl SyncLog {
         let mut start = 0;
         for k in 1..=entries.len() {
             if k == entries.len() || entries[k].origin_seq != entries[k - 1].origin_seq + 1 {
-                seal_entries(&tx, &key, library, &entries[start..k])?;
+                seal_entries(&tx, &key, library, &mut entries[start..k])?;
                 start = k;
             }
         }
