@@ -107,7 +107,10 @@ fn sync_status(v: &Value) -> String {
     for p in v["peers"].as_array().into_iter().flatten() {
         let forged = p["forged"].as_u64().unwrap_or(0);
         if forged > 0 {
-            let who = p["name"].as_str().or(p["device_id"].as_str()).unwrap_or("?");
+            let who = p["name"]
+                .as_str()
+                .or(p["device_id"].as_str())
+                .unwrap_or("?");
             out.push_str(&format!(
                 "\n\nwarning: refused {forged} entries from {} not signed by their origin: {}",
                 escape(who),

@@ -46,35 +46,30 @@ impl LogEntry {
     }
     /// The bytes of this entry a seal covers, appended to `out`: everything the
     /// origin wrote, not what others add on the way (`lib_seq`, `epoch`, the
-    /// seal itself). Built by [`signed_bytes_of`], which a field added to the
-    /// entry must join so that seals cover it.
+    /// seal itself). Laid out by [`signed_bytes_of`], which a field added to
+    /// the entry must join so that seals cover it.
     pub fn signed_bytes(&self, out: &mut Vec<u8>) {
-        let payload = self.op.encode();
-        signed_bytes_of(
-            self.origin,
-            self.origin_seq,
-            self.hlc,
-            &self.model,
-            &self.record,
-            &payload,
-            out,
-        );
+        let (origin, seq, hlc) = (self.origin, self.origin_seq, self.hlc);
+        signed_bytes_of(origin, seq, hlc, &self.model, &self.record, out, |buf| {
+            // Encoding plain data into a Vec cannot fail.
+            postcard::to_extend(&self.op, std::mem::take(buf)).unwrap_or_default()
+        });
     }
 }
 
-/// THE encoding of an entry's signed bytes, from its parts (the payload being
-/// the encoded [`Op`]), so that entries decoded from a peer and raw entries of
-/// a log segment (sealed where they enter the log, without decoding them) hash
-/// alike: origin, `origin_seq`, HLC, model name, record, payload, each fixed-size
-/// or length-prefixed.
+/// THE layout of an entry's signed bytes: origin, `origin_seq`, HLC, model
+/// name, record, then the payload (the encoded [`Op`]) that `payload` appends
+/// to the buffer it is given and returns; each fixed-size or length-prefixed.
+/// Entries decoded from a peer and raw entries of a log segment (sealed where
+/// they enter the log, without decoding them) go through it alike.
 pub(crate) fn signed_bytes_of(
     origin: Uuid,
     origin_seq: u64,
     hlc: u64,
     model: &str,
     record: &Uuid,
-    payload: &[u8],
     out: &mut Vec<u8>,
+    payload: impl FnOnce(&mut Vec<u8>) -> Vec<u8>,
 ) {
     out.extend_from_slice(origin.as_bytes());
     out.extend_from_slice(&origin_seq.to_le_bytes());
@@ -82,8 +77,11 @@ pub(crate) fn signed_bytes_of(
     out.extend_from_slice(&(model.len() as u64).to_le_bytes());
     out.extend_from_slice(model.as_bytes());
     out.extend_from_slice(record.as_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(payload);
+    let at = out.len();
+    out.extend_from_slice(&[0; 8]);
+    *out = payload(out);
+    let len = (out.len() - at - 8) as u64;
+    out[at..at + 8].copy_from_slice(&len.to_le_bytes());
 }
 
 /// The signature closing a chunk of an origin's entries (`crate::sync::seal`),

@@ -52,8 +52,12 @@ pub(super) fn seal_run(
             raw.hlc,
             raw.model,
             &raw.record,
-            raw.payload,
             &mut bytes,
+            |buf| {
+                let mut buf = std::mem::take(buf);
+                buf.extend_from_slice(raw.payload);
+                buf
+            },
         );
         sealer.add(&bytes);
     }
