@@ -5,8 +5,6 @@
 //! one entry altered, and terms it does not lead. Every forgery is recorded;
 //! the final check is that no device ever logged or applied one.
 
-use std::collections::BTreeMap;
-
 use concord::model::{Syncable, Tag};
 use concord::service::protocol::{Envelope, Msg, Role, Term};
 use concord::sync::entry::{FieldWrite, LogEntry, Op};
@@ -16,16 +14,6 @@ use concord::Library;
 use uuid::Uuid;
 
 use crate::world::World;
-
-/// What the forger sent, to check that none of it took.
-#[derive(Default)]
-pub(crate) struct Forgeries {
-    /// Tags forged in another device's name carry names with this prefix.
-    pub(crate) sent: u64,
-    /// Genuine entries the forger relayed altered, by id: a device that holds
-    /// one of these ids holds the genuine entry.
-    pub(crate) altered: BTreeMap<(Uuid, u64), LogEntry>,
-}
 
 /// Prefix of every tag name the forger makes up (the workload never uses it).
 const FORGED: &str = "forged-";

@@ -27,6 +27,16 @@ use crate::rng::Rng;
 use crate::trace::Trace;
 use crate::workload::{self, Owned};
 
+/// What the byzantine member (`byzantine`) sent, to check that none of it took.
+#[derive(Default)]
+pub(crate) struct Forgeries {
+    /// How many forgeries were sent.
+    pub(crate) sent: u64,
+    /// Genuine entries the forger relayed altered, by id: a device that holds
+    /// one of these ids holds the genuine entry.
+    pub(crate) altered: std::collections::BTreeMap<(Uuid, u64), LogEntry>,
+}
+
 /// A device's node key, derived from its id (the run replays from its seed).
 pub(crate) fn device_key(id: Uuid) -> NodeKey {
     NodeKey::from_bytes(blake3::hash(id.as_bytes()).as_bytes())
@@ -80,7 +90,7 @@ pub(crate) struct World {
     /// When the run began, in simulated time.
     pub(crate) start: Instant,
     /// What the byzantine member forged.
-    pub(crate) forgeries: crate::byzantine::Forgeries,
+    pub(crate) forgeries: Forgeries,
 }
 
 impl World {
