@@ -881,7 +881,30 @@ async fn forged_and_altered_entries_are_refused_and_the_sender_reported() {
     if let concord::sync::entry::Op::Insert(w) = &mut altered[2].op {
         w[0].value = concord::model::Value::Text("genuine-altered".into());
     }
+    // A location owned by the victim, at a path of the member's choosing.
+    let location = concord::model::Location {
+        id: Uuid::now_v7(),
+        device: victim,
+        volume: Uuid::now_v7(),
+        path: "/genuine-planted".into(),
+        name: "genuine-planted".into(),
+    };
+    let mut planted = vec![LogEntry {
+        origin: victim,
+        origin_seq: victim_next,
+        hlc: genuine[0].hlc,
+        lib_seq: None,
+        epoch: None,
+        model: "location".into(),
+        record: location.id,
+        op: concord::sync::entry::Op::Insert(concord::sync::entry::FieldWrite::all(
+            concord::model::Syncable::to_values(&location),
+        )),
+        seal: None,
+    }];
+    concord::sync::seal::seal_entries(&key(1), lib_id, &mut planted);
     let forgeries = [
+        ("a location in its owner's name", planted),
         ("unsigned", unsigned),
         ("another origin sealed with the sender's key", wrong_key),
         ("a genuine chunk relabelled with another origin", relabelled),
