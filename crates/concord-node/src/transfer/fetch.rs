@@ -6,6 +6,7 @@
 //! stream each, [`MAX_CONCURRENT_PER_PEER`] in flight); each streams in
 //! pieces, so memory stays bounded whatever the sizes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use bao_tree::io::{BaoContentItem, DecodeError};
 use bao_tree::{BaoTree, ChunkRanges};
 use concord::Uuid;
 use iroh::endpoint::{RecvStream, SendStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedMutexGuard, Semaphore};
 
 use crate::error::NetError;
 use crate::frame::{expect_msg, write_msg};
@@ -64,12 +65,32 @@ struct Incoming {
 #[derive(Clone)]
 pub struct ContentClient {
     state: Arc<NodeState>,
+    writers: Writers,
+}
+
+/// One writer per destination file at a time (a new attempt waits for an
+/// abandoned one's last checkpoint, so it resumes from all of it).
+#[derive(Clone, Default)]
+struct Writers(Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl Writers {
+    async fn claim(&self, dest: PathBuf) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            map.entry(dest).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 impl ContentClient {
     /// Dials through `state`'s endpoint and connection cache.
     pub fn new(state: Arc<NodeState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            writers: Writers::default(),
+        }
     }
 
     /// Fetch `files` from `peer`, several at once on one connection; one
@@ -134,6 +155,11 @@ impl ContentClient {
         progress: &TransferProgress,
         resume: bool,
     ) -> Result<Fetched, NetError> {
+        crate::transfer::path::components(&file.dest_path)?;
+        let claim = self
+            .writers
+            .claim(file.dest_root.join(&file.dest_path))
+            .await;
         let (root, rel) = (file.dest_root.clone(), file.dest_path.clone());
         let prior = tokio::task::spawn_blocking(move || partial::load_state(&root, &rel))
             .await
@@ -158,7 +184,7 @@ impl ContentClient {
             .await
             .map_err(|_| NetError::Timeout(format!("{} did not answer", peer.name)))??;
         let incoming = check_header(header, hash, &peer.name)?;
-        receive(file, incoming, wanted, &mut recv, progress).await
+        receive(file, incoming, wanted, &mut recv, progress, claim).await
     }
 
     /// A fresh stream to `peer`, on a new connection if the cached one died.
@@ -231,6 +257,7 @@ async fn receive(
     wanted: ChunkRanges,
     recv: &mut RecvStream,
     progress: &TransferProgress,
+    claim: OwnedMutexGuard<()>,
 ) -> Result<Fetched, NetError> {
     let (tx, rx) = channel();
     let root = file.dest_root.clone();
@@ -238,6 +265,7 @@ async fn receive(
     let verified = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = verified.clone();
     let writer = tokio::task::spawn_blocking(move || {
+        let _claim = claim;
         write_verified(
             &root,
             &rel,
