@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use concord::{index, Library, Uuid};
 use concord_node::peers::Peer;
+use concord_node::transfer::partial::PartialState;
 use concord_node::transfer::{FileRequest, TransferProgress};
 use concord_node::{NetError, Node};
 
@@ -399,4 +400,159 @@ impl WithPath for FileRequest {
         self.path = path.to_string();
         self
     }
+}
+
+/// Environment of [`child_fetch`]: what to fetch, as `KEY=value` lines.
+const CHILD_ENV: &str = "CONCORD_TEST_TRANSFER_CHILD";
+
+/// Run only as a child process of
+/// [`a_receiver_killed_with_sigkill_resumes_after_restart`]: start the
+/// receiving node from its data dir and fetch the file named in
+/// [`CHILD_ENV`] (the parent kills it halfway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a child process of another test"]
+async fn child_fetch() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let field = |key: &str| {
+        spec.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing"))
+            .to_string()
+    };
+    let node = start(Path::new(&field("data")), config("beta")).await;
+    let peer = node.state.resolve_peer(&field("server")).unwrap();
+    let hash: [u8; 32] = blake3::Hash::from_hex(field("hash")).unwrap().into();
+    let req = FileRequest {
+        library: field("library").parse().unwrap(),
+        location: field("location").parse().unwrap(),
+        path: field("path"),
+        hash: Some(hash),
+        dest_root: field("dest").into(),
+        dest_path: field("path"),
+    };
+    node.fetcher
+        .fetch(&peer, req, &TransferProgress::default())
+        .await
+        .unwrap();
+}
+
+/// Bytes of `path`'s transfer recorded as verified on disk, from its state
+/// file in the destination's temp folder.
+fn verified_on_disk(dest: &Path) -> u64 {
+    let Ok(dir) = std::fs::read_dir(dest.join(".concord/tmp")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        if entry.path().extension().is_some_and(|e| e == "state") {
+            let Ok(bytes) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(state) = postcard::from_bytes::<PartialState>(&bytes) else {
+                continue;
+            };
+            total += state
+                .verified
+                .chunks(2)
+                .map(|r| r.get(1).copied().unwrap_or(state.size.div_ceil(1024)) - r[0])
+                .sum::<u64>()
+                * 1024;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_killed_with_sigkill_resumes_after_restart() {
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let s = Setup::new(|src| write_random(&src.join("big.bin"), SIZE, 9)).await;
+    let client_dir = s._tmp.path().join("b");
+    let req = s.request("big.bin");
+    s.client.shutdown().await;
+    let spec = [
+        ("data", client_dir.display().to_string()),
+        ("server", s.server.device_id().to_string()),
+        (
+            "hash",
+            blake3::Hash::from(req.hash.unwrap()).to_hex().to_string(),
+        ),
+        ("library", s.lib.to_string()),
+        ("location", s.location.to_string()),
+        ("path", req.path.clone()),
+        ("dest", s.dest.display().to_string()),
+    ]
+    .map(|(k, v)| format!("{k}={v}"))
+    .join("\n");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_fetch", "--exact", "--ignored", "--nocapture"])
+        .env(CHILD_ENV, spec)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "half of the file verified on disk",
+        Duration::from_secs(300),
+        || verified_on_disk(&s.dest) > SIZE / 2,
+    )
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !s.dest.join("big.bin").exists(),
+        "an unfinished file got its name"
+    );
+
+    let client = start(&client_dir, config("beta")).await;
+    let peer = client
+        .state
+        .resolve_peer(&s.server.device_id().to_string())
+        .unwrap();
+    let progress = TransferProgress::default();
+    client.fetcher.fetch(&peer, req, &progress).await.unwrap();
+    s.assert_same("big.bin");
+    let sent = s.server.content.progress().snapshot().bytes_sent;
+    eprintln!("{sent} bytes sent in all for a {SIZE}-byte file, across a SIGKILL");
+    assert!(
+        (sent as f64) < SIZE as f64 * 1.1,
+        "{sent} bytes sent for a {SIZE}-byte file"
+    );
+    assert!(progress.snapshot().bytes_received < SIZE * 6 / 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_mid_transfer_is_resumed_from_after_it_restarts() {
+    const SIZE: u64 = 64 * 1024 * 1024;
+    let s = Setup::new(|src| write_random(&src.join("mid.bin"), SIZE, 5)).await;
+    let progress = Arc::new(TransferProgress::default());
+    let first = {
+        let (fetcher, peer, req, progress) = (
+            s.client.fetcher.clone(),
+            s.peer(),
+            s.request("mid.bin"),
+            progress.clone(),
+        );
+        tokio::spawn(async move { fetcher.fetch(&peer, req, &progress).await })
+    };
+    wait_for("a third of the file", Duration::from_secs(300), || {
+        progress.snapshot().bytes_received > SIZE / 3
+    })
+    .await;
+    s.server.shutdown().await;
+    let err = first.await.unwrap().unwrap_err();
+    let sent_before = s.server.content.progress().snapshot().bytes_sent;
+    assert!(matches!(err, NetError::Io(_)), "{err}");
+    assert!(!s.dest.join("mid.bin").exists());
+
+    let server = start(&s._tmp.path().join("a"), config("alpha")).await;
+    let again = TransferProgress::default();
+    s.client
+        .fetcher
+        .fetch(&s.peer(), s.request("mid.bin"), &again)
+        .await
+        .unwrap();
+    s.assert_same("mid.bin");
+    let sent = sent_before + server.content.progress().snapshot().bytes_sent;
+    assert!((sent as f64) < SIZE as f64 * 1.1, "{sent} bytes sent");
 }
