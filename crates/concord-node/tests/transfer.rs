@@ -556,3 +556,77 @@ async fn a_server_gone_mid_transfer_is_resumed_from_after_it_restarts() {
     let sent = sent_before + server.content.progress().snapshot().bytes_sent;
     assert!((sent as f64) < SIZE as f64 * 1.1, "{sent} bytes sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_breaking_the_limits_is_cut_off_and_honest_requests_continue() {
+    let s = Setup::new(|src| std::fs::write(src.join("ok.txt"), b"fine").unwrap()).await;
+    let conn = s
+        .client
+        .state
+        .connect(&s.peer(), concord_node::CONTENT_ALPN)
+        .await
+        .unwrap();
+    // A request frame announcing 1 GiB: refused before anything is allocated.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    let _ = send.finish();
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = recv.read_chunk(1024).await {
+        buf.extend_from_slice(&chunk);
+    }
+    assert!(buf.is_empty(), "an oversized request was answered");
+    let reason = tokio::time::timeout(Duration::from_secs(30), conn.closed())
+        .await
+        .unwrap();
+    assert!(
+        format!("{reason:?}").contains("protocol violation"),
+        "{reason:?}"
+    );
+
+    // Undecodable ranges in a well-formed frame: the same.
+    let conn = s
+        .client
+        .state
+        .connect(&s.peer(), concord_node::CONTENT_ALPN)
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let mut bad = s.request("ok.txt");
+    bad.hash = None;
+    let req = concord_node::transfer::wire::ContentRequest {
+        library: bad.library,
+        location: bad.location,
+        path: bad.path,
+        hash: None,
+        wanted: vec![9, 3],
+    };
+    concord_node::frame::write_msg(&mut send, &req)
+        .await
+        .unwrap();
+    let _ = send.finish();
+    tokio::time::timeout(Duration::from_secs(30), conn.closed())
+        .await
+        .unwrap();
+
+    // An unpaired node is refused at the connection.
+    let tmp = tempfile::tempdir().unwrap();
+    let stranger = start(tmp.path(), config("gamma")).await;
+    let mut peer = s.peer();
+    peer.addrs = s.server.addrs();
+    let conn = stranger
+        .state
+        .connect(&peer, concord_node::CONTENT_ALPN)
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(30), conn.closed())
+        .await
+        .unwrap();
+    assert!(format!("{reason:?}").contains("not paired"), "{reason:?}");
+
+    s.client
+        .fetcher
+        .fetch(&s.peer(), s.request("ok.txt"), &TransferProgress::default())
+        .await
+        .unwrap();
+    s.assert_same("ok.txt");
+}
