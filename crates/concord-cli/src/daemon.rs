@@ -312,6 +312,9 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
         Request::LocationPull { library, location } => {
             pull_locations(node, &ctx, &library, location.as_deref()).await
         }
+        Request::EntryFetch { library, entry, to } => {
+            crate::fetch::entry_fetch(node, ctx, library, entry, to).await
+        }
         Request::EntryList {
             library,
             location,
