@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{encode_ranges_validated, outboard_post_order};
@@ -70,6 +70,29 @@ pub fn authorize(
     }
 }
 
+/// Hash the first `tree.size()` bytes of `file` into its BLAKE3 tree (post
+/// order), kept in memory or in an unnamed temp file by size.
+fn build_tree(file: &File, tree: BaoTree) -> std::io::Result<(blake3::Hash, TreeStore)> {
+    let data = BufReader::with_capacity(256 * 1024, Read::take(file, tree.size()));
+    if tree.outboard_size() <= MAX_MEMORY_OUTBOARD {
+        let mut out = Vec::with_capacity(tree.outboard_size() as usize);
+        let hash = outboard_post_order(data, tree, &mut out)?;
+        Ok((hash, TreeStore::Memory(out)))
+    } else {
+        let mut out = tempfile::tempfile()?;
+        let hash = outboard_post_order(data, tree, std::io::BufWriter::new(&mut out))?;
+        Ok((hash, TreeStore::File(out)))
+    }
+}
+
+/// The BLAKE3 hash of the file at `path`, computed as serving it does (its
+/// tree of 16 KiB groups built on the way): what benchmark F6 measures.
+pub fn hash_for_transfer(path: &Path) -> std::io::Result<blake3::Hash> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    build_tree(&file, BaoTree::new(size, BLOCK)).map(|(hash, _)| hash)
+}
+
 impl Source {
     /// Open `root/path`, hash it and check it against the expected hash.
     pub fn open(root: PathBuf, req: &ContentRequest) -> Result<Source, NetError> {
@@ -83,20 +106,9 @@ impl Source {
             )));
         }
         let tree = BaoTree::new(size, BLOCK);
-        let changed = |e: std::io::Error| {
+        let (hash, store) = build_tree(&file, tree).map_err(|e| {
             NetError::Refused(format!("{} changed while being read: {e}", path.display()))
-        };
-        let data = BufReader::with_capacity(256 * 1024, Read::take(&file, size));
-        let (hash, store) = if tree.outboard_size() <= MAX_MEMORY_OUTBOARD {
-            let mut out = Vec::with_capacity(tree.outboard_size() as usize);
-            let hash = outboard_post_order(data, tree, &mut out).map_err(changed)?;
-            (hash, TreeStore::Memory(out))
-        } else {
-            let mut out = tempfile::tempfile()?;
-            let hash = outboard_post_order(data, tree, std::io::BufWriter::new(&mut out))
-                .map_err(changed)?;
-            (hash, TreeStore::File(out))
-        };
+        })?;
         if let Some(expected) = req.hash {
             if expected != *hash.as_bytes() {
                 return Err(NetError::Refused(format!(
