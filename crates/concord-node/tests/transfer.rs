@@ -1,8 +1,9 @@
 //! The transfer engine (`concord/content/1`) between real nodes over Iroh on
 //! 127.0.0.1, real files in temp dirs: every shape of file arrives with equal
-//! hashes, mtimes and exec bits; a 200 MB transfer dropped halfway resumes
-//! with under 1.1× the file sent; a byte flipped on the wire is detected and
-//! never lands; requests outside a location, through a symlink, for another
+//! hashes, mtimes and exec bits; a 200 MB transfer dropped halfway, or cut
+//! by a SIGKILL of the receiving or the serving process (children re-running
+//! this binary), resumes with under 1.1× the file sent; a byte flipped on the
+//! wire is detected and never lands; a peer breaking the limits is cut off; requests outside a location, through a symlink, for another
 //! version or from a non-member are refused and change nothing.
 
 use std::os::unix::fs::PermissionsExt;
@@ -629,4 +630,103 @@ async fn a_peer_breaking_the_limits_is_cut_off_and_honest_requests_continue() {
         .await
         .unwrap();
     s.assert_same("ok.txt");
+}
+
+/// Environment of [`child_serve`]: the data dir of the node to run.
+const SERVE_ENV: &str = "CONCORD_TEST_TRANSFER_SERVE";
+
+/// Run only as a child process of
+/// [`a_server_killed_with_sigkill_is_resumed_from_after_it_restarts`]: run
+/// the serving node from its data dir until killed (at most two minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a child process of another test"]
+async fn child_serve() {
+    let Ok(dir) = std::env::var(SERVE_ENV) else {
+        return;
+    };
+    let _node = start(Path::new(&dir), config("alpha")).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+/// A child process, killed with SIGKILL when dropped.
+struct Child(std::process::Child);
+
+impl Child {
+    fn spawn(test: &str, env: &str, value: &str) -> Child {
+        Child(
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([test, "--exact", "--ignored", "--nocapture"])
+                .env(env, value)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+/// Fetch until an attempt gets past connecting (the child may still be
+/// starting); every attempt counts its bytes into `progress`.
+async fn fetch_once_reachable(
+    fetcher: concord_node::transfer::ContentClient,
+    peer: Peer,
+    req: FileRequest,
+    progress: Arc<TransferProgress>,
+) -> Result<concord_node::transfer::Fetched, NetError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match fetcher.fetch(&peer, req.clone(), &progress).await {
+            Err(NetError::Unreachable(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_with_sigkill_is_resumed_from_after_it_restarts() {
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let s = Setup::new(|src| write_random(&src.join("big.bin"), SIZE, 11)).await;
+    let server_dir = s._tmp.path().join("a");
+    s.server.shutdown().await;
+    let dir = server_dir.display().to_string();
+
+    let server = Child::spawn("child_serve", SERVE_ENV, &dir);
+    let progress = Arc::new(TransferProgress::default());
+    let fetcher = s.client.fetcher.clone();
+    let first = tokio::spawn(fetch_once_reachable(
+        fetcher.clone(),
+        s.peer(),
+        s.request("big.bin"),
+        progress.clone(),
+    ));
+    wait_for("half of the file", Duration::from_secs(300), || {
+        progress.snapshot().bytes_received > SIZE / 2
+    })
+    .await;
+    drop(server); // SIGKILL
+    assert!(
+        first.await.unwrap().is_err(),
+        "the transfer outlived its server"
+    );
+    assert!(!s.dest.join("big.bin").exists());
+
+    let _server = Child::spawn("child_serve", SERVE_ENV, &dir);
+    fetch_once_reachable(fetcher, s.peer(), s.request("big.bin"), progress.clone())
+        .await
+        .unwrap();
+    s.assert_same("big.bin");
+    let received = progress.snapshot().bytes_received;
+    eprintln!("{received} bytes received in all for a {SIZE}-byte file, across a server SIGKILL");
+    assert!(
+        (received as f64) < SIZE as f64 * 1.1,
+        "{received} bytes received for a {SIZE}-byte file"
+    );
 }
