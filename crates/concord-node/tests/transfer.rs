@@ -730,3 +730,63 @@ async fn a_server_killed_with_sigkill_is_resumed_from_after_it_restarts() {
         "{received} bytes received for a {SIZE}-byte file"
     );
 }
+
+/// A small tmpfs volume, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` (the test says why and skips) without the right to mount.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_larger_than_the_free_space_is_refused_as_disk_full_and_leaves_nothing() {
+    let mut s = Setup::new(|src| {
+        write_random(&src.join("big.bin"), 24 * 1024 * 1024, 2);
+        write_random(&src.join("fits.bin"), 1024 * 1024, 4);
+    })
+    .await;
+    let small = s._tmp.path().join("small");
+    let Some(_volume) = Tmpfs::mount(&small, "16m") else {
+        eprintln!("skipping: mounting a tmpfs needs root");
+        return;
+    };
+    s.dest = small.clone();
+    let err = s
+        .client
+        .fetcher
+        .fetch(
+            &s.peer(),
+            s.request("big.bin"),
+            &TransferProgress::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(!small.join("big.bin").exists());
+    assert!(s.temp_files().is_empty(), "left over: {:?}", s.temp_files());
+    s.client
+        .fetcher
+        .fetch(
+            &s.peer(),
+            s.request("fits.bin"),
+            &TransferProgress::default(),
+        )
+        .await
+        .unwrap();
+    s.assert_same("fits.bin");
+}

@@ -25,6 +25,8 @@ use crate::transfer::wire::{decode_ranges, encode_ranges};
 
 /// Verified bytes written between two checkpoints: what a crash may cost.
 pub const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+/// How a refusal for want of space starts, for callers that pause on it.
+pub const DISK_FULL: &str = "disk full";
 /// Largest state file read back (its ranges are bounded by the protocol's).
 const MAX_STATE_BYTES: u64 = 64 * 1024;
 
@@ -65,6 +67,22 @@ fn temp_dir(root: &Path) -> Result<PathBuf, NetError> {
         }
     }
     Ok(dir)
+}
+
+/// Bytes covered by a set of 1 KiB chunk ranges (an open range counts as
+/// none: it only appears in requests).
+fn chunk_bytes(ranges: &ChunkRanges) -> u64 {
+    let b = encode_ranges(ranges);
+    b.chunks(2)
+        .filter_map(|r| r.get(1).map(|end| end - r[0]))
+        .sum::<u64>()
+        .saturating_mul(1024)
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn available(dir: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// The chunks of a file of `size` bytes.
@@ -119,6 +137,16 @@ impl Partial {
                 ChunkRanges::empty()
             }
         };
+        let have = chunk_bytes(&verified).min(size);
+        if let Some(free) = available(root) {
+            if size - have > free {
+                return Err(NetError::Refused(format!(
+                    "{DISK_FULL}: {} needs {} more bytes and {free} are free",
+                    dest.display(),
+                    size - have
+                )));
+            }
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -144,6 +172,18 @@ impl Partial {
         Ok(partial)
     }
 
+    /// The error for a failed write: "disk full" (and the temp files
+    /// removed, so none is left behind) or an I/O error.
+    fn write_error(&self, e: std::io::Error) -> NetError {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            let _ = std::fs::remove_file(&self.state_path);
+            let _ = std::fs::remove_file(&self.part);
+            NetError::Refused(format!("{DISK_FULL}: writing {}", self.dest.display()))
+        } else {
+            NetError::Io(format!("{}: {e}", self.part.display()))
+        }
+    }
+
     /// Ranges already verified and on disk.
     pub fn verified(&self) -> &ChunkRanges {
         &self.verified
@@ -157,7 +197,7 @@ impl Partial {
             .ok_or_else(|| NetError::Protocol("data beyond the end of the file".into()))?;
         self.file
             .write_all_at(data, offset)
-            .map_err(|e| NetError::Io(format!("{}: {e}", self.part.display())))?;
+            .map_err(|e| self.write_error(e))?;
         self.verified |= ChunkRanges::from(ChunkNum(offset / 1024)..ChunkNum(end.div_ceil(1024)));
         self.unsaved += data.len() as u64;
         if self.unsaved >= CHECKPOINT_BYTES {
@@ -168,9 +208,7 @@ impl Partial {
 
     /// Make what was written durable, then record it as verified.
     pub fn checkpoint(&mut self) -> Result<(), NetError> {
-        self.file
-            .sync_data()
-            .map_err(|e| NetError::Io(format!("{}: {e}", self.part.display())))?;
+        self.file.sync_data().map_err(|e| self.write_error(e))?;
         self.save()?;
         self.unsaved = 0;
         Ok(())
