@@ -390,6 +390,20 @@ async fn requests_outside_a_location_through_symlinks_or_for_other_content_are_r
     // And the honest request still works.
     fetch(s.request("ok.txt")).await.unwrap();
     s.assert_same("ok.txt");
+
+    // Unpaired: refused from the next request on, on the open connection too.
+    s.server
+        .state
+        .remove_device(&s.client.device_id().to_string())
+        .await
+        .unwrap();
+    let again = FileRequest {
+        dest_path: "again.txt".into(),
+        ..s.request("ok.txt")
+    };
+    let err = fetch(again).await.unwrap_err();
+    assert!(err.to_string().contains("not paired"), "{err}");
+    assert!(!s.dest.join("again.txt").exists());
 }
 
 trait WithPath {

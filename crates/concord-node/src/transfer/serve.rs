@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use concord::Uuid;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
+use iroh::EndpointId;
 use tokio::sync::Semaphore;
 
 use crate::error::NetError;
@@ -20,9 +21,7 @@ use crate::transfer::wire::{
     decode_ranges, ContentHeader, ContentRequest, MAX_CONCURRENT_PER_PEER, MAX_REQUEST_FRAME,
     REQUEST_TIMEOUT,
 };
-
-/// Close code of a connection cut off for breaking the protocol's limits.
-pub const MISBEHAVING: u32 = 4;
+use crate::transport::MISBEHAVING;
 
 /// Serves file content to members; counts what it sends.
 #[derive(Clone)]
@@ -63,6 +62,7 @@ impl ContentServer {
 
     async fn serve(
         &self,
+        remote: EndpointId,
         device: Uuid,
         mut send: SendStream,
         mut recv: RecvStream,
@@ -74,7 +74,7 @@ impl ContentServer {
         let wanted = decode_ranges(&req.wanted)?;
         let state = self.state.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            let root = authorize(&state, device, &req)?;
+            let root = authorize(&state, remote, &req)?;
             Source::open(root, &req)
         })
         .await
@@ -140,7 +140,7 @@ impl ProtocolHandler for ContentServer {
                 let Ok(_slot) = slots.acquire().await else {
                     return;
                 };
-                match server.serve(device, send, recv).await {
+                match server.serve(remote, device, send, recv).await {
                     Ok(()) => {}
                     Err(e @ (NetError::Protocol(_) | NetError::Timeout(_))) => {
                         tracing::warn!(device = %device, "misbehaving peer disconnected: {e}");

@@ -11,7 +11,7 @@ use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{encode_ranges_validated, outboard_post_order};
 use bao_tree::{BaoTree, ChunkRanges};
 use concord::query::{self, members};
-use concord::Uuid;
+use iroh::EndpointId;
 
 use crate::error::NetError;
 use crate::state::NodeState;
@@ -38,14 +38,17 @@ pub struct Source {
     pub header: ContentHeader,
 }
 
-/// The root folder of the requested location, when `device` may read it:
-/// the library is here, `device` is one of its members and the location is
-/// one this device added. A refusal says which check failed.
+/// The root folder of the requested location, when the node `remote` may
+/// read it: it is a paired device (checked again for every request, so
+/// unpairing takes effect on open connections), the library is here, the
+/// device is one of its members and the location is one this device added.
+/// A refusal says which check failed.
 pub fn authorize(
     state: &NodeState,
-    device: Uuid,
+    remote: EndpointId,
     req: &ContentRequest,
 ) -> Result<PathBuf, NetError> {
+    let device = state.authorize(remote)?.device_id;
     let here = state.data.list_libraries()?;
     if !here.iter().any(|l| l.id == req.library) {
         return Err(NetError::Refused(format!(
