@@ -68,19 +68,28 @@ pub fn resolve_parent_dirs(root: &Path, rel: &str) -> Result<PathBuf, NetError> 
 }
 
 /// Open a regular file at `root/rel` for reading, following no symlink.
+/// The components are checked one by one first (for a clear refusal), then
+/// the file is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`
+/// from the root, so a folder swapped for a link in between is refused too
+/// (kernels before 5.6: `O_NOFOLLOW` on the last component only).
 pub fn open_regular(root: &Path, rel: &str) -> Result<(File, PathBuf), NetError> {
     let path = resolve_parent_dirs(root, rel)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => NetError::Refused(format!(
-                "{} is a symlink (symlinks are not followed)",
-                path.display()
-            )),
-            _ => NetError::Refused(format!("{}: {e}", path.display())),
-        })?;
+    let refused = |e: std::io::Error| match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::EXDEV) => NetError::Refused(format!(
+            "{} is reached through a symlink (symlinks are not followed)",
+            path.display()
+        )),
+        _ => NetError::Refused(format!("{}: {e}", path.display())),
+    };
+    let file = match open_beneath(root, rel) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(refused)?,
+        Err(e) => return Err(refused(e)),
+    };
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(NetError::Refused(format!(
@@ -89,6 +98,27 @@ pub fn open_regular(root: &Path, rel: &str) -> Result<(File, PathBuf), NetError>
         )));
     }
     Ok((file, path))
+}
+
+/// `rel` opened read-only below `root`, the kernel refusing any symlink and
+/// any escape on the way.
+fn open_beneath(root: &Path, rel: &str) -> std::io::Result<File> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
+    let dir = openat2(
+        CWD,
+        root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::empty(),
+    )?;
+    let fd = openat2(
+        &dir,
+        rel,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )?;
+    Ok(File::from(fd))
 }
 
 /// Create the folders of `root/rel` that are missing (never through a
@@ -160,5 +190,11 @@ mod tests {
         assert!(prepare_destination(dir.path(), "link/new").is_err());
         assert!(prepare_destination(dir.path(), "f").is_err());
         assert!(!outside.path().join("new").exists());
+        // The kernel check alone (what a folder swapped for a link after the
+        // component walk meets) refuses both too.
+        assert!(open_beneath(dir.path(), "link/secret").is_err());
+        assert!(open_beneath(dir.path(), "f").is_err());
+        std::fs::write(dir.path().join("plain"), b"p").unwrap();
+        assert!(open_beneath(dir.path(), "plain").is_ok());
     }
 }
