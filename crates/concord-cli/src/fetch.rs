@@ -33,7 +33,7 @@ struct Plan {
     files: Vec<(String, String, u64)>,
 }
 
-/// Run `entry fetch`; `{"path","bytes","files"}`.
+/// Run `entry fetch`; `{"path","bytes","files","received"}`.
 pub async fn entry_fetch(
     node: &Node,
     ctx: Arc<Context>,
@@ -95,6 +95,9 @@ pub async fn entry_fetch(
         "path": path.display().to_string(),
         "bytes": bytes,
         "files": plan.files.len(),
+        // On the wire this time (data and tree nodes): less than `bytes`
+        // when an interrupted fetch resumed.
+        "received": progress.snapshot().bytes_received,
     }))
 }
 

@@ -611,3 +611,84 @@ fn entry_fetch_copies_a_file_and_a_folder_of_another_device_verified() {
         ])
         .contains("needs the network"));
 }
+
+#[test]
+fn entry_fetch_resumes_after_the_receiving_node_is_killed_with_sigkill() {
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(tree.join("big.bin")).unwrap());
+        let mut xof = blake3::Hasher::new().update(b"F4").finalize_xof();
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..SIZE >> 20 {
+            xof.fill(&mut buf);
+            out.write_all(&buf).unwrap();
+        }
+    }
+    let mut a = Node::new(tmp.path(), "owner");
+    let mut b = Node::new(tmp.path(), "fetcher");
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    a.json(&["location", "add", "lib", tree.to_str().unwrap()]);
+    b.json(&["library", "join", "lib", "owner"]);
+    wait_until("B sees A's location", || {
+        b.json(&["location", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let listed = b.json(&["entry", "list", "lib", "--device", &a.device_id()]);
+    let id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "big.bin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let copy = dest.join("big.bin");
+    let args = [
+        "entry",
+        "fetch",
+        "lib",
+        id.as_str(),
+        "--to",
+        copy.to_str().unwrap(),
+    ];
+
+    let mut first = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&b.dir)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("half of the file verified on B's disk", || {
+        concord_node::transfer::partial::resumable_bytes(&dest) > SIZE / 2
+    });
+    b.kill(); // SIGKILL of the node doing the transfer
+    assert!(!first.wait().unwrap().success());
+    assert!(!copy.exists(), "an unfinished file got its name");
+
+    b.start();
+    let mut again = vec!["--json"];
+    again.extend_from_slice(&args);
+    let out = support::one_json(&support::expect_success(b.run(&again), &again));
+    assert_eq!(out["bytes"], SIZE);
+    let received = out["received"].as_u64().unwrap();
+    assert!(
+        received < SIZE * 55 / 100,
+        "{received} bytes received after the restart"
+    );
+    assert_eq!(content_hash(&copy), content_hash(&tree.join("big.bin")));
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use concord::{index, Library, Uuid};
 use concord_node::peers::Peer;
-use concord_node::transfer::partial::PartialState;
+use concord_node::transfer::partial::resumable_bytes;
 use concord_node::transfer::{FileRequest, TransferProgress};
 use concord_node::{NetError, Node};
 
@@ -453,32 +453,6 @@ async fn child_fetch() {
         .unwrap();
 }
 
-/// Bytes of `path`'s transfer recorded as verified on disk, from its state
-/// file in the destination's temp folder.
-fn verified_on_disk(dest: &Path) -> u64 {
-    let Ok(dir) = std::fs::read_dir(dest.join(".concord/tmp")) else {
-        return 0;
-    };
-    let mut total = 0;
-    for entry in dir.flatten() {
-        if entry.path().extension().is_some_and(|e| e == "state") {
-            let Ok(bytes) = std::fs::read(entry.path()) else {
-                continue;
-            };
-            let Ok(state) = postcard::from_bytes::<PartialState>(&bytes) else {
-                continue;
-            };
-            total += state
-                .verified
-                .chunks(2)
-                .map(|r| r.get(1).copied().unwrap_or(state.size.div_ceil(1024)) - r[0])
-                .sum::<u64>()
-                * 1024;
-        }
-    }
-    total
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_killed_with_sigkill_resumes_after_restart() {
     const SIZE: u64 = 200 * 1024 * 1024;
@@ -509,7 +483,7 @@ async fn a_receiver_killed_with_sigkill_resumes_after_restart() {
     wait_for(
         "half of the file verified on disk",
         Duration::from_secs(300),
-        || verified_on_disk(&s.dest) > SIZE / 2,
+        || resumable_bytes(&s.dest) > SIZE / 2,
     )
     .await;
     child.kill().unwrap(); // SIGKILL

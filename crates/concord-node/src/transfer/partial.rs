@@ -104,6 +104,29 @@ pub fn load_state(root: &Path, rel: &str) -> Option<PartialState> {
     (part_len == parsed.size && decode_ranges(&parsed.verified).is_ok()).then_some(parsed)
 }
 
+/// Bytes already verified of the interrupted transfers into the location
+/// at `root` (what their resumes will not fetch again): for status and
+/// tests.
+pub fn resumable_bytes(root: &Path) -> u64 {
+    let Ok(dir) = std::fs::read_dir(root.join(CONCORD_DIR).join("tmp")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "state") {
+            continue;
+        }
+        let state = std::fs::read(&path)
+            .ok()
+            .and_then(|b| postcard::from_bytes::<PartialState>(&b).ok());
+        if let Some(ranges) = state.and_then(|s| decode_ranges(&s.verified).ok()) {
+            total += chunk_bytes(&ranges);
+        }
+    }
+    total
+}
+
 /// Forget an interrupted transfer to `root/rel` (its content changed).
 pub fn discard(root: &Path, rel: &str) {
     let (part, state) = temp_paths(root, rel);
