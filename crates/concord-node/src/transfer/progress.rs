@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct TransferProgress {
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
-    /// Bytes written to temp files after verification.
+    /// Bytes verified and written to temp files (added as each file's
+    /// stream ends; `bytes_received` moves live).
     pub bytes_verified: AtomicU64,
     pub files_done: AtomicU64,
     pub files_failed: AtomicU64,
