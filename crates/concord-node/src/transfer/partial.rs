@@ -20,7 +20,7 @@ use bao_tree::{ChunkNum, ChunkRanges};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NetError;
-use crate::transfer::path::{prepare_destination, CONCORD_DIR};
+use crate::transfer::path::{make_dir, prepare_destination, CONCORD_DIR};
 use crate::transfer::wire::{decode_ranges, encode_ranges};
 
 /// Verified bytes written between two checkpoints: what a crash may cost.
@@ -62,8 +62,7 @@ fn temp_dir(root: &Path) -> Result<PathBuf, NetError> {
                     dir.display()
                 )))
             }
-            Err(_) => std::fs::create_dir(&dir)
-                .map_err(|e| NetError::Io(format!("{}: {e}", dir.display())))?,
+            Err(_) => make_dir(&dir)?,
         }
     }
     Ok(dir)

@@ -137,10 +137,7 @@ pub fn prepare_destination(root: &Path, rel: &str) -> Result<PathBuf, NetError> 
                     path.display()
                 )))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&path)
-                    .map_err(|e| NetError::Io(format!("{}: {e}", path.display())))?;
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => make_dir(&path)?,
             Err(e) => return Err(NetError::Io(format!("{}: {e}", path.display()))),
         }
     }
@@ -151,6 +148,24 @@ pub fn prepare_destination(root: &Path, rel: &str) -> Result<PathBuf, NetError> 
             path.display()
         ))),
         _ => Ok(path),
+    }
+}
+
+/// Create the folder `path`; one made meanwhile by a concurrent transfer is
+/// fine, as long as it is a real folder (not a symlink).
+pub fn make_dir(path: &Path) -> Result<(), NetError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                _ => Err(NetError::Refused(format!(
+                    "{} is not a folder (symlinks are not followed)",
+                    path.display()
+                ))),
+            }
+        }
+        Err(e) => Err(NetError::Io(format!("{}: {e}", path.display()))),
     }
 }
 
@@ -176,6 +191,21 @@ mod tests {
         assert!(components(&"a".repeat(256)).is_err());
         assert!(components(&"a/".repeat(2049)).is_err());
         assert_eq!(components("é/日本/x.txt").unwrap(), ["é", "日本", "x.txt"]);
+    }
+
+    #[test]
+    fn concurrent_transfers_into_one_new_folder_all_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..16)
+            .map(|i| {
+                let root = dir.path().to_path_buf();
+                std::thread::spawn(move || prepare_destination(&root, &format!("new/deeper/f{i}")))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        assert!(dir.path().join("new/deeper").is_dir());
     }
 
     #[test]
