@@ -412,6 +412,7 @@ pub fn register(lib: &Library, peer: &Peer) -> Result<(), NetError> {
             name: peer.name.clone(),
             node_id: Some(peer.node_id.clone()),
             addrs: crate::state::format_addrs(&peer.addrs, &peer.relays),
+            removed: None,
         }))?;
     }
     Ok(())

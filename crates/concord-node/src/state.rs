@@ -133,6 +133,7 @@ impl NodeState {
             Some(Device {
                 node_id: Some(node_id),
                 addrs,
+                removed: None,
                 ..
             }) => {
                 let addrs = addrs.as_deref().unwrap_or("");

@@ -116,6 +116,7 @@ impl Cluster {
                 name: format!("d{i}"),
                 node_id: None,
                 addrs: None,
+                removed: None,
             }))
             .unwrap();
         }

@@ -367,7 +367,16 @@ impl SyncService {
         }
         let n = entries.len() as u64;
         let report = self
-            .run_sqlite(move |lib| lib.apply_remote(&entries))
+            .run_sqlite(move |lib| {
+                let report = lib.apply_remote(&entries)?;
+                // Entries of a removed device this device took before it
+                // learned of the removal are vouched for, so every member
+                // ends with the same ones (`membership::raise_cutoffs`).
+                if report.applied > 0 {
+                    crate::membership::raise_cutoffs(lib)?;
+                }
+                Ok(report)
+            })
             .await?;
         let mut state = self.state();
         state.stats.received += n;
