@@ -5,7 +5,9 @@
 //! BLAKE3 MAC over the handshake transcript, which names both node ids, both
 //! device ids, the invite id and both nonces: a MAC cannot be replayed on another
 //! connection or for another pair of devices. A wrong, expired or reused secret
-//! is refused and nothing is stored on either side.
+//! is refused and nothing is stored on either side. So is a device id that is
+//! already bound to another node key (`NodeState::check_binding`): a device id
+//! belongs to the key it was first paired or registered with.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -278,6 +280,7 @@ async fn join_on(
         _ => return Err(NetError::Protocol("unexpected pairing message".into())),
     }
     let _ = send.finish();
+    state.check_binding(inviter_device, &inviter_node.to_string())?;
     let peer = Peer {
         device_id: inviter_device,
         name: inviter_name,
@@ -424,6 +427,10 @@ impl Pairing {
             inviter_nonce,
         };
         let proven = blake3::Hash::from(mac) == transcript.mac(&secret, 1);
+        if proven {
+            // Only a joiner that proved the secret learns why it is refused.
+            state.check_binding(device_id, &joiner_node.to_string())?;
+        }
         self.spend_invite(&invite_id, proven, joiner_node)?;
         let peer = Peer {
             device_id,

@@ -39,7 +39,7 @@ pub fn remove(lib: &Library, device: Uuid) -> Result<Option<u64>> {
 /// the cutoff rises. Returns how many cutoffs were raised.
 pub fn raise_cutoffs(lib: &Library) -> Result<usize> {
     let me = lib.device();
-    let cutoffs = lib.read(|c| Cutoffs::load(c))?;
+    let cutoffs = lib.read(Cutoffs::load)?;
     let mut raised = 0;
     for (device, cut) in cutoffs.iter() {
         if device == me {

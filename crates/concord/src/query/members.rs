@@ -45,6 +45,20 @@ pub fn device_for_node(lib: &Library, node_id: &str) -> Result<Option<Uuid>> {
     })
 }
 
+/// The removed device that registered `node_id`, if any: its connections
+/// are kept only to hear the entries it pushes (the cutoff refuses all but
+/// its removal of its remover), never to serve it.
+pub fn removed_for_node(lib: &Library, node_id: &str) -> Result<Option<Uuid>> {
+    lib.read(|c| {
+        Ok(c.prepare_cached(
+            "SELECT uuid FROM devices WHERE node_id = ?1 AND removed IS NOT NULL
+                 ORDER BY (COALESCE(node_id__dev, _dev) = uuid) DESC, _hlc, uuid LIMIT 1",
+        )?
+        .query_row([node_id], |r| r.get(0))
+        .optional()?)
+    })
+}
+
 /// Whether `device` was removed from the library: it may not sync it, join it
 /// again, or be shown it.
 pub fn is_removed(lib: &Library, device: Uuid) -> Result<bool> {

@@ -34,7 +34,7 @@ impl SyncService {
             return reply(Msg::Error { message: e });
         }
         if !self.is_member(req.from).await {
-            if let Some(message) = self.from_removed(req.from, &req.msg).await {
+            if let Some(message) = self.hear_removed(req.from, &req.msg).await {
                 return reply(Msg::Error { message });
             }
             tracing::warn!(library = %req.library, from = %req.from, "request from a device not registered in this library");
@@ -66,7 +66,7 @@ impl SyncService {
     /// The entries it pushes or proposes go through the cutoff (which keeps
     /// only its removal of the member that removed it, so a concurrent mutual
     /// removal ends the same on every member). `None`: not a removed device.
-    async fn from_removed(&self, from: Uuid, msg: &Msg) -> Option<String> {
+    async fn hear_removed(&self, from: Uuid, msg: &Msg) -> Option<String> {
         let removed = self
             .run_sqlite(move |lib| query::members::is_removed(lib, from))
             .await
