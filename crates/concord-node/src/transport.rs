@@ -252,7 +252,7 @@ impl SyncHandler {
             Some(row) if row.removed.is_none() => true,
             Some(_) => matches!(
                 req.msg,
-                Msg::PushEntries { .. } | Msg::ProposeEntries { .. }
+                Msg::PushEntries { .. } | Msg::ProposeEntries { .. } | Msg::NewEntries { .. }
             ),
             None => false,
         }

@@ -63,7 +63,8 @@ impl SyncService {
     }
 
     /// A request from a device removed from this library: served nothing.
-    /// The entries it pushes or proposes go through the cutoff (which keeps
+    /// Its own entries that it pushes, proposes or announces as a leader go
+    /// through the cutoff (which keeps
     /// only its removal of the member that removed it, so a concurrent mutual
     /// removal ends the same on every member). `None`: not a removed device.
     async fn hear_removed(&self, from: Uuid, msg: &Msg) -> Option<String> {
@@ -74,11 +75,23 @@ impl SyncService {
         if !removed {
             return None;
         }
-        if let Msg::PushEntries { entries } | Msg::ProposeEntries { entries } = msg {
-            if entries.iter().all(|e| e.origin == from) {
-                if let Err(e) = self.apply(entries.clone()).await {
-                    self.note_error(e);
-                }
+        let entries = match msg {
+            Msg::PushEntries { entries }
+            | Msg::ProposeEntries { entries }
+            | Msg::NewEntries {
+                entries: Some(entries),
+                ..
+            } => entries.as_slice(),
+            _ => &[],
+        };
+        let own: Vec<LogEntry> = entries
+            .iter()
+            .filter(|e| e.origin == from)
+            .cloned()
+            .collect();
+        if !own.is_empty() {
+            if let Err(e) = self.apply(own).await {
+                self.note_error(e);
             }
         }
         tracing::warn!(library = %self.shared.lib.id(), from = %from, "request from a removed device refused");
