@@ -248,6 +248,8 @@ async fn join_on(
     }
     concord::validate::name("device name", &inviter_name)
         .map_err(|e| NetError::Protocol(format!("inviter sent a bad name: {e}")))?;
+    // Before the proof, so that a refusal leaves nothing stored on either side.
+    state.check_binding(inviter_device, &inviter_node.to_string())?;
     let joiner_node = state.endpoint.id();
     let transcript = Transcript {
         inviter_node: &inviter_node,
@@ -280,7 +282,6 @@ async fn join_on(
         _ => return Err(NetError::Protocol("unexpected pairing message".into())),
     }
     let _ = send.finish();
-    state.check_binding(inviter_device, &inviter_node.to_string())?;
     let peer = Peer {
         device_id: inviter_device,
         name: inviter_name,

@@ -133,6 +133,7 @@ impl NodeState {
 
     /// How to reach a device for a library: paired devices by their remembered
     /// addresses, other members of the library by the node id it registered.
+    /// A device removed from the library is not dialled.
     pub fn peer_for_device(&self, device: Uuid, library: Uuid) -> Result<Peer, NetError> {
         if let Some(peer) = self.peers.by_device(device) {
             return Ok(peer);

@@ -64,8 +64,8 @@ impl SyncService {
 
     /// A request from a device removed from this library: served nothing.
     /// Its own entries that it pushes, proposes or announces as a leader go
-    /// through the cutoff (which keeps
-    /// only its removal of the member that removed it, so a concurrent mutual
+    /// through the cutoff, which keeps only those it wrote before its removal
+    /// and its removal of the member that removed it (so a concurrent mutual
     /// removal ends the same on every member). `None`: not a removed device.
     async fn hear_removed(&self, from: Uuid, msg: &Msg) -> Option<String> {
         let removed = self
