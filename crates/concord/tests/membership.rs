@@ -345,3 +345,82 @@ fn a_concurrent_mutual_removal_removes_both_everywhere() {
     assert_eq!(digest_all(&c), digest_all(&d));
     let _ = Tag::INFO;
 }
+
+/// I2 across removals, in random orders: A removes B while B keeps writing
+/// and the members pass each other random prefixes of their logs (as
+/// reconciles cut by a batch limit do), some hearing B directly before the
+/// removal. Once the members left have exchanged everything, their digests are
+/// equal, and B's entries they hold end at the common cutoff. Sometimes B
+/// removes A at the same time (a concurrent mutual removal).
+#[test]
+fn members_converge_across_a_removal_in_random_orders() {
+    for seed in 0..24u64 {
+        let mut rng = support::Rng(seed * 7919 + 1);
+        let tmp = scratch("concord-members");
+        let clock = Arc::new(ManualClock::new(T0));
+        let ids = [0xa, 0xb, 0xc, 0xd];
+        let libs: Vec<Library> = ids
+            .iter()
+            .map(|d| lib(&tmp.path().join(format!("{d:x}")), *d, &clock))
+            .collect();
+        let all: Vec<&Library> = libs.iter().collect();
+        exchange(&all);
+        let mutual = seed % 3 == 0;
+        let mut removed = false;
+        for step in 0..40 {
+            clock.advance(10);
+            match rng.below(6) {
+                0 | 1 => {
+                    let t = Uuid::from_u128(0x1000 + step);
+                    let who = &libs[rng.index(4)];
+                    who.commit(Change::insert(&tag(t, &format!("t{step}"))))
+                        .unwrap();
+                }
+                2 if !removed && step > 5 => {
+                    membership::remove(&libs[0], Uuid::from_u128(0xb)).unwrap();
+                    if mutual {
+                        membership::remove(&libs[1], Uuid::from_u128(0xa)).unwrap();
+                    }
+                    removed = true;
+                }
+                _ => {
+                    let (from, to) = (rng.index(4), rng.index(4));
+                    let es = all_entries(&libs[from]);
+                    let n = rng.below(es.len() as u64 + 1) as usize;
+                    libs[to].apply_remote(&es[..n]).unwrap();
+                    membership::raise_cutoffs(&libs[to]).unwrap();
+                }
+            }
+        }
+        if !removed {
+            membership::remove(&libs[0], Uuid::from_u128(0xb)).unwrap();
+        }
+        // The members left settle among themselves; what a removed device
+        // still pushes of its own entries goes through the cutoff (as the
+        // service does with a removed device's pushes).
+        let (left, out): (Vec<&Library>, Vec<&Library>) = if mutual {
+            (vec![&libs[2], &libs[3]], vec![&libs[0], &libs[1]])
+        } else {
+            (vec![&libs[0], &libs[2], &libs[3]], vec![&libs[1]])
+        };
+        for r in &out {
+            let own: Vec<LogEntry> = all_entries(r)
+                .into_iter()
+                .filter(|e| e.origin == r.device())
+                .collect();
+            for l in &left {
+                l.apply_remote(&own).unwrap();
+                membership::raise_cutoffs(l).unwrap();
+            }
+        }
+        exchange(&left);
+        let d: Vec<String> = left.iter().map(|l| digest_all(l)).collect();
+        assert!(d.windows(2).all(|w| w[0] == w[1]), "seed {seed}: {d:?}");
+        let cut = row(left[0], 0xb).removed.expect("b removed");
+        for l in &left {
+            let held = l.with_log(|g| g.contiguous(Uuid::from_u128(0xb))).unwrap();
+            assert_eq!(held, cut as u64, "seed {seed}");
+            assert!(!members::is_member(l, Uuid::from_u128(0xb)).unwrap());
+        }
+    }
+}
