@@ -113,6 +113,7 @@ impl World {
                     name: format!("d{i}"),
                     node_id: None,
                     addrs: None,
+                    removed: None,
                 }))
                 .map_err(to_message)?;
         }

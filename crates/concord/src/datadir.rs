@@ -151,6 +151,7 @@ impl DataDir {
             name: self.identity.name.clone(),
             node_id: None,
             addrs: None,
+            removed: None,
         }))?;
         Ok(lib)
     }

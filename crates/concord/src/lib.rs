@@ -24,5 +24,6 @@ pub mod validate;
 /// The SQLite binding, for embedders that query `library.db` read-only.
 pub use rusqlite;
 pub mod index;
+pub mod membership;
 pub mod query;
 pub mod service;

@@ -26,6 +26,11 @@ pub struct Device {
     /// directly reach each other through these when the device that
     /// introduced them is away.
     pub addrs: Option<String>,
+    /// Set when another member removed the device from the library
+    /// (`device remove`): the last of its entries (`origin_seq`) members
+    /// accept. Never cleared; concurrent removals keep the highest value
+    /// (ARCHITECTURE.md, "Membership").
+    pub removed: Option<i64>,
 }
 
 /// A user tag.

@@ -23,7 +23,7 @@ use crate::store::legacy::{legacy_outbox_runs, LEGACY_OUTBOX_TABLES};
 use crate::store::meta::{key, meta_get, meta_set};
 use crate::store::sql::new_row_insert_sql;
 use crate::store::{open_db, schema};
-use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention};
+use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention, Cutoffs};
 use crate::sync::entry::{self, BulkOperation, LogEntry, Op};
 use crate::sync::log::SyncLog;
 use crate::sync::BULK_MODEL;
@@ -445,7 +445,8 @@ impl Library {
         // Entries an earlier failed call logged come first: the watermark set below
         // must not pass over them.
         self.replay_log(inner)?;
-        let accepted = screen_remote(entries, &inner.log, &self.hlc, &mut report)?;
+        let cutoffs = Cutoffs::load(&inner.lib)?;
+        let accepted = screen_remote(entries, &inner.log, &self.hlc, &cutoffs, &mut report)?;
         if accepted.is_empty() {
             return Ok(report);
         }
