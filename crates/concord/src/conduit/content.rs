@@ -121,11 +121,20 @@ pub struct TempFile {
 }
 
 impl TempFile {
-    /// A new file in `dir` that no one else can have opened (`O_EXCL`).
+    /// A new file in `dir` that no one else can have opened (`O_EXCL`); an
+    /// existing name (another cycle's file) is skipped, never removed.
     pub fn create(dir: &Path, tag: &str) -> Result<TempFile> {
+        use std::os::unix::fs::OpenOptionsExt;
         for n in 0u32..1000 {
             let path = dir.join(format!("{tag}-{n}.part"));
-            match crate::private::create_new(&path) {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path);
+            match opened {
                 Ok(file) => {
                     return Ok(TempFile {
                         path,

@@ -103,11 +103,11 @@ pub fn run_local_cycle(
     };
     let rules = IgnoreRules::load(&src_root)?.merged(IgnoreRules::load(&dst_root)?);
     let [src_cache, dst_cache] = &memory.scans;
-    let src_tree = scan(&src_root, &rules, Some(src_cache))?;
-    let dst_tree = scan(&dst_root, &rules, Some(dst_cache))?;
+    let src_tree = scan(&src_root, &rules, Some(src_cache), now_ms)?;
+    let dst_tree = scan(&dst_root, &rules, Some(dst_cache), now_ms)?;
     let plan = plan(&PlanInput {
         policy: c.settings.policy,
-        delete: c.settings.delete,
+        propagate_deletes: c.settings.propagate_deletes,
         source: &src_tree,
         destination: &dst_tree,
         agreed: &memory.agreed,

@@ -42,7 +42,7 @@ const MAX_CONFLICT_NAMES: u32 = 100;
 pub struct PlanInput<'a> {
     pub policy: Policy,
     /// Replicate: deletions propagate.
-    pub delete: bool,
+    pub propagate_deletes: bool,
     pub source: &'a Tree,
     pub destination: &'a Tree,
     pub agreed: &'a Agreed,
@@ -81,7 +81,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan> {
     for p in paths {
         let (a, b) = (input.source.get(p), input.destination.get(p));
         match input.policy {
-            Policy::Replicate => replicate(p, a, b, input.delete, &mut out),
+            Policy::Replicate => replicate(p, a, b, input.propagate_deletes, &mut out),
             Policy::Archive => archive(p, a, b, &mut out),
             Policy::Synchronize => synchronize(input, p, a, b, &mut taken, &mut out),
             Policy::Offload => {

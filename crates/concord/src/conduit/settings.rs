@@ -175,7 +175,7 @@ pub struct Settings {
     pub policy: Policy,
     pub source_dir: Option<RelPath>,
     pub destination_dir: Option<RelPath>,
-    pub delete: bool,
+    pub propagate_deletes: bool,
     pub cadence: Cadence,
     pub min_free: Option<MinFree>,
     pub paused: Option<PauseReason>,
@@ -210,7 +210,7 @@ impl Settings {
             policy: Policy::parse(&c.policy)?,
             source_dir: parse_dir(&c.source_dir)?,
             destination_dir: parse_dir(&c.destination_dir)?,
-            delete: c.delete,
+            propagate_deletes: c.propagate_deletes,
             cadence: Cadence::parse(&c.cadence)?,
             min_free: c.min_free.as_deref().map(MinFree::parse).transpose()?,
             paused: c.paused.as_deref().map(PauseReason::parse).transpose()?,
@@ -221,7 +221,7 @@ impl Settings {
                 "the source and destination folders overlap".into(),
             ));
         }
-        if s.delete && s.policy != Policy::Replicate {
+        if s.propagate_deletes && s.policy != Policy::Replicate {
             return Err(ConduitError::Invalid(
                 "--delete applies to replicate only (sync always propagates deletions, archive and offload never do)".into(),
             ));
@@ -264,7 +264,7 @@ mod tests {
             destination: Uuid::from_u128(3),
             destination_dir: "backup/photos".into(),
             policy: "replicate".into(),
-            delete: true,
+            propagate_deletes: true,
             cadence: "15m".into(),
             min_free: None,
             pin_tag: None,
@@ -327,7 +327,7 @@ mod tests {
         assert!(Settings::from_record(&apart).is_ok());
         let offload = Conduit {
             policy: "offload".into(),
-            delete: false,
+            propagate_deletes: false,
             min_free: Some("15%".into()),
             ..record()
         };

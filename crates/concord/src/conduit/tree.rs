@@ -83,10 +83,18 @@ impl FileState {
     }
 }
 
+/// A cached hash is trusted only for files modified at least this long
+/// before the scan that hashed them: a file written twice within the
+/// filesystem's timestamp granularity keeps its size and mtime (the "racily
+/// clean" problem git has), so a recent file is hashed again.
+pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
 /// The files of one conduit end, by relative path.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tree {
     pub files: BTreeMap<RelPath, FileState>,
+    /// When the scan that built this tree started (ms since the Unix epoch).
+    pub scanned_at_ms: i64,
 }
 
 impl Tree {
@@ -114,10 +122,24 @@ pub fn hash_reader(r: &mut impl Read) -> std::io::Result<(Hash, u64)> {
     Ok((*h.finalize().as_bytes(), total))
 }
 
-/// Walk `root` into a tree, hashing only files whose stat differs from
-/// `cache` (the previous scan of the same end).
-pub fn scan(root: &SafeRoot, ignore: &IgnoreRules, cache: Option<&Tree>) -> Result<Tree> {
-    let mut tree = Tree::default();
+/// Walk `root` at `now_ms` into a tree, hashing only files whose stat
+/// differs from `cache` (the previous scan of the same end) or that were
+/// modified shortly before that scan ([`RACY_WINDOW_NS`]).
+pub fn scan(
+    root: &SafeRoot,
+    ignore: &IgnoreRules,
+    cache: Option<&Tree>,
+    now_ms: i64,
+) -> Result<Tree> {
+    let mut tree = Tree {
+        files: BTreeMap::new(),
+        scanned_at_ms: now_ms,
+    };
+    let trusted_before = cache.map_or(i64::MIN, |c| {
+        c.scanned_at_ms
+            .saturating_mul(1_000_000)
+            .saturating_sub(RACY_WINDOW_NS)
+    });
     let mut stack: Vec<(std::path::PathBuf, Option<RelPath>, usize)> =
         vec![(root.path().to_path_buf(), None, 0)];
     while let Some((dir, rel, depth)) = stack.pop() {
@@ -143,7 +165,10 @@ pub fn scan(root: &SafeRoot, ignore: &IgnoreRules, cache: Option<&Tree>) -> Resu
                     stack.push((entry.path(), Some(child), depth + 1));
                 }
             } else if md.is_file() && !ignore.is_ignored(child.as_str(), false) {
-                let state = stat_and_hash(&entry.path(), &md, cache.and_then(|c| c.get(&child)))?;
+                let cached = cache
+                    .and_then(|c| c.get(&child))
+                    .filter(|c| c.version.mtime_ns < trusted_before);
+                let state = stat_and_hash(&entry.path(), &md, cached)?;
                 if let Some(state) = state {
                     if tree.files.len() == MAX_FILES {
                         return Err(ConduitError::TooLarge {
@@ -208,7 +233,8 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
         let root = SafeRoot::open(d, None, false).unwrap();
         let rules = IgnoreRules::load(&root).unwrap();
-        let t = scan(&root, &rules, None).unwrap();
+        let now_ms = 4_000_000_000_000; // long after the files were written
+        let t = scan(&root, &rules, None, now_ms).unwrap();
         let names: Vec<&str> = t.files.keys().map(RelPath::as_str).collect();
         assert_eq!(names, ["a/b/f.txt", "empty"]);
         let f = &t.files[&RelPath::parse("a/b/f.txt").unwrap()];
@@ -218,7 +244,11 @@ mod tests {
         let mut cache = t.clone();
         let key = RelPath::parse("a/b/f.txt").unwrap();
         cache.files.get_mut(&key).unwrap().version.hash = Some([7; 32]);
-        let again = scan(&root, &rules, Some(&cache)).unwrap();
+        let again = scan(&root, &rules, Some(&cache), now_ms).unwrap();
         assert_eq!(again.files[&key].version.hash, Some([7; 32]));
+        // A file modified just before the cached scan is hashed again.
+        cache.scanned_at_ms = f.version.mtime_ns / 1_000_000 + 1;
+        let racy = scan(&root, &rules, Some(&cache), now_ms).unwrap();
+        assert_eq!(racy.files[&key].version.hash, f.version.hash);
     }
 }

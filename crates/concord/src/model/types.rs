@@ -186,7 +186,7 @@ pub struct Conduit {
     /// `replicate`, `sync`, `archive` or `offload`.
     pub policy: String,
     /// Replicate only: deletions on the source propagate (to the trash).
-    pub delete: bool,
+    pub propagate_deletes: bool,
     /// `instant`, `manual`, or a period such as `90s`, `15m`, `2h`.
     pub cadence: String,
     /// Offload only: free space to keep on the source (`10G`, `15%`).

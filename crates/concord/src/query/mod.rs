@@ -13,7 +13,9 @@ use rusqlite::{Connection, ToSql};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::model::{values_from_row, Album, Device, FileEntry, Location, Syncable, Tag, Volume};
+use crate::model::{
+    values_from_row, Album, Conduit, Device, FileEntry, Location, Syncable, Tag, Volume,
+};
 use crate::sync::txn::Library;
 
 mod bulk;
@@ -97,6 +99,16 @@ pub fn locations(lib: &Library) -> Result<Vec<LocationSummary>> {
 
 /// One location by UUID.
 pub fn location(lib: &Library, id: Uuid) -> Result<Option<Location>> {
+    lib.read(|c| Ok(load(c, "WHERE uuid = ?1", &[&id])?.into_iter().next()))
+}
+
+/// Every conduit of the library (`conduit list`).
+pub fn conduits(lib: &Library) -> Result<Vec<Conduit>> {
+    lib.read(|c| load(c, "ORDER BY uuid", &[]))
+}
+
+/// One conduit, if it exists (and was not removed).
+pub fn conduit(lib: &Library, id: Uuid) -> Result<Option<Conduit>> {
     lib.read(|c| Ok(load(c, "WHERE uuid = ?1", &[&id])?.into_iter().next()))
 }
 
