@@ -197,6 +197,27 @@ fn replicate_copies_bytes_mtimes_and_modes_and_moves_renames() {
 }
 
 #[test]
+fn trash_and_crash_leftovers_are_purged_after_their_time() {
+    let mut p = Pair::new(Policy::Replicate, true);
+    put(&p.a, "x", b"1", 1);
+    p.done();
+    put(&p.a, "x", b"2", 2);
+    p.done();
+    assert_eq!(trashed(&p.b).len(), 1);
+    let tmp = p.b.join(".concord/tmp");
+    std::fs::write(tmp.join(format!("{}-1-0.part", p.now)), b"left by a crash").unwrap();
+    std::fs::write(tmp.join("not-ours"), b"kept").unwrap();
+    p.now += 31 * 24 * 3600 * 1000;
+    p.done();
+    assert!(trashed(&p.b).is_empty(), "older than 30 days");
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["not-ours"]);
+}
+
+#[test]
 fn replicate_deletes_only_with_the_flag_and_into_the_trash() {
     let mut keep = Pair::new(Policy::Replicate, false);
     put(&keep.a, "x", b"x", 1);

@@ -166,6 +166,33 @@ impl Drop for TempFile {
     }
 }
 
+/// How long a temp file may sit in `.concord/tmp/` before a cycle removes it
+/// as left by a crash.
+pub const STALE_TEMP_MS: i64 = 24 * 3600 * 1000;
+
+/// Remove this module's temp files (`<ms>-<pid>-<n>.part`) older than
+/// [`STALE_TEMP_MS`] from `tmp_dir`: what a crashed cycle left. Other names
+/// are left alone. Returns how many were removed.
+pub fn purge_stale_temps(tmp_dir: &Path, now_ms: i64) -> usize {
+    let Ok(entries) = std::fs::read_dir(tmp_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
+            continue;
+        };
+        let born = name.split('-').next().and_then(|ms| ms.parse::<i64>().ok());
+        if born.is_some_and(|b| now_ms.saturating_sub(b) > STALE_TEMP_MS)
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Fill a temp file in `tmp_dir` from `source` and finish it (metadata,
 /// fsync): ready to be renamed into place.
 pub fn fetch_to_temp(

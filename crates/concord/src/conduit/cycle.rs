@@ -144,6 +144,8 @@ pub fn run_local_cycle(
     memory.scans = [src_tree, dst_tree];
     for end in [&c.source, &c.destination] {
         Trash::for_location(&end.location).purge(now_ms, RETENTION_MS)?;
+        let tmp = end.location.join(super::path::RESERVED_DIR).join("tmp");
+        super::content::purge_stale_temps(&tmp, now_ms);
     }
     let disk_full = exec.disk_full;
     let report = CycleReport { plan, exec };
