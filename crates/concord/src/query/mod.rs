@@ -213,6 +213,18 @@ pub fn count_below(lib: &Library, location: Uuid, path: &str) -> Result<u64> {
     })
 }
 
+/// The entries below `path` in a location (not `path` itself), by path.
+pub fn entries_below(lib: &Library, location: Uuid, path: &str) -> Result<Vec<FileEntry>> {
+    let (lo, hi) = (format!("{path}/"), format!("{path}0"));
+    lib.read(|c| {
+        load(
+            c,
+            "WHERE location = ?1 AND path >= ?2 AND path < ?3 ORDER BY path",
+            &[&location, &lo, &hi],
+        )
+    })
+}
+
 /// Every `M` (ordered by `tail`), each paired by `make` with its count from
 /// `count_sql` (`SELECT uuid, COUNT(*) ... GROUP BY uuid`; 0 when absent).
 fn load_counted<M: Syncable, S>(
