@@ -194,6 +194,16 @@ fn replicate_copies_bytes_mtimes_and_modes_and_moves_renames() {
 
     // Nothing left to do.
     assert!(p.done().plan.actions.is_empty());
+
+    // Only the executable bit changes: the content already there is reused.
+    std::fs::set_permissions(p.a.join("empty"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = p.done();
+    assert!(
+        matches!(r.plan.actions[..], [Action::CopyLocal { .. }]),
+        "{:?}",
+        r.plan.actions
+    );
+    assert_eq!(files(&p.a), files(&p.b));
 }
 
 #[test]
