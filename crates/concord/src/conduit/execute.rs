@@ -201,9 +201,11 @@ impl<'a> Executor<'a> {
         };
         let end = self.end(side);
         if let Some(origin) = &staged.from {
-            let moved = super::path::open_nofollow(&staged.tmp.path)?;
-            content::set_metadata(&moved, version, &staged.tmp.path)?;
-            let placed = self.put_in_place(end, &staged.tmp.path, path, replaces.as_ref());
+            // Whatever fails from here, the moved file is never dropped with
+            // its temp name.
+            let placed = super::path::open_nofollow(&staged.tmp.path)
+                .and_then(|f| content::set_metadata(&f, version, &staged.tmp.path))
+                .and_then(|()| self.put_in_place(end, &staged.tmp.path, path, replaces.as_ref()));
             if let Err(e) = placed {
                 // Back where it was, or to the trash: never lost.
                 if std::fs::rename(&staged.tmp.path, origin).is_err() {
