@@ -15,6 +15,7 @@ mod b6;
 mod b7;
 mod b8;
 mod common;
+mod f6;
 mod fixture;
 mod net;
 mod p1;
@@ -47,6 +48,11 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
         "B8",
         "a killed leader: a follower's change reaching every member",
         b8::run,
+    ),
+    (
+        "F6",
+        "hashing a file for a transfer vs BLAKE3 with rayon",
+        f6::run,
     ),
     (
         "P1",

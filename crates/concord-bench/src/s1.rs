@@ -49,6 +49,7 @@ fn write_origin(dir: &Path, n: usize, key: Option<u8>) -> anyhow::Result<(Librar
         name: "origin".into(),
         node_id,
         addrs: None,
+        removed: None,
     }))?;
     lib.flush()?;
     let mut ids = UuidGen::new(0x51);

@@ -288,8 +288,13 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
             Ok(serde_json::to_value(state.device_list().await).unwrap_or_default())
         }
         Request::DeviceRemove { device } => {
-            let peer = state.remove_device(&device).await.map_err(net)?;
-            Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
+            let removed = state.remove_device(&device).await.map_err(net)?;
+            let libraries: Vec<String> = removed.libraries.iter().map(|l| l.to_string()).collect();
+            Ok(json!({
+                "device_id": removed.device_id.to_string(),
+                "name": removed.name,
+                "libraries": libraries,
+            }))
         }
         Request::LibraryRemote { device } => {
             let peer = state.resolve_peer(&device).map_err(net)?;
@@ -311,6 +316,9 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
         Request::SyncStatus { library } => sync_status(node, &ctx, &library).await,
         Request::LocationPull { library, location } => {
             pull_locations(node, &ctx, &library, location.as_deref()).await
+        }
+        Request::EntryFetch { library, entry, to } => {
+            crate::fetch::entry_fetch(node, ctx, library, entry, to).await
         }
         Request::EntryList {
             library,

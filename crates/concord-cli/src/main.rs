@@ -9,6 +9,7 @@
 mod context;
 mod daemon;
 mod demo;
+mod fetch;
 mod ops;
 mod progress;
 mod relay;
@@ -352,6 +353,17 @@ enum EntryCmd {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Copy a file or folder of another device here (verified, resumable)
+    Fetch {
+        #[arg(value_name = "LIB")]
+        library: String,
+        /// The entry's UUID (see `entry list LIB --device DEVICE`)
+        #[arg(value_name = "ENTRY")]
+        entry: PathBuf,
+        /// Where to put the copy (must not exist yet)
+        #[arg(long, value_name = "PATH")]
+        to: Option<PathBuf>,
+    },
 }
 
 /// A path argument made absolute against the current directory, as UTF-8.
@@ -410,6 +422,11 @@ fn request(cmd: Command) -> CliResult<Request> {
             library,
             location,
             device,
+        },
+        Command::Entry(EntryCmd::Fetch { library, entry, to }) => Request::EntryFetch {
+            library,
+            entry: entry_refs(vec![entry])?.remove(0),
+            to: to.as_deref().map(absolute).transpose()?,
         },
     })
 }

@@ -53,6 +53,12 @@ fn plain(command: &str, v: &Value) -> String {
             &["id", "name", "devices", "entries"],
         ),
         "sync status" => sync_status(v),
+        "entry fetch" => format!(
+            "{} bytes in {} files to {}",
+            text(&v["bytes"]),
+            text(&v["files"]),
+            text(&v["path"])
+        ),
         "location pull" => format!(
             "{} entries from {} locations",
             text(&v["entries"]),

@@ -156,6 +156,12 @@ pub enum Request {
         library: String,
         location: Option<String>,
     },
+    EntryFetch {
+        library: String,
+        entry: EntryRef,
+        /// Absolute, not yet existing.
+        to: Option<String>,
+    },
 }
 
 impl Request {
@@ -196,6 +202,7 @@ impl Request {
             Request::SyncStatus { .. } => "sync status",
             Request::SyncConflicts { .. } => "sync conflicts",
             Request::LocationPull { .. } => "location pull",
+            Request::EntryFetch { .. } => "entry fetch",
         }
     }
 
@@ -212,6 +219,7 @@ impl Request {
                 | Request::LibraryJoin { .. }
                 | Request::SyncStatus { .. }
                 | Request::LocationPull { .. }
+                | Request::EntryFetch { .. }
         )
     }
 }

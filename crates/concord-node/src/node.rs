@@ -23,8 +23,9 @@ use crate::pairing::Pairing;
 use crate::peers::PeerStore;
 use crate::setup::LibrarySetup;
 use crate::state::NodeState;
+use crate::transfer::{ContentClient, ContentServer};
 use crate::transport::{IrohTransport, SyncHandler, Traffic, MAX_STREAMS_PER_PEER};
-use crate::{discovery, identity, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
+use crate::{discovery, identity, CONTENT_ALPN, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
 
 /// Remembered between runs: `<data-dir>/node.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -43,6 +44,10 @@ pub struct Node {
     pub pairing: Pairing,
     /// Listing, sharing and joining libraries.
     pub setup: LibrarySetup,
+    /// Serves file content to members (`concord/content/1`).
+    pub content: ContentServer,
+    /// Fetches file content from members.
+    pub fetcher: ContentClient,
     traffic: Arc<Traffic>,
     router: Router,
     /// Presence, LAN discovery and the watch on this node's own addresses.
@@ -66,10 +71,13 @@ impl Node {
         let pairing = Pairing::new(state.clone());
         let setup = LibrarySetup::new(state.clone(), host.clone());
         let inbound = SyncHandler::new(state.clone(), host.clone(), traffic.clone());
+        let content = ContentServer::new(state.clone());
+        let fetcher = ContentClient::new(state.clone());
         let router = Router::builder(endpoint)
             .accept(PAIRING_ALPN, pairing.clone())
             .accept(LIBRARY_ALPN, setup.clone())
             .accept(SYNC_ALPN, inbound)
+            .accept(CONTENT_ALPN, content.clone())
             .spawn();
         for listed in state.data.list_libraries()? {
             host.start(listed.id)?;
@@ -93,6 +101,8 @@ impl Node {
             host,
             pairing,
             setup,
+            content,
+            fetcher,
             traffic,
             router,
             background,

@@ -150,6 +150,7 @@ impl World {
                     name: format!("d{i}"),
                     node_id: Some(device_key(id).node_id()),
                     addrs: None,
+                    removed: None,
                 }))
                 .map_err(to_message)?;
         }

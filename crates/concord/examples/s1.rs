@@ -53,6 +53,7 @@ fn write_origin(dir: &Path, n: usize, key: Option<u8>) -> anyhow_free::Result<(L
         name: "origin".into(),
         node_id,
         addrs: None,
+        removed: None,
     }))?;
     lib.flush()?;
     let tags: Vec<Tag> = (0..n)

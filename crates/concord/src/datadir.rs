@@ -157,6 +157,7 @@ impl DataDir {
             name: self.identity.name.clone(),
             node_id,
             addrs: None,
+            removed: None,
         }))?;
         Ok(lib)
     }

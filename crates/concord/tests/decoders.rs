@@ -123,6 +123,11 @@ fn entry() -> impl Strategy<Value = LogEntry> {
         })
 }
 
+/// The most synced fields any model has: one generated cell per field.
+fn most_fields() -> usize {
+    registry().iter().map(|m| m.fields.len()).max().unwrap_or(0)
+}
+
 /// Entries shaped like their model (every field, of its declared kind), with
 /// record and reference ids from a small pool so that they collide: these get
 /// past validation into the merge rules.
@@ -141,7 +146,7 @@ fn shaped_entry() -> impl Strategy<Value = LogEntry> {
                 (0u128..6).prop_map(Uuid::from_u128),
                 any::<bool>(),
             ),
-            10,
+            most_fields(),
         ),
     )
         .prop_map(|(i, origin, origin_seq, hlc, record, kind, cells)| {
@@ -352,7 +357,7 @@ fn shaped_row() -> impl Strategy<Value = SnapshotRow> {
                 prop_oneof![Just(0u64), 1u64..1000, any::<u64>()],
                 uuid(),
             ),
-            10,
+            most_fields(),
         ),
     )
         .prop_map(|(i, uuid, present, cells)| {

@@ -46,6 +46,7 @@ fn registration(id: Uuid, n: u8) -> Change {
         name: format!("d{n}"),
         node_id: Some(key(n).node_id()),
         addrs: None,
+        removed: None,
     })
 }
 

@@ -132,6 +132,7 @@ impl Cluster {
                 name: format!("d{i}"),
                 node_id: Some(key(i).node_id()),
                 addrs: None,
+                removed: None,
             }))
             .unwrap();
         }
@@ -994,4 +995,59 @@ async fn forged_entries_in_a_reconcile_answer_are_refused() {
     assert_eq!(count, 3);
     assert!(reason.unwrap().contains("not signed by its origin's key"));
     c.write_and_converge(&honest, "after").await;
+}
+
+/// A member removes the leader: the others elect among themselves, the
+/// removed leader's later writes reach none of them and theirs never reach
+/// it (its heartbeats and announcements are refused, nothing is proposed or
+/// pushed to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_leader_is_left_and_its_writes_go_nowhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 3, config());
+    for i in 0..3 {
+        c.start(i);
+    }
+    tag(&c.libs[0], "seed");
+    c.wait_converged(&[0, 1, 2]).await;
+    assert_eq!(c.svc(1).term().leader, c.devices[0]);
+    concord::membership::remove(&c.libs[1], c.devices[0])
+        .unwrap()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (t1, t2) = (c.svc(1).term(), c.svc(2).term());
+        if t1 == t2 && t1.leader == c.devices[2] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader among the members left: {t1:?} {t2:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let removed_write = tag(&c.libs[0], "removed-write");
+    tag(&c.libs[1], "from-1");
+    tag(&c.libs[2], "from-2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count_tags(&c.libs[1]) < 3 || count_tags(&c.libs[2]) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no convergence");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.wait_converged(&[1, 2]).await;
+    for i in 1..3 {
+        assert_eq!(count_tags(&c.libs[i]), 3, "device {i}");
+        let has: i64 = c.libs[i]
+            .read(|x| {
+                Ok(x.query_row(
+                    "SELECT COUNT(*) FROM tags WHERE uuid = ?1",
+                    [removed_write],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(has, 0, "device {i} took the removed device's write");
+    }
+    assert_eq!(count_tags(&c.libs[0]), 2, "seed and its own write only");
+    assert_eq!(c.svc(1).term().leader, c.devices[2]);
 }

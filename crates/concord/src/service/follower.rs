@@ -30,6 +30,12 @@ impl SyncService {
         let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
         let mut upto = upto;
         let mut ask_leader = leader != Uuid::nil() && leader != me;
+        // A leader removed from the library gets nothing more: push directly
+        // and have the leader checked (an election among the members left).
+        if ask_leader && !self.is_member(leader).await {
+            ask_leader = false;
+            self.shared.suspect.notify_one();
+        }
         loop {
             let entries = match self
                 .run_sqlite(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch + 1)))

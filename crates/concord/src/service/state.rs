@@ -318,6 +318,17 @@ impl SyncService {
     /// (`hear_of`); a term out of bounds ([`epoch_in_bounds`]) is refused.
     pub(super) async fn adopt(&self, term: Term) -> bool {
         let me = self.shared.me;
+        // A device removed from the library leads nothing in it.
+        let leader = term.leader;
+        if leader != me
+            && self
+                .run_sqlite(move |lib| query::members::is_removed(lib, leader))
+                .await
+                .unwrap_or(false)
+        {
+            tracing::warn!(library = %self.shared.lib.id(), leader = %leader, "refused a term led by a removed device");
+            return false;
+        }
         {
             let mut state = self.state();
             if term <= state.term {
@@ -377,7 +388,16 @@ impl SyncService {
         }
         let n = entries.len() as u64;
         let report = self
-            .run_sqlite(move |lib| lib.apply_remote(&entries))
+            .run_sqlite(move |lib| {
+                let report = lib.apply_remote(&entries)?;
+                // Entries of a removed device this device took before it
+                // learned of the removal are vouched for, so every member
+                // ends with the same ones (`membership::raise_cutoffs`).
+                if report.applied > 0 {
+                    crate::membership::raise_cutoffs(lib)?;
+                }
+                Ok(report)
+            })
             .await?;
         let mut state = self.state();
         state.stats.received += n;

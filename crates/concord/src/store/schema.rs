@@ -131,7 +131,8 @@ CREATE TABLE outbox_segments (
     vec![v1, v2, v3, v4]
 }
 
-/// Columns of fields added to a model after its table was created.
+/// Columns of fields added to a model after its table was created, and the
+/// tables of models added after the library was created (`conduit`).
 ///
 /// **Decision**: a new *optional* field needs no numbered migration: the first
 /// table layout (`v1`) is generated from today's models, so a fresh library
@@ -146,6 +147,11 @@ pub fn add_missing_columns(conn: &mut rusqlite::Connection) -> crate::Result<()>
             let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
             names.collect::<rusqlite::Result<_>>()?
         };
+        if have.is_empty() {
+            // A model added after the library was created: its whole table.
+            tx.execute_batch(&model_ddl(m))?;
+            continue;
+        }
         let synced = m.fields.iter().map(|f| (f, true));
         for (f, is_synced) in synced.chain(m.local_fields.iter().map(|f| (f, false))) {
             if have.iter().any(|c| c == f.name) {

@@ -23,7 +23,7 @@ use crate::store::legacy::{legacy_outbox_runs, LEGACY_OUTBOX_TABLES};
 use crate::store::meta::{key, meta_get, meta_set};
 use crate::store::sql::new_row_insert_sql;
 use crate::store::{open_db, schema};
-use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention};
+use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention, Cutoffs};
 use crate::sync::entry::{self, BulkOperation, LogEntry, Op};
 use crate::sync::log::SyncLog;
 use crate::sync::seal::{parse_node_id, verify_entries, KeySource, NodeKey};
@@ -486,11 +486,13 @@ impl Library {
         } else {
             None
         };
+        let cutoffs = Cutoffs::load(&inner.lib)?;
         let accepted = screen_remote(
             entries,
             verified.as_deref(),
             &inner.log,
             &self.hlc,
+            &cutoffs,
             &mut report,
         )?;
         if accepted.is_empty() {

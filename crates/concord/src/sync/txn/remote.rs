@@ -8,19 +8,21 @@ use super::change::ApplyReport;
 use crate::error::Result;
 use crate::hlc::HlcGenerator;
 use crate::model::ModelInfo;
-use crate::sync::apply::{Applier, Outcome};
+use crate::sync::apply::{Applier, Cutoffs, Outcome};
 use crate::sync::entry::{self, LogEntry};
 use crate::sync::log::SyncLog;
 
 /// The entries worth appending, each with its model: covered by a verified
 /// seal (when `verified` is given: per entry, from `seal::verify_entries`),
-/// valid, with numbers in range and a clock not too far ahead, and not already
-/// held by the log. Rejections and duplicates are counted in `report`.
+/// valid, with numbers in range and a clock not too far ahead, not past a
+/// removed device's cutoff, and not already held by the log. Rejections and
+/// duplicates are counted in `report`.
 pub(super) fn screen_remote(
     entries: &[LogEntry],
     verified: Option<&[bool]>,
     log: &SyncLog,
     hlc: &HlcGenerator,
+    cutoffs: &Cutoffs,
     report: &mut ApplyReport,
 ) -> Result<Vec<(LogEntry, &'static ModelInfo)>> {
     let mut accepted: Vec<(LogEntry, &'static ModelInfo)> = Vec::new();
@@ -47,6 +49,10 @@ pub(super) fn screen_remote(
         };
         if let Err(err) = hlc.check(&e.stamp()) {
             report.rejected.push(err.to_string());
+            continue;
+        }
+        if let Some(why) = cutoffs.refusal(e) {
+            report.rejected.push(why);
             continue;
         }
         // Entries at or below their origin's contiguous position are held (or
