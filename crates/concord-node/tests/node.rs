@@ -352,18 +352,36 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
         seal: None,
     }];
     concord::sync::seal::seal_entries(&mallory_key, lib_id, &mut in_alphas_name);
+    let held = lb.with_log(|l| l.max_seq(b.device_id())).unwrap();
+    lb.commit(Change::insert(&Tag {
+        id: Uuid::now_v7(),
+        name: "beta-genuine".into(),
+        color: None,
+    }))
+    .unwrap();
     let mut altered = lb
-        .with_log(|l| l.fetch_origin(b.device_id(), 0, 256))
+        .with_log(|l| l.fetch_origin(b.device_id(), held, 256))
         .unwrap();
-    let last = altered.iter().position(|e| e.seal.is_some()).unwrap();
-    altered.truncate(last + 1);
+    assert!(
+        altered.len() == 1 && altered[0].seal.is_some(),
+        "{altered:?}"
+    );
     altered[0].hlc += 1;
     for entries in [in_alphas_name.clone(), altered] {
         let r = reply(&raw_sync(&m, &a, frame(&env(Msg::PushEntries { entries }))).await);
         assert!(matches!(r, Msg::Ok | Msg::Sequenced { .. }), "{r:?}");
     }
     assert!(!la.with_log(|l| l.contains(a.device_id(), next)).unwrap());
-    assert_eq!(la.read(|c| digest(c, Scope::All)).unwrap(), before);
+    let forged_tags: i64 = la
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM tags WHERE name = 'forged-in-alphas-name'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(forged_tags, 0);
     let status = a.host.service(lib_id).unwrap().status().await.unwrap();
     let seen = status
         .peers
