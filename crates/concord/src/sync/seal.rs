@@ -426,3 +426,85 @@ pub fn seal_entries(key: &NodeKey, library: Uuid, entries: &mut [LogEntry]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::entry::FieldWrite;
+
+    fn entry(origin: u128, seq: u64) -> LogEntry {
+        LogEntry {
+            origin: Uuid::from_u128(origin),
+            origin_seq: seq,
+            hlc: seq,
+            lib_seq: None,
+            epoch: None,
+            model: "tag".into(),
+            record: Uuid::from_u128(seq as u128),
+            op: Op::Update(vec![FieldWrite {
+                field: 0,
+                value: Value::Text(format!("t{seq}")),
+                base: 0,
+            }]),
+            seal: None,
+        }
+    }
+
+    /// Origin 1's 1..=600 sealed as a log would (chunks 1..=256, 257..=512,
+    /// 513..=600), then origin 2's 1..=3 from before seals.
+    fn log() -> Vec<LogEntry> {
+        let key = NodeKey::from_bytes(&[1; 32]);
+        let mut a: Vec<LogEntry> = (1..=600).map(|s| entry(1, s)).collect();
+        seal_entries(&key, Uuid::nil(), &mut a);
+        a.extend((1..=3).map(|s| entry(2, s)));
+        a
+    }
+
+    #[test]
+    fn pages_and_reads_end_at_chunk_boundaries() {
+        let all = log();
+        let sealed: Vec<u64> = all
+            .iter()
+            .filter(|e| e.seal.is_some())
+            .map(|e| e.origin_seq)
+            .collect();
+        assert_eq!(sealed, vec![256, 512, 600]);
+        // A page of at most 300 ends after the first chunk; of at most 100,
+        // after it too (a chunk is never split, even past the limit).
+        assert_eq!(page_end(&all, 300), 256);
+        assert_eq!(page_end(&all, 100), 256);
+        assert_eq!(page_end(&all, 1000), all.len());
+        // Unsealed entries belong to no chunk: a page may end between them.
+        assert_eq!(page_end(&all, 601), 601);
+        // A read cut at 300 goes on to the end of the chunk 300 falls in.
+        let mut read = all.clone();
+        cut_after(&mut read, 300);
+        assert_eq!(read.len(), 512);
+    }
+
+    #[test]
+    fn a_chunk_verifies_whole_and_only_whole() {
+        struct Keys;
+        impl KeySource for Keys {
+            fn key_of(&mut self, _: Uuid) -> Result<Option<[u8; 32]>> {
+                Ok(parse_node_id(&NodeKey::from_bytes(&[1; 32]).node_id()))
+            }
+        }
+        let all = log();
+        let (ok, refusals) = verify_entries(Uuid::nil(), &all[..600], &mut Keys).unwrap();
+        assert!(
+            ok.iter().all(|ok| *ok) && refusals.is_empty(),
+            "{refusals:?}"
+        );
+        // Another library's seal does not verify here.
+        let (ok, _) = verify_entries(Uuid::from_u128(9), &all[..600], &mut Keys).unwrap();
+        assert!(ok.iter().all(|ok| !*ok));
+        // Without its first entry, the first chunk is refused; the others stand.
+        let (ok, refusals) = verify_entries(Uuid::nil(), &all[1..600], &mut Keys).unwrap();
+        assert_eq!(ok.iter().filter(|ok| **ok).count(), 600 - 256);
+        assert!(refusals[0].contains("incomplete"), "{refusals:?}");
+        // Unsealed entries are refused.
+        let (ok, _) = verify_entries(Uuid::nil(), &all[600..], &mut Keys).unwrap();
+        assert!(ok.iter().all(|ok| !*ok));
+    }
+}
