@@ -20,6 +20,7 @@ mod fixture;
 mod net;
 mod p1;
 mod report;
+mod s1;
 
 use common::Scale;
 use report::Row;
@@ -57,6 +58,11 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
         "P1",
         "pulling another device's location (remote browsing)",
         p1::run,
+    ),
+    (
+        "S1",
+        "verifying received entries (sealed chunks) vs unverified apply_remote",
+        s1::run,
     ),
 ];
 

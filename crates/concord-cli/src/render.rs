@@ -110,6 +110,20 @@ fn sync_status(v: &Value) -> String {
         out.push_str("\n\n");
         out.push_str(&jobs);
     }
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let forged = p["forged"].as_u64().unwrap_or(0);
+        if forged > 0 {
+            let who = p["name"]
+                .as_str()
+                .or(p["device_id"].as_str())
+                .unwrap_or("?");
+            out.push_str(&format!(
+                "\n\nwarning: refused {forged} entries from {} not signed by their origin: {}",
+                escape(who),
+                escape(p["last_refusal"].as_str().unwrap_or(""))
+            ));
+        }
+    }
     if let Some(warning) = v["clock_warning"].as_str() {
         out.push_str("\n\nwarning: ");
         out.push_str(&escape(warning));

@@ -1,7 +1,7 @@
 //! The chaos phase: random writes on random devices, interleaved with the
 //! enabled device faults (crashes and long outages, partitions that split and
 //! heal, clocks skewed and jumping back, the leader killed right after a burst
-//! of writes). Message loss, duplication and delay happen in [`crate::net`].
+//! of writes, a member forging entries and terms). Message loss, duplication and delay happen in [`crate::net`].
 //!
 //! Every choice is drawn from the world's seeded [`crate::rng::Rng`] in a fixed
 //! order, so the same seed makes the same run.
@@ -46,6 +46,7 @@ impl World {
                 }
                 950..=969 if faults.clock => self.skew_clock()?,
                 970..=979 if faults.leader_kill => self.kill_leader().await?,
+                980..=999 if faults.byzantine => self.forge()?,
                 _ => {}
             }
             for i in 0..n {

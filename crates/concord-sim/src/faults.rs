@@ -21,6 +21,9 @@ pub struct Faults {
     pub leader_kill: bool,
     /// Short log retention and long outages: pruning and snapshot backfill.
     pub prune: bool,
+    /// The last device also forges: entries in others' names, altered relayed
+    /// chunks, terms it does not lead (`byzantine`).
+    pub byzantine: bool,
 }
 
 impl Faults {
@@ -34,6 +37,7 @@ impl Faults {
         "clock",
         "leader-kill",
         "prune",
+        "byzantine",
     ];
 
     /// Every fault on: the default, and what the sweeps run.
@@ -47,6 +51,7 @@ impl Faults {
             clock: true,
             leader_kill: true,
             prune: true,
+            byzantine: true,
         }
     }
 
@@ -61,6 +66,7 @@ impl Faults {
             clock: false,
             leader_kill: false,
             prune: false,
+            byzantine: false,
         }
     }
 
@@ -91,6 +97,7 @@ impl Faults {
                 "clock" => f.clock = on,
                 "leader-kill" => f.leader_kill = on,
                 "prune" => f.prune = on,
+                "byzantine" => f.byzantine = on,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}; known: all, none, {}",
@@ -116,6 +123,7 @@ impl Faults {
             self.clock,
             self.leader_kill,
             self.prune,
+            self.byzantine,
         ];
         let names: Vec<&str> = Self::NAMES
             .iter()

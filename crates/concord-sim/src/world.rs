@@ -12,7 +12,8 @@ use concord::model::{Device, Location, Volume};
 use concord::service::protocol::{Role, Term};
 use concord::service::{SyncConfig, SyncService};
 use concord::sync::entry::LogEntry;
-use concord::sync::txn::Receipt;
+use concord::sync::seal::NodeKey;
+use concord::sync::txn::{LibraryOptions, Receipt};
 use concord::{Change, Library};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -26,12 +27,37 @@ use crate::rng::Rng;
 use crate::trace::Trace;
 use crate::workload::{self, Owned};
 
+/// What the byzantine member (`byzantine`) sent, to check that none of it took.
+#[derive(Default)]
+pub(crate) struct Forgeries {
+    /// How many forgeries were sent.
+    pub(crate) sent: u64,
+    /// Genuine entries the forger relayed altered, by id: a device that holds
+    /// one of these ids holds the genuine entry.
+    pub(crate) altered: std::collections::BTreeMap<(Uuid, u64), LogEntry>,
+}
+
+/// A device's node key, derived from its id (the run replays from its seed).
+pub(crate) fn device_key(id: Uuid) -> NodeKey {
+    NodeKey::from_bytes(blake3::hash(id.as_bytes()).as_bytes())
+}
+
+/// Library options sealing with `key` and verifying every received entry.
+fn signed(key: &NodeKey) -> LibraryOptions {
+    LibraryOptions {
+        key: Some(key.clone()),
+        ..LibraryOptions::default()
+    }
+}
+
 /// One simulated device: its files survive a crash, its library and service
 /// do not.
 pub(crate) struct SimDevice {
     pub(crate) id: Uuid,
     /// Where its library's files live.
     pub(crate) dir: PathBuf,
+    /// Its node key: seals its entries, verifies everyone's.
+    pub(crate) key: NodeKey,
     pub(crate) clock: Arc<SimClock>,
     /// `None` while crashed.
     pub(crate) lib: Option<Arc<Library>>,
@@ -63,6 +89,8 @@ pub(crate) struct World {
     pub(crate) report: Report,
     /// When the run began, in simulated time.
     pub(crate) start: Instant,
+    /// What the byzantine member forged.
+    pub(crate) forgeries: Forgeries,
 }
 
 impl World {
@@ -75,11 +103,20 @@ impl World {
         for (i, &id) in ids.iter().enumerate() {
             let clock = SimClock::new(self.start);
             let device_dir = dir.join(format!("d{i}"));
-            let lib = Library::create(&device_dir, lib_id, "sim", id, Box::new(clock.clone()))
-                .map_err(to_message)?;
+            let key = device_key(id);
+            let lib = Library::create_with(
+                &device_dir,
+                lib_id,
+                "sim",
+                id,
+                Box::new(clock.clone()),
+                signed(&key),
+            )
+            .map_err(to_message)?;
             self.devices.push(SimDevice {
                 id,
                 dir: device_dir,
+                key,
                 clock,
                 lib: Some(Arc::new(lib)),
                 svc: None,
@@ -111,7 +148,7 @@ impl World {
                 .commit(Change::insert(&Device {
                     id,
                     name: format!("d{i}"),
-                    node_id: None,
+                    node_id: Some(device_key(id).node_id()),
                     addrs: None,
                     removed: None,
                 }))
@@ -174,7 +211,7 @@ impl World {
         let lib = match &d.lib {
             Some(l) => l.clone(),
             None => {
-                let l = Library::open(&d.dir, d.id, Box::new(d.clock.clone()))
+                let l = Library::open_with(&d.dir, d.id, Box::new(d.clock.clone()), signed(&d.key))
                     .map_err(|e| format!("reopening device {i}: {e}"))?;
                 let l = Arc::new(l);
                 d.lib = Some(l.clone());
@@ -212,6 +249,7 @@ impl World {
             if let Ok(s) = svc.status().await {
                 self.report.snapshots += s.stats.snapshots;
                 self.report.rejected += s.stats.rejected;
+                self.report.forged_refused += s.stats.forged;
             }
             self.report.max_epoch = self.report.max_epoch.max(svc.term().epoch);
         }

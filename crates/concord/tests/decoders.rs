@@ -119,6 +119,7 @@ fn entry() -> impl Strategy<Value = LogEntry> {
             model,
             record,
             op,
+            seal: None,
         })
 }
 
@@ -189,6 +190,7 @@ fn shaped_entry() -> impl Strategy<Value = LogEntry> {
                     1 => Op::Update(writes),
                     _ => Op::Delete(writes),
                 },
+                seal: None,
             }
         })
 }

@@ -87,6 +87,7 @@ fn forged(origin: u128, seq: u64, ms: u64, record: Uuid, op: Op, model: &str) ->
         model: model.into(),
         record,
         op,
+        seal: None,
     }
 }
 

@@ -90,7 +90,7 @@ impl SyncService {
             .cloned()
             .collect();
         if !own.is_empty() {
-            if let Err(e) = self.apply(own).await {
+            if let Err(e) = self.apply(from, own).await {
                 self.note_error(e);
             }
         }
@@ -190,7 +190,7 @@ impl SyncService {
         if role == Role::Leader {
             return self.take_from_follower(from, mine, entries).await;
         }
-        self.apply(entries).await?;
+        self.apply(from, entries).await?;
         Ok(Msg::Ok)
     }
 

@@ -241,5 +241,17 @@ CREATE UNIQUE INDEX segments_by_origin ON segments(origin, last_seq);
 CREATE UNIQUE INDEX segments_by_lib_seq ON segments(lib_seq) WHERE lib_seq IS NOT NULL;
 CREATE INDEX segments_unsequenced ON segments(id) WHERE lib_seq IS NULL;
 "
+    .to_string(),
+    // v5 (trust): the seals of sealed chunks (`sync::seal`), one row per chunk,
+    // keyed like the entry that carries it (the chunk's last).
+    "
+CREATE TABLE IF NOT EXISTS seals (
+  origin BLOB NOT NULL,
+  last_seq INTEGER NOT NULL,
+  first_seq INTEGER NOT NULL,
+  sig BLOB NOT NULL,
+  PRIMARY KEY (origin, last_seq)
+) WITHOUT ROWID;
+"
     .to_string()]
 }

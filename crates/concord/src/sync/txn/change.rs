@@ -98,4 +98,9 @@ pub struct ApplyReport {
     pub refused: usize,
     /// Rejected as invalid (malformed, clock too far ahead); not logged, not applied.
     pub rejected: Vec<String>,
+    /// Entries no verified seal of their origin covers: refused before
+    /// anything else, not logged, not applied, never relayed.
+    pub unverified: usize,
+    /// Why: one line per forged, altered, split or unverifiable chunk.
+    pub forged: Vec<String>,
 }

@@ -26,6 +26,7 @@ use crate::store::{open_db, schema};
 use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention, Cutoffs};
 use crate::sync::entry::{self, BulkOperation, LogEntry, Op};
 use crate::sync::log::SyncLog;
+use crate::sync::seal::{parse_node_id, verify_entries, KeySource, NodeKey};
 use crate::sync::BULK_MODEL;
 
 /// Local entries kept in the outbox before they are moved to `sync.db`.
@@ -46,6 +47,13 @@ pub struct LibraryOptions {
     pub max_clock_drift: std::time::Duration,
     /// How much of the conflict log is kept.
     pub conflicts: ConflictRetention,
+    /// This device's node key. With a key, the entries this device originates
+    /// are sealed as they enter the log and every received entry must be
+    /// covered by a seal that verifies against its origin's key
+    /// (`crate::sync::seal`); without one, neither happens — for tools and
+    /// tests of the merge rules only: a node always opens its libraries with
+    /// its key (`crate::datadir::DataDir`).
+    pub key: Option<NodeKey>,
 }
 
 impl Default for LibraryOptions {
@@ -53,6 +61,7 @@ impl Default for LibraryOptions {
         Self {
             max_clock_drift: crate::hlc::DEFAULT_MAX_CLOCK_DRIFT,
             conflicts: ConflictRetention::default(),
+            key: None,
         }
     }
 }
@@ -77,6 +86,8 @@ pub struct Library {
     inner: Mutex<Inner>,
     events: broadcast::Sender<ResourceChanged>,
     conflicts: ConflictRetention,
+    /// Whether received entries must be sealed by their origin (a key was given).
+    verify: bool,
     /// When the conflict log was last pruned by age (ms; 0: not yet).
     conflicts_aged_at: std::sync::atomic::AtomicU64,
     /// Held for the library's life: one open `Library` per library, across
@@ -125,6 +136,18 @@ impl Library {
         device: Uuid,
         clock: Box<dyn Clock>,
     ) -> Result<Library> {
+        Self::create_with(dir, id, name, device, clock, LibraryOptions::default())
+    }
+
+    /// [`Library::create`] with options (a node passes its key).
+    pub fn create_with(
+        dir: &Path,
+        id: Uuid,
+        name: &str,
+        device: Uuid,
+        clock: Box<dyn Clock>,
+        opts: LibraryOptions,
+    ) -> Result<Library> {
         crate::private::private_dir(dir)?;
         if dir.join("library.db").exists() {
             return Err(Error::Other(format!(
@@ -153,7 +176,7 @@ impl Library {
             lib.close().map_err(|(_, e)| e)?;
         }
         std::fs::rename(&partial, dir.join("library.db"))?;
-        Self::open_with(dir, device, clock, LibraryOptions::default())
+        Self::open_with(dir, device, clock, opts)
     }
 
     /// Open an existing library and recover from any crash (see the module docs).
@@ -161,6 +184,7 @@ impl Library {
         Self::open_with(dir, device, clock, LibraryOptions::default())
     }
 
+    /// [`Library::open`] with options (a node passes its key).
     pub fn open_with(
         dir: &Path,
         device: Uuid,
@@ -190,6 +214,11 @@ impl Library {
         };
         let hlc = HlcGenerator::new(device, clock).with_max_drift(opts.max_clock_drift);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let mut log = SyncLog::open(sync)?;
+        let verify = opts.key.is_some();
+        if let Some(key) = opts.key {
+            log.set_sealer(id, key);
+        }
         let library = Library {
             lock: Some(lock),
             id,
@@ -199,12 +228,13 @@ impl Library {
             hlc,
             inner: Mutex::new(Inner {
                 lib,
-                log: SyncLog::open(sync)?,
+                log,
                 next_seq: 1,
                 outbox_len: 0,
             }),
             events,
             conflicts: opts.conflicts,
+            verify,
             conflicts_aged_at: std::sync::atomic::AtomicU64::new(0),
         };
         library.recover()?;
@@ -225,6 +255,7 @@ impl Library {
         let legacy = legacy_outbox_runs(&inner.lib)?;
         move_to_log(&mut inner.lib, &mut inner.log, legacy, LEGACY_OUTBOX_TABLES)?;
         inner.flush_outbox()?;
+        inner.log.seal_own_unsealed(self.device)?;
         self.hlc.observe_floor(inner.log.max_hlc()?);
         inner.next_seq = inner.log.max_seq(self.device)? + 1;
         Ok(())
@@ -415,6 +446,7 @@ impl Library {
             model: BULK_MODEL.to_string(),
             record: op.location(),
             op: Op::Bulk(op),
+            seal: None,
         };
         Applier {
             tx: &tx,
@@ -445,8 +477,24 @@ impl Library {
         // Entries an earlier failed call logged come first: the watermark set below
         // must not pass over them.
         self.replay_log(inner)?;
+        let verified = if self.verify {
+            let mut keys = MemberKeys(&inner.lib);
+            let (ok, refusals) = verify_entries(self.id, entries, &mut keys)?;
+            report.unverified = ok.iter().filter(|ok| !**ok).count();
+            report.forged = refusals;
+            Some(ok)
+        } else {
+            None
+        };
         let cutoffs = Cutoffs::load(&inner.lib)?;
-        let accepted = screen_remote(entries, &inner.log, &self.hlc, &cutoffs, &mut report)?;
+        let accepted = screen_remote(
+            entries,
+            verified.as_deref(),
+            &inner.log,
+            &self.hlc,
+            &cutoffs,
+            &mut report,
+        )?;
         if accepted.is_empty() {
             return Ok(report);
         }
@@ -534,6 +582,21 @@ impl Drop for Library {
         if let Err(e) = inner.flush_outbox() {
             tracing::warn!("flushing the outbox on close failed (recovered on next open): {e}");
         }
+    }
+}
+
+/// Members' keys from the `devices` table of `library.db`, for verifying seals.
+struct MemberKeys<'c>(&'c Connection);
+
+impl KeySource for MemberKeys<'_> {
+    fn key_of(&mut self, device: Uuid) -> Result<Option<[u8; 32]>> {
+        use rusqlite::OptionalExtension;
+        let node_id: Option<Option<String>> = self
+            .0
+            .prepare_cached("SELECT node_id FROM devices WHERE uuid = ?1")?
+            .query_row([device], |r| r.get(0))
+            .optional()?;
+        Ok(node_id.flatten().as_deref().and_then(parse_node_id))
     }
 }
 

@@ -12,12 +12,14 @@ use crate::sync::apply::{Applier, Cutoffs, Outcome};
 use crate::sync::entry::{self, LogEntry};
 use crate::sync::log::SyncLog;
 
-/// The entries worth appending, each with its model: valid, with numbers in
-/// range and a clock not too far ahead, not past a removed device's cutoff,
-/// and not already held by the log. Rejections and duplicates are counted in
-/// `report`.
+/// The entries worth appending, each with its model: covered by a verified
+/// seal (when `verified` is given: per entry, from `seal::verify_entries`),
+/// valid, with numbers in range and a clock not too far ahead, not past a
+/// removed device's cutoff, and not already held by the log. Rejections and
+/// duplicates are counted in `report`.
 pub(super) fn screen_remote(
     entries: &[LogEntry],
+    verified: Option<&[bool]>,
     log: &SyncLog,
     hlc: &HlcGenerator,
     cutoffs: &Cutoffs,
@@ -25,7 +27,10 @@ pub(super) fn screen_remote(
 ) -> Result<Vec<(LogEntry, &'static ModelInfo)>> {
     let mut accepted: Vec<(LogEntry, &'static ModelInfo)> = Vec::new();
     let mut held_through: Vec<(Uuid, u64)> = Vec::new();
-    for e in entries {
+    for (i, e) in entries.iter().enumerate() {
+        if verified.is_some_and(|ok| !ok[i]) {
+            continue;
+        }
         if e.origin_seq == 0 || e.origin_seq > i64::MAX as u64 || e.hlc > i64::MAX as u64 {
             report.rejected.push(format!(
                 "entry {}:{} has out-of-range numbers",
