@@ -7,6 +7,7 @@
 //! to it instead and only the rendering happens here.
 
 mod conduit_args;
+mod conduit_node;
 mod context;
 mod daemon;
 mod demo;

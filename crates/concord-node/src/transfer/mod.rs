@@ -15,10 +15,12 @@
 //! - [`pipe`]: bounded bridges between QUIC streams and the blocking codec;
 //! - [`partial`]: a file being received, its verified ranges, the commit;
 //! - [`source`]: authorising a request and encoding a file;
+//! - [`listing`]: a conduit folder's listing and Archive's releases, served;
 //! - [`serve`]: [`ContentServer`], the protocol handler;
 //! - [`fetch`]: [`ContentClient`], the requesting side.
 
 pub mod fetch;
+pub mod listing;
 pub mod partial;
 pub mod path;
 pub mod pipe;

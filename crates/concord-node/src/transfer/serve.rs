@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use concord::hlc::Clock;
 use concord::Uuid;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
@@ -14,12 +15,13 @@ use tokio::sync::Semaphore;
 use crate::error::NetError;
 use crate::frame::{expect_msg, write_msg};
 use crate::state::NodeState;
+use crate::transfer::listing::{serve_list, serve_release, ScanCache};
 use crate::transfer::pipe::{channel, pump_out, ChannelWriter, Corruption};
 use crate::transfer::progress::TransferProgress;
 use crate::transfer::source::{authorize, Source};
 use crate::transfer::wire::{
-    decode_ranges, ContentHeader, ContentRequest, MAX_CONCURRENT_PER_PEER, MAX_REQUEST_FRAME,
-    REQUEST_TIMEOUT,
+    decode_ranges, ContentCall, ContentHeader, ContentRequest, MAX_CONCURRENT_PER_PEER,
+    MAX_REQUEST_FRAME, REQUEST_TIMEOUT,
 };
 use crate::transport::MISBEHAVING;
 
@@ -29,6 +31,7 @@ pub struct ContentServer {
     state: Arc<NodeState>,
     progress: Arc<TransferProgress>,
     corrupt: Arc<Mutex<Corruption>>,
+    scans: Arc<ScanCache>,
 }
 
 impl std::fmt::Debug for ContentServer {
@@ -44,6 +47,7 @@ impl ContentServer {
             state,
             progress: Arc::new(TransferProgress::default()),
             corrupt: Arc::new(Mutex::new(None)),
+            scans: Arc::new(ScanCache::default()),
         }
     }
 
@@ -60,6 +64,7 @@ impl ContentServer {
         *self.corrupt.lock().unwrap_or_else(|e| e.into_inner()) = offset;
     }
 
+    /// One stream: its call, answered.
     async fn serve(
         &self,
         remote: EndpointId,
@@ -67,10 +72,44 @@ impl ContentServer {
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
-        let req: ContentRequest =
+        let call: ContentCall =
             tokio::time::timeout(REQUEST_TIMEOUT, expect_msg(&mut recv, MAX_REQUEST_FRAME))
                 .await
                 .map_err(|_| NetError::Timeout("the peer sent no complete request".into()))??;
+        let now_ms = || concord::hlc::SystemClock.now_ms() as i64;
+        let state = self.state.clone();
+        match call {
+            ContentCall::File(req) => return self.serve_file(remote, device, send, req).await,
+            ContentCall::List(req) => {
+                let scans = self.scans.clone();
+                let page = tokio::task::spawn_blocking(move || {
+                    serve_list(&state, &scans, remote, &req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("listing task failed: {e}")))?;
+                write_msg(&mut send, &page).await?;
+            }
+            ContentCall::Release(req) => {
+                let answer = tokio::task::spawn_blocking(move || {
+                    serve_release(&state, remote, &req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("release task failed: {e}")))?;
+                write_msg(&mut send, &answer).await?;
+            }
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// A `File` call: the header, then the bao encoding of the wanted ranges.
+    async fn serve_file(
+        &self,
+        remote: EndpointId,
+        device: Uuid,
+        mut send: SendStream,
+        req: ContentRequest,
+    ) -> Result<(), NetError> {
         let wanted = decode_ranges(&req.wanted)?;
         let state = self.state.clone();
         let opened = tokio::task::spawn_blocking(move || {

@@ -38,6 +38,19 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Files one connection transfers at once, on either side: more requests wait.
 pub const MAX_CONCURRENT_PER_PEER: usize = 8;
 
+/// The first frame of every stream: what the requester wants. A file's
+/// content, a page of a conduit folder's listing, or (Archive) the removal
+/// of a source file whose verified copy the requester holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentCall {
+    File(ContentRequest),
+    List(crate::transfer::listing::ListRequest),
+    Release(crate::transfer::listing::ReleaseRequest),
+}
+
+/// Largest answer frame to a `List` or `Release` call.
+pub const MAX_LIST_FRAME: usize = 2 * 1024 * 1024;
+
 /// A request for one file's content: one per bidirectional stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContentRequest {

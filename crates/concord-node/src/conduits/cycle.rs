@@ -1,0 +1,233 @@
+//! One cycle of a conduit whose source is on another device, run by the
+//! destination's device (Replicate, Archive): the source's listing, this
+//! end's scan, the planner and its guards, the executor with a
+//! [`RemoteSource`], then Archive's releases, each asked of the source only
+//! after the copy here hashed to the source's hash. Blocking code.
+
+use concord::conduit::agreed::Agreed;
+use concord::conduit::cycle::{CycleMemory, CycleOutcome, CycleReport};
+use concord::conduit::error::{ConduitError, Result};
+use concord::conduit::execute::{End, Executor};
+use concord::conduit::guard::{has_room, is_mass_delete, root_present};
+use concord::conduit::ignore::IgnoreRules;
+use concord::conduit::path::{RelPath, SafeRoot, RESERVED_DIR};
+use concord::conduit::plan::{Action, Plan, Side};
+use concord::conduit::planner::{plan, PlanInput};
+use concord::conduit::settings::{PauseReason, Settings};
+use concord::conduit::trash::{Trash, RETENTION_MS};
+use concord::conduit::tree::{hash_reader, scan, Tree};
+use concord::Uuid;
+
+use crate::conduits::remote::RemoteSource;
+use crate::transfer::listing::{ReleaseAnswer, ReleaseRequest};
+use crate::transfer::wire::ContentCall;
+
+/// The destination end, on this device.
+pub struct LocalEnd {
+    pub location: std::path::PathBuf,
+    pub fingerprint: Option<String>,
+    pub device: String,
+}
+
+/// What the cycle needs besides the trees.
+pub struct RemoteCycle {
+    pub settings: Settings,
+    pub source_device: String,
+    pub destination: LocalEnd,
+    pub source: RemoteSource,
+}
+
+fn paused(reason: PauseReason, plan: Plan) -> Result<CycleOutcome> {
+    Ok(CycleOutcome::Paused(
+        reason,
+        CycleReport {
+            plan,
+            ..CycleReport::default()
+        },
+    ))
+}
+
+/// A file is left out when it or a folder above it is ignored here.
+fn drop_ignored(tree: &mut Tree, rules: &IgnoreRules) {
+    tree.files.retain(|p, _| {
+        let mut dir = p.parent();
+        while let Some(d) = dir {
+            if rules.is_ignored(d.as_str(), true) {
+                return false;
+            }
+            dir = d.parent();
+        }
+        !rules.is_ignored(p.as_str(), false)
+    });
+}
+
+/// Run one cycle from `source_tree` (the source's listing) at `now_ms`.
+pub fn run_remote_cycle(
+    c: &mut RemoteCycle,
+    mut source_tree: Tree,
+    memory: &mut CycleMemory,
+    now_ms: i64,
+) -> Result<CycleOutcome> {
+    let first = memory.agreed.files.is_empty();
+    let dst = &c.destination;
+    if !root_present(&dst.location, dst.fingerprint.as_deref()) {
+        return paused(PauseReason::DestinationUnreachable, Plan::default());
+    }
+    let dst_root = match SafeRoot::open(&dst.location, c.settings.destination_dir.as_ref(), first) {
+        Ok(r) => r,
+        Err(_) => return paused(PauseReason::DestinationUnreachable, Plan::default()),
+    };
+    let rules = IgnoreRules::load(&dst_root)?;
+    drop_ignored(&mut source_tree, &rules);
+    let dst_tree = scan(&dst_root, &rules, Some(&memory.scans[1]), now_ms)?;
+    let plan = plan(&PlanInput {
+        policy: c.settings.policy,
+        propagate_deletes: c.settings.propagate_deletes,
+        source: &source_tree,
+        destination: &dst_tree,
+        agreed: &memory.agreed,
+        source_device: &c.source_device,
+        destination_device: &dst.device,
+    })?;
+    if plan
+        .actions
+        .iter()
+        .any(|a| a.side() == Side::Source && !matches!(a, Action::Release { .. }))
+    {
+        return Err(ConduitError::Invalid(
+            "this policy changes the source; between two devices only replicate and archive run"
+                .into(),
+        ));
+    }
+    if !c.settings.allow_deletes && is_mass_delete(&plan, &source_tree, &dst_tree) {
+        return paused(PauseReason::MassDelete, plan);
+    }
+    if !has_room(&plan, Side::Destination, &dst.location) {
+        return paused(PauseReason::DiskFull, plan);
+    }
+    let releases: Vec<Action> = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Release { .. }))
+        .cloned()
+        .collect();
+    let copies = Plan {
+        actions: plan
+            .actions
+            .iter()
+            .filter(|a| !matches!(a, Action::Release { .. }))
+            .cloned()
+            .collect(),
+        ..plan.clone()
+    };
+    let end = End {
+        root: dst_root.clone(),
+        device: dst.device.clone(),
+    };
+    // One-way plans change only the destination: the source end is never
+    // touched by the executor (checked above), so this end stands in for it.
+    let mut unused = concord::conduit::content::LocalSource::new(dst_root.clone());
+    let mut exec = Executor::new(&end, &end, &mut unused, &mut c.source, now_ms).run(&copies);
+    for a in &releases {
+        let Action::Release {
+            path,
+            expected,
+            hash,
+        } = a
+        else {
+            continue;
+        };
+        if exec.disk_full || exec.unsettled.contains(path) {
+            exec.unsettled.insert(path.clone());
+            continue;
+        }
+        match release(
+            c,
+            &dst_root,
+            path,
+            expected.version.size,
+            expected.version.mtime_ns,
+            hash,
+        ) {
+            Ok(()) => exec.done += 1,
+            Err(e) => {
+                exec.unsettled.insert(path.clone());
+                exec.failed.push((path.clone(), e.to_string()));
+            }
+        }
+    }
+    let (after_src, after_dst) = plan.simulate(&source_tree, &dst_tree);
+    memory.agreed = memory
+        .agreed
+        .advance(&after_src, &after_dst, &exec.unsettled);
+    memory.scans = [source_tree, dst_tree];
+    Trash::for_location(&dst.location).purge(now_ms, RETENTION_MS)?;
+    concord::conduit::content::purge_stale_temps(
+        &dst.location.join(RESERVED_DIR).join("tmp"),
+        now_ms,
+    );
+    let disk_full = exec.disk_full;
+    let report = CycleReport { plan, exec };
+    Ok(if disk_full {
+        CycleOutcome::Paused(PauseReason::DiskFull, report)
+    } else {
+        CycleOutcome::Done(report)
+    })
+}
+
+/// Archive: hash the copy here, then ask the source to remove its file if
+/// it is still the version copied.
+fn release(
+    c: &RemoteCycle,
+    dst_root: &SafeRoot,
+    path: &RelPath,
+    size: u64,
+    mtime_ns: i64,
+    hash: &[u8; 32],
+) -> Result<()> {
+    let mut copy = dst_root.open_file(path)?;
+    let (got, _) = hash_reader(&mut copy).map_err(|e| ConduitError::io(dst_root.path(), e))?;
+    if got != *hash {
+        return Err(ConduitError::Mismatch(dst_root.resolve(path)?));
+    }
+    let s = &c.source;
+    let call = ContentCall::Release(ReleaseRequest {
+        library: s.library,
+        location: s.location,
+        dir: s
+            .dir
+            .as_ref()
+            .map(|d| d.as_str().to_string())
+            .unwrap_or_default(),
+        path: path.as_str().to_string(),
+        size,
+        mtime_ns,
+        hash: *hash,
+        to_device: c.destination.device.clone(),
+        to_path: dst_root.in_location(path),
+    });
+    match s
+        .handle
+        .block_on(s.client.call::<ReleaseAnswer>(&s.peer, &call))
+    {
+        Ok(ReleaseAnswer::Released) => Ok(()),
+        Ok(ReleaseAnswer::Refused { reason }) => Err(ConduitError::Invalid(format!(
+            "the source kept {}: {reason}",
+            path.as_str()
+        ))),
+        Err(e) => Err(ConduitError::Invalid(format!(
+            "releasing {}: {e}",
+            path.as_str()
+        ))),
+    }
+}
+
+/// Where a conduit's agreed state is kept on its working device.
+pub fn agreed_path(library_dir: &std::path::Path, conduit: Uuid) -> std::path::PathBuf {
+    library_dir.join(format!("conduit-{conduit}.agreed"))
+}
+
+/// The agreed state saved for `conduit`, or none (a first cycle).
+pub fn load_agreed(library_dir: &std::path::Path, conduit: Uuid) -> Agreed {
+    Agreed::load(&agreed_path(library_dir, conduit)).unwrap_or_default()
+}
