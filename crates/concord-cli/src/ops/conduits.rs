@@ -8,6 +8,7 @@ use concord::{query, Change, Library, Uuid};
 use serde_json::{json, Value};
 
 use crate::context::{CliError, CliResult, Context};
+use crate::request::Request;
 use crate::resolve;
 
 /// What `conduit create` was given, as typed.
@@ -171,4 +172,45 @@ pub fn remove(ctx: &Context, library: &str, conduit: &str) -> CliResult<Value> {
     let c = find(&lib, library, conduit)?;
     lib.commit(Change::delete::<Conduit>(c.id))?;
     Ok(json!({ "id": c.id.to_string() }))
+}
+
+/// Run a `conduit ...` library command.
+pub fn execute(ctx: &Context, req: Request) -> CliResult<Value> {
+    match req {
+        Request::ConduitCreate {
+            library,
+            from,
+            to,
+            policy,
+            delete,
+            cadence,
+            min_free,
+            pin_tag,
+        } => create(
+            ctx,
+            &library,
+            &CreateArgs {
+                from: &from,
+                to: &to,
+                policy: &policy,
+                delete,
+                cadence: &cadence,
+                min_free: min_free.as_deref(),
+                pin_tag: pin_tag.as_deref(),
+            },
+        ),
+        Request::ConduitList { library } => list(ctx, &library),
+        Request::ConduitStatus { library, conduit } => status(ctx, &library, &conduit),
+        Request::ConduitPause { library, conduit } => pause(ctx, &library, &conduit),
+        Request::ConduitResume {
+            library,
+            conduit,
+            allow_deletes,
+        } => resume(ctx, &library, &conduit, allow_deletes),
+        Request::ConduitRemove { library, conduit } => remove(ctx, &library, &conduit),
+        other => Err(CliError::new(format!(
+            "internal: `{}` is not a conduit library command",
+            other.name()
+        ))),
+    }
 }

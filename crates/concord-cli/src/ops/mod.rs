@@ -83,37 +83,12 @@ pub fn execute(ctx: &Context, req: Request) -> CliResult<Value> {
             device,
         } => locations::entries(ctx, &library, location.as_deref(), device.as_deref()),
         Request::SyncConflicts { library } => library::conflicts(ctx, &library),
-        Request::ConduitCreate {
-            library,
-            from,
-            to,
-            policy,
-            delete,
-            cadence,
-            min_free,
-            pin_tag,
-        } => conduits::create(
-            ctx,
-            &library,
-            &conduits::CreateArgs {
-                from: &from,
-                to: &to,
-                policy: &policy,
-                delete,
-                cadence: &cadence,
-                min_free: min_free.as_deref(),
-                pin_tag: pin_tag.as_deref(),
-            },
-        ),
-        Request::ConduitList { library } => conduits::list(ctx, &library),
-        Request::ConduitStatus { library, conduit } => conduits::status(ctx, &library, &conduit),
-        Request::ConduitPause { library, conduit } => conduits::pause(ctx, &library, &conduit),
-        Request::ConduitResume {
-            library,
-            conduit,
-            allow_deletes,
-        } => conduits::resume(ctx, &library, &conduit, allow_deletes),
-        Request::ConduitRemove { library, conduit } => conduits::remove(ctx, &library, &conduit),
+        req @ (Request::ConduitCreate { .. }
+        | Request::ConduitList { .. }
+        | Request::ConduitStatus { .. }
+        | Request::ConduitPause { .. }
+        | Request::ConduitResume { .. }
+        | Request::ConduitRemove { .. }) => conduits::execute(ctx, req),
         Request::DeviceList => library::device_list_offline(ctx),
         other => Err(crate::context::CliError::new(format!(
             "`{}` needs a running node for this data dir; start one with `concord start`",

@@ -7,7 +7,7 @@
 use concord::conduit::agreed::Agreed;
 use concord::conduit::cycle::{CycleMemory, CycleOutcome, CycleReport};
 use concord::conduit::error::{ConduitError, Result};
-use concord::conduit::execute::{End, Executor};
+use concord::conduit::execute::{End, ExecReport, Executor};
 use concord::conduit::guard::{has_room, is_mass_delete, root_present};
 use concord::conduit::ignore::IgnoreRules;
 use concord::conduit::path::{RelPath, SafeRoot, RESERVED_DIR};
@@ -19,8 +19,7 @@ use concord::conduit::tree::{hash_reader, scan, Tree};
 use concord::Uuid;
 
 use crate::conduits::remote::RemoteSource;
-use crate::transfer::listing::{ReleaseAnswer, ReleaseRequest};
-use crate::transfer::wire::ContentCall;
+use crate::transfer::wire::{ContentCall, ReleaseAnswer, ReleaseRequest};
 
 /// The destination end, on this device.
 pub struct LocalEnd {
@@ -128,34 +127,7 @@ pub fn run_remote_cycle(
     // touched by the executor (checked above), so this end stands in for it.
     let mut unused = concord::conduit::content::LocalSource::new(dst_root.clone());
     let mut exec = Executor::new(&end, &end, &mut unused, &mut c.source, now_ms).run(&copies);
-    for a in &releases {
-        let Action::Release {
-            path,
-            expected,
-            hash,
-        } = a
-        else {
-            continue;
-        };
-        if exec.disk_full || exec.unsettled.contains(path) {
-            exec.unsettled.insert(path.clone());
-            continue;
-        }
-        match release(
-            c,
-            &dst_root,
-            path,
-            expected.version.size,
-            expected.version.mtime_ns,
-            hash,
-        ) {
-            Ok(()) => exec.done += 1,
-            Err(e) => {
-                exec.unsettled.insert(path.clone());
-                exec.failed.push((path.clone(), e.to_string()));
-            }
-        }
-    }
+    release_all(c, &dst_root, &releases, &mut exec);
     let (after_src, after_dst) = plan.simulate(&source_tree, &dst_tree);
     memory.agreed = memory
         .agreed
@@ -173,6 +145,39 @@ pub fn run_remote_cycle(
     } else {
         CycleOutcome::Done(report)
     })
+}
+
+/// Archive's releases, each after its copy here was settled and verified;
+/// a release that fails leaves its path unsettled (kept for the next cycle).
+fn release_all(c: &RemoteCycle, dst_root: &SafeRoot, releases: &[Action], exec: &mut ExecReport) {
+    for a in releases {
+        let Action::Release {
+            path,
+            expected,
+            hash,
+        } = a
+        else {
+            continue;
+        };
+        if exec.disk_full || exec.unsettled.contains(path) {
+            exec.unsettled.insert(path.clone());
+            continue;
+        }
+        match release(
+            c,
+            dst_root,
+            path,
+            expected.version.size,
+            expected.version.mtime_ns,
+            hash,
+        ) {
+            Ok(()) => exec.done += 1,
+            Err(e) => {
+                exec.unsettled.insert(path.clone());
+                exec.failed.push((path.clone(), e.to_string()));
+            }
+        }
+    }
 }
 
 /// Archive: hash the copy here, then ask the source to remove its file if

@@ -17,8 +17,7 @@ use tokio::runtime::Handle;
 
 use crate::error::NetError;
 use crate::peers::Peer;
-use crate::transfer::listing::{ListPage, ListRequest};
-use crate::transfer::wire::ContentCall;
+use crate::transfer::wire::{ContentCall, ListPage, ListRequest};
 use crate::transfer::{ContentClient, FileRequest, TransferProgress};
 
 /// Most pages of one listing (a million files at the page limit).

@@ -3,7 +3,8 @@
 //! cycle from), and `Release`, Archive's removal of a source file once its
 //! copy was verified on the destination. Both are authorised like content
 //! (a paired member, a location this device added) and bounded: a page
-//! holds at most [`PAGE_FILES`] files and [`PAGE_PATH_BYTES`] of paths.
+//! holds at most [`PAGE_FILES`] files and [`PAGE_PATH_BYTES`] of paths
+//! (the messages are in [`crate::transfer::wire`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -17,78 +18,13 @@ use concord::conduit::trash::reserved_dir;
 use concord::conduit::tree::{hash_reader, scan, FileState, Tree};
 use concord::{query, Uuid};
 use iroh::EndpointId;
-use serde::{Deserialize, Serialize};
 
 use crate::error::NetError;
 use crate::state::NodeState;
 use crate::transfer::source::authorize_location;
-
-/// Most files in one page of a listing.
-pub const PAGE_FILES: usize = 1000;
-/// Most path bytes in one page (so a page stays far below the frame limit).
-pub const PAGE_PATH_BYTES: usize = 512 * 1024;
-
-/// A page of the files below `dir` of a location, after `after`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListRequest {
-    pub library: Uuid,
-    pub location: Uuid,
-    /// The conduit's subfolder, `/`-separated; empty for the root.
-    pub dir: String,
-    /// The last path of the previous page; `None` for the first.
-    pub after: Option<String>,
-}
-
-/// One regular file of a listing, as a conduit scan sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListedFile {
-    /// Relative to the listed folder.
-    pub path: String,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub exec: bool,
-    pub hash: Option<[u8; 32]>,
-    pub inode: u64,
-}
-
-/// The answer to a `List` call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ListPage {
-    Files {
-        files: Vec<ListedFile>,
-        /// More pages follow.
-        more: bool,
-    },
-    /// The folder's root is missing or on another volume than the one the
-    /// location was added on (an unmounted disk): never "no files".
-    Missing,
-    Refused {
-        reason: String,
-    },
-}
-
-/// Remove `path` (below `dir` of a location) once it is still exactly the
-/// file the requester copied and verified.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseRequest {
-    pub library: Uuid,
-    pub location: Uuid,
-    pub dir: String,
-    pub path: String,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub hash: [u8; 32],
-    /// For the audit record: the destination device's name and path.
-    pub to_device: String,
-    pub to_path: String,
-}
-
-/// The answer to a `Release` call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReleaseAnswer {
-    Released,
-    Refused { reason: String },
-}
+use crate::transfer::wire::{
+    ListPage, ListRequest, ListedFile, ReleaseAnswer, ReleaseRequest, PAGE_FILES, PAGE_PATH_BYTES,
+};
 
 /// The last scan of each listed folder, so a page does not hash again what
 /// the previous page's scan hashed (files whose stat did not change).

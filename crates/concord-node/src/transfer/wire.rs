@@ -44,8 +44,8 @@ pub const MAX_CONCURRENT_PER_PEER: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContentCall {
     File(ContentRequest),
-    List(crate::transfer::listing::ListRequest),
-    Release(crate::transfer::listing::ReleaseRequest),
+    List(ListRequest),
+    Release(ReleaseRequest),
 }
 
 /// Largest answer frame to a `List` or `Release` call.
@@ -80,6 +80,73 @@ pub enum ContentHeader {
         executable: bool,
     },
     /// Nothing follows.
+    Refused { reason: String },
+}
+
+/// Most files in one page of a listing.
+pub const PAGE_FILES: usize = 1000;
+/// Most path bytes in one page (so a page stays far below the frame limit).
+pub const PAGE_PATH_BYTES: usize = 512 * 1024;
+
+/// A page of the files below `dir` of a location, after `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    pub library: Uuid,
+    pub location: Uuid,
+    /// The conduit's subfolder, `/`-separated; empty for the root.
+    pub dir: String,
+    /// The last path of the previous page; `None` for the first.
+    pub after: Option<String>,
+}
+
+/// One regular file of a listing, as a conduit scan sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedFile {
+    /// Relative to the listed folder.
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub exec: bool,
+    pub hash: Option<[u8; 32]>,
+    pub inode: u64,
+}
+
+/// The answer to a `List` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListPage {
+    Files {
+        files: Vec<ListedFile>,
+        /// More pages follow.
+        more: bool,
+    },
+    /// The folder's root is missing or on another volume than the one the
+    /// location was added on (an unmounted disk): never "no files".
+    Missing,
+    Refused {
+        reason: String,
+    },
+}
+
+/// Remove `path` (below `dir` of a location) once it is still exactly the
+/// file the requester copied and verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub library: Uuid,
+    pub location: Uuid,
+    pub dir: String,
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub hash: [u8; 32],
+    /// For the audit record: the destination device's name and path.
+    pub to_device: String,
+    pub to_path: String,
+}
+
+/// The answer to a `Release` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseAnswer {
+    Released,
     Refused { reason: String },
 }
 
