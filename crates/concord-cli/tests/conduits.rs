@@ -244,3 +244,36 @@ fn archive_removes_the_source_only_after_the_verified_copy() {
     assert_eq!(std::fs::read(dst.join("later.txt")).unwrap(), b"later");
     assert!(dst.join("a.txt").is_file());
 }
+
+#[test]
+fn an_instant_conduit_follows_changes_without_conduit_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    write(&src.join("first.txt"), b"one");
+    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    // The default cadence is instant.
+    let id = b.json(&[
+        "conduit",
+        "create",
+        "lib",
+        "--from",
+        &la,
+        "--to",
+        &lb,
+        "--policy",
+        "replicate",
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("the first file is replicated", || {
+        std::fs::read(dst.join("first.txt")).ok().as_deref() == Some(b"one".as_slice())
+    });
+    write(&src.join("sub/second.txt"), b"two");
+    write(&src.join("first.txt"), b"one, edited");
+    wait_until("the changes are replicated", || tree(&dst) == tree(&src));
+    let status = b.json(&["conduit", "status", "lib", &id]);
+    assert_eq!(status["reason"], Value::Null, "{status}");
+    assert!(status["last_run"].as_i64().is_some(), "{status}");
+}

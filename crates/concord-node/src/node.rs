@@ -94,6 +94,7 @@ impl Node {
                 Err(e) => tracing::warn!("{e}; continuing without LAN discovery"),
             }
         }
+        background.push(conduits.spawn_scheduler());
         background.push(tokio::spawn(presence_loop(
             state.clone(),
             setup.clone(),

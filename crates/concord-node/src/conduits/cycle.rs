@@ -28,8 +28,33 @@ pub struct LocalEnd {
     pub device: String,
 }
 
+/// What a cycle plans to move, for `conduit status` while it runs.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub files: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Totals {
+    /// Record what `plan` copies onto either end.
+    pub fn set(&self, plan: &Plan) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let copies = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Copy { .. }))
+            .count();
+        self.files.store(copies as u64, Relaxed);
+        self.bytes.store(
+            plan.bytes_in(Side::Destination) + plan.bytes_in(Side::Source),
+            Relaxed,
+        );
+    }
+}
+
 /// What the cycle needs besides the trees.
 pub struct RemoteCycle {
+    pub totals: std::sync::Arc<Totals>,
     pub settings: Settings,
     pub source_device: String,
     pub destination: LocalEnd,
@@ -98,6 +123,7 @@ pub fn run_remote_cycle(
                 .into(),
         ));
     }
+    c.totals.set(&plan);
     if !c.settings.allow_deletes && is_mass_delete(&plan, &source_tree, &dst_tree) {
         return paused(PauseReason::MassDelete, plan);
     }

@@ -9,6 +9,7 @@
 
 pub mod cycle;
 pub mod remote;
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,17 +26,37 @@ use serde::Serialize;
 use crate::error::NetError;
 use crate::state::NodeState;
 use crate::transfer::{ContentClient, TransferProgress};
-use cycle::{agreed_path, load_agreed, run_remote_cycle, LocalEnd, RemoteCycle};
+use cycle::{agreed_path, load_agreed, run_remote_cycle, LocalEnd, RemoteCycle, Totals};
 use remote::{list, Listed, RemoteSource};
 
 /// A cycle's state and progress while it runs (and its last figures).
 #[derive(Default)]
 struct Live {
     running: Mutex<Option<&'static str>>,
-    files_total: AtomicU64,
-    files_done: AtomicU64,
-    bytes_total: AtomicU64,
-    progress: Arc<TransferProgress>,
+    totals: Arc<Totals>,
+    /// The current (or last) cycle's transfers.
+    progress: Mutex<Arc<TransferProgress>>,
+    /// Actions done by the last local cycle (a remote one counts files).
+    local_done: AtomicU64,
+    /// When the last cycle here started (ms), for cadences.
+    started_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Live {
+    fn progress(&self) -> Arc<TransferProgress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A new cycle starts: its counters from zero.
+    fn reset(&self) {
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = Arc::default();
+        self.totals.files.store(0, Ordering::Relaxed);
+        self.totals.bytes.store(0, Ordering::Relaxed);
+        self.local_done.store(0, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -115,16 +136,69 @@ impl ConduitRunner {
             .get(&conduit)?
             .clone();
         let l = &slot.live;
-        let p = l.progress.snapshot();
+        let p = l.progress().snapshot();
+        let local = l.local_done.load(Ordering::Relaxed);
         let status = LiveStatus {
             running: *l.running.lock().unwrap_or_else(|e| e.into_inner()),
-            files_total: l.files_total.load(Ordering::Relaxed),
-            files_done: l.files_done.load(Ordering::Relaxed),
-            bytes_total: l.bytes_total.load(Ordering::Relaxed),
+            files_total: l.totals.files.load(Ordering::Relaxed),
+            files_done: p.files_done.max(local),
+            bytes_total: l.totals.bytes.load(Ordering::Relaxed),
             bytes_done: p.bytes_verified,
             bytes_received: p.bytes_received,
         };
         Some(status)
+    }
+
+    /// Run the cycles cadences make due, until the node stops (the task is
+    /// aborted then). One conduit after another: a cycle never overlaps
+    /// another of the same conduit.
+    pub fn spawn_scheduler(&self) -> tokio::task::JoinHandle<()> {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                for (library, conduit) in runner.due().await {
+                    if let Err(e) = runner.run(library, conduit).await {
+                        tracing::debug!(%conduit, "scheduled conduit cycle: {e}");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Conduits whose destination is here and whose cadence makes them due.
+    async fn due(&self) -> Vec<(Uuid, Uuid)> {
+        let runner = self.clone();
+        let found = blocking(move || {
+            let me = runner.state.device_id();
+            let now = now_ms();
+            let mut out = Vec::new();
+            for listed in runner.state.data.list_libraries().unwrap_or_default() {
+                let Ok(lib) = runner.state.library(listed.id) else {
+                    continue;
+                };
+                for c in query::conduits(&lib).unwrap_or_default() {
+                    let here = query::location(&lib, c.destination)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|l| l.device == me);
+                    let last = runner
+                        .slots
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&c.id)
+                        .map_or(0, |s| s.live.started_ms.load(Ordering::Relaxed));
+                    if here && schedule::due(&c, last, now) {
+                        out.push((lib.id(), c.id));
+                    }
+                }
+            }
+            out
+        })
+        .await;
+        found.unwrap_or_default()
     }
 
     /// Run one cycle of `conduit` now, here (its destination's device), and
@@ -154,6 +228,8 @@ impl ConduitRunner {
             agreed: load_agreed(&lib_dir, conduit),
             ..CycleMemory::default()
         });
+        slot.live.reset();
+        slot.live.started_ms.store(now_ms(), Ordering::Relaxed);
         set(&slot.live.running, Some("scanning"));
         let outcome = self
             .cycle(&lib, &record, settings, dst, &slot, &mut mem)
@@ -164,7 +240,8 @@ impl ConduitRunner {
                 tracing::warn!(%conduit, "agreed state not saved: {e}");
             }
         }
-        *memory = Some(mem);
+        // After a failure the memory may be partial: reload what was saved.
+        *memory = outcome.is_ok().then_some(mem);
         self.record(&lib, &record, outcome)
     }
 
@@ -190,30 +267,14 @@ impl ConduitRunner {
             device: name_of(dst.device),
         };
         let now = now_ms();
-        let taken = std::mem::take(mem);
         if src.device == self.state.device_id() {
-            let c = LocalConduit {
-                source: EndSpec {
-                    location: src.path.clone().into(),
-                    dir: settings.source_dir.clone(),
-                    fingerprint: fingerprint(lib, &src),
-                    device: name_of(src.device),
-                },
-                destination: EndSpec {
-                    location: dst_end.location,
-                    dir: settings.destination_dir.clone(),
-                    fingerprint: dst_end.fingerprint,
-                    device: dst_end.device,
-                },
-                settings,
+            let src_end = EndSpec {
+                location: src.path.clone().into(),
+                dir: settings.source_dir.clone(),
+                fingerprint: fingerprint(lib, &src),
+                device: name_of(src.device),
             };
-            let (out, back) = blocking(move || {
-                let mut m = taken;
-                (run_local_cycle(&c, &mut m, now), m)
-            })
-            .await?;
-            *mem = back;
-            return out.map_err(|e| NetError::Other(e.to_string()));
+            return local_cycle(src_end, dst_end, settings, slot, mem, now).await;
         }
         if settings.policy == Policy::Synchronize {
             return Err(NetError::Refused(
@@ -234,7 +295,6 @@ impl ConduitRunner {
         {
             Listed::Tree(t) => t,
             Listed::Missing => {
-                *mem = taken;
                 return Ok(CycleOutcome::Paused(
                     concord::conduit::settings::PauseReason::SourceMissing,
                     Default::default(),
@@ -245,6 +305,7 @@ impl ConduitRunner {
             .map_err(|e| NetError::Other(e.to_string()))?;
         set(&slot.live.running, Some("transferring"));
         let mut c = RemoteCycle {
+            totals: slot.live.totals.clone(),
             source_device: name_of(src.device),
             source: RemoteSource {
                 handle: tokio::runtime::Handle::current(),
@@ -254,11 +315,12 @@ impl ConduitRunner {
                 location: src.id,
                 dir: settings.source_dir.clone(),
                 incoming,
-                progress: slot.live.progress.clone(),
+                progress: slot.live.progress(),
             },
             settings,
             destination: dst_end,
         };
+        let taken = std::mem::take(mem);
         let (out, back) = blocking(move || {
             let mut m = taken;
             (run_remote_cycle(&mut c, tree, &mut m, now), m)
@@ -276,6 +338,9 @@ impl ConduitRunner {
         outcome: Result<CycleOutcome, NetError>,
     ) -> Result<RunReport, NetError> {
         let mut change = Change::update::<Conduit>(c.id).set("last_run", now_ms());
+        // An idle cycle (nothing done, nothing new to say) writes nothing,
+        // so an `instant` conduit's polls do not grow the sync log.
+        let mut news = c.last_run.is_none();
         let report = match &outcome {
             Ok(CycleOutcome::Done(r)) => {
                 let failed: Vec<String> = r
@@ -284,6 +349,7 @@ impl ConduitRunner {
                     .iter()
                     .map(|(p, e)| format!("{}: {e}", p.as_str()))
                     .collect();
+                news |= r.exec.done > 0 || failed.first() != c.last_error.as_ref();
                 change = change.set("last_error", failed.first().cloned());
                 if c.allow_deletes {
                     change = change.set("allow_deletes", false);
@@ -297,6 +363,7 @@ impl ConduitRunner {
                 }
             }
             Ok(CycleOutcome::Paused(reason, r)) => {
+                news = true;
                 change = change.set("paused", reason.as_str());
                 RunReport {
                     outcome: "paused",
@@ -307,14 +374,52 @@ impl ConduitRunner {
                 }
             }
             Err(e) => {
-                change = change.set("last_error", e.to_string());
-                lib.commit(change)?;
+                if c.last_error.as_deref() != Some(&e.to_string()) {
+                    lib.commit(change.set("last_error", e.to_string()))?;
+                }
                 return Err(NetError::Other(e.to_string()));
             }
         };
-        lib.commit(change)?;
+        if news || c.allow_deletes {
+            lib.commit(change)?;
+        }
         Ok(report)
     }
+}
+
+/// A cycle whose two ends are on this device: the core's local cycle.
+async fn local_cycle(
+    source: EndSpec,
+    dst_end: LocalEnd,
+    settings: Settings,
+    slot: &Arc<Slot>,
+    mem: &mut CycleMemory,
+    now: i64,
+) -> Result<CycleOutcome, NetError> {
+    let c = LocalConduit {
+        source,
+        destination: EndSpec {
+            location: dst_end.location,
+            dir: settings.destination_dir.clone(),
+            fingerprint: dst_end.fingerprint,
+            device: dst_end.device,
+        },
+        settings,
+    };
+    let taken = std::mem::take(mem);
+    let (out, back) = blocking(move || {
+        let mut m = taken;
+        (run_local_cycle(&c, &mut m, now), m)
+    })
+    .await?;
+    *mem = back;
+    if let Ok(CycleOutcome::Done(r) | CycleOutcome::Paused(_, r)) = &out {
+        slot.live.totals.set(&r.plan);
+        slot.live
+            .local_done
+            .store(r.exec.done as u64, Ordering::Relaxed);
+    }
+    out.map_err(|e| NetError::Other(e.to_string()))
 }
 
 fn set(m: &Mutex<Option<&'static str>>, v: Option<&'static str>) {

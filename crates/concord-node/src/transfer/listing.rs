@@ -112,6 +112,35 @@ pub fn serve_list(
     })
 }
 
+/// A member may ask for a release only through an Archive conduit, not
+/// paused, from this location and folder to a location of its own: being a
+/// member lets it read, never remove.
+fn archive_allowed(
+    state: &NodeState,
+    remote: EndpointId,
+    req: &ReleaseRequest,
+) -> Result<(), NetError> {
+    let device = state.authorize(remote)?.device_id;
+    let lib = state.library(req.library)?;
+    let allowed = query::conduits(&lib)?.iter().any(|c| {
+        c.policy == "archive"
+            && c.paused.is_none()
+            && c.source == req.location
+            && c.source_dir == req.dir
+            && query::location(&lib, c.destination)
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.device == device)
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(NetError::Refused(format!(
+            "no archive conduit from this folder to device {device}"
+        )))
+    }
+}
+
 /// Serve a release (blocking): the file must still have the size, mtime
 /// and BLAKE3 hash the requester verified its copy against; then an audit
 /// line is appended to the location's `.concord/audit/archive.jsonl` and
@@ -123,6 +152,7 @@ pub fn serve_release(
     now_ms: i64,
 ) -> ReleaseAnswer {
     let answer = (|| {
+        archive_allowed(state, remote, req)?;
         let Some(root) = open_root(state, remote, req.library, req.location, &req.dir)? else {
             return Err(NetError::Refused("the source folder is missing".into()));
         };
