@@ -85,6 +85,7 @@ pub async fn status(
         v["bytes_total"] = json!(l.bytes_total);
         v["bytes_done"] = json!(l.bytes_done);
         v["bytes_received"] = json!(l.bytes_received);
+        v["conflicts"] = json!(l.conflicts);
     }
     Ok(v)
 }

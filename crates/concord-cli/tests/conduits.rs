@@ -277,3 +277,54 @@ fn an_instant_conduit_follows_changes_without_conduit_run() {
     assert_eq!(status["reason"], Value::Null, "{status}");
     assert!(status["last_run"].as_i64().is_some(), "{status}");
 }
+
+#[test]
+fn sync_between_two_devices_carries_both_ways_and_keeps_both_versions_of_a_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    write(&src.join("a.txt"), b"from alpha");
+    write(&src.join("shared.txt"), b"agreed");
+    write(&dst.join("docs/b.txt"), b"from beta");
+    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    let id = create(&b, &la, &lb, &["--policy", "sync"]);
+    run(&b, &id);
+    assert_eq!(tree(&src), tree(&dst));
+    assert_eq!(tree(&src).len(), 3);
+
+    // One-sided changes go the other way, deletions to the other's trash.
+    write(&dst.join("docs/b.txt"), b"from beta, edited");
+    write(&src.join("new.txt"), b"new on alpha");
+    std::fs::remove_file(dst.join("a.txt")).unwrap();
+    run(&b, &id);
+    assert_eq!(tree(&src), tree(&dst));
+    assert_eq!(
+        std::fs::read(src.join("docs/b.txt")).unwrap(),
+        b"from beta, edited"
+    );
+    assert!(dst.join("new.txt").is_file());
+    assert!(!src.join("a.txt").exists());
+    assert_eq!(trashed(&src, "a.txt").len(), 1);
+
+    // Both edit the same file: both versions stay on both devices.
+    write(&src.join("shared.txt"), b"alpha's edit");
+    write(&dst.join("shared.txt"), b"beta's edit, longer");
+    run(&b, &id);
+    let (s, d) = (tree(&src), tree(&dst));
+    assert_eq!(s, d);
+    let contents: Vec<Vec<u8>> = s
+        .keys()
+        .filter(|p| p.starts_with("shared"))
+        .map(|p| std::fs::read(src.join(p)).unwrap())
+        .collect();
+    assert_eq!(contents.len(), 2, "{s:?}");
+    assert!(contents.contains(&b"alpha's edit".to_vec()));
+    assert!(contents.contains(&b"beta's edit, longer".to_vec()));
+    assert!(s.keys().any(|p| p.starts_with("shared.conflict-")), "{s:?}");
+    let status = b.json(&["conduit", "status", "lib", &id]);
+    assert_eq!(status["conflicts"].as_array().unwrap().len(), 1, "{status}");
+
+    // Another cycle changes nothing: no copy of a copy.
+    run(&b, &id);
+    assert_eq!(tree(&src), s);
+    assert_eq!(tree(&dst), s);
+}

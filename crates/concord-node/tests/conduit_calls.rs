@@ -3,7 +3,7 @@
 //! missing folder as `Missing` and refuses an escaping one; `Release`
 //! removes a file only through an archive conduit to the requester's own
 //! location, only when the file is still the version it names, and records
-//! it in the audit log.
+//! it in the audit log; `Apply` only through a sync conduit.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +12,8 @@ use std::time::Duration;
 use concord::model::Conduit;
 use concord::{index, Change, Library, Uuid};
 use concord_node::transfer::wire::{
-    ContentCall, ListPage, ListRequest, ReleaseAnswer, ReleaseRequest, PAGE_FILES,
+    ApplyAnswer, ApplyRequest, ContentCall, ListPage, ListRequest, ReleaseAnswer, ReleaseRequest,
+    WireAction, WireState, PAGE_FILES,
 };
 
 mod support;
@@ -154,6 +155,29 @@ async fn list_pages_and_release_only_through_an_archive_conduit() {
     );
     // Gone now: a second release is refused.
     assert!(matches!(release(hash).await, ReleaseAnswer::Refused { .. }));
+
+    // Apply (Synchronize) needs a sync conduit: the archive one is not.
+    let victim = src.join("many/00000");
+    let md = std::fs::metadata(&victim).unwrap();
+    let version = concord::conduit::tree::FileState::from_metadata(&md);
+    let call = ContentCall::Apply(ApplyRequest {
+        library: lib,
+        location,
+        dir: String::new(),
+        peer_location: theirs,
+        peer_dir: String::new(),
+        peer_device: "beta".into(),
+        actions: vec![WireAction::Delete {
+            path: "many/00000".into(),
+            expected: WireState {
+                version: version.version,
+                inode: version.inode,
+            },
+        }],
+    });
+    let answer: ApplyAnswer = client.fetcher.call(&peer, &call).await.unwrap();
+    assert!(matches!(answer, ApplyAnswer::Refused { .. }), "{answer:?}");
+    assert!(victim.is_file());
     client.shutdown().await;
     server.shutdown().await;
 }

@@ -13,16 +13,21 @@ use concord::conduit::ignore::IgnoreRules;
 use concord::conduit::path::{RelPath, SafeRoot, RESERVED_DIR};
 use concord::conduit::plan::{Action, Plan, Side};
 use concord::conduit::planner::{plan, PlanInput};
-use concord::conduit::settings::{PauseReason, Settings};
+use concord::conduit::settings::{PauseReason, Policy, Settings};
 use concord::conduit::trash::{Trash, RETENTION_MS};
 use concord::conduit::tree::{hash_reader, scan, Tree};
 use concord::Uuid;
 
-use crate::conduits::remote::RemoteSource;
-use crate::transfer::wire::{ContentCall, ReleaseAnswer, ReleaseRequest};
+use crate::transfer::apply::to_wire;
+use crate::transfer::remote::RemoteSource;
+use crate::transfer::wire::{
+    ApplyAnswer, ApplyRequest, ContentCall, ReleaseAnswer, ReleaseRequest, WireAction,
+};
 
 /// The destination end, on this device.
 pub struct LocalEnd {
+    /// The location's id.
+    pub id: Uuid,
     pub location: std::path::PathBuf,
     pub fingerprint: Option<String>,
     pub device: String,
@@ -113,14 +118,15 @@ pub fn run_remote_cycle(
         source_device: &c.source_device,
         destination_device: &dst.device,
     })?;
-    if plan
-        .actions
-        .iter()
-        .any(|a| a.side() == Side::Source && !matches!(a, Action::Release { .. }))
+    let two_way = c.settings.policy == Policy::Synchronize;
+    if !two_way
+        && plan
+            .actions
+            .iter()
+            .any(|a| a.side() == Side::Source && !matches!(a, Action::Release { .. }))
     {
         return Err(ConduitError::Invalid(
-            "this policy changes the source; between two devices only replicate and archive run"
-                .into(),
+            "a one-way plan changes its source; refusing to run it".into(),
         ));
     }
     c.totals.set(&plan);
@@ -130,35 +136,13 @@ pub fn run_remote_cycle(
     if !has_room(&plan, Side::Destination, &dst.location) {
         return paused(PauseReason::DiskFull, plan);
     }
-    let releases: Vec<Action> = plan
-        .actions
-        .iter()
-        .filter(|a| matches!(a, Action::Release { .. }))
-        .cloned()
-        .collect();
-    let copies = Plan {
-        actions: plan
-            .actions
-            .iter()
-            .filter(|a| !matches!(a, Action::Release { .. }))
-            .cloned()
-            .collect(),
-        ..plan.clone()
-    };
-    let end = End {
-        root: dst_root.clone(),
-        device: dst.device.clone(),
-    };
-    // One-way plans change only the destination: the source end is never
-    // touched by the executor (checked above), so this end stands in for it.
-    let mut unused = concord::conduit::content::LocalSource::new(dst_root.clone());
-    let mut exec = Executor::new(&end, &end, &mut unused, &mut c.source, now_ms).run(&copies);
-    release_all(c, &dst_root, &releases, &mut exec);
+    let exec = execute(c, &dst_root, &plan, now_ms);
     let (after_src, after_dst) = plan.simulate(&source_tree, &dst_tree);
     memory.agreed = memory
         .agreed
         .advance(&after_src, &after_dst, &exec.unsettled);
     memory.scans = [source_tree, dst_tree];
+    let dst = &c.destination;
     Trash::for_location(&dst.location).purge(now_ms, RETENTION_MS)?;
     concord::conduit::content::purge_stale_temps(
         &dst.location.join(RESERVED_DIR).join("tmp"),
@@ -171,6 +155,138 @@ pub fn run_remote_cycle(
     } else {
         CycleOutcome::Done(report)
     })
+}
+
+/// Groups of phases run on both ends before the next group starts: local
+/// copies and moves, then copies from the other end, then deletions (what
+/// the core's executor does on one machine).
+const PHASE_GROUPS: [std::ops::RangeInclusive<u8>; 3] = [0..=1, 2..=3, 4..=4];
+
+/// Carry out `plan`: this end's actions here, the source end's through
+/// `Apply` calls, group by group; then Archive's releases.
+fn execute(c: &mut RemoteCycle, dst_root: &SafeRoot, plan: &Plan, now_ms: i64) -> ExecReport {
+    let end = End {
+        root: dst_root.clone(),
+        device: c.destination.device.clone(),
+    };
+    // Actions of the source end never reach this executor, so this end
+    // stands in for the source.
+    let mut unused = concord::conduit::content::LocalSource::new(dst_root.clone());
+    let mut exec = ExecReport::default();
+    for group in PHASE_GROUPS {
+        let of = |side: Side| -> Vec<Action> {
+            plan.actions
+                .iter()
+                .filter(|a| group.contains(&a.phase()) && a.side() == side)
+                .filter(|a| !matches!(a, Action::Release { .. }))
+                .cloned()
+                .collect()
+        };
+        let here = Plan {
+            actions: of(Side::Destination),
+            ..Plan::default()
+        };
+        if !here.actions.is_empty() {
+            let r = Executor::new(&end, &end, &mut unused, &mut c.source, now_ms).run(&here);
+            merge(&mut exec, r);
+        }
+        let there = of(Side::Source);
+        if !exec.disk_full && !there.is_empty() {
+            apply_remote(c, &there, &mut exec);
+        }
+    }
+    let releases: Vec<Action> = plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Release { .. }))
+        .cloned()
+        .collect();
+    release_all(c, dst_root, &releases, &mut exec);
+    exec
+}
+
+fn merge(into: &mut ExecReport, r: ExecReport) {
+    into.done += r.done;
+    into.failed.extend(r.failed);
+    into.unsettled.extend(r.unsettled);
+    into.bytes_copied += r.bytes_copied;
+    into.bytes_local += r.bytes_local;
+    into.disk_full |= r.disk_full;
+}
+
+/// Largest encoded batch of actions in one `Apply` call (under the
+/// request frame limit).
+const APPLY_BATCH_BYTES: usize = 24 * 1024;
+
+/// The source end's actions, asked of its device in batches; a batch that
+/// fails leaves its paths unsettled.
+fn apply_remote(c: &RemoteCycle, actions: &[Action], exec: &mut ExecReport) {
+    let mut batches: Vec<Vec<(&Action, WireAction)>> = vec![Vec::new()];
+    let mut size = 0;
+    for a in actions {
+        let Some(w) = to_wire(a) else { continue };
+        let n = postcard::to_allocvec(&w).map_or(usize::MAX, |b| b.len());
+        if size + n > APPLY_BATCH_BYTES && !batches[batches.len() - 1].is_empty() {
+            batches.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        let last = batches.len() - 1;
+        batches[last].push((a, w));
+    }
+    let s = &c.source;
+    for batch in batches.into_iter().filter(|b| !b.is_empty()) {
+        let call = ContentCall::Apply(ApplyRequest {
+            library: s.library,
+            location: s.location,
+            dir: s
+                .dir
+                .as_ref()
+                .map(|d| d.as_str().to_string())
+                .unwrap_or_default(),
+            peer_location: c.destination.id,
+            peer_dir: c
+                .settings
+                .destination_dir
+                .as_ref()
+                .map(|d| d.as_str().to_string())
+                .unwrap_or_default(),
+            peer_device: c.destination.device.clone(),
+            actions: batch.iter().map(|(_, w)| w.clone()).collect(),
+        });
+        let failed: Vec<(String, String)> = match s
+            .handle
+            .block_on(s.client.call::<ApplyAnswer>(&s.peer, &call))
+        {
+            Ok(ApplyAnswer::Applied {
+                done,
+                failed,
+                disk_full,
+            }) => {
+                exec.done += done as usize;
+                exec.disk_full |= disk_full;
+                failed
+            }
+            Ok(ApplyAnswer::Refused { reason }) => all_failed(&batch, &reason),
+            Err(e) => all_failed(&batch, &e.to_string()),
+        };
+        for (path, why) in failed {
+            for (a, _) in batch
+                .iter()
+                .filter(|(a, _)| a.paths().iter().any(|p| p.as_str() == path))
+            {
+                exec.unsettled.extend(a.paths().into_iter().cloned());
+                exec.failed.push((a.paths()[0].clone(), why.clone()));
+            }
+        }
+    }
+}
+
+fn all_failed(batch: &[(&Action, WireAction)], why: &str) -> Vec<(String, String)> {
+    batch
+        .iter()
+        .map(|(a, _)| (a.paths()[0].as_str().to_string(), why.to_string()))
+        .collect()
 }
 
 /// Archive's releases, each after its copy here was settled and verified;

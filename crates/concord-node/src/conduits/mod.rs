@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use concord::conduit::cycle::{run_local_cycle, CycleMemory, CycleOutcome, EndSpec, LocalConduit};
-use concord::conduit::settings::{Policy, Settings};
+use concord::conduit::settings::Settings;
 use concord::conduit::trash::reserved_dir;
 use concord::hlc::{Clock, SystemClock};
 use concord::model::{Conduit, Location};
@@ -25,9 +25,10 @@ use serde::Serialize;
 
 use crate::error::NetError;
 use crate::state::NodeState;
+use crate::transfer::remote::RemoteSource;
 use crate::transfer::{ContentClient, TransferProgress};
 use cycle::{agreed_path, load_agreed, run_remote_cycle, LocalEnd, RemoteCycle, Totals};
-use remote::{list, Listed, RemoteSource};
+use remote::{list, Listed};
 
 /// A cycle's state and progress while it runs (and its last figures).
 #[derive(Default)]
@@ -40,6 +41,23 @@ struct Live {
     local_done: AtomicU64,
     /// When the last cycle here started (ms), for cadences.
     started_ms: std::sync::atomic::AtomicI64,
+    /// Conflicts cycles here resolved by keeping both versions (newest
+    /// last, at most [`MAX_CONFLICTS_SHOWN`]).
+    conflicts: Mutex<Vec<ConflictView>>,
+}
+
+/// Conflicts `conduit status` lists.
+const MAX_CONFLICTS_SHOWN: usize = 100;
+
+/// A conflict as `conduit status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictView {
+    /// Where the version that won stays (relative to the conduit's folders).
+    pub path: String,
+    /// The conflict copy holding the other version, on both ends.
+    pub copy: String,
+    /// `source` or `destination`: the end whose version kept the name.
+    pub kept: &'static str,
 }
 
 impl Live {
@@ -75,6 +93,7 @@ pub struct LiveStatus {
     pub bytes_total: u64,
     pub bytes_done: u64,
     pub bytes_received: u64,
+    pub conflicts: Vec<ConflictView>,
 }
 
 /// How a cycle ended.
@@ -145,6 +164,11 @@ impl ConduitRunner {
             bytes_total: l.totals.bytes.load(Ordering::Relaxed),
             bytes_done: p.bytes_verified,
             bytes_received: p.bytes_received,
+            conflicts: l
+                .conflicts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         };
         Some(status)
     }
@@ -235,6 +259,23 @@ impl ConduitRunner {
             .cycle(&lib, &record, settings, dst, &slot, &mut mem)
             .await;
         set(&slot.live.running, None);
+        if let Ok(CycleOutcome::Done(r)) = &outcome {
+            let mut shown = slot
+                .live
+                .conflicts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            shown.extend(r.plan.conflicts.iter().map(|c| ConflictView {
+                path: c.path.as_str().to_string(),
+                copy: c.copy.as_str().to_string(),
+                kept: match c.kept {
+                    concord::conduit::plan::Side::Source => "source",
+                    concord::conduit::plan::Side::Destination => "destination",
+                },
+            }));
+            let excess = shown.len().saturating_sub(MAX_CONFLICTS_SHOWN);
+            shown.drain(..excess);
+        }
         if matches!(outcome, Ok(CycleOutcome::Done(_))) {
             if let Err(e) = mem.agreed.save(&agreed_path(&lib_dir, conduit)) {
                 tracing::warn!(%conduit, "agreed state not saved: {e}");
@@ -262,6 +303,7 @@ impl ConduitRunner {
                 .unwrap_or_else(|| device.to_string())
         };
         let dst_end = LocalEnd {
+            id: dst.id,
             location: dst.path.clone().into(),
             fingerprint: fingerprint(lib, &dst),
             device: name_of(dst.device),
@@ -275,11 +317,6 @@ impl ConduitRunner {
                 device: name_of(src.device),
             };
             return local_cycle(src_end, dst_end, settings, slot, mem, now).await;
-        }
-        if settings.policy == Policy::Synchronize {
-            return Err(NetError::Refused(
-                "sync between two devices is not available yet; use replicate or archive".into(),
-            ));
         }
         let peer = self.state.peer_for_device(src.device, lib.id())?;
         let dir = settings.source_dir.as_ref().map(|d| d.as_str().to_string());

@@ -15,6 +15,8 @@ use tokio::sync::Semaphore;
 use crate::error::NetError;
 use crate::frame::{expect_msg, write_msg};
 use crate::state::NodeState;
+use crate::transfer::apply::serve_apply;
+use crate::transfer::fetch::ContentClient;
 use crate::transfer::listing::{serve_list, serve_release, ScanCache};
 use crate::transfer::pipe::{channel, pump_out, ChannelWriter, Corruption};
 use crate::transfer::progress::TransferProgress;
@@ -32,6 +34,8 @@ pub struct ContentServer {
     progress: Arc<TransferProgress>,
     corrupt: Arc<Mutex<Corruption>>,
     scans: Arc<ScanCache>,
+    /// Fetches what a Synchronize peer asks this end to copy from it.
+    client: ContentClient,
 }
 
 impl std::fmt::Debug for ContentServer {
@@ -44,10 +48,11 @@ impl ContentServer {
     /// Serves the locations of `state`'s libraries.
     pub fn new(state: Arc<NodeState>) -> Self {
         Self {
-            state,
+            state: state.clone(),
             progress: Arc::new(TransferProgress::default()),
             corrupt: Arc::new(Mutex::new(None)),
             scans: Arc::new(ScanCache::default()),
+            client: ContentClient::new(state.clone()),
         }
     }
 
@@ -88,6 +93,15 @@ impl ContentServer {
                 .await
                 .map_err(|e| NetError::Other(format!("listing task failed: {e}")))?;
                 write_msg(&mut send, &page).await?;
+            }
+            ContentCall::Apply(req) => {
+                let (client, handle) = (self.client.clone(), tokio::runtime::Handle::current());
+                let answer = tokio::task::spawn_blocking(move || {
+                    serve_apply(&state, &client, handle, remote, req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("apply task failed: {e}")))?;
+                write_msg(&mut send, &answer).await?;
             }
             ContentCall::Release(req) => {
                 let answer = tokio::task::spawn_blocking(move || {

@@ -46,6 +46,7 @@ pub enum ContentCall {
     File(ContentRequest),
     List(ListRequest),
     Release(ReleaseRequest),
+    Apply(ApplyRequest),
 }
 
 /// Largest answer frame to a `List` or `Release` call.
@@ -148,6 +149,75 @@ pub struct ReleaseRequest {
 pub enum ReleaseAnswer {
     Released,
     Refused { reason: String },
+}
+
+/// A file as a conduit plan names it: its version and its inode on the end
+/// that holds it (what "still the file planned" is checked against).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireState {
+    pub version: concord::conduit::tree::Version,
+    pub inode: u64,
+}
+
+/// One action of a plan on the serving end (paths relative to its folder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireAction {
+    /// Fetch the requester's file `from` (which must be `version`) to `path`.
+    Copy {
+        path: String,
+        from: String,
+        version: WireState,
+        replaces: Option<WireState>,
+    },
+    /// Copy this end's own `from` to `path` (same content).
+    CopyLocal {
+        from: String,
+        expected: WireState,
+        path: String,
+        version: concord::conduit::tree::Version,
+        replaces: Option<WireState>,
+    },
+    /// Rename this end's `from` to `path`.
+    Move {
+        from: String,
+        expected: WireState,
+        path: String,
+        version: concord::conduit::tree::Version,
+        replaces: Option<WireState>,
+    },
+    /// Move `path` to this end's trash.
+    Delete { path: String, expected: WireState },
+}
+
+/// Synchronize: carry out `actions` (one phase of a plan) on the serving
+/// end of a conduit, fetching copies from the requester's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub library: Uuid,
+    /// This device's end: location and folder.
+    pub location: Uuid,
+    pub dir: String,
+    /// The requester's end, where copies are fetched from.
+    pub peer_location: Uuid,
+    pub peer_dir: String,
+    /// The requester's device name (conflict copies, audit).
+    pub peer_device: String,
+    pub actions: Vec<WireAction>,
+}
+
+/// The answer to an `Apply` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyAnswer {
+    Applied {
+        done: u32,
+        /// Paths whose actions failed, with why (the requester keeps their
+        /// earlier agreement).
+        failed: Vec<(String, String)>,
+        disk_full: bool,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// The wire form of a range set.
