@@ -320,6 +320,15 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
         Request::EntryFetch { library, entry, to } => {
             crate::fetch::entry_fetch(node, ctx, library, entry, to).await
         }
+        Request::ConduitRun {
+            library,
+            conduit,
+            wait,
+        } => crate::conduit_node::run(node, ctx, library, conduit, wait).await,
+        Request::ConduitStatus { library, conduit } => {
+            crate::conduit_node::status(node, ctx, library, conduit).await
+        }
+        Request::ConduitList { library } => crate::conduit_node::list(node, ctx, library).await,
         Request::EntryList {
             library,
             location,

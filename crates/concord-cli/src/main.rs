@@ -6,6 +6,8 @@
 //! that value, plainly or as JSON. When a node runs, the `Request` will be sent
 //! to it instead and only the rendering happens here.
 
+mod conduit_args;
+mod conduit_node;
 mod context;
 mod daemon;
 mod demo;
@@ -120,6 +122,9 @@ enum Command {
     /// File entries
     #[command(subcommand)]
     Entry(EntryCmd),
+    /// Sync conduits: file content kept flowing between folders
+    #[command(subcommand)]
+    Conduit(conduit_args::ConduitCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -414,6 +419,7 @@ fn request(cmd: Command) -> CliResult<Request> {
         Command::Tag(c) => tag_request(c)?,
         Command::Album(c) => album_request(c)?,
         Command::Location(c) => location_request(c)?,
+        Command::Conduit(c) => conduit_args::conduit_request(c)?,
         Command::Entry(EntryCmd::List {
             library,
             location,

@@ -162,6 +162,44 @@ pub enum Request {
         /// Absolute, not yet existing.
         to: Option<String>,
     },
+
+    ConduitCreate {
+        library: String,
+        /// `LOC[:SUBDIR]`.
+        from: String,
+        to: String,
+        policy: String,
+        delete: bool,
+        cadence: String,
+        min_free: Option<String>,
+        pin_tag: Option<String>,
+    },
+    ConduitList {
+        library: String,
+    },
+    ConduitStatus {
+        library: String,
+        conduit: String,
+    },
+    ConduitPause {
+        library: String,
+        conduit: String,
+    },
+    ConduitResume {
+        library: String,
+        conduit: String,
+        allow_deletes: bool,
+    },
+    ConduitRemove {
+        library: String,
+        conduit: String,
+    },
+    /// Served by a running node (cycles run there).
+    ConduitRun {
+        library: String,
+        conduit: String,
+        wait: bool,
+    },
 }
 
 impl Request {
@@ -203,6 +241,13 @@ impl Request {
             Request::SyncConflicts { .. } => "sync conflicts",
             Request::LocationPull { .. } => "location pull",
             Request::EntryFetch { .. } => "entry fetch",
+            Request::ConduitCreate { .. } => "conduit create",
+            Request::ConduitList { .. } => "conduit list",
+            Request::ConduitStatus { .. } => "conduit status",
+            Request::ConduitPause { .. } => "conduit pause",
+            Request::ConduitResume { .. } => "conduit resume",
+            Request::ConduitRemove { .. } => "conduit remove",
+            Request::ConduitRun { .. } => "conduit run",
         }
     }
 
@@ -220,6 +265,7 @@ impl Request {
                 | Request::SyncStatus { .. }
                 | Request::LocationPull { .. }
                 | Request::EntryFetch { .. }
+                | Request::ConduitRun { .. }
         )
     }
 }

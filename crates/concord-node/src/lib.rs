@@ -22,6 +22,7 @@
 //! - [`state`]: data dir, paired devices, open libraries, connections;
 //! - [`config`], [`peers`], [`skew`], [`relays`], [`frame`], [`ticket`], [`identity`], [`error`].
 
+pub mod conduits;
 pub mod config;
 pub mod discovery;
 pub mod error;

@@ -48,6 +48,8 @@ pub struct Node {
     pub content: ContentServer,
     /// Fetches file content from members.
     pub fetcher: ContentClient,
+    /// Runs the conduits whose destination is on this device.
+    pub conduits: crate::conduits::ConduitRunner,
     traffic: Arc<Traffic>,
     router: Router,
     /// Presence, LAN discovery and the watch on this node's own addresses.
@@ -73,6 +75,7 @@ impl Node {
         let inbound = SyncHandler::new(state.clone(), host.clone(), traffic.clone());
         let content = ContentServer::new(state.clone());
         let fetcher = ContentClient::new(state.clone());
+        let conduits = crate::conduits::ConduitRunner::new(state.clone(), fetcher.clone());
         let router = Router::builder(endpoint)
             .accept(PAIRING_ALPN, pairing.clone())
             .accept(LIBRARY_ALPN, setup.clone())
@@ -91,6 +94,7 @@ impl Node {
                 Err(e) => tracing::warn!("{e}; continuing without LAN discovery"),
             }
         }
+        background.push(conduits.spawn_scheduler());
         background.push(tokio::spawn(presence_loop(
             state.clone(),
             setup.clone(),
@@ -103,6 +107,7 @@ impl Node {
             setup,
             content,
             fetcher,
+            conduits,
             traffic,
             router,
             background,

@@ -26,8 +26,8 @@ use crate::transfer::partial::{self, Partial};
 use crate::transfer::pipe::{channel, pump_in, ChannelReader};
 use crate::transfer::progress::TransferProgress;
 use crate::transfer::wire::{
-    decode_ranges, encode_ranges, ContentHeader, ContentRequest, BLOCK, HEADER_TIMEOUT,
-    MAX_CONCURRENT_PER_PEER, MAX_FILE_SIZE, MAX_HEADER_FRAME,
+    decode_ranges, encode_ranges, ContentCall, ContentHeader, ContentRequest, BLOCK,
+    HEADER_TIMEOUT, MAX_CONCURRENT_PER_PEER, MAX_FILE_SIZE, MAX_HEADER_FRAME, MAX_LIST_FRAME,
 };
 use crate::CONTENT_ALPN;
 
@@ -178,13 +178,28 @@ impl ContentClient {
             wanted: encode_ranges(&wanted),
         };
         let (mut send, mut recv) = self.open(peer).await?;
-        write_msg(&mut send, &req).await?;
+        write_msg(&mut send, &ContentCall::File(req)).await?;
         let _ = send.finish();
         let header = tokio::time::timeout(HEADER_TIMEOUT, expect_msg(&mut recv, MAX_HEADER_FRAME))
             .await
             .map_err(|_| NetError::Timeout(format!("{} did not answer", peer.name)))??;
         let incoming = check_header(header, hash, &peer.name)?;
         receive(file, incoming, wanted, &mut recv, progress, claim).await
+    }
+
+    /// A `List` or `Release` call to `peer`: one frame out, one answer back
+    /// (at most [`MAX_LIST_FRAME`] bytes, within [`HEADER_TIMEOUT`]).
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        peer: &Peer,
+        call: &ContentCall,
+    ) -> Result<T, NetError> {
+        let (mut send, mut recv) = self.open(peer).await?;
+        write_msg(&mut send, call).await?;
+        let _ = send.finish();
+        tokio::time::timeout(HEADER_TIMEOUT, expect_msg(&mut recv, MAX_LIST_FRAME))
+            .await
+            .map_err(|_| NetError::Timeout(format!("{} did not answer", peer.name)))?
     }
 
     /// A fresh stream to `peer`, on a new connection if the cached one died.

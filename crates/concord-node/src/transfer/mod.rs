@@ -15,14 +15,20 @@
 //! - [`pipe`]: bounded bridges between QUIC streams and the blocking codec;
 //! - [`partial`]: a file being received, its verified ranges, the commit;
 //! - [`source`]: authorising a request and encoding a file;
+//! - [`listing`]: a conduit folder's listing and Archive's releases, served;
 //! - [`serve`]: [`ContentServer`], the protocol handler;
-//! - [`fetch`]: [`ContentClient`], the requesting side.
+//! - [`fetch`]: [`ContentClient`], the requesting side;
+//! - [`remote`]: the engine as a conduit's `ContentSource`;
+//! - [`apply`]: Synchronize's source-end actions, served.
 
+pub mod apply;
 pub mod fetch;
+pub mod listing;
 pub mod partial;
 pub mod path;
 pub mod pipe;
 pub mod progress;
+pub mod remote;
 pub mod serve;
 pub mod source;
 pub mod wire;

@@ -5,6 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use concord::hlc::Clock;
 use concord::Uuid;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
@@ -14,12 +15,15 @@ use tokio::sync::Semaphore;
 use crate::error::NetError;
 use crate::frame::{expect_msg, write_msg};
 use crate::state::NodeState;
+use crate::transfer::apply::serve_apply;
+use crate::transfer::fetch::ContentClient;
+use crate::transfer::listing::{serve_list, serve_release, ScanCache};
 use crate::transfer::pipe::{channel, pump_out, ChannelWriter, Corruption};
 use crate::transfer::progress::TransferProgress;
 use crate::transfer::source::{authorize, Source};
 use crate::transfer::wire::{
-    decode_ranges, ContentHeader, ContentRequest, MAX_CONCURRENT_PER_PEER, MAX_REQUEST_FRAME,
-    REQUEST_TIMEOUT,
+    decode_ranges, ContentCall, ContentHeader, ContentRequest, MAX_CONCURRENT_PER_PEER,
+    MAX_REQUEST_FRAME, REQUEST_TIMEOUT,
 };
 use crate::transport::MISBEHAVING;
 
@@ -29,6 +33,9 @@ pub struct ContentServer {
     state: Arc<NodeState>,
     progress: Arc<TransferProgress>,
     corrupt: Arc<Mutex<Corruption>>,
+    scans: Arc<ScanCache>,
+    /// Fetches what a Synchronize peer asks this end to copy from it.
+    client: ContentClient,
 }
 
 impl std::fmt::Debug for ContentServer {
@@ -41,9 +48,11 @@ impl ContentServer {
     /// Serves the locations of `state`'s libraries.
     pub fn new(state: Arc<NodeState>) -> Self {
         Self {
-            state,
+            state: state.clone(),
             progress: Arc::new(TransferProgress::default()),
             corrupt: Arc::new(Mutex::new(None)),
+            scans: Arc::new(ScanCache::default()),
+            client: ContentClient::new(state.clone()),
         }
     }
 
@@ -60,6 +69,7 @@ impl ContentServer {
         *self.corrupt.lock().unwrap_or_else(|e| e.into_inner()) = offset;
     }
 
+    /// One stream: its call, answered.
     async fn serve(
         &self,
         remote: EndpointId,
@@ -67,10 +77,53 @@ impl ContentServer {
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
-        let req: ContentRequest =
+        let call: ContentCall =
             tokio::time::timeout(REQUEST_TIMEOUT, expect_msg(&mut recv, MAX_REQUEST_FRAME))
                 .await
                 .map_err(|_| NetError::Timeout("the peer sent no complete request".into()))??;
+        let now_ms = || concord::hlc::SystemClock.now_ms() as i64;
+        let state = self.state.clone();
+        match call {
+            ContentCall::File(req) => return self.serve_file(remote, device, send, req).await,
+            ContentCall::List(req) => {
+                let scans = self.scans.clone();
+                let page = tokio::task::spawn_blocking(move || {
+                    serve_list(&state, &scans, remote, &req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("listing task failed: {e}")))?;
+                write_msg(&mut send, &page).await?;
+            }
+            ContentCall::Apply(req) => {
+                let (client, handle) = (self.client.clone(), tokio::runtime::Handle::current());
+                let answer = tokio::task::spawn_blocking(move || {
+                    serve_apply(&state, &client, handle, remote, req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("apply task failed: {e}")))?;
+                write_msg(&mut send, &answer).await?;
+            }
+            ContentCall::Release(req) => {
+                let answer = tokio::task::spawn_blocking(move || {
+                    serve_release(&state, remote, &req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("release task failed: {e}")))?;
+                write_msg(&mut send, &answer).await?;
+            }
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// A `File` call: the header, then the bao encoding of the wanted ranges.
+    async fn serve_file(
+        &self,
+        remote: EndpointId,
+        device: Uuid,
+        mut send: SendStream,
+        req: ContentRequest,
+    ) -> Result<(), NetError> {
         let wanted = decode_ranges(&req.wanted)?;
         let state = self.state.clone();
         let opened = tokio::task::spawn_blocking(move || {

@@ -48,6 +48,17 @@ pub fn authorize(
     remote: EndpointId,
     req: &ContentRequest,
 ) -> Result<PathBuf, NetError> {
+    authorize_location(state, remote, req.library, req.location)
+}
+
+/// [`authorize`] for any call naming a library and a location.
+pub fn authorize_location(
+    state: &NodeState,
+    remote: EndpointId,
+    library: concord::Uuid,
+    location: concord::Uuid,
+) -> Result<PathBuf, NetError> {
+    let req = LocationRef { library, location };
     let device = state.authorize(remote)?.device_id;
     let here = state.data.list_libraries()?;
     if !here.iter().any(|l| l.id == req.library) {
@@ -71,6 +82,11 @@ pub fn authorize(
         ))),
         None => Err(NetError::Refused(format!("no location {}", req.location))),
     }
+}
+
+struct LocationRef {
+    library: concord::Uuid,
+    location: concord::Uuid,
 }
 
 /// Hash the first `tree.size()` bytes of `file` into its BLAKE3 tree (post

@@ -38,6 +38,20 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Files one connection transfers at once, on either side: more requests wait.
 pub const MAX_CONCURRENT_PER_PEER: usize = 8;
 
+/// The first frame of every stream: what the requester wants. A file's
+/// content, a page of a conduit folder's listing, or (Archive) the removal
+/// of a source file whose verified copy the requester holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentCall {
+    File(ContentRequest),
+    List(ListRequest),
+    Release(ReleaseRequest),
+    Apply(ApplyRequest),
+}
+
+/// Largest answer frame to a `List` or `Release` call.
+pub const MAX_LIST_FRAME: usize = 2 * 1024 * 1024;
+
 /// A request for one file's content: one per bidirectional stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContentRequest {
@@ -68,6 +82,142 @@ pub enum ContentHeader {
     },
     /// Nothing follows.
     Refused { reason: String },
+}
+
+/// Most files in one page of a listing.
+pub const PAGE_FILES: usize = 1000;
+/// Most path bytes in one page (so a page stays far below the frame limit).
+pub const PAGE_PATH_BYTES: usize = 512 * 1024;
+
+/// A page of the files below `dir` of a location, after `after`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    pub library: Uuid,
+    pub location: Uuid,
+    /// The conduit's subfolder, `/`-separated; empty for the root.
+    pub dir: String,
+    /// The last path of the previous page; `None` for the first.
+    pub after: Option<String>,
+}
+
+/// One regular file of a listing, as a conduit scan sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedFile {
+    /// Relative to the listed folder.
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub exec: bool,
+    pub hash: Option<[u8; 32]>,
+    pub inode: u64,
+}
+
+/// The answer to a `List` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListPage {
+    Files {
+        files: Vec<ListedFile>,
+        /// More pages follow.
+        more: bool,
+    },
+    /// The folder's root is missing or on another volume than the one the
+    /// location was added on (an unmounted disk): never "no files".
+    Missing,
+    Refused {
+        reason: String,
+    },
+}
+
+/// Remove `path` (below `dir` of a location) once it is still exactly the
+/// file the requester copied and verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub library: Uuid,
+    pub location: Uuid,
+    pub dir: String,
+    pub path: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub hash: [u8; 32],
+    /// For the audit record: the destination device's name and path.
+    pub to_device: String,
+    pub to_path: String,
+}
+
+/// The answer to a `Release` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseAnswer {
+    Released,
+    Refused { reason: String },
+}
+
+/// A file as a conduit plan names it: its version and its inode on the end
+/// that holds it (what "still the file planned" is checked against).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireState {
+    pub version: concord::conduit::tree::Version,
+    pub inode: u64,
+}
+
+/// One action of a plan on the serving end (paths relative to its folder).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireAction {
+    /// Fetch the requester's file `from` (which must be `version`) to `path`.
+    Copy {
+        path: String,
+        from: String,
+        version: WireState,
+        replaces: Option<WireState>,
+    },
+    /// Copy this end's own `from` to `path` (same content).
+    CopyLocal {
+        from: String,
+        expected: WireState,
+        path: String,
+        version: concord::conduit::tree::Version,
+        replaces: Option<WireState>,
+    },
+    /// Rename this end's `from` to `path`.
+    Move {
+        from: String,
+        expected: WireState,
+        path: String,
+        version: concord::conduit::tree::Version,
+        replaces: Option<WireState>,
+    },
+    /// Move `path` to this end's trash.
+    Delete { path: String, expected: WireState },
+}
+
+/// Synchronize: carry out `actions` (one phase of a plan) on the serving
+/// end of a conduit, fetching copies from the requester's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub library: Uuid,
+    /// This device's end: location and folder.
+    pub location: Uuid,
+    pub dir: String,
+    /// The requester's end, where copies are fetched from.
+    pub peer_location: Uuid,
+    pub peer_dir: String,
+    /// The requester's device name (conflict copies, audit).
+    pub peer_device: String,
+    pub actions: Vec<WireAction>,
+}
+
+/// The answer to an `Apply` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApplyAnswer {
+    Applied {
+        done: u32,
+        /// Paths whose actions failed, with why (the requester keeps their
+        /// earlier agreement).
+        failed: Vec<(String, String)>,
+        disk_full: bool,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// The wire form of a range set.
