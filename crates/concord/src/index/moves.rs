@@ -18,6 +18,8 @@ use uuid::Uuid;
 
 use crate::model::{entry_kind, FileEntry};
 
+use super::write::Diff;
+
 /// New rows split into moves (rows carrying the UUID of the gone entry
 /// they are) and plain inserts, parents renamed to the kept UUIDs.
 pub(super) struct Matched {
@@ -76,4 +78,44 @@ pub(super) fn match_moves(gone: &[FileEntry], new_rows: Vec<FileEntry>) -> Match
         inserts,
         kept,
     }
+}
+
+/// How many rows a matched rescan or refresh inserts, moves and deletes.
+pub(super) struct Counts {
+    pub inserted: u64,
+    pub moved: u64,
+    pub deleted: u64,
+}
+
+/// What a rescan or refresh writes once moves are matched, in the order
+/// that keeps it convergent: moves first (a moved entry leaves its old
+/// folder before that folder's delete takes what is still in it), then the
+/// deletes of the topmost vanished entries (a folder's delete takes its
+/// contents), then inserts (parents first), then `updates`.
+pub(super) fn ordered_diffs(
+    vanished: &[FileEntry],
+    new_rows: Vec<FileEntry>,
+    updates: Vec<Diff>,
+) -> (Counts, Vec<Diff>) {
+    let matched = match_moves(vanished, new_rows);
+    let gone: HashSet<Uuid> = vanished
+        .iter()
+        .map(|e| e.id)
+        .filter(|id| !matched.kept.contains(id))
+        .collect();
+    let counts = Counts {
+        inserted: matched.inserts.len() as u64,
+        moved: matched.moves.len() as u64,
+        deleted: gone.len() as u64,
+    };
+    let mut diffs: Vec<Diff> = matched.moves.into_iter().map(Diff::Move).collect();
+    diffs.extend(
+        vanished
+            .iter()
+            .filter(|e| gone.contains(&e.id) && !e.parent.is_some_and(|p| gone.contains(&p)))
+            .map(|e| Diff::Delete(e.id)),
+    );
+    diffs.extend(matched.inserts.into_iter().map(Diff::Insert));
+    diffs.extend(updates);
+    (counts, diffs)
 }

@@ -12,7 +12,7 @@ use crate::model::{entry_kind, FileEntry};
 use crate::query;
 use crate::sync::txn::Library;
 
-use super::moves::match_moves;
+use super::moves::ordered_diffs;
 use super::progress::ProgressCallback;
 use super::rescan::{at_or_below, location_lock, own_location, RescanReport};
 use super::walk::{self, Scan, ScannedEntry};
@@ -319,24 +319,10 @@ impl<'a> FolderDiffs<'a> {
             Diff::Insert(row) => Some(row),
             _ => None,
         });
-        let matched = match_moves(&vanished, rows.collect());
-        let gone: HashSet<Uuid> = vanished
-            .iter()
-            .map(|e| e.id)
-            .filter(|id| !matched.kept.contains(id))
-            .collect();
-        self.report.inserted = matched.inserts.len() as u64;
-        self.report.updated += matched.moves.len() as u64;
-        self.report.deleted = gone.len() as u64;
-        let mut diffs: Vec<Diff> = matched.moves.into_iter().map(Diff::Move).collect();
-        diffs.extend(
-            vanished
-                .iter()
-                .filter(|e| gone.contains(&e.id) && !e.parent.is_some_and(|p| gone.contains(&p)))
-                .map(|e| Diff::Delete(e.id)),
-        );
-        diffs.extend(matched.inserts.into_iter().map(Diff::Insert));
-        diffs.extend(self.updates);
+        let (counts, diffs) = ordered_diffs(&vanished, rows.collect(), self.updates);
+        self.report.inserted = counts.inserted;
+        self.report.updated += counts.moved;
+        self.report.deleted = counts.deleted;
         Ok((self.report, diffs))
     }
 }

@@ -14,7 +14,7 @@ use crate::model::{FileEntry, Location};
 use crate::query;
 use crate::sync::txn::Library;
 
-use super::moves::match_moves;
+use super::moves::ordered_diffs;
 use super::progress::ProgressCallback;
 use super::walk::{scan, Scan};
 use super::write::{to_rows, write_diffs, Diff, RescanOptions, WriteMode};
@@ -146,26 +146,10 @@ fn diff_by_path(
         .filter(|e| !seen.contains(e.path.as_str()) && !kept(&e.path))
         .cloned()
         .collect();
-    let matched = match_moves(&vanished, new_rows);
-    let gone: HashSet<Uuid> = vanished
-        .iter()
-        .map(|e| e.id)
-        .filter(|id| !matched.kept.contains(id))
-        .collect();
-    report.inserted = matched.inserts.len() as u64;
-    report.updated += matched.moves.len() as u64;
-    report.deleted = gone.len() as u64;
-    // Moves before deletes: a moved entry leaves its old folder before that
-    // folder's delete takes what is still in it.
-    let mut diffs: Vec<Diff> = matched.moves.into_iter().map(Diff::Move).collect();
-    diffs.extend(
-        vanished
-            .iter()
-            .filter(|e| gone.contains(&e.id) && !e.parent.is_some_and(|p| gone.contains(&p)))
-            .map(|e| Diff::Delete(e.id)),
-    );
-    diffs.extend(matched.inserts.into_iter().map(Diff::Insert));
-    diffs.extend(updates);
+    let (counts, diffs) = ordered_diffs(&vanished, new_rows, updates);
+    report.inserted = counts.inserted;
+    report.updated += counts.moved;
+    report.deleted = counts.deleted;
     diffs
 }
 
