@@ -227,6 +227,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     );
     // Entries for a library mallory is not registered in.
     let tag = LogEntry {
+        incarnation: 0,
         origin: m.device_id(),
         origin_seq: 1,
         hlc: concord::hlc::Hlc::pack(a.state.now_ms(), 0),
@@ -283,6 +284,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     };
     let writes = FieldWrite::all(vol.to_values());
     let stolen = LogEntry {
+        incarnation: 0,
         origin: m.device_id(),
         origin_seq: 1_000_000,
         hlc: concord::hlc::Hlc::pack(a.state.now_ms(), 0),

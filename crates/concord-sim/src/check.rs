@@ -32,7 +32,11 @@ use uuid::Uuid;
 /// An entry whose commit was acknowledged to its author.
 #[derive(Debug, Clone)]
 pub struct Acked {
+    /// The device that wrote it.
     pub origin: Uuid,
+    /// Its position: `(replica, seq)`.
+    pub replica: Uuid,
+    pub incarnation: u64,
     pub seq: u64,
     pub hlc: u64,
     pub model: String,
@@ -89,7 +93,7 @@ pub fn acked_effects(lib: &Library, acked: &[Acked]) -> std::result::Result<(), 
         .with_log(|l| l.version_vector())
         .map_err(|e| e.to_string())?;
     for a in acked {
-        if vv.get(&a.origin).copied().unwrap_or(0) < a.seq {
+        if vv.get(&a.replica).copied().unwrap_or(0) < a.seq {
             return Err(format!(
                 "acknowledged entry {}:{} ({} {} {}) is not covered by the version vector",
                 a.origin,
@@ -143,8 +147,8 @@ fn effect(lib: &Library, a: &Acked) -> std::result::Result<(), String> {
     if let Op::Bulk(_) = a.op {
         let held = exists(
             lib,
-            "SELECT 1 FROM bulk_operations WHERE origin = ?1 AND origin_seq = ?2",
-            concord::rusqlite::params![a.origin, a.seq as i64],
+            "SELECT 1 FROM bulk_operations WHERE origin = ?1 AND origin_seq = ?2 AND incarnation = ?3",
+            concord::rusqlite::params![a.origin, a.seq as i64, a.incarnation as i64],
         )?;
         return if held {
             Ok(())

@@ -12,7 +12,7 @@ use concord::model::{Device, Location, Volume};
 use concord::service::protocol::{Role, Term};
 use concord::service::{SyncConfig, SyncService};
 use concord::sync::entry::LogEntry;
-use concord::sync::txn::Receipt;
+use concord::sync::txn::{LibraryOptions, Receipt};
 use concord::{Change, Library};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -75,8 +75,15 @@ impl World {
         for (i, &id) in ids.iter().enumerate() {
             let clock = SimClock::new(self.start);
             let device_dir = dir.join(format!("d{i}"));
-            let lib = Library::create(&device_dir, lib_id, "sim", id, Box::new(clock.clone()))
-                .map_err(to_message)?;
+            let opts = self.library_options(true);
+            let lib = Library::create_with(
+                &device_dir,
+                (lib_id, "sim"),
+                id,
+                Box::new(clock.clone()),
+                opts,
+            )
+            .map_err(to_message)?;
             self.devices.push(SimDevice {
                 id,
                 dir: device_dir,
@@ -167,13 +174,24 @@ impl World {
         self.ack(i, &receipt)
     }
 
+    /// How a device opens its library; a fresh incarnation is drawn from the
+    /// seed (only when `opening`, so other runs' draws stay where they were).
+    pub(crate) fn library_options(&mut self, opening: bool) -> LibraryOptions {
+        LibraryOptions {
+            incarnation: opening.then(|| self.rng.below(1 << 62) + 1),
+            ..LibraryOptions::default()
+        }
+    }
+
     /// Start device `i`'s service, reopening its library after a crash.
     pub(crate) fn start_device(&mut self, i: usize) -> Result<(), String> {
+        let reopen = self.devices[i].lib.is_none();
+        let opts = self.library_options(reopen);
         let d = &mut self.devices[i];
         let lib = match &d.lib {
             Some(l) => l.clone(),
             None => {
-                let l = Library::open(&d.dir, d.id, Box::new(d.clock.clone()))
+                let l = Library::open_with(&d.dir, d.id, Box::new(d.clock.clone()), opts)
                     .map_err(|e| format!("reopening device {i}: {e}"))?;
                 let l = Arc::new(l);
                 d.lib = Some(l.clone());
@@ -249,28 +267,30 @@ impl World {
     /// Record what a commit wrote as acknowledged.
     pub(crate) fn ack(&mut self, i: usize, receipt: &Receipt) -> Result<(), String> {
         let lib = self.devices[i].lib.clone().unwrap();
-        for &(origin, seq) in &receipt.entries {
+        for &(replica, seq) in &receipt.entries {
             let fetched = lib
-                .with_log(|l| l.fetch_origin(origin, seq - 1, 1))
+                .with_log(|l| l.fetch_origin(replica, seq - 1, 1))
                 .map_err(|e| e.to_string())?;
             let entry = fetched
                 .into_iter()
                 .next()
                 .filter(|e| e.origin_seq == seq)
                 .ok_or_else(|| {
-                    format!("acknowledged entry {origin}:{seq} is not in its author's log")
+                    format!("acknowledged entry {replica}:{seq} is not in its author's log")
                 })?;
             self.trace.event(
                 "commit",
                 &[
-                    origin.as_bytes(),
+                    replica.as_bytes(),
                     &seq.to_le_bytes(),
                     &entry.hlc.to_le_bytes(),
                     entry.record.as_bytes(),
                 ],
             );
             self.acked.push(Acked {
-                origin,
+                origin: entry.origin,
+                replica,
+                incarnation: entry.incarnation,
                 seq,
                 hlc: entry.hlc,
                 model: entry.model,

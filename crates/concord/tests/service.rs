@@ -349,7 +349,7 @@ async fn away_past_retention_gets_a_snapshot() {
     c.libs[0].commit(Change::delete::<Tag>(doomed)).unwrap();
     // Wait until the leader pruned past device 1's position.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let a = c.devices[0];
+    let a = c.libs[0].replica();
     let top = c.libs[0].with_log(|l| l.max_seq(a)).unwrap();
     while c.libs[0]
         .with_log(|l| l.pruned_floor())

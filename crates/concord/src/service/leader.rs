@@ -235,12 +235,17 @@ impl SyncService {
             .iter()
             .filter(|e| e.lib_seq.is_some_and(|s| (from_seq..=to_seq).contains(&s)))
             .filter(|e| {
-                e.origin != to
-                    && !held.contains(&(e.origin, e.origin_seq))
-                    && known
-                        .as_ref()
-                        .and_then(|vv| vv.get(&e.origin))
-                        .is_none_or(|have| *have < e.origin_seq)
+                let lacks = known
+                    .as_ref()
+                    .map(|vv| vv.get(&e.replica()).is_none_or(|have| *have < e.origin_seq));
+                // A follower's own entries go back to it only when it is known
+                // to lack them (it was restored from a backup).
+                let wanted = if e.origin == to {
+                    lacks == Some(true)
+                } else {
+                    lacks != Some(false)
+                };
+                wanted && !held.contains(&e.id())
             })
             .cloned()
             .collect();
@@ -258,7 +263,7 @@ impl SyncService {
         term: Term,
         entries: Vec<LogEntry>,
     ) -> Result<Msg> {
-        let held: HashSet<(Uuid, u64)> = entries.iter().map(|e| (e.origin, e.origin_seq)).collect();
+        let held: HashSet<(Uuid, u64)> = entries.iter().map(LogEntry::id).collect();
         let (from_seq, to_seq) = {
             // No other sequencing between applying and numbering: the range
             // holds every entry of the request this log did not hold yet.

@@ -253,7 +253,7 @@ impl SyncService {
 /// Raise `vv` to hold every entry of `entries`.
 fn raise_past(vv: &mut VersionVector, entries: &[LogEntry]) {
     for entry in entries {
-        let slot = vv.entry(entry.origin).or_insert(0);
+        let slot = vv.entry(entry.replica()).or_insert(0);
         *slot = (*slot).max(entry.origin_seq);
     }
 }

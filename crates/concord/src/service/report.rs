@@ -21,6 +21,10 @@ pub struct Stats {
     pub refused: u64,
     /// Received entries rejected as invalid (the first reason is `last_error`).
     pub rejected: u64,
+    /// Entries this device wrote, had lost (a restore from a backup, a
+    /// rollback, a power cut) and got back from peers: non-zero means a
+    /// rollback was detected and repaired.
+    pub recovered_own: u64,
     /// Snapshot chunks served plus snapshots taken.
     pub snapshots: u64,
     /// The latest error, for `sync status`: sync keeps going after one.

@@ -374,6 +374,7 @@ impl SyncService {
         state.stats.applied += report.applied as u64;
         state.stats.refused += report.refused as u64;
         state.stats.rejected += report.rejected.len() as u64;
+        state.stats.recovered_own += report.own_recovered as u64;
         if let Some(first) = report.rejected.first() {
             tracing::warn!(library = %self.shared.lib.id(), rejected = report.rejected.len(), "entries rejected: {first}");
             state.stats.last_error = Some(first.clone());

@@ -1,4 +1,6 @@
-//! The log entry: one synced change, identified by `(origin, origin_seq)`.
+//! The log entry: one synced change, identified by its position
+//! `(replica, origin_seq)`, the replica being the origin device's incarnation
+//! that wrote it ([`replica_id`]).
 //!
 //! The payload (the operation and its fields) is encoded with postcard; only the
 //! fields a change touched travel, plus the record's key and owner fields so that
@@ -20,8 +22,15 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 /// One synced change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
+    /// The device that wrote the change: its stamp, ownership and membership
+    /// checks use this, whatever incarnation wrote it.
     pub origin: Uuid,
+    /// Position of the entry in its replica's sequence (from 1, gapless).
     pub origin_seq: u64,
+    /// Which run of the origin device wrote it (0: a log written before
+    /// incarnations). Each library open starts a new one, so a device restored
+    /// from a backup never numbers a change at a position it gave before.
+    pub incarnation: u64,
     /// Packed HLC time; the stamp's device is `origin`.
     pub hlc: u64,
     /// Library-wide sequence, set once a leader has sequenced the entry.
@@ -37,10 +46,32 @@ impl LogEntry {
     pub fn stamp(&self) -> Hlc {
         Hlc::new(self.hlc, self.origin)
     }
-    /// `(origin, origin_seq)`: the entry's identity on every device.
-    pub fn id(&self) -> (Uuid, u64) {
-        (self.origin, self.origin_seq)
+    /// The replica whose sequence numbers the entry: the key of version
+    /// vectors, `origins` and `segments` (see [`replica_id`]).
+    pub fn replica(&self) -> Uuid {
+        replica_id(self.origin, self.incarnation)
     }
+    /// `(replica, origin_seq)`: the entry's identity on every device.
+    pub fn id(&self) -> (Uuid, u64) {
+        (self.replica(), self.origin_seq)
+    }
+}
+
+/// The replica id of `device`'s incarnation `incarnation`: the device id
+/// itself for incarnation 0 (logs written before incarnations keep their
+/// positions), otherwise a hash of both, so no device can name positions of
+/// another's replica.
+pub fn replica_id(device: Uuid, incarnation: u64) -> Uuid {
+    if incarnation == 0 {
+        return device;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"concord-replica\0");
+    h.update(device.as_bytes());
+    h.update(&incarnation.to_le_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 /// One field written by a change. `base` is the clock time the author saw on that

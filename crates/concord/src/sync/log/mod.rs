@@ -104,7 +104,8 @@ impl SyncLog {
     pub(crate) fn append_runs(&mut self, runs: Vec<Run>) -> Result<()> {
         let tx = self.conn.transaction()?;
         for run in runs {
-            let (contiguous, max_seq, max_hlc) = origin_row(&tx, run.origin)?;
+            let replica = run.replica();
+            let (contiguous, max_seq, max_hlc) = origin_row(&tx, replica)?;
             if run.first_seq > max_seq && run.last_seq >= run.first_seq {
                 insert_segment(&tx, &run, None, None)?;
                 let contiguous = if run.first_seq == contiguous + 1 {
@@ -114,7 +115,7 @@ impl SyncLog {
                 };
                 set_origin(
                     &tx,
-                    run.origin,
+                    replica,
                     contiguous,
                     run.last_seq,
                     max_hlc.max(run.max_hlc),
@@ -123,6 +124,7 @@ impl SyncLog {
                 let seg = Segment {
                     id: 0,
                     origin: run.origin,
+                    incarnation: run.incarnation,
                     first_seq: run.first_seq,
                     last_seq: run.last_seq,
                     lib_seq: None,

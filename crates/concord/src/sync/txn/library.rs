@@ -46,6 +46,10 @@ pub struct LibraryOptions {
     pub max_clock_drift: std::time::Duration,
     /// How much of the conflict log is kept.
     pub conflicts: ConflictRetention,
+    /// The incarnation this open numbers its entries in; `None` draws a
+    /// random one (the simulation passes its own, to replay from a seed).
+    /// Never reuse one: that is what keeps a restored device's positions apart.
+    pub incarnation: Option<u64>,
 }
 
 impl Default for LibraryOptions {
@@ -53,6 +57,7 @@ impl Default for LibraryOptions {
         Self {
             max_clock_drift: crate::hlc::DEFAULT_MAX_CLOCK_DRIFT,
             conflicts: ConflictRetention::default(),
+            incarnation: None,
         }
     }
 }
@@ -73,6 +78,10 @@ pub struct Library {
     name: String,
     dir: PathBuf,
     device: Uuid,
+    /// This open's incarnation (see [`crate::sync::entry::replica_id`]): a
+    /// device restored from a backup may have given positions of its earlier
+    /// incarnations to changes it lost, never positions of a new one.
+    incarnation: u64,
     hlc: HlcGenerator,
     inner: Mutex<Inner>,
     events: broadcast::Sender<ResourceChanged>,
@@ -86,6 +95,21 @@ pub struct Library {
 
 /// How long `open` waits for another process to close the library.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A fresh incarnation: 63 random bits (never 0, the incarnation of logs
+/// written before incarnations). Drawn from the OS generator behind UUIDv4, so
+/// a restored data dir or a rolled-back VM cannot draw the same one again.
+fn random_incarnation() -> u64 {
+    loop {
+        // The halves' fixed version and variant bits fall on random bits of
+        // the other half.
+        let v = Uuid::new_v4().as_u128();
+        let n = ((v >> 64) as u64 ^ v as u64) >> 1;
+        if n != 0 {
+            return n;
+        }
+    }
+}
 
 fn lock_library(dir: &Path) -> Result<std::fs::File> {
     let file = crate::private::lock_file(&dir.join("library.lock"))?;
@@ -125,6 +149,17 @@ impl Library {
         device: Uuid,
         clock: Box<dyn Clock>,
     ) -> Result<Library> {
+        Self::create_with(dir, (id, name), device, clock, LibraryOptions::default())
+    }
+
+    /// [`Library::create`] with options for the open that follows.
+    pub fn create_with(
+        dir: &Path,
+        (id, name): (Uuid, &str),
+        device: Uuid,
+        clock: Box<dyn Clock>,
+        opts: LibraryOptions,
+    ) -> Result<Library> {
         crate::private::private_dir(dir)?;
         if dir.join("library.db").exists() {
             return Err(Error::Other(format!(
@@ -153,7 +188,7 @@ impl Library {
             lib.close().map_err(|(_, e)| e)?;
         }
         std::fs::rename(&partial, dir.join("library.db"))?;
-        Self::open_with(dir, device, clock, LibraryOptions::default())
+        Self::open_with(dir, device, clock, opts)
     }
 
     /// Open an existing library and recover from any crash (see the module docs).
@@ -196,6 +231,7 @@ impl Library {
             name,
             dir: dir.to_path_buf(),
             device,
+            incarnation: opts.incarnation.unwrap_or_else(random_incarnation),
             hlc,
             inner: Mutex::new(Inner {
                 lib,
@@ -226,7 +262,7 @@ impl Library {
         move_to_log(&mut inner.lib, &mut inner.log, legacy, LEGACY_OUTBOX_TABLES)?;
         inner.flush_outbox()?;
         self.hlc.observe_floor(inner.log.max_hlc()?);
-        inner.next_seq = inner.log.max_seq(self.device)? + 1;
+        inner.next_seq = inner.log.max_seq(self.replica())? + 1;
         Ok(())
     }
 
@@ -276,6 +312,15 @@ impl Library {
     pub fn device(&self) -> Uuid {
         self.device
     }
+    /// This open's incarnation of the device (see [`LibraryOptions::incarnation`]).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+    /// The replica this open numbers its entries in: the key of this device's
+    /// current position in version vectors.
+    pub fn replica(&self) -> Uuid {
+        crate::sync::entry::replica_id(self.device, self.incarnation)
+    }
     /// The library's clock, which stamps local entries above everything seen.
     pub fn hlc(&self) -> &HlcGenerator {
         &self.hlc
@@ -319,7 +364,12 @@ impl Library {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let tx = inner.lib.transaction()?;
-        let mut ctx = TxCtx::new(&tx, self.device, &self.hlc, inner.next_seq);
+        let mut ctx = TxCtx::new(
+            &tx,
+            (self.device, self.incarnation),
+            &self.hlc,
+            inner.next_seq,
+        );
         let out = f(&mut ctx)?;
         let done = ctx.finish()?;
         let n = done.receipt.entries.len();
@@ -329,7 +379,7 @@ impl Library {
             // watermark past them. A crash in between leaves them logged and
             // not applied, and they are applied again from the log on open.
             let mut runs = pending_outbox(&tx)?;
-            runs.push(done.outbox.into_run(self.device));
+            runs.push(done.outbox.into_run(self.device, self.incarnation));
             let before = inner.log.latest_id()?;
             inner.log.append_runs(runs)?;
             // Logged: these sequence numbers are used, whatever happens next.
@@ -344,7 +394,7 @@ impl Library {
                 return Err(e);
             }
         } else {
-            done.outbox.write(&tx, self.device)?;
+            done.outbox.write(&tx, self.device, self.incarnation)?;
             tx.commit()?;
             inner.next_seq = done.next_seq;
             inner.outbox_len += n;
@@ -409,6 +459,7 @@ impl Library {
         let e = LogEntry {
             origin: self.device,
             origin_seq: seq,
+            incarnation: self.incarnation,
             hlc: stamp.time,
             lib_seq: None,
             epoch: None,
@@ -423,7 +474,7 @@ impl Library {
         .apply(&e, &entry::BULK_INFO)?;
         let mut outbox = OutboxRun::default();
         outbox.push(&e)?;
-        outbox.write(&tx, self.device)?;
+        outbox.write(&tx, self.device, self.incarnation)?;
         tx.commit()?;
         inner.next_seq = seq + 1;
         inner.outbox_len += 1;
@@ -431,7 +482,7 @@ impl Library {
         drop(guard);
         self.announce(Source::Local, vec![m.name], 1);
         Ok(Receipt {
-            entries: vec![(self.device, seq)],
+            entries: vec![(self.replica(), seq)],
         })
     }
 
@@ -452,6 +503,19 @@ impl Library {
         let plain: Vec<&LogEntry> = accepted.iter().map(|(e, _)| e).collect();
         let fresh = inner.log.append_refs(&plain)?;
         report.duplicates += accepted.len() - fresh.len();
+        report.own_recovered = fresh
+            .iter()
+            .filter(|&&i| accepted[i].0.origin == self.device)
+            .count();
+        if report.own_recovered > 0 {
+            tracing::warn!(
+                library = %self.id,
+                entries = report.own_recovered,
+                "rollback detected: a peer gave back entries this device wrote and had lost \
+                 (data dir restored from a backup, rolled back, or cut by a power loss); \
+                 they are applied again"
+            );
+        }
         let latest = inner.log.latest_id()?;
         let tx = inner.lib.transaction()?;
         let applier = Applier {
