@@ -11,7 +11,7 @@ use super::protocol::{self, Msg, Term, MAX_BATCH_ENTRIES};
 use super::snapshot;
 use super::state::{one_page, SyncService};
 use crate::error::{Error, Result};
-use crate::sync::entry::LogEntry;
+use crate::sync::entry::{is_replica_of, LogEntry};
 use crate::sync::log::VersionVector;
 
 impl SyncService {
@@ -55,6 +55,9 @@ impl SyncService {
                     term,
                     seq,
                 }) => {
+                    if !snapshot_taken {
+                        self.note_rollback(peer, &next, &their_vv);
+                    }
                     self.hear_of(peer, term).await;
                     raise_past(&mut next, &entries);
                     if has_more {
@@ -94,6 +97,28 @@ impl SyncService {
                 }
                 Err(e) => return Err(Error::Other(e.to_string())),
             }
+        }
+    }
+
+    /// Detect a rollback: `theirs` (a peer's version vector) holds positions
+    /// of this device's own replicas beyond `mine`, so this device lost
+    /// entries it wrote. Counted in `sync status` and logged; the entries
+    /// themselves come back through the reconcile (or snapshot) under way.
+    fn note_rollback(&self, peer: Uuid, mine: &VersionVector, theirs: &VersionVector) {
+        let me = self.shared.me;
+        let lost: u64 = theirs
+            .iter()
+            .filter(|(replica, _)| is_replica_of(**replica, me))
+            .map(|(replica, seq)| seq.saturating_sub(mine.get(replica).copied().unwrap_or(0)))
+            .sum();
+        if lost > 0 {
+            tracing::warn!(
+                library = %self.shared.lib.id(), peer = %peer, entries = lost,
+                "rollback detected: the peer holds entries this device wrote and no longer \
+                 has (data dir restored from a backup, rolled back, or cut by a power loss); \
+                 taking them back"
+            );
+            self.state().stats.rolled_back += lost;
         }
     }
 
@@ -182,6 +207,8 @@ impl SyncService {
             }
         }
         let vv = start_vv.unwrap_or_default();
+        let mine = self.version_vector().await;
+        self.note_rollback(peer, &mine, &vv);
         self.run_sqlite(move |lib| {
             let floor = lib.hlc().last();
             lib.with_log(|l| l.raise_version_vector(&vv, floor))

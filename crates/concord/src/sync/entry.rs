@@ -59,19 +59,32 @@ impl LogEntry {
 
 /// The replica id of `device`'s incarnation `incarnation`: the device id
 /// itself for incarnation 0 (logs written before incarnations keep their
-/// positions), otherwise a hash of both, so no device can name positions of
+/// positions), otherwise hashes: the first half of the device alone (so a
+/// device recognises its own replicas in a peer's version vector, see
+/// [`is_replica_of`]), the second of both. No device can name positions of
 /// another's replica.
 pub fn replica_id(device: Uuid, incarnation: u64) -> Uuid {
     if incarnation == 0 {
         return device;
     }
-    let mut h = blake3::Hasher::new();
-    h.update(b"concord-replica\0");
-    h.update(device.as_bytes());
-    h.update(&incarnation.to_le_bytes());
     let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    let tag = blake3::Hasher::new()
+        .update(b"concord-replica-device\0")
+        .update(device.as_bytes())
+        .finalize();
+    bytes[..8].copy_from_slice(&tag.as_bytes()[..8]);
+    let own = blake3::Hasher::new()
+        .update(b"concord-replica\0")
+        .update(device.as_bytes())
+        .update(&incarnation.to_le_bytes())
+        .finalize();
+    bytes[8..].copy_from_slice(&own.as_bytes()[..8]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Whether `replica` is one of `device`'s replicas (any incarnation).
+pub fn is_replica_of(replica: Uuid, device: Uuid) -> bool {
+    replica == device || replica.as_bytes()[..8] == replica_id(device, 1).as_bytes()[..8]
 }
 
 /// One field written by a change. `base` is the clock time the author saw on that
