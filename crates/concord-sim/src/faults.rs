@@ -21,6 +21,10 @@ pub struct Faults {
     pub leader_kill: bool,
     /// Short log retention and long outages: pruning and snapshot backfill.
     pub prune: bool,
+    /// A device's files replaced by an earlier copy (a restored backup).
+    pub rollback: bool,
+    /// A power cut: the last transactions of a device's `library.db` vanish.
+    pub lost_fsync: bool,
 }
 
 impl Faults {
@@ -34,6 +38,8 @@ impl Faults {
         "clock",
         "leader-kill",
         "prune",
+        "rollback",
+        "lost-fsync",
     ];
 
     /// Every fault on: the default, and what the sweeps run.
@@ -47,6 +53,8 @@ impl Faults {
             clock: true,
             leader_kill: true,
             prune: true,
+            rollback: true,
+            lost_fsync: true,
         }
     }
 
@@ -61,6 +69,8 @@ impl Faults {
             clock: false,
             leader_kill: false,
             prune: false,
+            rollback: false,
+            lost_fsync: false,
         }
     }
 
@@ -91,6 +101,8 @@ impl Faults {
                 "clock" => f.clock = on,
                 "leader-kill" => f.leader_kill = on,
                 "prune" => f.prune = on,
+                "rollback" => f.rollback = on,
+                "lost-fsync" => f.lost_fsync = on,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}; known: all, none, {}",
@@ -116,6 +128,8 @@ impl Faults {
             self.clock,
             self.leader_kill,
             self.prune,
+            self.rollback,
+            self.lost_fsync,
         ];
         let names: Vec<&str> = Self::NAMES
             .iter()

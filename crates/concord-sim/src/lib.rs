@@ -9,9 +9,10 @@
 //!
 //! [`sim`] drives a run through its phases; `world` holds the devices and what
 //! can be done to one (start, crash, write); `chaos` decides the device faults
-//! that [`faults`] enables; [`liveness`] checks, with the production
+//! that [`faults`] enables (`rollback`: those that take a device's files back
+//! in time); [`liveness`] checks, with the production
 //! timeouts, that no change waits for a leader; [`report`] is what a run returns.
-//! Dependencies run one way: `sim` → `chaos`, `liveness` → `world` → `check`, `net`,
+//! Dependencies run one way: `sim` → `chaos`, `liveness`, `rollback` → `world` → `check`, `net`,
 //! `workload`, `clock` → `rng`, `trace`.
 
 mod chaos;
@@ -22,6 +23,7 @@ pub mod liveness;
 pub mod net;
 pub mod report;
 pub mod rng;
+mod rollback;
 pub mod sim;
 pub mod trace;
 pub mod workload;

@@ -55,7 +55,7 @@ fn replay(r: &Report, faults: &Faults) -> String {
 
 fn line(r: &Report) -> String {
     format!(
-        "seed {:>6} devices {} trace {} events {:>6} | commits {:>4} acked {:>4} crashes {} leader-kills {} partitions {} clock {} snapshots {} rejected {} epoch {} jump {}s | msgs {} dropped {} dup {} | sim {:.1}s",
+        "seed {:>6} devices {} trace {} events {:>6} | commits {:>4} acked {:>4} crashes {} leader-kills {} rollbacks {} lost-fsync {} lost-writes {} partitions {} clock {} snapshots {} rejected {} epoch {} jump {}s | msgs {} dropped {} dup {} | sim {:.1}s",
         r.seed,
         r.devices,
         r.trace,
@@ -64,6 +64,9 @@ fn line(r: &Report) -> String {
         r.acked_entries,
         r.crashes,
         r.leader_kills,
+        r.rollbacks,
+        r.lost_fsyncs,
+        r.lost_writes,
         r.partitions,
         r.clock_faults,
         r.snapshots,

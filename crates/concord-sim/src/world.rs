@@ -45,6 +45,8 @@ pub(crate) struct SimDevice {
     pub(crate) hlc_seen: u64,
     /// Highest wall-clock reading this device has had.
     pub(crate) wall_seen: u64,
+    /// A copy of its files taken earlier, which a rollback restores.
+    pub(crate) backup: Option<PathBuf>,
 }
 
 /// Everything a run holds: the seeded randomness, the network, the devices
@@ -98,6 +100,7 @@ impl World {
                 restart_at: None,
                 hlc_seen: 0,
                 wall_seen: 0,
+                backup: None,
             });
         }
         self.register_everyone(&ids)?;

@@ -102,10 +102,7 @@ impl SyncService {
         }
         if !horizon.is_empty() {
             let h = horizon.clone();
-            match self
-                .run_sqlite(move |lib| lib.with_log(|l| l.prune_covered(&h)))
-                .await
-            {
+            match self.run_sqlite(move |lib| lib.prune_log(&h)).await {
                 Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned entries every device holds"),
                 Ok(_) => {}
                 Err(e) => self.note_error(e),

@@ -210,6 +210,9 @@ impl SyncService {
         let mine = self.version_vector().await;
         self.note_rollback(peer, &mine, &vv);
         self.run_sqlite(move |lib| {
+            // The rows first on disk, then the log says it holds them: a power
+            // cut between must not leave the vector covering rows it lost.
+            lib.make_durable()?;
             let floor = lib.hlc().last();
             lib.with_log(|l| l.raise_version_vector(&vv, floor))
         })

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::change::{ApplyReport, Change, Receipt, ResourceChanged, Source};
 use super::context::TxCtx;
+use super::options::{random_incarnation, Durability, LibraryOptions};
 use super::outbox::{
     advance_watermark, clear_outbox, flush_outbox, move_to_log, pending_outbox, set_watermark,
     watermark, OutboxRun,
@@ -37,30 +38,6 @@ const OUTBOX_FLUSH_AT: usize = 512;
 const LOG_FIRST_AT: usize = 64;
 /// Capacity of the change-event channel; slow subscribers see `Lagged`.
 pub const EVENT_CAPACITY: usize = 1024;
-
-/// Settings of an open library.
-#[derive(Debug, Clone)]
-pub struct LibraryOptions {
-    /// How far ahead of this clock a remote stamp may be (see
-    /// [`HlcGenerator::with_max_drift`]).
-    pub max_clock_drift: std::time::Duration,
-    /// How much of the conflict log is kept.
-    pub conflicts: ConflictRetention,
-    /// The incarnation this open numbers its entries in; `None` draws a
-    /// random one (the simulation passes its own, to replay from a seed).
-    /// Never reuse one: that is what keeps a restored device's positions apart.
-    pub incarnation: Option<u64>,
-}
-
-impl Default for LibraryOptions {
-    fn default() -> Self {
-        Self {
-            max_clock_drift: crate::hlc::DEFAULT_MAX_CLOCK_DRIFT,
-            conflicts: ConflictRetention::default(),
-            incarnation: None,
-        }
-    }
-}
 
 /// How often the conflict log is pruned by age (by count: on every write).
 const CONFLICTS_AGED_EVERY_MS: u64 = 3600 * 1000;
@@ -95,21 +72,6 @@ pub struct Library {
 
 /// How long `open` waits for another process to close the library.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// A fresh incarnation: 63 random bits (never 0, the incarnation of logs
-/// written before incarnations). Drawn from the OS generator behind UUIDv4, so
-/// a restored data dir or a rolled-back VM cannot draw the same one again.
-fn random_incarnation() -> u64 {
-    loop {
-        // The halves' fixed version and variant bits fall on random bits of
-        // the other half.
-        let v = Uuid::new_v4().as_u128();
-        let n = ((v >> 64) as u64 ^ v as u64) >> 1;
-        if n != 0 {
-            return n;
-        }
-    }
-}
 
 fn lock_library(dir: &Path) -> Result<std::fs::File> {
     let file = crate::private::lock_file(&dir.join("library.lock"))?;
@@ -212,6 +174,11 @@ impl Library {
         schema::add_missing_columns(&mut lib)?;
         let sync_path = dir.join("sync.db");
         let mut sync = open_db(&sync_path, true, &schema::sync_migrations())?;
+        // What the log holds is durable when committed (see `Durability`).
+        sync.pragma_update(None, "synchronous", "FULL")?;
+        if opts.durability == Durability::Full {
+            lib.pragma_update(None, "synchronous", "FULL")?;
+        }
         crate::store::checkpoint_in_background(&mut lib, &lib_path)?;
         crate::store::checkpoint_in_background(&mut sync, &sync_path)?;
         let id: Uuid = match meta_get(&lib, key::ID)? {
@@ -478,6 +445,9 @@ impl Library {
         tx.commit()?;
         inner.next_seq = seq + 1;
         inner.outbox_len += 1;
+        // The rows are in no entry: they must be on disk before the entry,
+        // which peers act on, is in the log (`Durability`).
+        crate::store::make_durable(&inner.lib)?;
         inner.flush_outbox()?;
         drop(guard);
         self.announce(Source::Local, vec![m.name], 1);
@@ -588,6 +558,21 @@ impl Library {
     /// Move pending local entries into `sync.db` now.
     pub fn flush(&self) -> Result<()> {
         self.lock().flush_outbox()
+    }
+
+    /// Drop the log entries `horizon` covers (see
+    /// [`SyncLog::prune_covered`]), once `library.db`, then the only place
+    /// their effect is kept, is durable (`Durability`).
+    pub fn prune_log(&self, horizon: &crate::sync::log::VersionVector) -> Result<u64> {
+        self.make_durable()?;
+        self.with_log(|l| l.prune_covered(horizon))
+    }
+
+    /// Make every commit to `library.db` durable now (it commits with
+    /// `synchronous=NORMAL`): before the log records state that only
+    /// `library.db` holds, such as a snapshot's rows (`Durability`).
+    pub fn make_durable(&self) -> Result<()> {
+        crate::store::make_durable(&self.lock().lib)
     }
 }
 
