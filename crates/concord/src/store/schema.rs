@@ -258,11 +258,31 @@ CREATE INDEX segments_unsequenced ON segments(id) WHERE lib_seq IS NULL;
     .to_string(),
     // v5 (durability): positions belong to replicas, one per incarnation of a
     // device (`sync::entry::replica_id`); `origin` holds the replica id, and
-    // these the device and incarnation behind it (NULL and 0 for rows written
-    // before: the replica of incarnation 0 is the device itself).
+    // `device` and `incarnation` the device and incarnation behind it (NULL
+    // and 0 for rows written before: the replica of incarnation 0 is the
+    // device itself). Ids are never reused (AUTOINCREMENT): `library.db`'s
+    // applied-log watermark, which a power cut may take back to an earlier
+    // value, must never cover a segment appended after pruning emptied the
+    // top of the log.
     "
-ALTER TABLE segments ADD COLUMN device BLOB;
-ALTER TABLE segments ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE segments_v5 (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  origin BLOB NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  lib_seq INTEGER,
+  epoch INTEGER,
+  entries BLOB NOT NULL,
+  device BLOB,
+  incarnation INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO segments_v5 (id, origin, first_seq, last_seq, lib_seq, epoch, entries)
+  SELECT id, origin, first_seq, last_seq, lib_seq, epoch, entries FROM segments;
+DROP TABLE segments;
+ALTER TABLE segments_v5 RENAME TO segments;
+CREATE UNIQUE INDEX segments_by_origin ON segments(origin, last_seq);
+CREATE UNIQUE INDEX segments_by_lib_seq ON segments(lib_seq) WHERE lib_seq IS NOT NULL;
+CREATE INDEX segments_unsequenced ON segments(id) WHERE lib_seq IS NULL;
 "
     .to_string()]
 }
