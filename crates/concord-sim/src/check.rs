@@ -93,9 +93,17 @@ pub fn acked_effects(lib: &Library, acked: &[Acked]) -> std::result::Result<(), 
         .with_log(|l| l.version_vector())
         .map_err(|e| e.to_string())?;
     for a in acked {
-        if vv.get(&a.replica).copied().unwrap_or(0) < a.seq {
+        // Held beyond a gap counts: a device that went back in time may have
+        // lost, for good, entries of its replica that no one else took (a
+        // clock too far ahead), and the ones after them can then never be
+        // contiguous.
+        let covered = vv.get(&a.replica).copied().unwrap_or(0) >= a.seq
+            || lib
+                .with_log(|l| l.contains(a.replica, a.seq))
+                .map_err(|e| e.to_string())?;
+        if !covered {
             return Err(format!(
-                "acknowledged entry {}:{} ({} {} {}) is not covered by the version vector",
+                "acknowledged entry {}:{} ({} {} {}) is not held by the log",
                 a.origin,
                 a.seq,
                 a.model,
