@@ -13,6 +13,7 @@ use super::state::{one_page, SyncService};
 use crate::error::{Error, Result};
 use crate::sync::entry::{is_replica_of, LogEntry};
 use crate::sync::log::VersionVector;
+use crate::sync::version_vector::vv_min;
 
 impl SyncService {
     /// Version-vector reconciliation with one peer: pull what we lack, push what it
@@ -170,6 +171,10 @@ impl SyncService {
             part: 0,
             after: None,
         };
+        // What the snapshot covers: the least of its chunks' vectors. A source
+        // whose files went back in time (a restored backup) between two chunks
+        // serves later rows without entries an earlier vector counted; raising
+        // ours past them would claim changes this device never got.
         let mut start_vv: Option<VersionVector> = None;
         // Pipelined: the next chunk is requested while this one is applied.
         let mut reply = self.send(peer, Msg::Snapshot { cursor: first }).await;
@@ -182,9 +187,10 @@ impl SyncService {
                     next,
                     vv,
                 }) => {
-                    if start_vv.is_none() {
-                        start_vv = Some(vv);
-                    }
+                    start_vv = Some(match start_vv {
+                        Some(seen) => vv_min([&seen, &vv]),
+                        None => vv,
+                    });
                     let apply =
                         self.run_sqlite(move |lib| snapshot::apply(lib, rows, tombstones, bulk));
                     match next {
