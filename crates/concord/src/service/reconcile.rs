@@ -31,6 +31,8 @@ impl SyncService {
     async fn pull_missing(&self, peer: Uuid) -> Result<VersionVector> {
         let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
         let mut snapshot_taken = false;
+        // Rollback detection looks at the first answer (a snapshot checks its own).
+        let mut first_reply = true;
         // Where the next page starts: our version vector, raised past what each
         // page carried. Asking from the version vector alone would repeat the
         // same page forever when we already hold what the peer has beyond a gap
@@ -56,8 +58,12 @@ impl SyncService {
                     term,
                     seq,
                 }) => {
-                    if !snapshot_taken {
-                        self.note_rollback(peer, &next, &their_vv);
+                    if first_reply {
+                        // Against this log now, not the vector asked with: our
+                        // own entries proposed meanwhile are no loss.
+                        first_reply = false;
+                        let mine = self.version_vector().await;
+                        self.note_rollback(peer, &mine, &their_vv);
                     }
                     self.hear_of(peer, term).await;
                     raise_past(&mut next, &entries);
@@ -88,6 +94,7 @@ impl SyncService {
                             "{peer} still requires a snapshot after one: {reason}"
                         )));
                     }
+                    first_reply = false;
                     tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot needed: {reason}");
                     self.snapshot_from(peer).await?;
                     snapshot_taken = true;
