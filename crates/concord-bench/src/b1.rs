@@ -94,13 +94,17 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
 
     // Concord: the same rows through the TransactionManager.
     reset_peak_rss();
+    // With a node key, as a node opens it: entries are sealed as they enter
+    // the log (one signature per chunk of up to 256, `concord::sync::seal`).
     let lib = Library::create_with(
         &tmp.path().join("concord"),
-        (Uuid::from_u128(0xB1), "bench"),
+        Uuid::from_u128(0xB1),
+        "bench",
         Uuid::from_u128(0xB1DE),
         Box::new(SystemClock),
         LibraryOptions {
             durability: durability(),
+            key: Some(concord::sync::seal::NodeKey::from_bytes(&[0xB1; 32])),
             ..LibraryOptions::default()
         },
     )?;

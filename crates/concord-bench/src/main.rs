@@ -16,10 +16,12 @@ mod b6;
 mod b7;
 mod b8;
 mod common;
+mod f6;
 mod fixture;
 mod net;
 mod p1;
 mod report;
+mod s1;
 
 use common::Scale;
 use report::Row;
@@ -49,9 +51,19 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
         b8::run,
     ),
     (
+        "F6",
+        "hashing a file for a transfer vs BLAKE3 with rayon",
+        f6::run,
+    ),
+    (
         "P1",
         "pulling another device's location (remote browsing)",
         p1::run,
+    ),
+    (
+        "S1",
+        "verifying received entries (sealed chunks) vs unverified apply_remote",
+        s1::run,
     ),
 ];
 

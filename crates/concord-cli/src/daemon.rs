@@ -288,8 +288,13 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
             Ok(serde_json::to_value(state.device_list().await).unwrap_or_default())
         }
         Request::DeviceRemove { device } => {
-            let peer = state.remove_device(&device).await.map_err(net)?;
-            Ok(json!({ "device_id": peer.device_id.to_string(), "name": peer.name }))
+            let removed = state.remove_device(&device).await.map_err(net)?;
+            let libraries: Vec<String> = removed.libraries.iter().map(|l| l.to_string()).collect();
+            Ok(json!({
+                "device_id": removed.device_id.to_string(),
+                "name": removed.name,
+                "libraries": libraries,
+            }))
         }
         Request::LibraryRemote { device } => {
             let peer = state.resolve_peer(&device).map_err(net)?;
@@ -312,6 +317,18 @@ async fn execute(node: &Node, ctx: Arc<Context>, req: Request) -> CliResult<Valu
         Request::LocationPull { library, location } => {
             pull_locations(node, &ctx, &library, location.as_deref()).await
         }
+        Request::EntryFetch { library, entry, to } => {
+            crate::fetch::entry_fetch(node, ctx, library, entry, to).await
+        }
+        Request::ConduitRun {
+            library,
+            conduit,
+            wait,
+        } => crate::conduit_node::run(node, ctx, library, conduit, wait).await,
+        Request::ConduitStatus { library, conduit } => {
+            crate::conduit_node::status(node, ctx, library, conduit).await
+        }
+        Request::ConduitList { library } => crate::conduit_node::list(node, ctx, library).await,
         Request::EntryList {
             library,
             location,

@@ -6,9 +6,12 @@
 //! that value, plainly or as JSON. When a node runs, the `Request` will be sent
 //! to it instead and only the rendering happens here.
 
+mod conduit_args;
+mod conduit_node;
 mod context;
 mod daemon;
 mod demo;
+mod fetch;
 mod ops;
 mod progress;
 mod relay;
@@ -119,6 +122,9 @@ enum Command {
     /// File entries
     #[command(subcommand)]
     Entry(EntryCmd),
+    /// Sync conduits: file content kept flowing between folders
+    #[command(subcommand)]
+    Conduit(conduit_args::ConduitCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -352,6 +358,17 @@ enum EntryCmd {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Copy a file or folder of another device here (verified, resumable)
+    Fetch {
+        #[arg(value_name = "LIB")]
+        library: String,
+        /// The entry's UUID (see `entry list LIB --device DEVICE`)
+        #[arg(value_name = "ENTRY")]
+        entry: PathBuf,
+        /// Where to put the copy (must not exist yet)
+        #[arg(long, value_name = "PATH")]
+        to: Option<PathBuf>,
+    },
 }
 
 /// A path argument made absolute against the current directory, as UTF-8.
@@ -402,6 +419,7 @@ fn request(cmd: Command) -> CliResult<Request> {
         Command::Tag(c) => tag_request(c)?,
         Command::Album(c) => album_request(c)?,
         Command::Location(c) => location_request(c)?,
+        Command::Conduit(c) => conduit_args::conduit_request(c)?,
         Command::Entry(EntryCmd::List {
             library,
             location,
@@ -410,6 +428,11 @@ fn request(cmd: Command) -> CliResult<Request> {
             library,
             location,
             device,
+        },
+        Command::Entry(EntryCmd::Fetch { library, entry, to }) => Request::EntryFetch {
+            library,
+            entry: entry_refs(vec![entry])?.remove(0),
+            to: to.as_deref().map(absolute).transpose()?,
         },
     })
 }

@@ -24,7 +24,15 @@ fn plain(command: &str, v: &Value) -> String {
                 vec!["name".into(), text(&v["name"])],
             ],
         ),
-        "library create" | "tag create" | "album create" | "location add" => text(&v["id"]),
+        "library create" | "tag create" | "album create" | "location add" | "conduit create" => {
+            text(&v["id"])
+        }
+        "conduit list" => list(
+            v,
+            &["ID", "POLICY", "FROM", "TO", "STATE", "REASON"],
+            &["id", "policy", "from", "to", "state", "reason"],
+        ),
+        "conduit status" => conduit_status(v),
         "library digest" => text(&v["digest"]),
         "library export" => serde_json::to_string_pretty(v).unwrap_or_default(),
         "library list" => list(v, &["ID", "NAME", "DEVICES"], &["id", "name", "devices"]),
@@ -53,6 +61,12 @@ fn plain(command: &str, v: &Value) -> String {
             &["id", "name", "devices", "entries"],
         ),
         "sync status" => sync_status(v),
+        "entry fetch" => format!(
+            "{} bytes in {} files to {}",
+            text(&v["bytes"]),
+            text(&v["files"]),
+            text(&v["path"])
+        ),
         "location pull" => format!(
             "{} entries from {} locations",
             text(&v["entries"]),
@@ -65,6 +79,37 @@ fn plain(command: &str, v: &Value) -> String {
         ),
         _ => String::new(),
     }
+}
+
+/// `conduit status` for people: state, reason, and a progress bar while
+/// bytes are being moved.
+fn conduit_status(v: &Value) -> String {
+    let (done, total) = (
+        v["bytes_done"].as_u64().unwrap_or(0),
+        v["bytes_total"].as_u64().unwrap_or(0),
+    );
+    let filled = (done.saturating_mul(30)).checked_div(total).unwrap_or(0) as usize;
+    let bar = format!(
+        "[{}{}]",
+        "#".repeat(filled.min(30)),
+        ".".repeat(30 - filled.min(30))
+    );
+    let mut rows = vec![
+        vec!["id".into(), text(&v["id"])],
+        vec!["policy".into(), text(&v["policy"])],
+        vec!["state".into(), text(&v["state"])],
+        vec!["reason".into(), text(&v["reason"])],
+        vec![
+            "files".into(),
+            format!("{}/{}", text(&v["files_done"]), text(&v["files_total"])),
+        ],
+        vec!["bytes".into(), format!("{done}/{total} {bar}")],
+        vec!["last error".into(), text(&v["last_error"])],
+    ];
+    if let Some(c) = v["conflicts"].as_array().filter(|c| !c.is_empty()) {
+        rows.push(vec!["conflicts".into(), c.len().to_string()]);
+    }
+    table(&[], rows)
 }
 
 fn sync_status(v: &Value) -> String {
@@ -103,6 +148,20 @@ fn sync_status(v: &Value) -> String {
     if !jobs.is_empty() {
         out.push_str("\n\n");
         out.push_str(&jobs);
+    }
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let forged = p["forged"].as_u64().unwrap_or(0);
+        if forged > 0 {
+            let who = p["name"]
+                .as_str()
+                .or(p["device_id"].as_str())
+                .unwrap_or("?");
+            out.push_str(&format!(
+                "\n\nwarning: refused {forged} entries from {} not signed by their origin: {}",
+                escape(who),
+                escape(p["last_refusal"].as_str().unwrap_or(""))
+            ));
+        }
     }
     if let Some(warning) = v["clock_warning"].as_str() {
         out.push_str("\n\nwarning: ");

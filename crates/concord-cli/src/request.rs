@@ -156,6 +156,50 @@ pub enum Request {
         library: String,
         location: Option<String>,
     },
+    EntryFetch {
+        library: String,
+        entry: EntryRef,
+        /// Absolute, not yet existing.
+        to: Option<String>,
+    },
+
+    ConduitCreate {
+        library: String,
+        /// `LOC[:SUBDIR]`.
+        from: String,
+        to: String,
+        policy: String,
+        delete: bool,
+        cadence: String,
+        min_free: Option<String>,
+        pin_tag: Option<String>,
+    },
+    ConduitList {
+        library: String,
+    },
+    ConduitStatus {
+        library: String,
+        conduit: String,
+    },
+    ConduitPause {
+        library: String,
+        conduit: String,
+    },
+    ConduitResume {
+        library: String,
+        conduit: String,
+        allow_deletes: bool,
+    },
+    ConduitRemove {
+        library: String,
+        conduit: String,
+    },
+    /// Served by a running node (cycles run there).
+    ConduitRun {
+        library: String,
+        conduit: String,
+        wait: bool,
+    },
 }
 
 impl Request {
@@ -196,6 +240,14 @@ impl Request {
             Request::SyncStatus { .. } => "sync status",
             Request::SyncConflicts { .. } => "sync conflicts",
             Request::LocationPull { .. } => "location pull",
+            Request::EntryFetch { .. } => "entry fetch",
+            Request::ConduitCreate { .. } => "conduit create",
+            Request::ConduitList { .. } => "conduit list",
+            Request::ConduitStatus { .. } => "conduit status",
+            Request::ConduitPause { .. } => "conduit pause",
+            Request::ConduitResume { .. } => "conduit resume",
+            Request::ConduitRemove { .. } => "conduit remove",
+            Request::ConduitRun { .. } => "conduit run",
         }
     }
 
@@ -212,6 +264,8 @@ impl Request {
                 | Request::LibraryJoin { .. }
                 | Request::SyncStatus { .. }
                 | Request::LocationPull { .. }
+                | Request::EntryFetch { .. }
+                | Request::ConduitRun { .. }
         )
     }
 }

@@ -564,3 +564,128 @@ fn relay_serves_tls_with_the_given_certificate_and_refuses_half_a_setup() {
         "the relay presents the given certificate: {text}"
     );
 }
+
+#[test]
+fn conduit_commands_without_a_node_write_the_library() {
+    let env = Env::new();
+    for d in ["photos", "backup"] {
+        std::fs::create_dir_all(env.files.join(d)).unwrap();
+    }
+    env.ok(&["library", "create", "lib"]);
+    env.ok(&["location", "add", "lib", "photos"]);
+    env.ok(&["location", "add", "lib", "backup"]);
+    let id = env.ok(&[
+        "conduit",
+        "create",
+        "lib",
+        "--from",
+        "photos",
+        "--to",
+        "backup:2026",
+        "--policy",
+        "replicate",
+        "--delete",
+        "--cadence",
+        "15m",
+    ]);
+    assert!(is_uuid(&id), "{id}");
+    let list = env.json(&["conduit", "list", "lib"]);
+    let c = &list.as_array().unwrap()[0];
+    let keys: BTreeSet<&str> = c.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["from", "id", "last_run", "policy", "reason", "state", "to"].into()
+    );
+    assert_eq!(
+        (c["from"].as_str(), c["to"].as_str()),
+        (Some("photos"), Some("backup:2026"))
+    );
+    assert_eq!(
+        (c["policy"].as_str(), c["state"].as_str()),
+        (Some("replicate"), Some("idle"))
+    );
+    let status = env.json(&["conduit", "status", "lib", &id]);
+    for k in [
+        "id",
+        "policy",
+        "state",
+        "reason",
+        "files_total",
+        "files_done",
+        "bytes_total",
+        "bytes_done",
+        "bytes_sent",
+        "bytes_received",
+        "conflicts",
+        "last_error",
+        "last_run",
+    ] {
+        assert!(status.get(k).is_some(), "{k} missing from {status}");
+    }
+    env.ok(&["conduit", "pause", "lib", &id]);
+    let status = env.json(&["conduit", "status", "lib", &id]);
+    assert_eq!(
+        (status["state"].as_str(), status["reason"].as_str()),
+        (Some("paused"), Some("user"))
+    );
+    env.ok(&["conduit", "resume", "lib", &id, "--allow-deletes"]);
+    assert_eq!(
+        env.json(&["conduit", "status", "lib", &id])["state"],
+        "idle"
+    );
+
+    // Refusals change nothing.
+    let before = env.json(&["conduit", "list", "lib"]);
+    for (args, says) in [
+        (vec!["--policy", "offload"], "offload is not available yet"),
+        (vec!["--policy", "mirror"], "policy"),
+        (
+            vec!["--policy", "sync", "--delete"],
+            "--delete applies to replicate only",
+        ),
+        (vec!["--policy", "replicate", "--cadence", "0s"], "cadence"),
+    ] {
+        let mut a = vec![
+            "conduit", "create", "lib", "--from", "photos", "--to", "backup",
+        ];
+        a.extend(args);
+        assert!(env.fail(&a).contains(says), "{a:?}");
+    }
+    let overlap = [
+        "conduit",
+        "create",
+        "lib",
+        "--from",
+        "photos",
+        "--to",
+        "photos:sub",
+        "--policy",
+        "sync",
+    ];
+    assert!(env.fail(&overlap).contains("overlap"));
+    let escape = [
+        "conduit",
+        "create",
+        "lib",
+        "--from",
+        "photos",
+        "--to",
+        "backup:../x",
+        "--policy",
+        "replicate",
+    ];
+    assert!(env.fail(&escape).contains("invalid"));
+    assert!(env
+        .fail(&["conduit", "run", "lib", &id, "--wait"])
+        .contains("no node is running"));
+    assert!(env
+        .fail(&["conduit", "pause", "lib", "nope"])
+        .contains("not a conduit UUID"));
+    assert_eq!(env.json(&["conduit", "list", "lib"]), before);
+
+    // Removing keeps every file.
+    std::fs::write(env.files.join("backup/keep.txt"), b"x").unwrap();
+    env.ok(&["conduit", "remove", "lib", &id]);
+    assert_eq!(env.json(&["conduit", "list", "lib"]), serde_json::json!([]));
+    assert!(env.files.join("backup/keep.txt").is_file());
+}

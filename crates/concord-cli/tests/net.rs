@@ -487,3 +487,208 @@ fn device_list_and_sync_status_show_names_paths_and_round_trips() {
     let plain = support::expect_success(out, &["sync", "status", "lib"]);
     assert!(plain.contains("alpha"), "{plain}");
 }
+
+/// BLAKE3 of a file's content, to compare copies.
+fn content_hash(path: &Path) -> blake3::Hash {
+    blake3::hash(&std::fs::read(path).unwrap())
+}
+
+#[test]
+fn entry_fetch_copies_a_file_and_a_folder_of_another_device_verified() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let docs = tree.join("docs/café ✓");
+    std::fs::create_dir_all(&docs).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    std::fs::write(tree.join("big.bin"), &big).unwrap();
+    std::fs::write(docs.join("日本語.txt"), "こんにちは").unwrap();
+    std::fs::write(docs.join("empty"), b"").unwrap();
+    std::fs::write(tree.join("docs/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("docs/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let mut a = Node::new(tmp.path(), "owner");
+    let mut b = Node::new(tmp.path(), "fetcher");
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    a.json(&["location", "add", "lib", tree.to_str().unwrap()]);
+    b.json(&["library", "join", "lib", "owner"]);
+    wait_until("B sees A's location", || {
+        b.json(&["location", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let listed = b.json(&["entry", "list", "lib", "--device", &a.device_id()]);
+    let id_of = |path: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not listed"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // One file.
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let copy = dest.join("copy.bin");
+    let to = copy.to_str().unwrap();
+    let fetched = b.json(&["entry", "fetch", "lib", &id_of("big.bin"), "--to", to]);
+    assert_eq!(fetched["bytes"], big.len() as u64);
+    assert_eq!(fetched["path"], to);
+    assert_eq!(content_hash(&copy), content_hash(&tree.join("big.bin")));
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    assert_eq!(mtime(&copy), mtime(&tree.join("big.bin")));
+    assert!(!dest.join(".concord").exists(), "temp folder left behind");
+
+    // A folder: every file, names, empty files, the exec bit.
+    let folder = dest.join("docs");
+    let fetched = b.json(&[
+        "entry",
+        "fetch",
+        "lib",
+        &id_of("docs"),
+        "--to",
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(fetched["files"], 3);
+    for rel in ["café ✓/日本語.txt", "café ✓/empty", "run.sh"] {
+        let (src, got) = (tree.join("docs").join(rel), folder.join(rel));
+        assert_eq!(content_hash(&got), content_hash(&src), "{rel}");
+        assert_eq!(mtime(&got), mtime(&src), "{rel}");
+    }
+    let mode = std::fs::metadata(folder.join("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o100, 0o100, "exec bit lost");
+
+    // Refusals change nothing.
+    assert!(b
+        .fails(&["entry", "fetch", "lib", &id_of("big.bin"), "--to", to])
+        .contains("already exists"));
+    assert!(b
+        .fails(&["entry", "fetch", "lib", &id_of("big.bin")])
+        .contains("--to"));
+    let own = a.json(&["entry", "list", "lib"]);
+    let own_id = own.as_array().unwrap()[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let elsewhere = dest.join("nope");
+    assert!(a
+        .fails(&[
+            "entry",
+            "fetch",
+            "lib",
+            &own_id,
+            "--to",
+            elsewhere.to_str().unwrap()
+        ])
+        .contains("already on this device"));
+    assert!(!elsewhere.exists());
+    b.stop();
+    assert!(b
+        .fails(&[
+            "entry",
+            "fetch",
+            "lib",
+            &id_of("big.bin"),
+            "--to",
+            elsewhere.to_str().unwrap()
+        ])
+        .contains("needs the network"));
+}
+
+#[test]
+fn entry_fetch_resumes_after_the_receiving_node_is_killed_with_sigkill() {
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(tree.join("big.bin")).unwrap());
+        let mut xof = blake3::Hasher::new().update(b"F4").finalize_xof();
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..SIZE >> 20 {
+            xof.fill(&mut buf);
+            out.write_all(&buf).unwrap();
+        }
+    }
+    let mut a = Node::new(tmp.path(), "owner");
+    let mut b = Node::new(tmp.path(), "fetcher");
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    a.json(&["location", "add", "lib", tree.to_str().unwrap()]);
+    b.json(&["library", "join", "lib", "owner"]);
+    wait_until("B sees A's location", || {
+        b.json(&["location", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let listed = b.json(&["entry", "list", "lib", "--device", &a.device_id()]);
+    let id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "big.bin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let copy = dest.join("big.bin");
+    let args = [
+        "entry",
+        "fetch",
+        "lib",
+        id.as_str(),
+        "--to",
+        copy.to_str().unwrap(),
+    ];
+
+    let mut first = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&b.dir)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("half of the file verified on B's disk", || {
+        concord_node::transfer::partial::resumable_bytes(&dest) > SIZE / 2
+    });
+    b.kill(); // SIGKILL of the node doing the transfer
+    assert!(!first.wait().unwrap().success());
+    assert!(!copy.exists(), "an unfinished file got its name");
+
+    b.start();
+    let mut again = vec!["--json"];
+    again.extend_from_slice(&args);
+    let out = support::one_json(&support::expect_success(b.run(&again), &again));
+    assert_eq!(out["bytes"], SIZE);
+    let received = out["received"].as_u64().unwrap();
+    assert!(
+        received < SIZE * 55 / 100,
+        "{received} bytes received after the restart"
+    );
+    assert_eq!(content_hash(&copy), content_hash(&tree.join("big.bin")));
+}

@@ -23,8 +23,9 @@ use crate::pairing::Pairing;
 use crate::peers::PeerStore;
 use crate::setup::LibrarySetup;
 use crate::state::NodeState;
+use crate::transfer::{ContentClient, ContentServer};
 use crate::transport::{IrohTransport, SyncHandler, Traffic, MAX_STREAMS_PER_PEER};
-use crate::{discovery, identity, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
+use crate::{discovery, identity, CONTENT_ALPN, LIBRARY_ALPN, PAIRING_ALPN, SYNC_ALPN};
 
 /// Remembered between runs: `<data-dir>/node.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -43,6 +44,12 @@ pub struct Node {
     pub pairing: Pairing,
     /// Listing, sharing and joining libraries.
     pub setup: LibrarySetup,
+    /// Serves file content to members (`concord/content/1`).
+    pub content: ContentServer,
+    /// Fetches file content from members.
+    pub fetcher: ContentClient,
+    /// Runs the conduits whose destination is on this device.
+    pub conduits: crate::conduits::ConduitRunner,
     traffic: Arc<Traffic>,
     router: Router,
     /// Presence, LAN discovery and the watch on this node's own addresses.
@@ -66,10 +73,14 @@ impl Node {
         let pairing = Pairing::new(state.clone());
         let setup = LibrarySetup::new(state.clone(), host.clone());
         let inbound = SyncHandler::new(state.clone(), host.clone(), traffic.clone());
+        let content = ContentServer::new(state.clone());
+        let fetcher = ContentClient::new(state.clone());
+        let conduits = crate::conduits::ConduitRunner::new(state.clone(), fetcher.clone());
         let router = Router::builder(endpoint)
             .accept(PAIRING_ALPN, pairing.clone())
             .accept(LIBRARY_ALPN, setup.clone())
             .accept(SYNC_ALPN, inbound)
+            .accept(CONTENT_ALPN, content.clone())
             .spawn();
         for listed in state.data.list_libraries()? {
             host.start(listed.id)?;
@@ -83,6 +94,7 @@ impl Node {
                 Err(e) => tracing::warn!("{e}; continuing without LAN discovery"),
             }
         }
+        background.push(conduits.spawn_scheduler());
         background.push(tokio::spawn(presence_loop(
             state.clone(),
             setup.clone(),
@@ -93,6 +105,9 @@ impl Node {
             host,
             pairing,
             setup,
+            content,
+            fetcher,
+            conduits,
             traffic,
             router,
             background,

@@ -5,7 +5,9 @@
 //! BLAKE3 MAC over the handshake transcript, which names both node ids, both
 //! device ids, the invite id and both nonces: a MAC cannot be replayed on another
 //! connection or for another pair of devices. A wrong, expired or reused secret
-//! is refused and nothing is stored on either side.
+//! is refused and nothing is stored on either side. So is a device id that is
+//! already bound to another node key (`NodeState::check_binding`): a device id
+//! belongs to the key it was first paired or registered with.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -246,6 +248,8 @@ async fn join_on(
     }
     concord::validate::name("device name", &inviter_name)
         .map_err(|e| NetError::Protocol(format!("inviter sent a bad name: {e}")))?;
+    // Before the proof, so that a refusal leaves nothing stored on either side.
+    state.check_binding(inviter_device, &inviter_node.to_string())?;
     let joiner_node = state.endpoint.id();
     let transcript = Transcript {
         inviter_node: &inviter_node,
@@ -424,6 +428,10 @@ impl Pairing {
             inviter_nonce,
         };
         let proven = blake3::Hash::from(mac) == transcript.mac(&secret, 1);
+        if proven {
+            // Only a joiner that proved the secret learns why it is refused.
+            state.check_binding(device_id, &joiner_node.to_string())?;
+        }
         self.spend_invite(&invite_id, proven, joiner_node)?;
         let peer = Peer {
             device_id,

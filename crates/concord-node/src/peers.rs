@@ -49,6 +49,23 @@ impl Peer {
     }
 }
 
+fn check_binding(peers: &[Peer], device: Uuid, node_id: &str) -> Result<(), NetError> {
+    for p in peers {
+        if p.device_id == device && p.node_id != node_id {
+            return Err(NetError::Refused(format!(
+                "device {device} is already paired with another key; a device id cannot move to a new key (remove it with `concord device remove` first)"
+            )));
+        }
+        if p.node_id == node_id && p.device_id != device {
+            return Err(NetError::Refused(format!(
+                "this node is already paired as device {} ({}); it cannot claim another device id",
+                p.device_id, p.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The paired-device list, persisted on every change.
 pub struct PeerStore {
     path: PathBuf,
@@ -95,12 +112,23 @@ impl PeerStore {
         self.list().into_iter().find(|p| p.device_id == device)
     }
 
-    /// Add or replace a peer (by device id or node id).
+    /// Add a peer, or refresh one paired before with the same device id and
+    /// node id. A device id is bound to the node key it was first paired
+    /// with: a peer that claims a paired device's id with another key, or a
+    /// paired key under another device id, is refused and nothing changes
+    /// (`device remove` first, then pair again).
     pub fn upsert(&self, peer: Peer) -> Result<(), NetError> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        peers.retain(|p| p.device_id != peer.device_id && p.node_id != peer.node_id);
+        check_binding(&peers, peer.device_id, &peer.node_id)?;
+        peers.retain(|p| p.device_id != peer.device_id);
         peers.push(peer);
         self.save(&peers)
+    }
+
+    /// Whether `device` may be paired under `node_id`: `Err` names the
+    /// paired device that binding would take over.
+    pub fn check(&self, device: Uuid, node_id: &str) -> Result<(), NetError> {
+        check_binding(&self.list(), device, node_id)
     }
 
     /// Update addresses, relays and name of a known peer (`None`: unchanged).

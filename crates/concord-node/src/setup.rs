@@ -399,19 +399,33 @@ fn entry_count(lib: &Library) -> Result<u64, NetError> {
     })?)
 }
 
-/// A private library is listed and joinable only by its members.
+/// A private library is listed and joinable only by its members; a library
+/// a device was removed from is never shown to it again.
 fn visible(state: &NodeState, lib: &Library, peer: &Peer) -> Result<bool, NetError> {
+    if members::is_removed(lib, peer.device_id)? {
+        return Ok(false);
+    }
     Ok(!state.settings(lib.id()).private || members::is_member(lib, peer.device_id)?)
 }
 
-/// Register `peer` in the library's `devices` table (the sync relationship).
+/// Register `peer` in the library's `devices` table (the sync relationship):
+/// the membership change any member may make for a device it paired with.
+/// A device removed from the library stays removed (a removal is final).
 pub fn register(lib: &Library, peer: &Peer) -> Result<(), NetError> {
+    if members::is_removed(lib, peer.device_id)? {
+        return Err(NetError::Refused(format!(
+            "device {} was removed from library {}; a removal is final",
+            peer.name,
+            lib.name()
+        )));
+    }
     if !members::is_member(lib, peer.device_id)? {
         lib.commit(Change::insert(&Device {
             id: peer.device_id,
             name: peer.name.clone(),
             node_id: Some(peer.node_id.clone()),
             addrs: crate::state::format_addrs(&peer.addrs, &peer.relays),
+            removed: None,
         }))?;
     }
     Ok(())

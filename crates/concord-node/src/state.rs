@@ -21,6 +21,15 @@ use crate::peers::{Peer, PeerStore};
 use crate::skew::ClockSkew;
 use crate::ticket::MAX_TICKET_ADDRS;
 
+/// What `device remove` did: the device, and the libraries it was revoked
+/// from (none when it shared none with this device).
+#[derive(Debug, Clone)]
+pub struct Removed {
+    pub device_id: Uuid,
+    pub name: String,
+    pub libraries: Vec<Uuid>,
+}
+
 /// State shared by the protocol handlers, the library host and the node's API.
 pub struct NodeState {
     pub data: DataDir,
@@ -124,6 +133,7 @@ impl NodeState {
 
     /// How to reach a device for a library: paired devices by their remembered
     /// addresses, other members of the library by the node id it registered.
+    /// A device removed from the library is not dialled.
     pub fn peer_for_device(&self, device: Uuid, library: Uuid) -> Result<Peer, NetError> {
         if let Some(peer) = self.peers.by_device(device) {
             return Ok(peer);
@@ -133,6 +143,7 @@ impl NodeState {
             Some(Device {
                 node_id: Some(node_id),
                 addrs,
+                removed: None,
                 ..
             }) => {
                 let addrs = addrs.as_deref().unwrap_or("");
@@ -168,6 +179,47 @@ impl NodeState {
         None
     }
 
+    /// A device removed from one of our libraries, behind `node_id`: its
+    /// pushes are still heard (see `SyncHandler`), nothing is served to it.
+    pub fn removed_device_for_node(&self, node_id: &str) -> Option<Uuid> {
+        for entry in self.data.list_libraries().ok()? {
+            let Ok(lib) = self.library(entry.id) else {
+                continue;
+            };
+            if let Ok(Some(found)) = members::removed_for_node(&lib, node_id) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// Whether a device that says it is `device` and holds the key `node_id`
+    /// may be paired. **Decision** (ARCHITECTURE.md, "Identity"): a device id
+    /// is bound to the first node key this device saw it with, as a paired
+    /// device (`peers.json`) or in a library's `devices` table (removed rows
+    /// included); it is never rebound. This device's own id is never another's.
+    pub fn check_binding(&self, device: Uuid, node_id: &str) -> Result<(), NetError> {
+        if device == self.device_id() || node_id == self.endpoint.id().to_string() {
+            return Err(NetError::Refused(format!(
+                "device {device} is this device ({}); a device cannot pair under its own id",
+                self.device_name()
+            )));
+        }
+        self.peers.check(device, node_id)?;
+        for entry in self.data.list_libraries()? {
+            let lib = self.library(entry.id)?;
+            if let Some(bound) = members::bound_node(&lib, device)? {
+                if bound != node_id {
+                    return Err(NetError::Refused(format!(
+                        "device {device} is bound to another key in library {}; a device id cannot move to a new key",
+                        entry.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Register this device in `lib` with its current name and node id, so
     /// other members can reach it without pairing.
     fn register_self(&self, lib: &Library) -> Result<(), NetError> {
@@ -181,6 +233,7 @@ impl NodeState {
                     name: self.device_name(),
                     node_id: Some(node_id),
                     addrs,
+                    removed: None,
                 }))?;
             }
             Some(row)
@@ -324,12 +377,59 @@ impl NodeState {
         }
     }
 
-    /// Unpair a device: it loses access at once.
-    pub async fn remove_device(&self, key: &str) -> Result<Peer, NetError> {
-        let peer = self.resolve_peer(key)?;
-        self.peers.remove(peer.device_id)?;
-        self.disconnect(&peer.node_id).await;
-        Ok(peer)
+    /// Remove a device: unpair it and revoke it from every library this device
+    /// shares with it (a synced removal every member learns:
+    /// `concord::membership::remove`), then close our connections to it.
+    /// `DEVICE` is a paired device, or by UUID a member of a local library.
+    pub async fn remove_device(&self, key: &str) -> Result<Removed, NetError> {
+        let (device, name, node_id) = match self.resolve_peer(key) {
+            Ok(peer) => (peer.device_id, peer.name, Some(peer.node_id)),
+            Err(e) => {
+                let Some(row) = self.any_member(key)? else {
+                    return Err(e);
+                };
+                (row.id, row.name, row.node_id)
+            }
+        };
+        if device == self.device_id() {
+            return Err(NetError::Other(
+                "this is this device; remove it from another one".into(),
+            ));
+        }
+        let mut libraries = Vec::new();
+        for entry in self.data.list_libraries()? {
+            let lib = self.library(entry.id)?;
+            if concord::membership::remove(&lib, device)?.is_some() {
+                tracing::info!(library = %entry.id, %device, "device removed from the library");
+                libraries.push(entry.id);
+            }
+        }
+        self.peers.remove(device)?;
+        if let Some(node_id) = &node_id {
+            self.disconnect(node_id).await;
+        }
+        Ok(Removed {
+            device_id: device,
+            name,
+            libraries,
+        })
+    }
+
+    /// The row of a member device of any local library, by UUID: a member
+    /// this device never paired with can be removed too.
+    fn any_member(&self, key: &str) -> Result<Option<Device>, NetError> {
+        let Ok(id) = key.parse::<Uuid>() else {
+            return Ok(None);
+        };
+        for entry in self.data.list_libraries()? {
+            let lib = self.library(entry.id)?;
+            if let Some(row) = members::member(&lib, id)? {
+                if row.removed.is_none() {
+                    return Ok(Some(row));
+                }
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -202,6 +202,12 @@ impl SyncHandler {
         )
         .await
         .map_err(|_| NetError::Timeout("the peer sent no complete request".into()))??;
+        if !self.still_admitted(device, &req) {
+            return Err(NetError::Refused(format!(
+                "device {device} is no longer paired nor a member of library {}",
+                req.library
+            )));
+        }
         let reply = if req.from != device {
             tracing::warn!(claimed = %req.from, actual = %device, "sync request claims another device");
             error_reply(
@@ -225,6 +231,34 @@ impl SyncHandler {
     }
 }
 
+impl SyncHandler {
+    /// Whether a device resolved when its connection was accepted may still
+    /// be heard: it is still paired, or a member of the library it asks
+    /// about. A device removed since then has its connection closed, except
+    /// that the entries it pushes still reach the service, which refuses all
+    /// but its removal of the member that removed it (a concurrent mutual
+    /// removal, `concord::sync::apply::Cutoffs::refusal`) and serves it nothing.
+    fn still_admitted(&self, device: Uuid, req: &Envelope) -> bool {
+        if self.state.peers.by_device(device).is_some() {
+            return true;
+        }
+        let row = self
+            .state
+            .library(req.library)
+            .and_then(|lib| Ok(concord::query::members::member(&lib, device)?))
+            .ok()
+            .flatten();
+        match row {
+            Some(row) if row.removed.is_none() => true,
+            Some(_) => matches!(
+                req.msg,
+                Msg::PushEntries { .. } | Msg::ProposeEntries { .. } | Msg::NewEntries { .. }
+            ),
+            None => false,
+        }
+    }
+}
+
 fn error_reply(req: &Envelope, me: Uuid, message: &str) -> Envelope {
     Envelope {
         id: req.id,
@@ -239,7 +273,12 @@ fn error_reply(req: &Envelope, me: Uuid, message: &str) -> Envelope {
 impl ProtocolHandler for SyncHandler {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let remote = conn.remote_id();
-        let Some(device) = self.state.device_for_node(&remote.to_string()) else {
+        let node = remote.to_string();
+        let found = self
+            .state
+            .device_for_node(&node)
+            .or_else(|| self.state.removed_device_for_node(&node));
+        let Some(device) = found else {
             tracing::warn!(node = %remote.fmt_short(), "sync connection from an unknown device refused");
             conn.close(3u32.into(), b"not paired and not a library member");
             return Ok(());
@@ -259,6 +298,10 @@ impl ProtocolHandler for SyncHandler {
                         // stall: not an honest peer's mistake. Cut it off.
                         tracing::warn!(device = %device, node = %conn.remote_id().fmt_short(), "misbehaving peer disconnected: {e}");
                         conn.close(MISBEHAVING.into(), b"protocol violation");
+                    }
+                    Err(NetError::Refused(e)) => {
+                        tracing::warn!(device = %device, "connection closed: {e}");
+                        conn.close(3u32.into(), b"not paired and not a library member");
                     }
                     Err(e) => tracing::debug!(device = %device, "sync stream closed: {e}"),
                 }

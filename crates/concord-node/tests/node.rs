@@ -240,6 +240,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
             value: Value::Text("evil".into()),
             base: 0,
         }]),
+        seal: None,
     };
     let r = reply(
         &raw_sync(
@@ -293,6 +294,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
         model: "volume".into(),
         record: vol.id,
         op: Op::Insert(writes),
+        seal: None,
     };
     let r = reply(
         &raw_sync(
@@ -326,6 +328,71 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     assert!(matches!(&r, Msg::Error { .. }), "{r:?}");
     let after = la.read(|c| digest(c, Scope::All)).unwrap();
     assert_eq!(after, before);
+
+    // Pushed entries not sealed by their origin: alpha's next entries forged in
+    // its name and sealed with mallory's own node key, and a genuine chunk of
+    // beta's with one entry altered. Refused over the real connection, nothing
+    // logged, mallory reported in alpha's `sync status`.
+    let mallory_key = m.state.data.library_options().unwrap().key.unwrap();
+    let next = la.with_log(|l| l.max_seq(la.replica())).unwrap() + 1;
+    let mut in_alphas_name = vec![LogEntry {
+        origin: a.device_id(),
+        origin_seq: next,
+        incarnation: la.incarnation(),
+        hlc: concord::hlc::Hlc::pack(a.state.now_ms(), 0),
+        lib_seq: None,
+        epoch: None,
+        model: "tag".into(),
+        record: Uuid::now_v7(),
+        op: Op::Insert(FieldWrite::all(
+            Tag {
+                id: Uuid::now_v7(),
+                name: "forged-in-alphas-name".into(),
+                color: None,
+            }
+            .to_values(),
+        )),
+        seal: None,
+    }];
+    concord::sync::seal::seal_entries(&mallory_key, lib_id, &mut in_alphas_name);
+    let held = lb.with_log(|l| l.max_seq(lb.replica())).unwrap();
+    lb.commit(Change::insert(&Tag {
+        id: Uuid::now_v7(),
+        name: "beta-genuine".into(),
+        color: None,
+    }))
+    .unwrap();
+    let mut altered = lb
+        .with_log(|l| l.fetch_origin(lb.replica(), held, 256))
+        .unwrap();
+    assert!(
+        altered.len() == 1 && altered[0].seal.is_some(),
+        "{altered:?}"
+    );
+    altered[0].hlc += 1;
+    for entries in [in_alphas_name.clone(), altered] {
+        let r = reply(&raw_sync(&m, &a, frame(&env(Msg::PushEntries { entries }))).await);
+        assert!(matches!(r, Msg::Ok | Msg::Sequenced { .. }), "{r:?}");
+    }
+    assert!(!la.with_log(|l| l.contains(la.replica(), next)).unwrap());
+    let forged_tags: i64 = la
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM tags WHERE name = 'forged-in-alphas-name'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(forged_tags, 0);
+    let status = a.host.service(lib_id).unwrap().status().await.unwrap();
+    let seen = status
+        .peers
+        .iter()
+        .find(|p| p.device_id == m.device_id())
+        .unwrap();
+    assert!(seen.forged >= 2, "{seen:?}");
+    assert!(seen.last_refusal.is_some());
 
     // Honest sync goes on.
     la.commit(Change::insert(&Tag {

@@ -2,7 +2,8 @@
 //! enabled device faults (crashes and long outages, partitions that split and
 //! heal, clocks skewed and jumping back, the leader killed right after a burst
 //! of writes, devices rolled back to a backup or cut by a power loss: see
-//! `rollback`). Message loss, duplication and delay happen in [`crate::net`].
+//! `rollback`; a member forging entries and terms). Message loss, duplication
+//! and delay happen in [`crate::net`].
 //!
 //! Every choice is drawn from the world's seeded [`crate::rng::Rng`] in a fixed
 //! order, so the same seed makes the same run.
@@ -35,12 +36,14 @@ impl World {
             }
             let roll = self.rng.below(1000);
             match roll {
-                0..=899 => {
+                0..=879 => {
                     let up = self.up();
                     if let Some(&i) = self.rng.pick(&up) {
                         self.write(i)?;
                     }
                 }
+                // Each fault keeps the share it had alone.
+                880..=899 if faults.byzantine => self.forge()?,
                 900..=929 if faults.crash => self.crash_one(faults.prune, faults.rollback).await?,
                 930..=949 if faults.partition && heal_at.is_none() => {
                     heal_at = Some(self.partition(faults.prune));

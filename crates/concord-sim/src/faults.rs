@@ -25,6 +25,9 @@ pub struct Faults {
     pub rollback: bool,
     /// A power cut: the last transactions of a device's `library.db` vanish.
     pub lost_fsync: bool,
+    /// The last device also forges: entries in others' names, altered relayed
+    /// chunks, terms it does not lead (`byzantine`).
+    pub byzantine: bool,
 }
 
 impl Faults {
@@ -40,6 +43,7 @@ impl Faults {
         "prune",
         "rollback",
         "lost-fsync",
+        "byzantine",
     ];
 
     /// Every fault on: the default, and what the sweeps run.
@@ -55,6 +59,7 @@ impl Faults {
             prune: true,
             rollback: true,
             lost_fsync: true,
+            byzantine: true,
         }
     }
 
@@ -71,6 +76,7 @@ impl Faults {
             prune: false,
             rollback: false,
             lost_fsync: false,
+            byzantine: false,
         }
     }
 
@@ -103,6 +109,7 @@ impl Faults {
                 "prune" => f.prune = on,
                 "rollback" => f.rollback = on,
                 "lost-fsync" => f.lost_fsync = on,
+                "byzantine" => f.byzantine = on,
                 other => {
                     return Err(format!(
                         "unknown fault {other:?}; known: all, none, {}",
@@ -130,6 +137,7 @@ impl Faults {
             self.prune,
             self.rollback,
             self.lost_fsync,
+            self.byzantine,
         ];
         let names: Vec<&str> = Self::NAMES
             .iter()

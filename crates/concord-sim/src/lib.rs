@@ -10,11 +10,13 @@
 //! [`sim`] drives a run through its phases; `world` holds the devices and what
 //! can be done to one (start, crash, write); `chaos` decides the device faults
 //! that [`faults`] enables (`rollback`: those that take a device's files back
-//! in time); [`liveness`] checks, with the production
+//! in time), `byzantine` the forging member; [`liveness`] checks, with the production
 //! timeouts, that no change waits for a leader; [`report`] is what a run returns.
-//! Dependencies run one way: `sim` → `chaos`, `liveness`, `rollback` → `world` → `check`, `net`,
+//! Dependencies run one way: `sim` → `chaos` → `byzantine`, `liveness`, `rollback` → `world` →
+//! `check`, `net`,
 //! `workload`, `clock` → `rng`, `trace`.
 
+mod byzantine;
 mod chaos;
 pub mod check;
 pub mod clock;

@@ -32,6 +32,10 @@ pub struct Report {
     pub snapshots: u64,
     /// Entries the services refused (from their stats).
     pub rejected: u64,
+    /// Forgeries the byzantine member sent.
+    pub forged_sent: u64,
+    /// Entries the services refused as not sealed by their origin.
+    pub forged_refused: u64,
     /// The highest term epoch any device reached.
     pub max_epoch: u64,
     /// Simulated time skipped in the heal phase so clocks catch up with stamps.
@@ -61,6 +65,8 @@ impl Report {
             lost_writes: 0,
             snapshots: 0,
             rejected: 0,
+            forged_sent: 0,
+            forged_refused: 0,
             max_epoch: 0,
             time_jump_s: 0,
             sim_ms: 0,

@@ -124,6 +124,7 @@ async fn run_async(opts: &Options, dir: PathBuf) -> Report {
         bulk: Default::default(),
         report: Report::new(opts.seed, n),
         start,
+        forgeries: Default::default(),
     };
     let result = world.play(n, &dir, faults, chaos).await;
     world.shutdown().await;
@@ -324,8 +325,11 @@ impl World {
                 .map_err(|e| e.to_string())?;
             self.report.snapshots += s.stats.snapshots;
             self.report.rejected += s.stats.rejected;
+            self.report.forged_refused += s.stats.forged;
             self.report.max_epoch = self.report.max_epoch.max(s.epoch);
         }
+        self.check_forgeries()?;
+        self.report.forged_sent = self.forgeries.sent;
         let views = self.views()?;
         self.trace.event(
             "final",

@@ -12,6 +12,7 @@ use concord::model::{Device, Location, Volume};
 use concord::service::protocol::{Role, Term};
 use concord::service::{SyncConfig, SyncService};
 use concord::sync::entry::LogEntry;
+use concord::sync::seal::NodeKey;
 use concord::sync::txn::{LibraryOptions, Receipt};
 use concord::{Change, Library};
 use tokio::task::JoinHandle;
@@ -26,12 +27,29 @@ use crate::rng::Rng;
 use crate::trace::Trace;
 use crate::workload::{self, Owned};
 
+/// What the byzantine member (`byzantine`) sent, to check that none of it took.
+#[derive(Default)]
+pub(crate) struct Forgeries {
+    /// How many forgeries were sent.
+    pub(crate) sent: u64,
+    /// Genuine entries the forger relayed altered, by id: a device that holds
+    /// one of these ids holds the genuine entry.
+    pub(crate) altered: std::collections::BTreeMap<(Uuid, u64), LogEntry>,
+}
+
+/// A device's node key, derived from its id (the run replays from its seed).
+pub(crate) fn device_key(id: Uuid) -> NodeKey {
+    NodeKey::from_bytes(blake3::hash(id.as_bytes()).as_bytes())
+}
+
 /// One simulated device: its files survive a crash, its library and service
 /// do not.
 pub(crate) struct SimDevice {
     pub(crate) id: Uuid,
     /// Where its library's files live.
     pub(crate) dir: PathBuf,
+    /// Its node key: seals its entries, verifies everyone's.
+    pub(crate) key: NodeKey,
     pub(crate) clock: Arc<SimClock>,
     /// `None` while crashed.
     pub(crate) lib: Option<Arc<Library>>,
@@ -65,6 +83,8 @@ pub(crate) struct World {
     pub(crate) report: Report,
     /// When the run began, in simulated time.
     pub(crate) start: Instant,
+    /// What the byzantine member forged.
+    pub(crate) forgeries: Forgeries,
 }
 
 impl World {
@@ -77,10 +97,12 @@ impl World {
         for (i, &id) in ids.iter().enumerate() {
             let clock = SimClock::new(self.start);
             let device_dir = dir.join(format!("d{i}"));
-            let opts = self.library_options(true);
+            let key = device_key(id);
+            let opts = self.library_options(true, &key);
             let lib = Library::create_with(
                 &device_dir,
-                (lib_id, "sim"),
+                lib_id,
+                "sim",
                 id,
                 Box::new(clock.clone()),
                 opts,
@@ -89,6 +111,7 @@ impl World {
             self.devices.push(SimDevice {
                 id,
                 dir: device_dir,
+                key,
                 clock,
                 lib: Some(Arc::new(lib)),
                 svc: None,
@@ -121,8 +144,9 @@ impl World {
                 .commit(Change::insert(&Device {
                     id,
                     name: format!("d{i}"),
-                    node_id: None,
+                    node_id: Some(device_key(id).node_id()),
                     addrs: None,
+                    removed: None,
                 }))
                 .map_err(to_message)?;
         }
@@ -179,9 +203,10 @@ impl World {
 
     /// How a device opens its library; a fresh incarnation is drawn from the
     /// seed (only when `opening`, so other runs' draws stay where they were).
-    pub(crate) fn library_options(&mut self, opening: bool) -> LibraryOptions {
+    pub(crate) fn library_options(&mut self, opening: bool, key: &NodeKey) -> LibraryOptions {
         LibraryOptions {
             incarnation: opening.then(|| self.rng.below(1 << 62) + 1),
+            key: Some(key.clone()),
             ..LibraryOptions::default()
         }
     }
@@ -189,7 +214,8 @@ impl World {
     /// Start device `i`'s service, reopening its library after a crash.
     pub(crate) fn start_device(&mut self, i: usize) -> Result<(), String> {
         let reopen = self.devices[i].lib.is_none();
-        let opts = self.library_options(reopen);
+        let key = self.devices[i].key.clone();
+        let opts = self.library_options(reopen, &key);
         let d = &mut self.devices[i];
         let lib = match &d.lib {
             Some(l) => l.clone(),
@@ -232,6 +258,7 @@ impl World {
             if let Ok(s) = svc.status().await {
                 self.report.snapshots += s.stats.snapshots;
                 self.report.rejected += s.stats.rejected;
+                self.report.forged_refused += s.stats.forged;
             }
             self.report.max_epoch = self.report.max_epoch.max(svc.term().epoch);
         }

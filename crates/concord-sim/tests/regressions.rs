@@ -280,6 +280,7 @@ async fn reconcile_ends_when_both_sides_miss_the_same_entry() {
                 name: format!("d{d}"),
                 node_id: None,
                 addrs: None,
+                removed: None,
             }))
             .unwrap();
         }
@@ -313,6 +314,7 @@ async fn a_stopped_service_lets_go_of_its_library() {
         name: "peer".into(),
         node_id: None,
         addrs: None,
+        removed: None,
     }))
     .unwrap();
     let svc = SyncService::new(a.clone(), Arc::new(Direct::new(None)), config()).unwrap();

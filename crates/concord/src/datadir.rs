@@ -18,7 +18,8 @@ use crate::hlc::SystemClock;
 use crate::model::Device;
 use crate::private::{create_new, private_dir, restrict};
 use crate::store::meta::{key, meta_get};
-use crate::sync::txn::{Change, Library};
+use crate::sync::seal::NodeKey;
+use crate::sync::txn::{Change, Library, LibraryOptions};
 use crate::validate;
 
 /// This device, as stored in `device.json`.
@@ -139,18 +140,24 @@ impl DataDir {
     /// Create a library with a given UUID (joining a remote one).
     pub fn create_library_with_id(&self, id: Uuid, name: &str) -> Result<Library> {
         let dir = self.library_dir(id);
-        let lib = Library::create(
+        let opts = self.library_options()?;
+        // The first registration carries the node id: the key this device's
+        // seals verify against (it certifies itself, `sync::seal`).
+        let node_id = opts.key.as_ref().map(NodeKey::node_id);
+        let lib = Library::create_with(
             &dir,
             id,
             name,
             self.identity.device_id,
             Box::new(SystemClock),
+            opts,
         )?;
         lib.commit(Change::insert(&Device {
             id: self.identity.device_id,
             name: self.identity.name.clone(),
-            node_id: None,
+            node_id,
             addrs: None,
+            removed: None,
         }))?;
         Ok(lib)
     }
@@ -161,7 +168,35 @@ impl DataDir {
         if !dir.join("library.db").exists() {
             return Err(Error::LibraryNotFound(id.to_string()));
         }
-        Library::open(&dir, self.identity.device_id, Box::new(SystemClock))
+        Library::open_with(
+            &dir,
+            self.identity.device_id,
+            Box::new(SystemClock),
+            self.library_options()?,
+        )
+    }
+
+    /// How this data dir's libraries are opened: with the node key in
+    /// `node.key` when there is one (the node creates it on its first start),
+    /// so that local entries are sealed and received ones verified. Entries
+    /// written before the key existed are sealed when a library is next opened
+    /// with it.
+    pub fn library_options(&self) -> Result<LibraryOptions> {
+        let path = self.root.join("node.key");
+        let key = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+                    Error::Other(format!("{} is corrupt (expected 32 bytes)", path.display()))
+                })?;
+                Some(NodeKey::from_bytes(&secret))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(LibraryOptions {
+            key,
+            ..LibraryOptions::default()
+        })
     }
 
     /// Every local library.

@@ -21,13 +21,17 @@
 //!   [`SINGLE_COMMIT_BELOW`] as single commits, up to [`BATCH_MAX`] as one
 //!   batch, more with new entries through `commit_bulk` and the rest in batches.
 //! - `progress`: the [`ProgressCallback`] every step reports through.
+//! - `moves`: an entry renamed or moved on disk keeps its UUID (matched by
+//!   inode, kind, and size and time for files), so its tags follow it.
 //!
 //! Rescans and refreshes of one location run one at a time in a process.
 //!
 //! Dependencies run one way: `progress` ← `walk`, `volume` ← `write` ←
-//! `rescan` ← `refresh`, and `add` beside `rescan`; this root only re-exports.
+//! `rescan` ← `refresh`, `moves` below `rescan`, and `add` beside `rescan`;
+//! this root only re-exports.
 
 mod add;
+mod moves;
 mod progress;
 mod refresh;
 mod rescan;

@@ -23,6 +23,8 @@ pub mod private;
 pub mod validate;
 /// The SQLite binding, for embedders that query `library.db` read-only.
 pub use rusqlite;
+pub mod conduit;
 pub mod index;
+pub mod membership;
 pub mod query;
 pub mod service;

@@ -1193,6 +1193,7 @@ fn membership_whose_id_is_not_its_members_is_refused_in_any_order() {
                 base: 0,
             },
         ]),
+        seal: None,
     };
     let (honest, forged) = (add(0xa, t1), add(0xb, t2));
     let r1 = fresh_lib(&tmp.path().join("r1"), 0xc1);
@@ -1312,6 +1313,7 @@ fn changes_to_another_devices_data_are_refused() {
             f("device", Value::Uuid(owner.device())),
             f("name", Value::Text("mine now".into())),
         ]),
+        seal: None,
     };
     let honest = all_entries(&owner);
     let mut digests = Vec::new();

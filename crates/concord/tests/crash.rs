@@ -356,6 +356,7 @@ fn peer_entries(lib: &Library, rng: &mut Rng, seq: &mut u64) -> Vec<LogEntry> {
             model: model.name.to_string(),
             record,
             op,
+            seal: None,
         });
         *seq += 1;
     }
@@ -706,6 +707,7 @@ fn recovery_applies_logged_remote_entries_when_the_outbox_is_not_empty() {
                 base: 0,
             },
         ]),
+        seal: None,
     };
     // The state a crash inside `apply_remote` leaves: the entry is in the log, not
     // applied; a local change waits in the outbox.

@@ -120,7 +120,13 @@ fn entry() -> impl Strategy<Value = LogEntry> {
             model,
             record,
             op,
+            seal: None,
         })
+}
+
+/// The most synced fields any model has: one generated cell per field.
+fn most_fields() -> usize {
+    registry().iter().map(|m| m.fields.len()).max().unwrap_or(0)
 }
 
 /// Entries shaped like their model (every field, of its declared kind), with
@@ -141,7 +147,7 @@ fn shaped_entry() -> impl Strategy<Value = LogEntry> {
                 (0u128..6).prop_map(Uuid::from_u128),
                 any::<bool>(),
             ),
-            10,
+            most_fields(),
         ),
     )
         .prop_map(|(i, origin, origin_seq, hlc, record, kind, cells)| {
@@ -186,6 +192,7 @@ fn shaped_entry() -> impl Strategy<Value = LogEntry> {
                     1 => Op::Update(writes),
                     _ => Op::Delete(writes),
                 },
+                seal: None,
             }
         })
 }
@@ -352,7 +359,7 @@ fn shaped_row() -> impl Strategy<Value = SnapshotRow> {
                 prop_oneof![Just(0u64), 1u64..1000, any::<u64>()],
                 uuid(),
             ),
-            10,
+            most_fields(),
         ),
     )
         .prop_map(|(i, uuid, present, cells)| {

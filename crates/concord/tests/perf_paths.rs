@@ -179,6 +179,7 @@ fn fast_path_matches_the_general_path() {
             model: model.name.to_string(),
             record,
             op,
+            seal: None,
         };
         let Ok(m) = validate(&e) else { continue };
         let a = Applier {
@@ -239,6 +240,7 @@ fn entries_in_the_old_per_entry_outbox_reach_the_log() {
         model: Tag::INFO.name.to_string(),
         record: tag(1, "one").id,
         op: Op::Insert(FieldWrite::all(tag(1, "one").to_values())),
+        seal: None,
     };
     lib.read(|c| {
         c.execute(

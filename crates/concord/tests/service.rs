@@ -14,6 +14,8 @@ use concord::service::transport::{BoxFuture, Transport, TransportError};
 use concord::service::{SyncConfig, SyncService};
 use concord::sync::entry::LogEntry;
 use concord::sync::log::VersionVector;
+use concord::sync::seal::NodeKey;
+use concord::sync::txn::LibraryOptions;
 use concord::{Change, Library, Uuid};
 
 #[derive(Default)]
@@ -78,6 +80,19 @@ impl Transport for Link {
     }
 }
 
+/// Device `i`'s node key (fixed: tests replay).
+fn key(i: usize) -> NodeKey {
+    NodeKey::from_bytes(&[i as u8 + 1; 32])
+}
+
+/// Options that seal with device `i`'s key and verify every received entry.
+fn signed(i: usize) -> LibraryOptions {
+    LibraryOptions {
+        key: Some(key(i)),
+        ..LibraryOptions::default()
+    }
+}
+
 fn config() -> SyncConfig {
     SyncConfig {
         heartbeat_interval: Duration::from_millis(50),
@@ -102,20 +117,22 @@ impl Cluster {
         devices.sort();
         // The creator (lowest id, so failover must move the lead) registers everyone.
         let creator = devices[0];
-        let a = Library::create(
+        let a = Library::create_with(
             &dir.join("0"),
             lib_id,
             "lib",
             creator,
             Box::new(SystemClock),
+            signed(0),
         )
         .unwrap();
         for (i, d) in devices.iter().enumerate() {
             a.commit(Change::insert(&Device {
                 id: *d,
                 name: format!("d{i}"),
-                node_id: None,
+                node_id: Some(key(i).node_id()),
                 addrs: None,
+                removed: None,
             }))
             .unwrap();
         }
@@ -136,12 +153,13 @@ impl Cluster {
             .unwrap();
         let mut libs = vec![Arc::new(a)];
         for (i, d) in devices.iter().enumerate().skip(1) {
-            let l = Library::create(
+            let l = Library::create_with(
                 &dir.join(i.to_string()),
                 lib_id,
                 "lib",
                 *d,
                 Box::new(SystemClock),
+                signed(i),
             )
             .unwrap();
             l.apply_remote(&entries).unwrap();
@@ -768,4 +786,275 @@ async fn a_horizon_from_a_non_leader_prunes_nothing() {
     }
     c.write_and_converge(&honest, "after").await;
     assert_eq!(count_tags(&c.libs[3]), 6);
+}
+
+/// `n` new tags committed in device `i`'s own library (sealed with its key),
+/// read back from its log as a peer would get them.
+fn own_entries(c: &Cluster, i: usize, n: usize, label: &str) -> Vec<LogEntry> {
+    let (lib, me) = (&c.libs[i], c.libs[i].replica());
+    let before = lib.with_log(|l| l.max_seq(me)).unwrap();
+    let changes = (0..n)
+        .map(|k| {
+            Change::insert(&Tag {
+                id: Uuid::now_v7(),
+                name: format!("{label}-{k}"),
+                color: None,
+            })
+        })
+        .collect();
+    lib.commit_batch(changes).unwrap();
+    lib.with_log(|l| l.fetch_origin(me, before, usize::MAX))
+        .unwrap()
+}
+
+/// Whether device `i` logged any of `entries` (by id) or holds a tag named
+/// like one of them.
+fn holds_any(c: &Cluster, i: usize, entries: &[LogEntry], label: &str) -> bool {
+    let logged = entries.iter().any(|e| {
+        c.libs[i]
+            .with_log(|l| l.contains(e.replica(), e.origin_seq))
+            .unwrap()
+    });
+    let named: i64 = c.libs[i]
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM tags WHERE name LIKE ?1",
+                [format!("{label}%")],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap();
+    logged || named > 0
+}
+
+/// What device `to` reports of `peer`: entries refused from it as not sealed by
+/// their origin, and the last reason.
+async fn forged_from(c: &Cluster, to: usize, peer: Uuid) -> (u64, Option<String>) {
+    let status = c.svc(to).status().await.unwrap();
+    let p = status.peers.iter().find(|p| p.device_id == peer).unwrap();
+    (p.forged, p.last_refusal.clone())
+}
+
+/// A malicious member pushing, to the leader and to a follower, entries that
+/// are not verifiable back to their origin: unsigned, another device's origin
+/// sealed with its own key, a genuine chunk relabelled with another origin, a
+/// genuine chunk with one entry altered, and a genuine chunk split in two.
+/// Each is refused: nothing logged or applied (so nothing relayed), the member
+/// reported in `sync status`; its genuine chunk is then accepted, and the
+/// honest devices keep converging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_altered_entries_are_refused_and_the_sender_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 3, config());
+    let honest = [0, 2];
+    let (victim, m) = (c.devices[0], c.devices[1]);
+    for i in honest {
+        c.start(i);
+    }
+    c.write_and_converge(&honest, "before").await;
+    let lib_id = c.libs[0].id();
+    let genuine = own_entries(&c, 1, 5, "genuine");
+    assert!(genuine[4].seal.is_some() && genuine[..4].iter().all(|e| e.seal.is_none()));
+
+    let unsigned: Vec<LogEntry> = genuine
+        .iter()
+        .cloned()
+        .map(|e| LogEntry { seal: None, ..e })
+        .collect();
+    let (victim_replica, victim_inc) = (c.libs[0].replica(), c.libs[0].incarnation());
+    let victim_next = c.libs[0].with_log(|l| l.max_seq(victim_replica)).unwrap() + 1;
+    let as_victim = |e: &LogEntry, k: usize| LogEntry {
+        origin: victim,
+        incarnation: victim_inc,
+        origin_seq: victim_next + k as u64,
+        ..e.clone()
+    };
+    let mut wrong_key: Vec<LogEntry> = genuine
+        .iter()
+        .enumerate()
+        .map(|(k, e)| as_victim(e, k))
+        .collect();
+    concord::sync::seal::seal_entries(&key(1), lib_id, &mut wrong_key);
+    let relabelled: Vec<LogEntry> = genuine
+        .iter()
+        .enumerate()
+        .map(|(k, e)| as_victim(e, k))
+        .collect();
+    let mut altered = genuine.clone();
+    if let concord::sync::entry::Op::Insert(w) = &mut altered[2].op {
+        w[0].value = concord::model::Value::Text("genuine-altered".into());
+    }
+    // A location owned by the victim, at a path of the member's choosing.
+    let location = concord::model::Location {
+        id: Uuid::now_v7(),
+        device: victim,
+        volume: Uuid::now_v7(),
+        path: "/genuine-planted".into(),
+        name: "genuine-planted".into(),
+    };
+    let mut planted = vec![LogEntry {
+        origin: victim,
+        origin_seq: victim_next,
+        incarnation: victim_inc,
+        hlc: genuine[0].hlc,
+        lib_seq: None,
+        epoch: None,
+        model: "location".into(),
+        record: location.id,
+        op: concord::sync::entry::Op::Insert(concord::sync::entry::FieldWrite::all(
+            concord::model::Syncable::to_values(&location),
+        )),
+        seal: None,
+    }];
+    concord::sync::seal::seal_entries(&key(1), lib_id, &mut planted);
+    let forgeries = [
+        ("a location in its owner's name", planted),
+        ("unsigned", unsigned),
+        ("another origin sealed with the sender's key", wrong_key),
+        ("a genuine chunk relabelled with another origin", relabelled),
+        ("a genuine chunk with one entry altered", altered),
+        ("the first part of a split chunk", genuine[..3].to_vec()),
+        ("the last part of a split chunk", genuine[3..].to_vec()),
+    ];
+    for to in honest {
+        for (what, entries) in forgeries.iter() {
+            let before = forged_from(&c, to, m).await.0;
+            let reply = c
+                .forge(
+                    to,
+                    m,
+                    Msg::PushEntries {
+                        entries: entries.clone(),
+                    },
+                )
+                .await;
+            assert!(
+                matches!(reply, Msg::Ok | Msg::Sequenced { .. }),
+                "{what}: {reply:?}"
+            );
+            assert!(
+                !holds_any(&c, to, entries, "genuine"),
+                "device {to} took {what}"
+            );
+            let (after, reason) = forged_from(&c, to, m).await;
+            assert_eq!(after, before + entries.len() as u64, "{what}");
+            assert!(reason.is_some(), "{what}");
+        }
+    }
+    assert!(c.svc(2).status().await.unwrap().stats.forged > 0);
+    // The member's genuine chunk, whole, is taken and reaches everyone.
+    c.forge(
+        2,
+        m,
+        Msg::PushEntries {
+            entries: genuine.clone(),
+        },
+    )
+    .await;
+    assert!(holds_any(&c, 2, &genuine, "genuine"));
+    c.write_and_converge(&honest, "after").await;
+    assert!(holds_any(&c, 0, &genuine, "genuine"));
+    for i in honest {
+        assert!(!holds_any(&c, i, &[], "genuine-altered"), "device {i}");
+    }
+}
+
+/// A malicious member answering a reconcile with entries of another origin
+/// sealed with its own key: refused, nothing logged, the member reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_entries_in_a_reconcile_answer_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 3, config());
+    let honest = [0, 2];
+    let (victim, m) = (c.devices[0], c.devices[1]);
+    for i in honest {
+        c.start(i);
+    }
+    c.write_and_converge(&honest, "before").await;
+    let lib_id = c.libs[0].id();
+    let next = c.libs[0]
+        .with_log(|l| l.max_seq(c.libs[0].replica()))
+        .unwrap()
+        + 1;
+    let mut forged = own_entries(&c, 1, 3, "forged");
+    for (k, e) in forged.iter_mut().enumerate() {
+        e.origin = victim;
+        e.incarnation = c.libs[0].incarnation();
+        e.origin_seq = next + k as u64;
+    }
+    concord::sync::seal::seal_entries(&key(1), lib_id, &mut forged);
+    let term = c.svc(0).term();
+    let answer = forged.clone();
+    let forge: Forger = Arc::new(move |req: &Msg| match req {
+        Msg::Reconcile { .. } => Msg::ReconcileResponse {
+            vv: VersionVector::new(),
+            entries: answer.clone(),
+            has_more: false,
+            term,
+            seq: 0,
+        },
+        _ => Msg::Ok,
+    });
+    c.net.rogues.lock().unwrap().insert(m, forge);
+    let _ = c.svc(2).reconcile_with(m).await;
+    assert!(!holds_any(&c, 2, &forged, "forged"));
+    let (count, reason) = forged_from(&c, 2, m).await;
+    assert_eq!(count, 3);
+    assert!(reason.unwrap().contains("not signed by its origin's key"));
+    c.write_and_converge(&honest, "after").await;
+}
+
+/// A member removes the leader: the others elect among themselves, the
+/// removed leader's later writes reach none of them and theirs never reach
+/// it (its heartbeats and announcements are refused, nothing is proposed or
+/// pushed to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_leader_is_left_and_its_writes_go_nowhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(tmp.path(), 3, config());
+    for i in 0..3 {
+        c.start(i);
+    }
+    tag(&c.libs[0], "seed");
+    c.wait_converged(&[0, 1, 2]).await;
+    assert_eq!(c.svc(1).term().leader, c.devices[0]);
+    concord::membership::remove(&c.libs[1], c.devices[0])
+        .unwrap()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (t1, t2) = (c.svc(1).term(), c.svc(2).term());
+        if t1 == t2 && t1.leader == c.devices[2] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no leader among the members left: {t1:?} {t2:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let removed_write = tag(&c.libs[0], "removed-write");
+    tag(&c.libs[1], "from-1");
+    tag(&c.libs[2], "from-2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while count_tags(&c.libs[1]) < 3 || count_tags(&c.libs[2]) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no convergence");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.wait_converged(&[1, 2]).await;
+    for i in 1..3 {
+        assert_eq!(count_tags(&c.libs[i]), 3, "device {i}");
+        let has: i64 = c.libs[i]
+            .read(|x| {
+                Ok(x.query_row(
+                    "SELECT COUNT(*) FROM tags WHERE uuid = ?1",
+                    [removed_write],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(has, 0, "device {i} took the removed device's write");
+    }
+    assert_eq!(count_tags(&c.libs[0]), 2, "seed and its own write only");
+    assert_eq!(c.svc(1).term().leader, c.devices[2]);
 }

@@ -7,6 +7,7 @@
 //! changes nothing.
 
 mod albums;
+pub mod conduits;
 mod library;
 mod locations;
 mod tags;
@@ -82,6 +83,12 @@ pub fn execute(ctx: &Context, req: Request) -> CliResult<Value> {
             device,
         } => locations::entries(ctx, &library, location.as_deref(), device.as_deref()),
         Request::SyncConflicts { library } => library::conflicts(ctx, &library),
+        req @ (Request::ConduitCreate { .. }
+        | Request::ConduitList { .. }
+        | Request::ConduitStatus { .. }
+        | Request::ConduitPause { .. }
+        | Request::ConduitResume { .. }
+        | Request::ConduitRemove { .. }) => conduits::execute(ctx, req),
         Request::DeviceList => library::device_list_offline(ctx),
         other => Err(crate::context::CliError::new(format!(
             "`{}` needs a running node for this data dir; start one with `concord start`",

@@ -12,6 +12,7 @@ use crate::model::{entry_kind, FileEntry};
 use crate::query;
 use crate::sync::txn::Library;
 
+use super::moves::match_moves;
 use super::progress::ProgressCallback;
 use super::rescan::{at_or_below, location_lock, own_location, RescanReport};
 use super::walk::{self, Scan, ScannedEntry};
@@ -46,7 +47,7 @@ pub fn refresh_dirs(
         found.compare_folder(&dir, entry, progress)?;
     }
     opts.check()?;
-    let (mut report, diffs) = found.into_ordered();
+    let (mut report, diffs) = found.into_ordered()?;
     let n = (report.inserted + report.updated + report.deleted) as usize;
     report.mode = write_diffs(lib, &loc, diffs, n, opts, progress)?;
     Ok(report)
@@ -115,6 +116,8 @@ struct FolderDiffs<'a> {
     root: &'a Path,
     report: RescanReport,
     deletes: Vec<Diff>,
+    /// The entries `deletes` deletes (each with its contents).
+    gone: Vec<FileEntry>,
     inserts: Vec<Diff>,
     updates: Vec<Diff>,
     /// Folders inserted or deleted whole by this refresh: nothing below them is
@@ -133,6 +136,7 @@ impl<'a> FolderDiffs<'a> {
             root,
             report: RescanReport::default(),
             deletes: Vec::new(),
+            gone: Vec::new(),
             inserts: Vec::new(),
             updates: Vec::new(),
             whole: Vec::new(),
@@ -251,6 +255,7 @@ impl<'a> FolderDiffs<'a> {
     fn delete_whole(&mut self, old: &FileEntry) -> Result<()> {
         self.report.deleted += 1 + query::count_below(self.lib, self.location, &old.path)?;
         self.deletes.push(Diff::Delete(old.id));
+        self.gone.push(old.clone());
         Ok(())
     }
 
@@ -290,12 +295,48 @@ impl<'a> FolderDiffs<'a> {
     }
 
     /// The report and the differences in the order they can be written:
-    /// deletes first (a replaced entry's path is free again), then inserts with
-    /// parents before contents, then updates.
-    fn into_ordered(self) -> (RescanReport, Vec<Diff>) {
-        let mut diffs = self.deletes;
-        diffs.extend(self.inserts);
+    /// entries renamed or moved on disk first (they keep their UUID, see
+    /// `moves`), then deletes (a replaced entry's path is free again), then
+    /// inserts with parents before contents, then updates.
+    fn into_ordered(mut self) -> Result<(RescanReport, Vec<Diff>)> {
+        if self.gone.is_empty() || self.inserts.is_empty() {
+            let mut diffs = self.deletes;
+            diffs.extend(self.inserts);
+            diffs.extend(self.updates);
+            return Ok((self.report, diffs));
+        }
+        // Everything that vanished: the gone entries and what was below them.
+        let mut vanished = Vec::new();
+        for g in std::mem::take(&mut self.gone) {
+            if g.kind == entry_kind::DIR {
+                vanished.extend(query::entries_below(self.lib, self.location, &g.path)?);
+            }
+            vanished.push(g);
+        }
+        let mut once = HashSet::new();
+        vanished.retain(|e| once.insert(e.id));
+        let rows = self.inserts.into_iter().filter_map(|d| match d {
+            Diff::Insert(row) => Some(row),
+            _ => None,
+        });
+        let matched = match_moves(&vanished, rows.collect());
+        let gone: HashSet<Uuid> = vanished
+            .iter()
+            .map(|e| e.id)
+            .filter(|id| !matched.kept.contains(id))
+            .collect();
+        self.report.inserted = matched.inserts.len() as u64;
+        self.report.updated += matched.moves.len() as u64;
+        self.report.deleted = gone.len() as u64;
+        let mut diffs: Vec<Diff> = matched.moves.into_iter().map(Diff::Move).collect();
+        diffs.extend(
+            vanished
+                .iter()
+                .filter(|e| gone.contains(&e.id) && !e.parent.is_some_and(|p| gone.contains(&p)))
+                .map(|e| Diff::Delete(e.id)),
+        );
+        diffs.extend(matched.inserts.into_iter().map(Diff::Insert));
         diffs.extend(self.updates);
-        (self.report, diffs)
+        Ok((self.report, diffs))
     }
 }

@@ -14,6 +14,7 @@ use crate::model::{FileEntry, Location};
 use crate::query;
 use crate::sync::txn::Library;
 
+use super::moves::match_moves;
 use super::progress::ProgressCallback;
 use super::walk::{scan, Scan};
 use super::write::{to_rows, write_diffs, Diff, RescanOptions, WriteMode};
@@ -101,9 +102,10 @@ pub fn rescan_location_with(
 }
 
 /// The differences between a walk of a whole location and its stored entries,
-/// matched by path and counted in `report`: deletes first (a folder's delete
-/// takes its contents with it), then inserts and updates, parents before
-/// contents. Entries below a path the walk could not read are kept.
+/// matched by path and counted in `report`: entries renamed or moved on disk
+/// first (they keep their UUID, see `moves`), then deletes (a folder's delete
+/// takes its contents with it), then inserts (parents before contents) and
+/// updates. Entries below a path the walk could not read are kept.
 fn diff_by_path(
     scan: &Scan,
     stored: &[FileEntry],
@@ -116,13 +118,11 @@ fn diff_by_path(
         by_path.get(p).copied()
     });
 
-    let mut diffs = Vec::new();
+    let mut updates = Vec::new();
+    let mut new_rows = Vec::new();
     for row in rows {
         match by_path.get(row.path.as_str()) {
-            None => {
-                report.inserted += 1;
-                diffs.push(Diff::Insert(row));
-            }
+            None => new_rows.push(row),
             Some(old) => {
                 if old.kind != row.kind
                     || old.size != row.size
@@ -130,7 +130,7 @@ fn diff_by_path(
                     || old.parent != row.parent
                 {
                     report.updated += 1;
-                    diffs.push(Diff::Update(row));
+                    updates.push(Diff::Update(row));
                 }
             }
         }
@@ -141,20 +141,32 @@ fn diff_by_path(
             .iter()
             .any(|i| i.is_empty() || at_or_below(p, i))
     };
-    let gone: HashSet<Uuid> = stored
+    let vanished: Vec<FileEntry> = stored
         .iter()
         .filter(|e| !seen.contains(e.path.as_str()) && !kept(&e.path))
-        .map(|e| e.id)
+        .cloned()
         .collect();
-    report.deleted = gone.len() as u64;
-    // Deletes first: a folder's delete takes its contents with it.
-    let mut deletes: Vec<Diff> = stored
+    let matched = match_moves(&vanished, new_rows);
+    let gone: HashSet<Uuid> = vanished
         .iter()
-        .filter(|e| gone.contains(&e.id) && !e.parent.is_some_and(|p| gone.contains(&p)))
-        .map(|e| Diff::Delete(e.id))
+        .map(|e| e.id)
+        .filter(|id| !matched.kept.contains(id))
         .collect();
-    deletes.append(&mut diffs);
-    deletes
+    report.inserted = matched.inserts.len() as u64;
+    report.updated += matched.moves.len() as u64;
+    report.deleted = gone.len() as u64;
+    // Moves before deletes: a moved entry leaves its old folder before that
+    // folder's delete takes what is still in it.
+    let mut diffs: Vec<Diff> = matched.moves.into_iter().map(Diff::Move).collect();
+    diffs.extend(
+        vanished
+            .iter()
+            .filter(|e| gone.contains(&e.id) && !e.parent.is_some_and(|p| gone.contains(&p)))
+            .map(|e| Diff::Delete(e.id)),
+    );
+    diffs.extend(matched.inserts.into_iter().map(Diff::Insert));
+    diffs.extend(updates);
+    diffs
 }
 
 /// Is `path` equal to `dir` or inside it (both relative, `/`-separated)?

@@ -201,11 +201,23 @@ fn refresh_dirs_reads_only_the_given_folders() {
     assert_eq!((r.inserted, r.deleted), (4, 1));
     assert_matches_disk(&l, id, &root);
 
-    // A renamed folder: the old path goes with its contents, the new comes.
+    // A renamed folder: it and its contents keep their identities.
+    let ids = |l: &Library| -> Vec<Uuid> {
+        let mut v: Vec<Uuid> = query::location_entries(l, id)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        v.sort();
+        v
+    };
+    let before = ids(&l);
     std::fs::rename(root.join("a/new"), root.join("a/renamed")).unwrap();
     let r = refresh(&["a", "a/new"]);
-    assert_eq!((r.inserted, r.deleted), (4, 4));
+    assert_eq!((r.inserted, r.deleted), (0, 0));
+    assert!(r.updated >= 4, "{r:?}");
     assert_matches_disk(&l, id, &root);
+    assert_eq!(ids(&l), before);
 
     // A file replaced by a folder of the same name, and a folder by a file.
     std::fs::remove_file(root.join("a/g.txt")).unwrap();
@@ -274,4 +286,91 @@ fn volume_identity_is_stable() {
     let b = volume_identity(tmp.path()).unwrap();
     assert_eq!(a, b);
     assert!(!a.fingerprint.is_empty());
+}
+
+#[test]
+fn renamed_and_moved_entries_keep_their_identity_and_tags() {
+    use crate::model::{Tag, TagAssignment};
+    use crate::sync::txn::Change;
+    let tmp = tempfile::tempdir().unwrap();
+    let l = lib(&tmp.path().join("lib"));
+    let root = tmp.path().join("tree");
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    std::fs::create_dir_all(root.join("docs/x")).unwrap();
+    std::fs::write(root.join("a/photo.jpg"), "jpeg").unwrap();
+    std::fs::write(root.join("docs/x/y.txt"), "text").unwrap();
+    std::fs::write(root.join("stays.txt"), "s").unwrap();
+    let loc = add_location(&l, &root, &mut no_progress())
+        .unwrap()
+        .location
+        .id;
+    let entry = |path: &str| query::file_entry_by_path(&l, loc, path).unwrap();
+    let tag = Tag {
+        id: Uuid::now_v7(),
+        name: "keep".into(),
+        color: None,
+    };
+    l.commit(Change::insert(&tag)).unwrap();
+    let (photo, y) = (
+        entry("a/photo.jpg").unwrap().id,
+        entry("docs/x/y.txt").unwrap().id,
+    );
+    for e in [photo, y] {
+        l.commit(Change::insert(&TagAssignment::new(tag.id, e)))
+            .unwrap();
+    }
+    let tagged = |e: Uuid| -> i64 {
+        l.read(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM tag_assignments WHERE entry = ?1 AND present = 1",
+                [e],
+                |r| r.get(0),
+            )?)
+        })
+        .unwrap()
+    };
+
+    // Rescan: a file renamed into a new folder, a folder renamed.
+    std::fs::create_dir(root.join("b")).unwrap();
+    std::fs::rename(root.join("a/photo.jpg"), root.join("b/renamed.jpg")).unwrap();
+    std::fs::rename(root.join("docs"), root.join("archive")).unwrap();
+    let r = rescan_location(&l, loc, &mut no_progress()).unwrap();
+    assert_eq!(
+        (r.inserted, r.deleted),
+        (1, 0),
+        "only the new folder b is new: {r:?}"
+    );
+    assert_eq!(entry("b/renamed.jpg").unwrap().id, photo);
+    assert_eq!(
+        entry("b/renamed.jpg").unwrap().parent,
+        Some(entry("b").unwrap().id)
+    );
+    assert_eq!(entry("archive/x/y.txt").unwrap().id, y);
+    assert!(entry("a/photo.jpg").is_none() && entry("docs").is_none());
+    assert_eq!(
+        (tagged(photo), tagged(y)),
+        (1, 1),
+        "tags follow their files"
+    );
+    assert_matches_disk(&l, loc, &root);
+
+    // Refresh (the watcher's path): moved back across folders, and out of a
+    // folder that is deleted in the same refresh.
+    std::fs::rename(root.join("b/renamed.jpg"), root.join("a/again.jpg")).unwrap();
+    std::fs::rename(root.join("archive/x/y.txt"), root.join("y.txt")).unwrap();
+    std::fs::remove_dir_all(root.join("archive")).unwrap();
+    let dirs: Vec<String> = ["a", "b", ""].iter().map(|d| d.to_string()).collect();
+    let r = refresh_dirs(&l, loc, &dirs, RescanOptions::default(), &mut no_progress()).unwrap();
+    assert_eq!(r.inserted, 0, "{r:?}");
+    assert_eq!(entry("a/again.jpg").unwrap().id, photo);
+    assert_eq!(entry("y.txt").unwrap().id, y);
+    assert!(entry("archive").is_none());
+    assert_eq!((tagged(photo), tagged(y)), (1, 1));
+    assert_matches_disk(&l, loc, &root);
+
+    // A file replaced by another of a different size is a new file.
+    std::fs::remove_file(root.join("stays.txt")).unwrap();
+    std::fs::write(root.join("other.txt"), "different").unwrap();
+    let r = rescan_location(&l, loc, &mut no_progress()).unwrap();
+    assert_eq!((r.inserted, r.deleted), (1, 1));
 }

@@ -78,6 +78,8 @@ pub(super) enum Diff {
     Update(FileEntry),
     /// A gone entry whose folder is not gone too (its contents follow it).
     Delete(Uuid),
+    /// An entry renamed or moved on disk: the same UUID at a new path.
+    Move(FileEntry),
 }
 
 /// File-entry rows for scanned entries; `existing` gives the UUID already
@@ -238,12 +240,19 @@ fn write_inserts_in_bulk(
 
 /// Log one difference in the open transaction.
 fn write_diff(ctx: &mut TxCtx<'_, '_>, diff: Diff) -> Result<()> {
+    let moved = matches!(diff, Diff::Move(_));
     match diff {
         Diff::Insert(row) => ctx.log(Change::insert(&row)),
         Diff::Delete(id) => ctx.log(Change::delete::<FileEntry>(id)),
-        Diff::Update(row) => {
+        Diff::Update(row) | Diff::Move(row) => {
+            let mut change = Change::update::<FileEntry>(row.id);
+            if moved {
+                change = change
+                    .set("name", row.name.as_str())
+                    .set("path", row.path.as_str());
+            }
             ctx.log(
-                Change::update::<FileEntry>(row.id)
+                change
                     .set("kind", row.kind)
                     .set("size", row.size)
                     .set("modified", Value::from(row.modified))

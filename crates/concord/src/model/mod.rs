@@ -14,7 +14,7 @@ pub use types::*;
 
 /// Every library model, in dependency order (a model comes after those it references).
 pub fn registry() -> &'static [&'static ModelInfo] {
-    static MODELS: [&ModelInfo; 9] = [
+    static MODELS: [&ModelInfo; 10] = [
         Device::INFO,
         Tag::INFO,
         Album::INFO,
@@ -24,6 +24,7 @@ pub fn registry() -> &'static [&'static ModelInfo] {
         TagAssignment::INFO,
         AlbumItem::INFO,
         UserMetadata::INFO,
+        Conduit::INFO,
     ];
     &MODELS
 }

@@ -26,6 +26,11 @@ pub struct Device {
     /// directly reach each other through these when the device that
     /// introduced them is away.
     pub addrs: Option<String>,
+    /// Set when another member removed the device from the library
+    /// (`device remove`): the last of its entries (`origin_seq`) members
+    /// accept. Never cleared; concurrent removals keep the highest value
+    /// (ARCHITECTURE.md, "Membership").
+    pub removed: Option<i64>,
 }
 
 /// A user tag.
@@ -159,6 +164,52 @@ pub struct UserMetadata {
     pub entry: Uuid,
     pub note: Option<String>,
     pub favorite: bool,
+}
+
+/// A sync conduit (DESIGN §12): keeps file content flowing from a folder of
+/// one location to a folder of another under a policy. Shared, so every member
+/// sees every conduit, and any member may pause, resume or change it; the two
+/// locations are its keys, so removing either location removes the conduit
+/// (never a file). What is synced and what stays with the working device is
+/// listed in ARCHITECTURE.md ("Conduits"); the typed view of the text fields
+/// is `crate::conduit::settings`.
+#[derive(Debug, Clone, PartialEq, Eq, Syncable)]
+#[sync(model = "conduit", table = "conduits", shared)]
+pub struct Conduit {
+    #[sync(id)]
+    pub id: Uuid,
+    /// The location content is read from (for `sync`, the first end).
+    #[sync(key, references = "location")]
+    pub source: Uuid,
+    /// A relative folder inside the source location; empty for its root.
+    pub source_dir: String,
+    /// The location content is written to (for `sync`, the second end).
+    #[sync(key, references = "location")]
+    pub destination: Uuid,
+    /// A relative folder inside the destination location; empty for its root.
+    pub destination_dir: String,
+    /// `replicate`, `sync`, `archive` or `offload`.
+    pub policy: String,
+    /// Replicate only: deletions on the source propagate (to the trash).
+    pub propagate_deletes: bool,
+    /// `instant`, `manual`, or a period such as `90s`, `15m`, `2h`.
+    pub cadence: String,
+    /// Offload only: free space to keep on the source (`10G`, `15%`).
+    pub min_free: Option<String>,
+    /// Offload only: files with this tag are never offloaded. A plain UUID
+    /// rather than a reference, so deleting the tag leaves the conduit.
+    pub pin_tag: Option<Uuid>,
+    /// Why the conduit is paused (`user`, `mass-delete`, `source-missing`,
+    /// `disk-full`, `destination-unreachable`); `None` while it runs.
+    /// Synced so that every member sees a pause and any may resume it.
+    pub paused: Option<String>,
+    /// Set by `resume --allow-deletes`: the next cycle may delete past the
+    /// mass-delete guard; the working device clears it after that cycle.
+    pub allow_deletes: bool,
+    /// When the last cycle finished (ms since the Unix epoch).
+    pub last_run: Option<i64>,
+    /// Why the last cycle failed, if it did; cleared by a good cycle.
+    pub last_error: Option<String>,
 }
 
 impl TagAssignment {

@@ -13,7 +13,9 @@ use rusqlite::{Connection, ToSql};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::model::{values_from_row, Album, Device, FileEntry, Location, Syncable, Tag, Volume};
+use crate::model::{
+    values_from_row, Album, Conduit, Device, FileEntry, Location, Syncable, Tag, Volume,
+};
 use crate::sync::txn::Library;
 
 mod bulk;
@@ -97,6 +99,16 @@ pub fn locations(lib: &Library) -> Result<Vec<LocationSummary>> {
 
 /// One location by UUID.
 pub fn location(lib: &Library, id: Uuid) -> Result<Option<Location>> {
+    lib.read(|c| Ok(load(c, "WHERE uuid = ?1", &[&id])?.into_iter().next()))
+}
+
+/// Every conduit of the library (`conduit list`).
+pub fn conduits(lib: &Library) -> Result<Vec<Conduit>> {
+    lib.read(|c| load(c, "ORDER BY uuid", &[]))
+}
+
+/// One conduit, if it exists (and was not removed).
+pub fn conduit(lib: &Library, id: Uuid) -> Result<Option<Conduit>> {
     lib.read(|c| Ok(load(c, "WHERE uuid = ?1", &[&id])?.into_iter().next()))
 }
 
@@ -198,6 +210,18 @@ pub fn count_below(lib: &Library, location: Uuid, path: &str) -> Result<u64> {
             "SELECT COUNT(*) FROM file_entries WHERE location = ?1 AND path >= ?2 AND path < ?3",
         )?
         .query_row(rusqlite::params![location, lo, hi], |r| r.get::<_, i64>(0))? as u64)
+    })
+}
+
+/// The entries below `path` in a location (not `path` itself), by path.
+pub fn entries_below(lib: &Library, location: Uuid, path: &str) -> Result<Vec<FileEntry>> {
+    let (lo, hi) = (format!("{path}/"), format!("{path}0"));
+    lib.read(|c| {
+        load(
+            c,
+            "WHERE location = ?1 AND path >= ?2 AND path < ?3 ORDER BY path",
+            &[&location, &lo, &hi],
+        )
     })
 }
 

@@ -68,7 +68,7 @@ impl SyncService {
         };
         if let (true, Some(entries)) = (in_step, entries) {
             // Everything up to `to_seq` this device lacks is here.
-            self.apply(entries).await?;
+            self.apply(from, entries).await?;
             let mut state = self.state();
             if state.cursor_term == Some(term) {
                 state.cursor = state.cursor.max(to_seq);

@@ -11,6 +11,7 @@ use super::protocol::{Envelope, Msg, Role, Term};
 use super::pull;
 use super::state::SyncService;
 use crate::error::{Error, Result};
+use crate::query;
 use crate::sync::entry::LogEntry;
 use crate::sync::log::VersionVector;
 use crate::sync::version_vector::vv_covers;
@@ -33,6 +34,9 @@ impl SyncService {
             return reply(Msg::Error { message: e });
         }
         if !self.is_member(req.from).await {
+            if let Some(message) = self.hear_removed(req.from, &req.msg).await {
+                return reply(Msg::Error { message });
+            }
             tracing::warn!(library = %req.library, from = %req.from, "request from a device not registered in this library");
             return reply(Msg::Error {
                 message: format!(
@@ -56,6 +60,45 @@ impl SyncService {
             }
         };
         reply(msg)
+    }
+
+    /// A request from a device removed from this library: served nothing.
+    /// Its own entries that it pushes, proposes or announces as a leader go
+    /// through the cutoff, which keeps only those it wrote before its removal
+    /// and its removal of the member that removed it (so a concurrent mutual
+    /// removal ends the same on every member). `None`: not a removed device.
+    async fn hear_removed(&self, from: Uuid, msg: &Msg) -> Option<String> {
+        let removed = self
+            .run_sqlite(move |lib| query::members::is_removed(lib, from))
+            .await
+            .unwrap_or(false);
+        if !removed {
+            return None;
+        }
+        let entries = match msg {
+            Msg::PushEntries { entries }
+            | Msg::ProposeEntries { entries }
+            | Msg::NewEntries {
+                entries: Some(entries),
+                ..
+            } => entries.as_slice(),
+            _ => &[],
+        };
+        let own: Vec<LogEntry> = entries
+            .iter()
+            .filter(|e| e.origin == from)
+            .cloned()
+            .collect();
+        if !own.is_empty() {
+            if let Err(e) = self.apply(from, own).await {
+                self.note_error(e);
+            }
+        }
+        tracing::warn!(library = %self.shared.lib.id(), from = %from, "request from a removed device refused");
+        Some(format!(
+            "device {from} was removed from library {}",
+            self.shared.lib.id()
+        ))
     }
 
     /// One handler per message type; anything that is not a request is refused.
@@ -147,7 +190,7 @@ impl SyncService {
         if role == Role::Leader {
             return self.take_from_follower(from, mine, entries).await;
         }
-        self.apply(entries).await?;
+        self.apply(from, entries).await?;
         Ok(Msg::Ok)
     }
 

@@ -41,7 +41,14 @@ impl SyncService {
                 self.on_change().await;
             }
             Role::Follower => {
-                if term.leader == Uuid::nil() || since >= self.shared.config.leader_timeout {
+                // A leader removed from the library no longer leads it.
+                let removed = term.leader != Uuid::nil()
+                    && term.leader != self.shared.me
+                    && !self.is_member(term.leader).await;
+                if term.leader == Uuid::nil()
+                    || removed
+                    || since >= self.shared.config.leader_timeout
+                {
                     self.elect().await;
                 } else {
                     self.propose().await;

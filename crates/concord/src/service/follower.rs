@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term, MAX_BATCH_ENTRIES};
-use super::state::SyncService;
+use super::state::{one_page, SyncService};
 use crate::sync::entry::LogEntry;
 
 impl SyncService {
@@ -32,9 +32,15 @@ impl SyncService {
         let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
         let mut upto = upto;
         let mut ask_leader = leader != Uuid::nil() && leader != me;
+        // A leader removed from the library gets nothing more: push directly
+        // and have the leader checked (an election among the members left).
+        if ask_leader && !self.is_member(leader).await {
+            ask_leader = false;
+            self.shared.suspect.notify_one();
+        }
         loop {
             let entries = match self
-                .run_sqlite(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch)))
+                .run_sqlite(move |lib| lib.with_log(|l| l.fetch_origin(me, upto, batch + 1)))
                 .await
             {
                 Ok(e) => e,
@@ -43,8 +49,8 @@ impl SyncService {
             if entries.is_empty() {
                 return;
             }
+            let (entries, full) = one_page(entries, batch);
             let top = entries.iter().map(|e| e.origin_seq).max().unwrap_or(upto);
-            let full = entries.len() == batch;
             if ask_leader && self.propose_to_leader(leader, &entries).await {
                 self.state().proposed_upto = top;
                 if full {
@@ -186,7 +192,7 @@ impl SyncService {
                         .filter_map(|e| e.lib_seq)
                         .max()
                         .unwrap_or(since);
-                    if let Err(e) = self.apply(entries).await {
+                    if let Err(e) = self.apply(term.leader, entries).await {
                         return self.note_error(e);
                     }
                     {

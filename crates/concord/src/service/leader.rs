@@ -210,6 +210,10 @@ impl SyncService {
         self.run_sqlite(move |lib| lib.with_log(|l| l.fetch_since_seq(from_seq - 1, count)))
             .await
             .ok()
+            .map(|mut e| {
+                e.truncate(count);
+                e
+            })
             .filter(|e| e.len() == count && e.last().and_then(|e| e.lib_seq) == Some(to_seq))
     }
 
@@ -265,7 +269,7 @@ impl SyncService {
             // No other sequencing between applying and numbering: the range
             // holds every entry of the request this log did not hold yet.
             let _sequencing = self.shared.sequencing.lock().await;
-            self.apply(entries).await?;
+            self.apply(from, entries).await?;
             {
                 let state = self.state();
                 if state.role != Role::Leader || state.term != term {

@@ -175,6 +175,13 @@ impl SyncService {
         if owner == me {
             return Ok(report);
         }
+        // A removed device's rows are not browsed: it gets nothing new from
+        // us and its later changes go nowhere.
+        if !self.is_member(owner).await {
+            return Err(Error::Invalid(format!(
+                "device {owner} is not a member of this library (it was removed); its locations cannot be pulled"
+            )));
+        }
         let position = self.pull_pages(owner, location, since, &mut report).await?;
         let (rows, now) = (report.rows, self.now_ms());
         self.run_sqlite(move |lib| record_pull(lib, location, owner, position, rows, now))

@@ -76,12 +76,12 @@ impl SyncService {
                                 limit,
                             },
                         );
-                        let (applied, fetched) = tokio::join!(self.apply(entries), fetch);
+                        let (applied, fetched) = tokio::join!(self.apply(peer, entries), fetch);
                         applied?;
                         prefetched = Some(fetched);
                         ask = Some(next);
                     } else {
-                        self.apply(entries).await?;
+                        self.apply(peer, entries).await?;
                         self.align_cursor(peer, term, seq);
                         return Ok(their_vv);
                     }
@@ -153,13 +153,13 @@ impl SyncService {
             let vv = their_vv.clone();
             let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
             let entries = self
-                .run_sqlite(move |lib| lib.with_log(|l| l.fetch_missing(&vv, batch)))
+                .run_sqlite(move |lib| lib.with_log(|l| l.fetch_missing(&vv, batch + 1)))
                 .await?;
             if entries.is_empty() {
                 break;
             }
+            let (entries, full) = one_page(entries, batch);
             raise_past(&mut their_vv, &entries);
-            let full = entries.len() == batch;
             match self.send(peer, Msg::PushEntries { entries }).await {
                 Ok(reply @ (Msg::Ok | Msg::Sequenced { .. })) => self.on_taken(peer, reply).await?,
                 Ok(other) => return Err(Error::Other(format!("push refused: {}", other.name()))),

@@ -28,6 +28,9 @@ pub struct Stats {
     pub rolled_back: u64,
     /// Of those, entries given back one by one (the rest came in a snapshot).
     pub recovered_own: u64,
+    /// Received entries refused because no verified seal of their origin
+    /// covered them (forged, altered, split or unsigned; per peer in `peers`).
+    pub forged: u64,
     /// Snapshot chunks served plus snapshots taken.
     pub snapshots: u64,
     /// The latest error, for `sync status`: sync keeps going after one.
@@ -60,6 +63,11 @@ pub struct PeerStatus {
     pub lag_entries: u64,
     /// When it was last heard from (ms on this device's clock).
     pub last_seen: Option<u64>,
+    /// Entries this member sent that no verified seal of their origin covered
+    /// (forged, altered, split or unsigned): refused, not logged, not relayed.
+    pub forged: u64,
+    /// Why the last of those was refused.
+    pub last_refusal: Option<String>,
 }
 
 /// `sync status LIB`.

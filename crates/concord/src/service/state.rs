@@ -71,6 +71,10 @@ pub(super) struct PeerInfo {
     pub(super) last_seen_ms: Option<u64>,
     pub(super) last_contact: Option<Instant>,
     pub(super) acked_seq: u64,
+    /// Entries from this peer refused as not sealed by their origin.
+    pub(super) forged: u64,
+    /// Why the last of those was refused.
+    pub(super) last_refusal: Option<String>,
 }
 
 impl PeerInfo {
@@ -314,6 +318,17 @@ impl SyncService {
     /// (`hear_of`); a term out of bounds ([`epoch_in_bounds`]) is refused.
     pub(super) async fn adopt(&self, term: Term) -> bool {
         let me = self.shared.me;
+        // A device removed from the library leads nothing in it.
+        let leader = term.leader;
+        if leader != me
+            && self
+                .run_sqlite(move |lib| query::members::is_removed(lib, leader))
+                .await
+                .unwrap_or(false)
+        {
+            tracing::warn!(library = %self.shared.lib.id(), leader = %leader, "refused a term led by a removed device");
+            return false;
+        }
         {
             let mut state = self.state();
             if term <= state.term {
@@ -355,9 +370,15 @@ impl SyncService {
             .unwrap_or_default()
     }
 
-    /// Apply entries from a peer through the TransactionManager. The sequence
-    /// numbers are the sender's; this log keeps its own.
-    pub(super) async fn apply(&self, mut entries: Vec<LogEntry>) -> Result<ApplyReport> {
+    /// Apply entries from peer `from` through the TransactionManager. The
+    /// sequence numbers are the sender's; this log keeps its own. Entries no
+    /// verified seal covers are refused there; the sender is charged with them
+    /// (`sync status`, and a warning in the log).
+    pub(super) async fn apply(
+        &self,
+        from: Uuid,
+        mut entries: Vec<LogEntry>,
+    ) -> Result<ApplyReport> {
         if entries.is_empty() {
             return Ok(ApplyReport::default());
         }
@@ -367,7 +388,16 @@ impl SyncService {
         }
         let n = entries.len() as u64;
         let report = self
-            .run_sqlite(move |lib| lib.apply_remote(&entries))
+            .run_sqlite(move |lib| {
+                let report = lib.apply_remote(&entries)?;
+                // Entries of a removed device this device took before it
+                // learned of the removal are vouched for, so every member
+                // ends with the same ones (`membership::raise_cutoffs`).
+                if report.applied > 0 {
+                    crate::membership::raise_cutoffs(lib)?;
+                }
+                Ok(report)
+            })
             .await?;
         let mut state = self.state();
         state.stats.received += n;
@@ -375,6 +405,15 @@ impl SyncService {
         state.stats.refused += report.refused as u64;
         state.stats.rejected += report.rejected.len() as u64;
         state.stats.recovered_own += report.own_recovered as u64;
+        if report.unverified > 0 {
+            let reason = report.forged.first().cloned().unwrap_or_default();
+            tracing::warn!(library = %self.shared.lib.id(), peer = %from, refused = report.unverified, "entries refused: not sealed by their origin: {reason}");
+            state.stats.forged += report.unverified as u64;
+            let peer = state.peers.entry(from).or_default();
+            peer.forged += report.unverified as u64;
+            peer.last_refusal = Some(reason.clone());
+            state.stats.last_error = Some(format!("from {from}: {reason}"));
+        }
         if let Some(first) = report.rejected.first() {
             tracing::warn!(library = %self.shared.lib.id(), rejected = report.rejected.len(), "entries rejected: {first}");
             state.stats.last_error = Some(first.clone());
@@ -405,6 +444,8 @@ impl SyncService {
                     online: p.last_contact.is_some_and(|t| t.elapsed() <= window),
                     lag_entries: vv_lag(&vv, &p.vv),
                     last_seen: p.last_seen_ms,
+                    forged: p.forged,
+                    last_refusal: p.last_refusal,
                 }
             })
             .collect();
@@ -427,9 +468,12 @@ impl SyncService {
     }
 }
 
-/// The first `limit` of `entries` (read as `limit + 1`) and whether more follow.
+/// The first `limit` of `entries` (read as `limit + 1`), ending at a chunk
+/// boundary (`crate::sync::seal::page_end`: a receiver verifies whole chunks
+/// only), and whether more follow.
 pub(super) fn one_page(mut entries: Vec<LogEntry>, limit: usize) -> (Vec<LogEntry>, bool) {
-    let has_more = entries.len() > limit;
-    entries.truncate(limit);
+    let end = crate::sync::seal::page_end(&entries, limit);
+    let has_more = entries.len() > end;
+    entries.truncate(end);
     (entries, has_more)
 }

@@ -151,7 +151,8 @@ ALTER TABLE bulk_operations_v5 RENAME TO bulk_operations;
     vec![v1, v2, v3, v4, v5]
 }
 
-/// Columns of fields added to a model after its table was created.
+/// Columns of fields added to a model after its table was created, and the
+/// tables of models added after the library was created (`conduit`).
 ///
 /// **Decision**: a new *optional* field needs no numbered migration: the first
 /// table layout (`v1`) is generated from today's models, so a fresh library
@@ -166,6 +167,11 @@ pub fn add_missing_columns(conn: &mut rusqlite::Connection) -> crate::Result<()>
             let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
             names.collect::<rusqlite::Result<_>>()?
         };
+        if have.is_empty() {
+            // A model added after the library was created: its whole table.
+            tx.execute_batch(&model_ddl(m))?;
+            continue;
+        }
         let synced = m.fields.iter().map(|f| (f, true));
         for (f, is_synced) in synced.chain(m.local_fields.iter().map(|f| (f, false))) {
             if have.iter().any(|c| c == f.name) {
@@ -256,14 +262,14 @@ CREATE UNIQUE INDEX segments_by_lib_seq ON segments(lib_seq) WHERE lib_seq IS NO
 CREATE INDEX segments_unsequenced ON segments(id) WHERE lib_seq IS NULL;
 "
     .to_string(),
-    // v5 (durability): positions belong to replicas, one per incarnation of a
+    // v5 (durability and trust): positions belong to replicas, one per incarnation of a
     // device (`sync::entry::replica_id`); `origin` holds the replica id, and
     // `device` and `incarnation` the device and incarnation behind it (NULL
     // and 0 for rows written before: the replica of incarnation 0 is the
     // device itself). Ids are never reused (AUTOINCREMENT): `library.db`'s
     // applied-log watermark, which a power cut may take back to an earlier
     // value, must never cover a segment appended after pruning emptied the
-    // top of the log.
+    // top of the log. Chunks carry seals (`seals`, below).
     "
 CREATE TABLE segments_v5 (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -283,6 +289,15 @@ ALTER TABLE segments_v5 RENAME TO segments;
 CREATE UNIQUE INDEX segments_by_origin ON segments(origin, last_seq);
 CREATE UNIQUE INDEX segments_by_lib_seq ON segments(lib_seq) WHERE lib_seq IS NOT NULL;
 CREATE INDEX segments_unsequenced ON segments(id) WHERE lib_seq IS NULL;
+-- Trust: the seals of sealed chunks (`sync::seal`), one row per chunk, keyed
+-- like the entry that carries it (the chunk's last): its replica and position.
+CREATE TABLE IF NOT EXISTS seals (
+  origin BLOB NOT NULL,
+  last_seq INTEGER NOT NULL,
+  first_seq INTEGER NOT NULL,
+  sig BLOB NOT NULL,
+  PRIMARY KEY (origin, last_seq)
+) WITHOUT ROWID;
 "
     .to_string()]
 }

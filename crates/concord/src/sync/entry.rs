@@ -39,6 +39,9 @@ pub struct LogEntry {
     pub model: String,
     pub record: Uuid,
     pub op: Op,
+    /// On the last entry of a chunk: the origin's signature over the chunk
+    /// (`crate::sync::seal`). Not part of what it signs.
+    pub seal: Option<Seal>,
 }
 
 impl LogEntry {
@@ -54,6 +57,18 @@ impl LogEntry {
     /// `(replica, origin_seq)`: the entry's identity on every device.
     pub fn id(&self) -> (Uuid, u64) {
         (self.replica(), self.origin_seq)
+    }
+    /// The bytes of this entry a seal covers, appended to `out`: everything the
+    /// origin wrote, not what others add on the way (`lib_seq`, `epoch`, the
+    /// seal itself). Laid out by [`signed_bytes_of`], which a field added to
+    /// the entry must join so that seals cover it.
+    pub fn signed_bytes(&self, out: &mut Vec<u8>) {
+        let (origin, seq, hlc) = (self.origin, self.origin_seq, self.hlc);
+        let at = (origin, self.incarnation, seq);
+        signed_bytes_of(at, hlc, &self.model, &self.record, out, |buf| {
+            // Encoding plain data into a Vec cannot fail.
+            postcard::to_extend(&self.op, std::mem::take(buf)).unwrap_or_default()
+        });
     }
 }
 
@@ -85,6 +100,44 @@ pub fn replica_id(device: Uuid, incarnation: u64) -> Uuid {
 /// Whether `replica` is one of `device`'s replicas (any incarnation).
 pub fn is_replica_of(replica: Uuid, device: Uuid) -> bool {
     replica == device || replica.as_bytes()[..8] == replica_id(device, 1).as_bytes()[..8]
+}
+
+/// THE layout of an entry's signed bytes: origin, incarnation, `origin_seq`
+/// (`at`: the position and the device that signs it), HLC, model
+/// name, record, then the payload (the encoded [`Op`]) that `payload` appends
+/// to the buffer it is given and returns; each fixed-size or length-prefixed.
+/// Entries decoded from a peer and raw entries of a log segment (sealed where
+/// they enter the log, without decoding them) go through it alike.
+pub(crate) fn signed_bytes_of(
+    (origin, incarnation, origin_seq): (Uuid, u64, u64),
+    hlc: u64,
+    model: &str,
+    record: &Uuid,
+    out: &mut Vec<u8>,
+    payload: impl FnOnce(&mut Vec<u8>) -> Vec<u8>,
+) {
+    out.extend_from_slice(origin.as_bytes());
+    out.extend_from_slice(&incarnation.to_le_bytes());
+    out.extend_from_slice(&origin_seq.to_le_bytes());
+    out.extend_from_slice(&hlc.to_le_bytes());
+    out.extend_from_slice(&(model.len() as u64).to_le_bytes());
+    out.extend_from_slice(model.as_bytes());
+    out.extend_from_slice(record.as_bytes());
+    let at = out.len();
+    out.extend_from_slice(&[0; 8]);
+    *out = payload(out);
+    let len = (out.len() - at - 8) as u64;
+    out[at..at + 8].copy_from_slice(&len.to_le_bytes());
+}
+
+/// The signature closing a chunk of one replica's entries (`crate::sync::seal`),
+/// carried by the chunk's last entry; signed with its origin device's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// `origin_seq` of the chunk's first entry (the last is the carrier's).
+    pub first: u64,
+    /// The ed25519 signature, as two halves (serde's arrays stop at 32).
+    pub sig: [[u8; 32]; 2],
 }
 
 /// One field written by a change. `base` is the clock time the author saw on that

@@ -254,6 +254,7 @@ impl Segment {
                     model: raw.model.to_string(),
                     record: raw.record,
                     op: Op::decode(raw.payload)?,
+                    seal: None,
                 });
             }
             seq += 1;

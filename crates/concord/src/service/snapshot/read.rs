@@ -129,6 +129,7 @@ fn bulk_chunk(
             model: BULK_MODEL.to_string(),
             record,
             op,
+            seal: None,
         });
     }
     let next = (bulk.len() == MAX_SNAPSHOT_ROWS).then(|| SnapshotCursor {

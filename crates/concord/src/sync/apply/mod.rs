@@ -14,12 +14,17 @@
 //!   so an exact time tie between add and remove keeps the member. A membership's
 //!   id is derived from its members; an entry that says otherwise is refused.
 //! - **Ownership**: a device-owned record changes only by entries from its owner.
+//! - **Membership** (`device.rs`): a device's own row fields are its own to
+//!   write, any member may add or remove another, a removal is final and
+//!   shuts out the removed device's later entries ([`Cutoffs`]).
 //!
 //! Applying is idempotent: an entry applied twice changes nothing the second time.
 
+mod device;
 mod retention;
 mod update_fast;
 
+pub use device::{Cutoff, Cutoffs};
 pub use retention::{prune_conflicts, ConflictRetention};
 
 use rusqlite::{params_from_iter, OptionalExtension, Transaction};
@@ -28,7 +33,8 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::model::{
-    derived_uuid, registry, values_from_row, ModelInfo, ModelKind, Ownership, Value,
+    derived_uuid, registry, values_from_row, Device, ModelInfo, ModelKind, Ownership, Syncable,
+    Value,
 };
 use crate::store::sql::insert_sql;
 use crate::sync::entry::{FieldWrite, LogEntry, Op};
@@ -154,6 +160,9 @@ impl Applier<'_, '_> {
             if let Some(outcome) = self.check_immutable(e, m, row)? {
                 return Ok(outcome);
             }
+        }
+        if m.name == Device::INFO.name {
+            return self.apply_device(e, m, row);
         }
         match (m.kind, &e.op) {
             (ModelKind::Membership, Op::Insert(_) | Op::Update(_) | Op::Delete(_)) => {

@@ -27,7 +27,11 @@ impl Applier<'_, '_> {
         let Op::Update(writes) = &e.op else {
             return Ok(false);
         };
-        if m.kind != ModelKind::Record || m.fields.iter().any(|f| f.key && f.references.is_some()) {
+        // `Device` rows follow the membership rules (`device.rs`).
+        if m.kind != ModelKind::Record
+            || m.fields.iter().any(|f| f.key && f.references.is_some())
+            || m.name == "device"
+        {
             return Ok(false);
         }
         if m.ownership == Ownership::DeviceOwned {

@@ -49,6 +49,10 @@ impl SyncLog {
                 "DELETE FROM segments WHERE origin = ?1 AND last_seq <= ?2",
                 params![origin, *through as i64],
             )?;
+            tx.execute(
+                "DELETE FROM seals WHERE origin = ?1 AND last_seq <= ?2",
+                params![origin, *through as i64],
+            )?;
             // The segment `through` falls inside keeps the entries after it.
             let partial = tx
                 .query_row(

@@ -23,6 +23,7 @@
 mod acks;
 mod floors;
 mod rows;
+mod seals;
 mod sequencing;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -31,6 +32,7 @@ use uuid::Uuid;
 use crate::error::Result;
 use crate::store::meta::{key, meta_get};
 use crate::sync::entry::LogEntry;
+use crate::sync::seal::cut_after;
 use crate::sync::segment::{segment_from_row, Run, Segment, SEGMENT_COLUMNS};
 use rows::{append_in, insert_segment, origin_row, segment_holding, set_origin};
 
@@ -43,6 +45,9 @@ pub(crate) const MERGE_SEGMENT_ENTRIES: u64 = 1024;
 /// The log in one `sync.db` connection.
 pub struct SyncLog {
     conn: Connection,
+    /// The library and this device's key, when local entries are sealed as
+    /// they enter the log ([`SyncLog::set_sealer`]).
+    sealer: Option<(Uuid, crate::sync::seal::NodeKey)>,
 }
 
 /// Run `sql` (selecting `origin, seq` pairs) as a version vector.
@@ -78,7 +83,7 @@ impl SyncLog {
     /// (see [`crate::store::legacy::convert_v3_log`]).
     pub fn open(mut conn: Connection) -> Result<Self> {
         crate::store::legacy::convert_v3_log(&mut conn)?;
-        Ok(Self { conn })
+        Ok(Self { conn, sealer: None })
     }
 
     /// Append entries in one transaction; entries already present (same origin and
@@ -106,6 +111,11 @@ impl SyncLog {
         for run in runs {
             let replica = run.replica();
             let (contiguous, max_seq, max_hlc) = origin_row(&tx, replica)?;
+            if let Some((library, key)) = &self.sealer {
+                // Only what is not held yet: a run moved again after a crash
+                // keeps the seals its first move stored.
+                seals::seal_run(&tx, key, *library, &run, max_seq + 1)?;
+            }
             if run.first_seq > max_seq && run.last_seq >= run.first_seq {
                 insert_segment(&tx, &run, None, None)?;
                 let contiguous = if run.first_seq == contiguous + 1 {
@@ -168,6 +178,7 @@ impl SyncLog {
             |seg| {
                 scratch.clear();
                 seg.entries(&mut scratch)?;
+                self.attach_seals(&mut scratch)?;
                 out.extend(scratch.drain(..).map(|e| (seg.id, e)));
                 Ok(out.len() < limit)
             },
@@ -184,7 +195,9 @@ impl SyncLog {
             .collect())
     }
 
-    /// Entries with a library sequence above `since`, in sequence order.
+    /// Entries with a library sequence above `since`, in sequence order: at
+    /// least `limit` when there are, and then up to the end of the chunk the
+    /// `limit`th is in (a chunk is never split, `crate::sync::seal`).
     pub fn fetch_since_seq(&self, since: u64, limit: usize) -> Result<Vec<LogEntry>> {
         let mut out = Vec::new();
         if limit == 0 {
@@ -224,11 +237,13 @@ impl SyncLog {
                 },
             )?;
         }
-        out.truncate(limit);
+        self.attach_seals(&mut out)?;
+        cut_after(&mut out, limit);
         Ok(out)
     }
 
-    /// Entries the holder of `vv` lacks, oldest first per origin, at most `limit`.
+    /// Entries the holder of `vv` lacks, oldest first per origin: `limit`, or up
+    /// to the end of the chunk the `limit`th is in.
     pub fn fetch_missing(&self, vv: &VersionVector, limit: usize) -> Result<Vec<LogEntry>> {
         let mut out = Vec::new();
         let origins: Vec<Uuid> = {
@@ -252,7 +267,8 @@ impl SyncLog {
                 Ok(out.len() < limit)
             })?;
         }
-        out.truncate(limit);
+        self.attach_seals(&mut out)?;
+        cut_after(&mut out, limit);
         Ok(out)
     }
 

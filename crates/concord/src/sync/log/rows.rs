@@ -207,6 +207,11 @@ pub(super) fn append_in(tx: &Transaction<'_>, entries: &[&LogEntry]) -> Result<V
                 run.max_hlc = run.max_hlc.max(e.hlc);
             }
             insert_segment(tx, &run, first.lib_seq, first.epoch)?;
+            let seals: Vec<(u64, crate::sync::seal::Seal)> = idx[start..end]
+                .iter()
+                .filter_map(|&i| entries[i].seal.map(|s| (entries[i].origin_seq, s)))
+                .collect();
+            super::seals::store_seals(tx, origin, &seals)?;
             max_hlc = max_hlc.max(run.max_hlc);
             max_seq = max_seq.max(run.last_seq);
             fresh.extend_from_slice(&idx[start..end]);

@@ -103,4 +103,9 @@ pub struct ApplyReport {
     /// dir was restored from a backup, rolled back, or cut by a power loss)
     /// and a peer gave them back. Taken like any other entry.
     pub own_recovered: usize,
+    /// Entries no verified seal of their origin covers: refused before
+    /// anything else, not logged, not applied, never relayed.
+    pub unverified: usize,
+    /// Why: one line per forged, altered, split or unverifiable chunk.
+    pub forged: Vec<String>,
 }

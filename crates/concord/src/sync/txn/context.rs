@@ -424,6 +424,7 @@ impl<'a> TxCtx<'a, '_> {
             model: m.name.to_string(),
             record,
             op,
+            seal: None,
         };
         (stamp, e)
     }

@@ -24,9 +24,10 @@ use crate::store::legacy::{legacy_outbox_runs, LEGACY_OUTBOX_TABLES};
 use crate::store::meta::{key, meta_get, meta_set};
 use crate::store::sql::new_row_insert_sql;
 use crate::store::{open_db, schema};
-use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention};
+use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention, Cutoffs};
 use crate::sync::entry::{self, BulkOperation, LogEntry, Op};
 use crate::sync::log::SyncLog;
+use crate::sync::seal::{parse_node_id, verify_entries, KeySource};
 use crate::sync::BULK_MODEL;
 
 /// Local entries kept in the outbox before they are moved to `sync.db`.
@@ -63,6 +64,8 @@ pub struct Library {
     inner: Mutex<Inner>,
     events: broadcast::Sender<ResourceChanged>,
     conflicts: ConflictRetention,
+    /// Whether received entries must be sealed by their origin (a key was given).
+    verify: bool,
     /// When the conflict log was last pruned by age (ms; 0: not yet).
     conflicts_aged_at: std::sync::atomic::AtomicU64,
     /// Held for the library's life: one open `Library` per library, across
@@ -111,13 +114,14 @@ impl Library {
         device: Uuid,
         clock: Box<dyn Clock>,
     ) -> Result<Library> {
-        Self::create_with(dir, (id, name), device, clock, LibraryOptions::default())
+        Self::create_with(dir, id, name, device, clock, LibraryOptions::default())
     }
 
-    /// [`Library::create`] with options for the open that follows.
+    /// [`Library::create`] with options (a node passes its key).
     pub fn create_with(
         dir: &Path,
-        (id, name): (Uuid, &str),
+        id: Uuid,
+        name: &str,
         device: Uuid,
         clock: Box<dyn Clock>,
         opts: LibraryOptions,
@@ -158,6 +162,7 @@ impl Library {
         Self::open_with(dir, device, clock, LibraryOptions::default())
     }
 
+    /// [`Library::open`] with options (a node passes its key).
     pub fn open_with(
         dir: &Path,
         device: Uuid,
@@ -192,6 +197,11 @@ impl Library {
         };
         let hlc = HlcGenerator::new(device, clock).with_max_drift(opts.max_clock_drift);
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let mut log = SyncLog::open(sync)?;
+        let verify = opts.key.is_some();
+        if let Some(key) = opts.key {
+            log.set_sealer(id, key);
+        }
         let library = Library {
             lock: Some(lock),
             id,
@@ -202,12 +212,13 @@ impl Library {
             hlc,
             inner: Mutex::new(Inner {
                 lib,
-                log: SyncLog::open(sync)?,
+                log,
                 next_seq: 1,
                 outbox_len: 0,
             }),
             events,
             conflicts: opts.conflicts,
+            verify,
             conflicts_aged_at: std::sync::atomic::AtomicU64::new(0),
         };
         library.recover()?;
@@ -228,6 +239,7 @@ impl Library {
         let legacy = legacy_outbox_runs(&inner.lib)?;
         move_to_log(&mut inner.lib, &mut inner.log, legacy, LEGACY_OUTBOX_TABLES)?;
         inner.flush_outbox()?;
+        inner.log.seal_own_unsealed(self.device)?;
         self.hlc.observe_floor(inner.log.max_hlc()?);
         inner.next_seq = inner.log.max_seq(self.replica())? + 1;
         Ok(())
@@ -433,6 +445,7 @@ impl Library {
             model: BULK_MODEL.to_string(),
             record: op.location(),
             op: Op::Bulk(op),
+            seal: None,
         };
         Applier {
             tx: &tx,
@@ -466,7 +479,24 @@ impl Library {
         // Entries an earlier failed call logged come first: the watermark set below
         // must not pass over them.
         self.replay_log(inner)?;
-        let accepted = screen_remote(entries, &inner.log, &self.hlc, &mut report)?;
+        let verified = if self.verify {
+            let mut keys = MemberKeys(&inner.lib);
+            let (ok, refusals) = verify_entries(self.id, entries, &mut keys)?;
+            report.unverified = ok.iter().filter(|ok| !**ok).count();
+            report.forged = refusals;
+            Some(ok)
+        } else {
+            None
+        };
+        let cutoffs = Cutoffs::load(&inner.lib)?;
+        let accepted = screen_remote(
+            entries,
+            verified.as_deref(),
+            &inner.log,
+            &self.hlc,
+            &cutoffs,
+            &mut report,
+        )?;
         if accepted.is_empty() {
             return Ok(report);
         }
@@ -582,6 +612,21 @@ impl Drop for Library {
         if let Err(e) = inner.flush_outbox() {
             tracing::warn!("flushing the outbox on close failed (recovered on next open): {e}");
         }
+    }
+}
+
+/// Members' keys from the `devices` table of `library.db`, for verifying seals.
+struct MemberKeys<'c>(&'c Connection);
+
+impl KeySource for MemberKeys<'_> {
+    fn key_of(&mut self, device: Uuid) -> Result<Option<[u8; 32]>> {
+        use rusqlite::OptionalExtension;
+        let node_id: Option<Option<String>> = self
+            .0
+            .prepare_cached("SELECT node_id FROM devices WHERE uuid = ?1")?
+            .query_row([device], |r| r.get(0))
+            .optional()?;
+        Ok(node_id.flatten().as_deref().and_then(parse_node_id))
     }
 }
 

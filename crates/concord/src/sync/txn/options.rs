@@ -4,6 +4,7 @@
 use uuid::Uuid;
 
 use crate::sync::apply::ConflictRetention;
+use crate::sync::seal::NodeKey;
 
 /// Settings of an open library.
 #[derive(Debug, Clone)]
@@ -19,6 +20,13 @@ pub struct LibraryOptions {
     pub incarnation: Option<u64>,
     /// What a power cut may take of acknowledged commits.
     pub durability: Durability,
+    /// This device's node key. With a key, the entries this device originates
+    /// are sealed as they enter the log and every received entry must be
+    /// covered by a seal that verifies against its origin's key
+    /// (`crate::sync::seal`); without one, neither happens — for tools and
+    /// tests of the merge rules only: a node always opens its libraries with
+    /// its key (`crate::datadir::DataDir`).
+    pub key: Option<NodeKey>,
 }
 
 impl Default for LibraryOptions {
@@ -28,6 +36,7 @@ impl Default for LibraryOptions {
             conflicts: ConflictRetention::default(),
             incarnation: None,
             durability: Durability::default(),
+            key: None,
         }
     }
 }

@@ -8,22 +8,29 @@ use super::change::ApplyReport;
 use crate::error::Result;
 use crate::hlc::HlcGenerator;
 use crate::model::ModelInfo;
-use crate::sync::apply::{Applier, Outcome};
+use crate::sync::apply::{Applier, Cutoffs, Outcome};
 use crate::sync::entry::{self, LogEntry};
 use crate::sync::log::SyncLog;
 
-/// The entries worth appending, each with its model: valid, with numbers in
-/// range and a clock not too far ahead, and not already held by the log.
-/// Rejections and duplicates are counted in `report`.
+/// The entries worth appending, each with its model: covered by a verified
+/// seal (when `verified` is given: per entry, from `seal::verify_entries`),
+/// valid, with numbers in range and a clock not too far ahead, not past a
+/// removed device's cutoff, and not already held by the log. Rejections and
+/// duplicates are counted in `report`.
 pub(super) fn screen_remote(
     entries: &[LogEntry],
+    verified: Option<&[bool]>,
     log: &SyncLog,
     hlc: &HlcGenerator,
+    cutoffs: &Cutoffs,
     report: &mut ApplyReport,
 ) -> Result<Vec<(LogEntry, &'static ModelInfo)>> {
     let mut accepted: Vec<(LogEntry, &'static ModelInfo)> = Vec::new();
     let mut held_through: Vec<(Uuid, u64)> = Vec::new();
-    for e in entries {
+    for (i, e) in entries.iter().enumerate() {
+        if verified.is_some_and(|ok| !ok[i]) {
+            continue;
+        }
         if e.origin_seq == 0 || e.origin_seq > i64::MAX as u64 || e.hlc > i64::MAX as u64 {
             report.rejected.push(format!(
                 "entry {}:{} has out-of-range numbers",
@@ -42,6 +49,15 @@ pub(super) fn screen_remote(
         };
         if let Err(err) = hlc.check(&e.stamp()) {
             report.rejected.push(err.to_string());
+            continue;
+        }
+        let removed = cutoffs.get(e.origin).is_some();
+        if let Some(why) = removed
+            .then(|| Ok::<_, crate::error::Error>(log.max_seq(e.replica())? > 0))
+            .transpose()?
+            .and_then(|held| cutoffs.refusal(e, held))
+        {
+            report.rejected.push(why);
             continue;
         }
         // Entries at or below their replica's contiguous position are held (or

@@ -1,0 +1,330 @@
+//! Conduits between two devices: real `concord` nodes on 127.0.0.1 with
+//! real Iroh; the destination's device runs each cycle (`conduit run
+//! --wait`), listing the source over `concord/content/1` and fetching what
+//! the plan copies. Small trees (the 200 MB and 10,000-file variants are
+//! for the benchmarks). Every wait is on a condition with a deadline.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+mod support;
+use support::node::*;
+
+/// Every regular file below `root` (not `.concord/`): path → (BLAKE3, mtime, mode).
+fn tree(root: &Path) -> BTreeMap<String, (String, std::time::SystemTime, u32)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            if rel == ".concord" {
+                continue;
+            }
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file() {
+                let hash = blake3::hash(&std::fs::read(&p).unwrap())
+                    .to_hex()
+                    .to_string();
+                out.insert(
+                    rel,
+                    (
+                        hash,
+                        md.modified().unwrap(),
+                        md.permissions().mode() & 0o111,
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Two paired nodes sharing library `lib`; `src` a location of A and
+/// `dst` one of B, both known to B. Returns (A, B, A's location id, B's).
+fn two_devices(tmp: &Path, src: &Path, dst: &Path) -> (Node, Node, String, String) {
+    let mut a = Node::new(tmp, "alpha");
+    let mut b = Node::new(tmp, "beta");
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    let la = a.json(&["location", "add", "lib", src.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.json(&["library", "join", "lib", "alpha"]);
+    let lb = b.json(&["location", "add", "lib", dst.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("B sees A's location", || {
+        b.json(&["location", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == la.as_str())
+    });
+    (a, b, la, lb)
+}
+
+fn create(b: &Node, from: &str, to: &str, extra: &[&str]) -> String {
+    let mut args = vec!["conduit", "create", "lib", "--from", from, "--to", to];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--cadence", "manual"]);
+    b.json(&args)["id"].as_str().unwrap().to_string()
+}
+
+fn run(b: &Node, id: &str) -> Value {
+    b.json(&["conduit", "run", "lib", id, "--wait"])
+}
+
+fn write(p: &Path, data: &[u8]) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, data).unwrap();
+}
+
+/// Files in the trash of `location` whose path ends with `suffix`.
+fn trashed(location: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(days) = std::fs::read_dir(location.join(".concord/trash")) else {
+        return out;
+    };
+    for d in days {
+        let p = d.unwrap().path().join(suffix);
+        if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn replicate_between_two_devices_with_deletes_and_its_guards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    let long = format!("{}.txt", "ł".repeat(120)); // 240 bytes of name
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 31 + i / 977) as u8)
+        .collect();
+    write(&src.join("empty"), b"");
+    write(&src.join("docs/café ✓/日本語.txt"), "こんにちは".as_bytes());
+    write(&src.join(format!("docs/{long}")), b"long name");
+    write(&src.join("big.bin"), &big);
+    write(&src.join("run.sh"), b"#!/bin/sh\necho hi\n");
+    std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for i in 0..12 {
+        write(
+            &src.join(format!("many/{i}.txt")),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let (a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    let keep = create(&b, &la, &format!("{lb}:keep"), &["--policy", "replicate"]);
+    let mirror = create(
+        &b,
+        &la,
+        &format!("{lb}:mirror"),
+        &["--policy", "replicate", "--delete"],
+    );
+    // Every member sees the conduits.
+    wait_until("A lists both conduits", || {
+        a.json(&["conduit", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
+    // Only the destination's device runs a cycle.
+    assert!(a
+        .fails(&["conduit", "run", "lib", &keep, "--wait"])
+        .contains("destination's device"));
+
+    // First cycle: bytes, mtimes and the exec bit equal.
+    for id in [&keep, &mirror] {
+        let r = run(&b, id);
+        assert_eq!(r["outcome"], "done", "{r}");
+    }
+    let want = tree(&src);
+    assert_eq!(want.len(), 17);
+    assert_eq!(tree(&dst.join("keep")), want);
+    assert_eq!(tree(&dst.join("mirror")), want);
+    let status = b.json(&["conduit", "status", "lib", &keep]);
+    assert_eq!(status["state"], "idle", "{status}");
+    assert!(status["last_run"].as_i64().is_some(), "{status}");
+    assert!(status["bytes_received"].as_u64().unwrap() >= big.len() as u64);
+
+    // A modification propagates.
+    write(
+        &src.join("docs/café ✓/日本語.txt"),
+        "さようなら, changed".as_bytes(),
+    );
+    run(&b, &keep);
+    assert_eq!(tree(&dst.join("keep")), tree(&src));
+
+    // A delete follows only with --delete, and lands in the trash.
+    std::fs::remove_file(src.join("run.sh")).unwrap();
+    run(&b, &keep);
+    run(&b, &mirror);
+    assert!(dst.join("keep/run.sh").is_file());
+    assert!(!dst.join("mirror/run.sh").exists());
+    assert_eq!(trashed(&dst, "mirror/run.sh").len(), 1);
+    assert_eq!(tree(&dst.join("mirror")), tree(&src));
+
+    // A mass delete pauses with its reason; --allow-deletes lets it through.
+    std::fs::remove_dir_all(src.join("many")).unwrap();
+    std::fs::remove_file(src.join("big.bin")).unwrap();
+    let err = b.fails(&["conduit", "run", "lib", &mirror, "--wait"]);
+    assert!(err.contains("mass-delete"), "{err}");
+    assert!(dst.join("mirror/many/0.txt").is_file(), "nothing deleted");
+    let status = b.json(&["conduit", "status", "lib", &mirror]);
+    assert_eq!(
+        (status["state"].as_str(), status["reason"].as_str()),
+        (Some("paused"), Some("mass-delete"))
+    );
+    wait_until("A sees the pause", || {
+        a.json(&["conduit", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == mirror.as_str() && c["reason"] == "mass-delete")
+    });
+    b.json(&["conduit", "resume", "lib", &mirror, "--allow-deletes"]);
+    run(&b, &mirror);
+    assert_eq!(tree(&dst.join("mirror")), tree(&src));
+    assert_eq!(trashed(&dst, "mirror/many/11.txt").len(), 1);
+
+    // A missing source root pauses with source-missing, never "all deleted".
+    std::fs::rename(&src, tmp.path().join("unmounted")).unwrap();
+    let err = b.fails(&["conduit", "run", "lib", &mirror, "--wait"]);
+    assert!(err.contains("source-missing"), "{err}");
+    assert!(dst.join("mirror/empty").is_file(), "nothing deleted");
+    let status = b.json(&["conduit", "status", "lib", &mirror]);
+    assert_eq!(status["reason"], "source-missing");
+    drop(a);
+}
+
+#[test]
+fn archive_removes_the_source_only_after_the_verified_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("outbox"), tmp.path().join("archive"));
+    std::fs::create_dir_all(&dst).unwrap();
+    write(&src.join("a.txt"), b"first");
+    write(&src.join("sub/b.bin"), &vec![7u8; 200_000]);
+    write(&src.join("zero"), b"");
+    let before = tree(&src);
+    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    let id = create(&b, &la, &lb, &["--policy", "archive"]);
+    run(&b, &id);
+    // The copies are here, equal; the source files are gone, each recorded.
+    assert_eq!(tree(&dst), before);
+    assert!(tree(&src).is_empty(), "{:?}", tree(&src));
+    let audit = std::fs::read_to_string(src.join(".concord/audit/archive.jsonl")).unwrap();
+    let lines: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{audit}");
+    for l in &lines {
+        let path = l["path"].as_str().unwrap();
+        assert_eq!(l["blake3"].as_str().unwrap(), before[path].0, "{l}");
+        assert_eq!(l["archived_to_device"], "beta");
+    }
+    // A new file is archived by the next cycle; the archive keeps the old ones.
+    write(&src.join("later.txt"), b"later");
+    run(&b, &id);
+    assert!(!src.join("later.txt").exists());
+    assert_eq!(std::fs::read(dst.join("later.txt")).unwrap(), b"later");
+    assert!(dst.join("a.txt").is_file());
+}
+
+#[test]
+fn an_instant_conduit_follows_changes_without_conduit_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    write(&src.join("first.txt"), b"one");
+    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    // The default cadence is instant.
+    let id = b.json(&[
+        "conduit",
+        "create",
+        "lib",
+        "--from",
+        &la,
+        "--to",
+        &lb,
+        "--policy",
+        "replicate",
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("the first file is replicated", || {
+        std::fs::read(dst.join("first.txt")).ok().as_deref() == Some(b"one".as_slice())
+    });
+    write(&src.join("sub/second.txt"), b"two");
+    write(&src.join("first.txt"), b"one, edited");
+    wait_until("the changes are replicated", || tree(&dst) == tree(&src));
+    let status = b.json(&["conduit", "status", "lib", &id]);
+    assert_eq!(status["reason"], Value::Null, "{status}");
+    assert!(status["last_run"].as_i64().is_some(), "{status}");
+}
+
+#[test]
+fn sync_between_two_devices_carries_both_ways_and_keeps_both_versions_of_a_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    write(&src.join("a.txt"), b"from alpha");
+    write(&src.join("shared.txt"), b"agreed");
+    write(&dst.join("docs/b.txt"), b"from beta");
+    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    let id = create(&b, &la, &lb, &["--policy", "sync"]);
+    run(&b, &id);
+    assert_eq!(tree(&src), tree(&dst));
+    assert_eq!(tree(&src).len(), 3);
+
+    // One-sided changes go the other way, deletions to the other's trash.
+    write(&dst.join("docs/b.txt"), b"from beta, edited");
+    write(&src.join("new.txt"), b"new on alpha");
+    std::fs::remove_file(dst.join("a.txt")).unwrap();
+    run(&b, &id);
+    assert_eq!(tree(&src), tree(&dst));
+    assert_eq!(
+        std::fs::read(src.join("docs/b.txt")).unwrap(),
+        b"from beta, edited"
+    );
+    assert!(dst.join("new.txt").is_file());
+    assert!(!src.join("a.txt").exists());
+    assert_eq!(trashed(&src, "a.txt").len(), 1);
+
+    // Both edit the same file: both versions stay on both devices.
+    write(&src.join("shared.txt"), b"alpha's edit");
+    write(&dst.join("shared.txt"), b"beta's edit, longer");
+    run(&b, &id);
+    let (s, d) = (tree(&src), tree(&dst));
+    assert_eq!(s, d);
+    let contents: Vec<Vec<u8>> = s
+        .keys()
+        .filter(|p| p.starts_with("shared"))
+        .map(|p| std::fs::read(src.join(p)).unwrap())
+        .collect();
+    assert_eq!(contents.len(), 2, "{s:?}");
+    assert!(contents.contains(&b"alpha's edit".to_vec()));
+    assert!(contents.contains(&b"beta's edit, longer".to_vec()));
+    assert!(s.keys().any(|p| p.starts_with("shared.conflict-")), "{s:?}");
+    let status = b.json(&["conduit", "status", "lib", &id]);
+    assert_eq!(status["conflicts"].as_array().unwrap().len(), 1, "{status}");
+
+    // Another cycle changes nothing: no copy of a copy.
+    run(&b, &id);
+    assert_eq!(tree(&src), s);
+    assert_eq!(tree(&dst), s);
+}

@@ -1,0 +1,308 @@
+//! A file being received: its data in a temp file and the ranges of it that
+//! were verified, both kept next to each other in the destination location's
+//! `.concord/tmp/`, so a transfer interrupted by a disconnect or a `kill -9`
+//! of either side resumes with only the missing ranges.
+//!
+//! Order of writes (what a crash can leave): verified leaves are written to
+//! `<stem>.part`; every [`CHECKPOINT_BYTES`] the part file is fsynced and only
+//! then `<stem>.state` (hash, size, verified ranges) is replaced atomically. So
+//! the state never claims a range that is not on disk. Complete: mtime and
+//! exec bit are set, the part file is fsynced and renamed onto the final name,
+//! the folder is fsynced, the state removed. Nothing unverified ever gets the
+//! final name.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bao_tree::{ChunkNum, ChunkRanges};
+use serde::{Deserialize, Serialize};
+
+use crate::error::NetError;
+use crate::transfer::path::{make_dir, prepare_destination, CONCORD_DIR};
+use crate::transfer::wire::{decode_ranges, encode_ranges};
+
+/// Verified bytes written between two checkpoints: what a crash may cost.
+pub const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+/// How a refusal for want of space starts, for callers that pause on it.
+pub const DISK_FULL: &str = "disk full";
+/// Largest state file read back (its ranges are bounded by the protocol's).
+const MAX_STATE_BYTES: u64 = 64 * 1024;
+
+/// What `<stem>.state` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialState {
+    pub hash: [u8; 32],
+    pub size: u64,
+    /// Verified chunk ranges, as wire boundaries.
+    pub verified: Vec<u64>,
+}
+
+/// The temp files of the transfer to `root/rel`.
+fn temp_paths(root: &Path, rel: &str) -> (PathBuf, PathBuf) {
+    let stem = blake3::hash(rel.as_bytes()).to_hex();
+    let dir = root.join(CONCORD_DIR).join("tmp");
+    (
+        dir.join(format!("{}.part", &stem[..32])),
+        dir.join(format!("{}.state", &stem[..32])),
+    )
+}
+
+/// Make `root/.concord/tmp`, refusing a symlink on the way.
+fn temp_dir(root: &Path) -> Result<PathBuf, NetError> {
+    let mut dir = root.to_path_buf();
+    for part in [CONCORD_DIR, "tmp"] {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(NetError::Refused(format!(
+                    "{} is not a folder",
+                    dir.display()
+                )))
+            }
+            Err(_) => make_dir(&dir)?,
+        }
+    }
+    Ok(dir)
+}
+
+/// Bytes covered by a set of 1 KiB chunk ranges (an open range counts as
+/// none: it only appears in requests).
+fn chunk_bytes(ranges: &ChunkRanges) -> u64 {
+    let b = encode_ranges(ranges);
+    b.chunks(2)
+        .filter_map(|r| r.get(1).map(|end| end - r[0]))
+        .sum::<u64>()
+        .saturating_mul(1024)
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `dir`.
+fn available(dir: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The chunks of a file of `size` bytes.
+pub fn all_chunks(size: u64) -> ChunkRanges {
+    ChunkRanges::from(ChunkNum(0)..ChunkNum(size.div_ceil(1024)))
+}
+
+/// The state of an earlier, interrupted transfer to `root/rel`, if any whose
+/// part file is still there.
+pub fn load_state(root: &Path, rel: &str) -> Option<PartialState> {
+    let (part, state) = temp_paths(root, rel);
+    let meta = std::fs::metadata(&state).ok()?;
+    if meta.len() > MAX_STATE_BYTES {
+        return None;
+    }
+    let bytes = std::fs::read(&state).ok()?;
+    let parsed: PartialState = postcard::from_bytes(&bytes).ok()?;
+    let part_len = std::fs::metadata(&part).ok()?.len();
+    (part_len == parsed.size && decode_ranges(&parsed.verified).is_ok()).then_some(parsed)
+}
+
+/// Bytes already verified of the interrupted transfers into the location
+/// at `root` (what their resumes will not fetch again): for status and
+/// tests.
+pub fn resumable_bytes(root: &Path) -> u64 {
+    let Ok(dir) = std::fs::read_dir(root.join(CONCORD_DIR).join("tmp")) else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "state") {
+            continue;
+        }
+        let state = std::fs::read(&path)
+            .ok()
+            .and_then(|b| postcard::from_bytes::<PartialState>(&b).ok());
+        if let Some(ranges) = state.and_then(|s| decode_ranges(&s.verified).ok()) {
+            total += chunk_bytes(&ranges);
+        }
+    }
+    total
+}
+
+/// Forget an interrupted transfer to `root/rel` (its content changed).
+pub fn discard(root: &Path, rel: &str) {
+    let (part, state) = temp_paths(root, rel);
+    let _ = std::fs::remove_file(state);
+    let _ = std::fs::remove_file(part);
+}
+
+/// A transfer in progress into a temp file.
+pub struct Partial {
+    dest: PathBuf,
+    part: PathBuf,
+    state_path: PathBuf,
+    file: File,
+    hash: [u8; 32],
+    size: u64,
+    verified: ChunkRanges,
+    unsaved: u64,
+}
+
+impl Partial {
+    /// Start (or resume, when a matching state is on disk) the transfer of a
+    /// file of `size` bytes hashing to `hash` into `root/rel`.
+    pub fn begin(root: &Path, rel: &str, hash: [u8; 32], size: u64) -> Result<Self, NetError> {
+        let dest = prepare_destination(root, rel)?;
+        temp_dir(root)?;
+        let (part, state_path) = temp_paths(root, rel);
+        let verified = match load_state(root, rel) {
+            Some(s) if s.hash == hash && s.size == size => decode_ranges(&s.verified)?,
+            _ => {
+                discard(root, rel);
+                ChunkRanges::empty()
+            }
+        };
+        let have = chunk_bytes(&verified).min(size);
+        if let Some(free) = available(root) {
+            if size - have > free {
+                return Err(NetError::Refused(format!(
+                    "{DISK_FULL}: {} needs {} more bytes and {free} are free",
+                    dest.display(),
+                    size - have
+                )));
+            }
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&part)
+            .map_err(|e| NetError::Io(format!("{}: {e}", part.display())))?;
+        file.set_len(size)
+            .map_err(|e| NetError::Io(format!("{}: {e}", part.display())))?;
+        let partial = Partial {
+            dest,
+            part,
+            state_path,
+            file,
+            hash,
+            size,
+            verified,
+            unsaved: 0,
+        };
+        partial.save()?;
+        Ok(partial)
+    }
+
+    /// The error for a failed write: "disk full" (and the temp files
+    /// removed, so none is left behind) or an I/O error.
+    fn write_error(&self, e: std::io::Error) -> NetError {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            let _ = std::fs::remove_file(&self.state_path);
+            let _ = std::fs::remove_file(&self.part);
+            NetError::Refused(format!("{DISK_FULL}: writing {}", self.dest.display()))
+        } else {
+            NetError::Io(format!("{}: {e}", self.part.display()))
+        }
+    }
+
+    /// Ranges already verified and on disk.
+    pub fn verified(&self) -> &ChunkRanges {
+        &self.verified
+    }
+
+    /// Write a verified leaf; checkpoint every [`CHECKPOINT_BYTES`].
+    pub fn write_leaf(&mut self, offset: u64, data: &[u8]) -> Result<(), NetError> {
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|end| *end <= self.size)
+            .ok_or_else(|| NetError::Protocol("data beyond the end of the file".into()))?;
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| self.write_error(e))?;
+        self.verified |= ChunkRanges::from(ChunkNum(offset / 1024)..ChunkNum(end.div_ceil(1024)));
+        self.unsaved += data.len() as u64;
+        if self.unsaved >= CHECKPOINT_BYTES {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Make what was written durable, then record it as verified.
+    pub fn checkpoint(&mut self) -> Result<(), NetError> {
+        self.file.sync_data().map_err(|e| self.write_error(e))?;
+        self.save()?;
+        self.unsaved = 0;
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), NetError> {
+        let state = PartialState {
+            hash: self.hash,
+            size: self.size,
+            verified: encode_ranges(&self.verified),
+        };
+        let bytes = postcard::to_allocvec(&state)
+            .map_err(|e| NetError::Other(format!("encode transfer state: {e}")))?;
+        concord::datadir::write_atomic(&self.state_path, &bytes)?;
+        Ok(())
+    }
+
+    /// Every chunk of the file verified.
+    pub fn is_complete(&self) -> bool {
+        (all_chunks(self.size) - self.verified.clone()).is_empty()
+    }
+
+    /// Give the complete file its final name, with the sender's modification
+    /// time (ns since the epoch) and exec bit.
+    pub fn commit(self, modified_ns: i128, executable: bool) -> Result<PathBuf, NetError> {
+        if !self.is_complete() {
+            return Err(NetError::Protocol(
+                "the transfer ended before every range was verified".into(),
+            ));
+        }
+        let io = |e: std::io::Error| NetError::Io(format!("{}: {e}", self.part.display()));
+        if executable {
+            let mode = self.file.metadata().map_err(io)?.permissions().mode();
+            let mode = mode | ((mode & 0o444) >> 2);
+            self.file
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(io)?;
+        }
+        if let Some(time) = system_time(modified_ns) {
+            self.file
+                .set_times(std::fs::FileTimes::new().set_modified(time))
+                .map_err(io)?;
+        }
+        self.file.sync_all().map_err(io)?;
+        std::fs::rename(&self.part, &self.dest)
+            .map_err(|e| NetError::Io(format!("{}: {e}", self.dest.display())))?;
+        if let Some(dir) = self.dest.parent() {
+            if let Ok(dir) = File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        let _ = std::fs::remove_file(&self.state_path);
+        Ok(self.dest)
+    }
+}
+
+/// A time in ns since the epoch (negative: before it), if representable.
+pub fn system_time(ns: i128) -> Option<SystemTime> {
+    let abs = u64::try_from(ns.unsigned_abs() / 1_000_000_000).ok()?;
+    let sub = (ns.unsigned_abs() % 1_000_000_000) as u32;
+    let d = Duration::new(abs, sub);
+    if ns >= 0 {
+        UNIX_EPOCH.checked_add(d)
+    } else {
+        UNIX_EPOCH.checked_sub(d)
+    }
+}
+
+/// A time as ns since the epoch (negative: before it).
+pub fn epoch_ns(time: SystemTime) -> i128 {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}

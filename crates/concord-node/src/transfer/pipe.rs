@@ -1,0 +1,154 @@
+//! The bridge between QUIC streams (async) and the bao encoder and decoder
+//! (blocking code on a blocking thread): a bounded channel of byte buffers in
+//! each direction, so a transfer holds at most [`DEPTH`] × [`PIECE`] bytes in
+//! flight whatever the file's size. The async halves count bytes (progress)
+//! and cut a stream that makes no progress for [`STALL_TIMEOUT`].
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use iroh::endpoint::{RecvStream, SendStream};
+use tokio::sync::mpsc;
+
+use crate::error::NetError;
+use crate::transfer::wire::STALL_TIMEOUT;
+
+/// Bytes per buffer handed between the two halves.
+pub const PIECE: usize = 64 * 1024;
+/// Buffers queued between the two halves.
+pub const DEPTH: usize = 8;
+
+/// A bounded channel for one direction of a transfer.
+pub fn channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
+    mpsc::channel(DEPTH)
+}
+
+/// `std::io::Write` for the encoder: fills buffers of [`PIECE`] bytes and
+/// queues them, blocking while the queue is full.
+pub struct ChannelWriter {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelWriter {
+    pub fn new(tx: mpsc::Sender<Vec<u8>>) -> Self {
+        Self {
+            tx,
+            buf: Vec::with_capacity(PIECE),
+        }
+    }
+
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(PIECE));
+        self.tx
+            .blocking_send(full)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(PIECE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == PIECE {
+            self.send_buf()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buf()
+    }
+}
+
+/// `std::io::Read` for the decoder: reads the queued buffers in order; the
+/// end of the queue (the sender dropped) is the end of the data.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    pub fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
+        Self {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.blocking_recv() {
+                Some(next) => {
+                    self.cur = next;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// A test hook: the stream offset of a byte to flip on its way out.
+pub type Corruption = Option<u64>;
+
+/// Write what the encoder queues to `send`, counting into `sent`, then finish
+/// the stream. With `corrupt`, the byte at that offset of the stream is
+/// flipped on the wire (tests only).
+pub async fn pump_out(
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    send: &mut SendStream,
+    sent: &AtomicU64,
+    corrupt: Corruption,
+) -> Result<(), NetError> {
+    let mut offset = 0u64;
+    while let Some(mut piece) = rx.recv().await {
+        if let Some(at) = corrupt {
+            if at >= offset && at < offset + piece.len() as u64 {
+                piece[(at - offset) as usize] ^= 0x01;
+            }
+        }
+        offset += piece.len() as u64;
+        tokio::time::timeout(STALL_TIMEOUT, send.write_all(&piece))
+            .await
+            .map_err(|_| NetError::Timeout("the receiver stopped reading".into()))?
+            .map_err(|e| NetError::Io(e.to_string()))?;
+        sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Read `recv` to its end into the decoder's queue, counting into
+/// `received`. Stops early (dropping the queue, which the decoder sees as the
+/// end) when the decoder has gone.
+pub async fn pump_in(
+    recv: &mut RecvStream,
+    tx: mpsc::Sender<Vec<u8>>,
+    received: &AtomicU64,
+) -> Result<(), NetError> {
+    loop {
+        let chunk = tokio::time::timeout(STALL_TIMEOUT, recv.read_chunk(PIECE))
+            .await
+            .map_err(|_| NetError::Timeout("the sender stalled".into()))?
+            .map_err(|e| NetError::Io(e.to_string()))?;
+        let Some(chunk) = chunk else {
+            return Ok(());
+        };
+        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        if tx.send(chunk.to_vec()).await.is_err() {
+            return Ok(());
+        }
+    }
+}

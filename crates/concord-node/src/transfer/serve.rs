@@ -1,0 +1,209 @@
+//! The serving side of `concord/content/1`: [`ContentServer`], the handler
+//! mounted on the node's router. Each stream carries one request; the peer
+//! must be a paired device, a member of the library, and ask for a file
+//! inside a location this device added ([`crate::transfer::source`]).
+
+use std::sync::{Arc, Mutex};
+
+use concord::hlc::Clock;
+use concord::Uuid;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+use iroh::EndpointId;
+use tokio::sync::Semaphore;
+
+use crate::error::NetError;
+use crate::frame::{expect_msg, write_msg};
+use crate::state::NodeState;
+use crate::transfer::apply::serve_apply;
+use crate::transfer::fetch::ContentClient;
+use crate::transfer::listing::{serve_list, serve_release, ScanCache};
+use crate::transfer::pipe::{channel, pump_out, ChannelWriter, Corruption};
+use crate::transfer::progress::TransferProgress;
+use crate::transfer::source::{authorize, Source};
+use crate::transfer::wire::{
+    decode_ranges, ContentCall, ContentHeader, ContentRequest, MAX_CONCURRENT_PER_PEER,
+    MAX_REQUEST_FRAME, REQUEST_TIMEOUT,
+};
+use crate::transport::MISBEHAVING;
+
+/// Serves file content to members; counts what it sends.
+#[derive(Clone)]
+pub struct ContentServer {
+    state: Arc<NodeState>,
+    progress: Arc<TransferProgress>,
+    corrupt: Arc<Mutex<Corruption>>,
+    scans: Arc<ScanCache>,
+    /// Fetches what a Synchronize peer asks this end to copy from it.
+    client: ContentClient,
+}
+
+impl std::fmt::Debug for ContentServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContentServer")
+    }
+}
+
+impl ContentServer {
+    /// Serves the locations of `state`'s libraries.
+    pub fn new(state: Arc<NodeState>) -> Self {
+        Self {
+            state: state.clone(),
+            progress: Arc::new(TransferProgress::default()),
+            corrupt: Arc::new(Mutex::new(None)),
+            scans: Arc::new(ScanCache::default()),
+            client: ContentClient::new(state.clone()),
+        }
+    }
+
+    /// What this device has sent (`bytes_sent`, `files_done`) since it started.
+    pub fn progress(&self) -> &TransferProgress {
+        &self.progress
+    }
+
+    /// Test hook: flip the byte at `offset` of every content stream sent
+    /// after this call (the data after the header), to prove the receiver
+    /// detects it. `None` stops corrupting.
+    #[doc(hidden)]
+    pub fn corrupt_wire_byte(&self, offset: Option<u64>) {
+        *self.corrupt.lock().unwrap_or_else(|e| e.into_inner()) = offset;
+    }
+
+    /// One stream: its call, answered.
+    async fn serve(
+        &self,
+        remote: EndpointId,
+        device: Uuid,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) -> Result<(), NetError> {
+        let call: ContentCall =
+            tokio::time::timeout(REQUEST_TIMEOUT, expect_msg(&mut recv, MAX_REQUEST_FRAME))
+                .await
+                .map_err(|_| NetError::Timeout("the peer sent no complete request".into()))??;
+        let now_ms = || concord::hlc::SystemClock.now_ms() as i64;
+        let state = self.state.clone();
+        match call {
+            ContentCall::File(req) => return self.serve_file(remote, device, send, req).await,
+            ContentCall::List(req) => {
+                let scans = self.scans.clone();
+                let page = tokio::task::spawn_blocking(move || {
+                    serve_list(&state, &scans, remote, &req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("listing task failed: {e}")))?;
+                write_msg(&mut send, &page).await?;
+            }
+            ContentCall::Apply(req) => {
+                let (client, handle) = (self.client.clone(), tokio::runtime::Handle::current());
+                let answer = tokio::task::spawn_blocking(move || {
+                    serve_apply(&state, &client, handle, remote, req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("apply task failed: {e}")))?;
+                write_msg(&mut send, &answer).await?;
+            }
+            ContentCall::Release(req) => {
+                let answer = tokio::task::spawn_blocking(move || {
+                    serve_release(&state, remote, &req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("release task failed: {e}")))?;
+                write_msg(&mut send, &answer).await?;
+            }
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// A `File` call: the header, then the bao encoding of the wanted ranges.
+    async fn serve_file(
+        &self,
+        remote: EndpointId,
+        device: Uuid,
+        mut send: SendStream,
+        req: ContentRequest,
+    ) -> Result<(), NetError> {
+        let wanted = decode_ranges(&req.wanted)?;
+        let state = self.state.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let root = authorize(&state, remote, &req)?;
+            Source::open(root, &req)
+        })
+        .await
+        .map_err(|e| NetError::Other(format!("serving task failed: {e}")))?;
+        let source = match opened {
+            Ok(source) => source,
+            Err(e) => {
+                tracing::debug!(device = %device, "content request refused: {e}");
+                let reason = match e {
+                    NetError::Refused(reason) => reason,
+                    other => format!("cannot serve the file: {other}"),
+                };
+                write_msg(&mut send, &ContentHeader::Refused { reason }).await?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        };
+        write_msg(&mut send, &source.header).await?;
+        let (tx, rx) = channel();
+        let encoder = tokio::task::spawn_blocking(move || {
+            let mut out = ChannelWriter::new(tx);
+            source.encode(&wanted, &mut out)
+        });
+        let corrupt = *self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+        let pumped = pump_out(rx, &mut send, &self.progress.bytes_sent, corrupt).await;
+        let encoded = encoder
+            .await
+            .map_err(|e| NetError::Other(format!("encoding task failed: {e}")))?;
+        match (encoded, pumped) {
+            (Ok(()), Ok(())) => {
+                let _ = send.finish();
+                self.progress
+                    .files_done
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                // The receiver must not take a cut stream for a clean end.
+                let _ = send.reset(1u32.into());
+                Err(e)
+            }
+        }
+    }
+}
+
+impl ProtocolHandler for ContentServer {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let remote = conn.remote_id();
+        let device = match self.state.authorize(remote) {
+            Ok(peer) => peer.device_id,
+            Err(e) => {
+                tracing::warn!(node = %remote.fmt_short(), "content connection refused: {e}");
+                conn.close(3u32.into(), b"not paired");
+                return Ok(());
+            }
+        };
+        let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_PER_PEER));
+        crate::frame::for_each_stream(&conn, |send, recv| {
+            let server = self.clone();
+            let slots = slots.clone();
+            let conn = conn.clone();
+            async move {
+                let Ok(_slot) = slots.acquire().await else {
+                    return;
+                };
+                match server.serve(remote, device, send, recv).await {
+                    Ok(()) => {}
+                    Err(e @ (NetError::Protocol(_) | NetError::Timeout(_))) => {
+                        tracing::warn!(device = %device, "misbehaving peer disconnected: {e}");
+                        conn.close(MISBEHAVING.into(), b"protocol violation");
+                    }
+                    Err(e) => tracing::debug!(device = %device, "content stream closed: {e}"),
+                }
+            }
+        })
+        .await;
+        Ok(())
+    }
+}

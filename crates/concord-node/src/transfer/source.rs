@@ -1,0 +1,185 @@
+//! The serving side's view of one requested file: authorised, opened without
+//! following links, hashed into its BLAKE3 tree (the outboard), and encoded
+//! as bao for the wanted ranges. Blocking code, run on a blocking thread.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use bao_tree::io::outboard::PostOrderOutboard;
+use bao_tree::io::sync::{encode_ranges_validated, outboard_post_order};
+use bao_tree::{BaoTree, ChunkRanges};
+use concord::query::{self, members};
+use iroh::EndpointId;
+
+use crate::error::NetError;
+use crate::state::NodeState;
+use crate::transfer::partial::epoch_ns;
+use crate::transfer::path::open_regular;
+use crate::transfer::wire::{ContentHeader, ContentRequest, BLOCK, MAX_FILE_SIZE};
+
+/// Outboards up to this size stay in memory (files up to 4 GiB); larger ones
+/// go to an unnamed temp file, so memory stays bounded whatever the size.
+const MAX_MEMORY_OUTBOARD: u64 = 16 * 1024 * 1024;
+
+/// Where the BLAKE3 tree of a file is kept while it is served.
+enum TreeStore {
+    Memory(Vec<u8>),
+    File(File),
+}
+
+/// A file ready to be sent: its data, its tree and what the header says.
+pub struct Source {
+    file: File,
+    tree: BaoTree,
+    hash: blake3::Hash,
+    store: TreeStore,
+    pub header: ContentHeader,
+}
+
+/// The root folder of the requested location, when the node `remote` may
+/// read it: it is a paired device (checked again for every request, so
+/// unpairing takes effect on open connections), the library is here, the
+/// device is one of its members and the location is one this device added.
+/// A refusal says which check failed.
+pub fn authorize(
+    state: &NodeState,
+    remote: EndpointId,
+    req: &ContentRequest,
+) -> Result<PathBuf, NetError> {
+    authorize_location(state, remote, req.library, req.location)
+}
+
+/// [`authorize`] for any call naming a library and a location.
+pub fn authorize_location(
+    state: &NodeState,
+    remote: EndpointId,
+    library: concord::Uuid,
+    location: concord::Uuid,
+) -> Result<PathBuf, NetError> {
+    let req = LocationRef { library, location };
+    let device = state.authorize(remote)?.device_id;
+    let here = state.data.list_libraries()?;
+    if !here.iter().any(|l| l.id == req.library) {
+        return Err(NetError::Refused(format!(
+            "no library {} on this device",
+            req.library
+        )));
+    }
+    let lib = state.library(req.library)?;
+    if !members::is_member(&lib, device)? {
+        return Err(NetError::Refused(format!(
+            "device {device} is not a member of library {}",
+            req.library
+        )));
+    }
+    match query::location(&lib, req.location)? {
+        Some(loc) if loc.device == state.device_id() => Ok(PathBuf::from(loc.path)),
+        Some(_) => Err(NetError::Refused(format!(
+            "location {} is not on this device",
+            req.location
+        ))),
+        None => Err(NetError::Refused(format!("no location {}", req.location))),
+    }
+}
+
+struct LocationRef {
+    library: concord::Uuid,
+    location: concord::Uuid,
+}
+
+/// Hash the first `tree.size()` bytes of `file` into its BLAKE3 tree (post
+/// order), kept in memory or in an unnamed temp file by size.
+fn build_tree(file: &File, tree: BaoTree) -> std::io::Result<(blake3::Hash, TreeStore)> {
+    let data = BufReader::with_capacity(256 * 1024, Read::take(file, tree.size()));
+    if tree.outboard_size() <= MAX_MEMORY_OUTBOARD {
+        let mut out = Vec::with_capacity(tree.outboard_size() as usize);
+        let hash = outboard_post_order(data, tree, &mut out)?;
+        Ok((hash, TreeStore::Memory(out)))
+    } else {
+        let mut out = tempfile::tempfile()?;
+        let hash = outboard_post_order(data, tree, std::io::BufWriter::new(&mut out))?;
+        Ok((hash, TreeStore::File(out)))
+    }
+}
+
+/// The BLAKE3 hash of the file at `path`, computed as serving it does (its
+/// tree of 16 KiB groups built on the way): what benchmark F6 measures.
+pub fn hash_for_transfer(path: &Path) -> std::io::Result<blake3::Hash> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    build_tree(&file, BaoTree::new(size, BLOCK)).map(|(hash, _)| hash)
+}
+
+impl Source {
+    /// Open `root/path`, hash it and check it against the expected hash.
+    pub fn open(root: PathBuf, req: &ContentRequest) -> Result<Source, NetError> {
+        let (file, path) = open_regular(&root, &req.path)?;
+        let meta = file.metadata()?;
+        let size = meta.len();
+        if size > MAX_FILE_SIZE {
+            return Err(NetError::Refused(format!(
+                "{} is too large to send",
+                path.display()
+            )));
+        }
+        let tree = BaoTree::new(size, BLOCK);
+        let (hash, store) = build_tree(&file, tree).map_err(|e| {
+            NetError::Refused(format!("{} changed while being read: {e}", path.display()))
+        })?;
+        if let Some(expected) = req.hash {
+            if expected != *hash.as_bytes() {
+                return Err(NetError::Refused(format!(
+                    "{} has changed (its BLAKE3 hash is not the one requested); rescan and retry",
+                    req.path
+                )));
+            }
+        }
+        let modified_ns = meta.modified().map(epoch_ns).unwrap_or(0);
+        let header = ContentHeader::Ok {
+            size,
+            hash: *hash.as_bytes(),
+            modified_ns,
+            executable: meta.permissions().mode() & 0o111 != 0,
+        };
+        Ok(Source {
+            file,
+            tree,
+            hash,
+            store,
+            header,
+        })
+    }
+
+    /// Write the bao encoding of `wanted` (verifying the file against its
+    /// tree as it goes: a file changed since it was hashed is an error).
+    pub fn encode(self, wanted: &ChunkRanges, out: &mut impl Write) -> Result<(), NetError> {
+        let fail = |e: bao_tree::io::EncodeError| {
+            NetError::Refused(format!("the file changed while being sent: {e}"))
+        };
+        if self.tree.size() == 0 {
+            return Ok(());
+        }
+        match self.store {
+            TreeStore::Memory(data) => {
+                let outboard = PostOrderOutboard {
+                    root: self.hash,
+                    tree: self.tree,
+                    data,
+                };
+                encode_ranges_validated(&self.file, outboard, wanted, &mut *out).map_err(fail)?
+            }
+            TreeStore::File(data) => {
+                let outboard = PostOrderOutboard {
+                    root: self.hash,
+                    tree: self.tree,
+                    data,
+                };
+                encode_ranges_validated(&self.file, outboard, wanted, &mut *out).map_err(fail)?
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,183 @@
+//! The conduit calls of `concord/content/1` between real nodes on
+//! 127.0.0.1: `List` pages a large folder in order and bounded, reports a
+//! missing folder as `Missing` and refuses an escaping one; `Release`
+//! removes a file only through an archive conduit to the requester's own
+//! location, only when the file is still the version it names, and records
+//! it in the audit log; `Apply` only through a sync conduit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord::model::Conduit;
+use concord::{index, Change, Library, Uuid};
+use concord_node::transfer::wire::{
+    ApplyAnswer, ApplyRequest, ContentCall, ListPage, ListRequest, ReleaseAnswer, ReleaseRequest,
+    WireAction, WireState, PAGE_FILES,
+};
+
+mod support;
+use support::{config, init_tracing, pair, share_new_library, start, wait_for};
+
+async fn add_location(lib: &Arc<Library>, path: &Path) -> Uuid {
+    let (lib, path) = (lib.clone(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        index::add_location(&lib, &path, &mut |_, _| {})
+            .unwrap()
+            .location
+            .id
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_pages_and_release_only_through_an_archive_conduit() {
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(src.join("many")).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let n = 2 * PAGE_FILES + 100;
+    for i in 0..n {
+        std::fs::write(src.join(format!("many/{i:05}")), i.to_string()).unwrap();
+    }
+    std::fs::write(src.join("keep.txt"), b"precious").unwrap();
+    let server = start(&tmp.path().join("a"), config("alpha")).await;
+    let client = start(&tmp.path().join("b"), config("beta")).await;
+    pair(&server, &client).await;
+    let lib = share_new_library(&server, &client, "calls").await;
+    let location = add_location(&server.state.library(lib).unwrap(), &src).await;
+    let peer = client
+        .state
+        .resolve_peer(&server.device_id().to_string())
+        .unwrap();
+    let list = |dir: &str, after: Option<String>| {
+        let call = ContentCall::List(ListRequest {
+            library: lib,
+            location,
+            dir: dir.into(),
+            after,
+        });
+        let (fetcher, peer) = (client.fetcher.clone(), peer.clone());
+        async move { fetcher.call::<ListPage>(&peer, &call).await.unwrap() }
+    };
+
+    // Pages in path order, each within its bound, together everything once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let ListPage::Files { files, more } = list("many", after.clone()).await else {
+            panic!("not a page");
+        };
+        assert!(files.len() <= PAGE_FILES);
+        after = files.last().map(|f| f.path.clone());
+        seen.extend(files.into_iter().map(|f| f.path));
+        if !more {
+            break;
+        }
+    }
+    let want: Vec<String> = (0..n).map(|i| format!("{i:05}")).collect();
+    assert_eq!(seen, want);
+    assert_eq!(list("gone", None).await, ListPage::Missing);
+    assert!(matches!(
+        list("../dst", None).await,
+        ListPage::Refused { .. }
+    ));
+
+    // A release without an archive conduit is refused; the file stays.
+    let hash = *blake3::hash(b"precious").as_bytes();
+    let mtime_ns = {
+        let md = std::fs::metadata(src.join("keep.txt")).unwrap();
+        let d = md
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        d.as_nanos() as i64
+    };
+    let release = |hash: [u8; 32]| {
+        let call = ContentCall::Release(ReleaseRequest {
+            library: lib,
+            location,
+            dir: String::new(),
+            path: "keep.txt".into(),
+            size: 8,
+            mtime_ns,
+            hash,
+            to_device: "beta".into(),
+            to_path: "keep.txt".into(),
+        });
+        let (fetcher, peer) = (client.fetcher.clone(), peer.clone());
+        async move { fetcher.call::<ReleaseAnswer>(&peer, &call).await.unwrap() }
+    };
+    assert!(matches!(release(hash).await, ReleaseAnswer::Refused { .. }));
+    assert!(src.join("keep.txt").is_file());
+
+    // With an archive conduit to beta's own location: only the right version.
+    let blib = client.state.library(lib).unwrap();
+    let theirs = add_location(&blib, &dst).await;
+    let conduit = Conduit {
+        id: Uuid::now_v7(),
+        source: location,
+        source_dir: String::new(),
+        destination: theirs,
+        destination_dir: String::new(),
+        policy: "archive".into(),
+        propagate_deletes: false,
+        cadence: "manual".into(),
+        min_free: None,
+        pin_tag: None,
+        paused: None,
+        allow_deletes: false,
+        last_run: None,
+        last_error: None,
+    };
+    blib.commit(Change::insert(&conduit)).unwrap();
+    let alib = server.state.library(lib).unwrap();
+    wait_for("alpha sees the conduit", Duration::from_secs(60), || {
+        concord::query::conduit(&alib, conduit.id)
+            .unwrap()
+            .is_some_and(|_| concord::query::location(&alib, theirs).unwrap().is_some())
+    })
+    .await;
+    assert!(matches!(
+        release([9; 32]).await,
+        ReleaseAnswer::Refused { .. }
+    ));
+    assert!(src.join("keep.txt").is_file());
+    assert_eq!(release(hash).await, ReleaseAnswer::Released);
+    assert!(!src.join("keep.txt").exists());
+    let audit = std::fs::read_to_string(src.join(".concord/audit/archive.jsonl")).unwrap();
+    assert!(
+        audit.contains(&blake3::Hash::from(hash).to_hex().to_string()),
+        "{audit}"
+    );
+    // Gone now: a second release is refused.
+    assert!(matches!(release(hash).await, ReleaseAnswer::Refused { .. }));
+
+    // Apply (Synchronize) needs a sync conduit: the archive one is not.
+    let victim = src.join("many/00000");
+    let md = std::fs::metadata(&victim).unwrap();
+    let version = concord::conduit::tree::FileState::from_metadata(&md);
+    let call = ContentCall::Apply(ApplyRequest {
+        library: lib,
+        location,
+        dir: String::new(),
+        peer_location: theirs,
+        peer_dir: String::new(),
+        peer_device: "beta".into(),
+        actions: vec![WireAction::Delete {
+            path: "many/00000".into(),
+            expected: WireState {
+                version: version.version,
+                inode: version.inode,
+            },
+        }],
+    });
+    let answer: ApplyAnswer = client.fetcher.call(&peer, &call).await.unwrap();
+    assert!(matches!(answer, ApplyAnswer::Refused { .. }), "{answer:?}");
+    assert!(victim.is_file());
+    client.shutdown().await;
+    server.shutdown().await;
+}

@@ -1,0 +1,254 @@
+//! One end of a conduit as the planner sees it: a [`Tree`] of regular files,
+//! each a [`FileState`] (its [`Version`] plus its inode).
+//!
+//! [`scan`] builds a tree from a folder: it never follows a symbolic link
+//! (links, sockets, FIFOs and devices are left out, as are names that are not
+//! UTF-8 or not valid [`RelPath`]s), skips `.concord/` and ignored paths, and
+//! hashes a file only when its stat (size, mtime, inode) differs from the
+//! previous scan's, which it takes as a cache. Empty folders are not part of
+//! a tree: conduits carry files (ARCHITECTURE.md, "Conduits").
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{ConduitError, Result};
+use super::ignore::IgnoreRules;
+use super::path::{RelPath, SafeRoot, MAX_DEPTH, RESERVED_DIR};
+
+/// A BLAKE3 content hash.
+pub type Hash = [u8; 32];
+
+/// Most files a conduit end may hold (a bound on memory per cycle).
+pub const MAX_FILES: usize = 4_000_000;
+
+/// A file's content identity and the metadata a conduit preserves: what two
+/// ends must agree on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// BLAKE3 of the content, when known (an index may not have it yet).
+    pub hash: Option<Hash>,
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// The owner's executable bit.
+    pub exec: bool,
+}
+
+impl Version {
+    /// Whether two versions hold the same content: by hash when both are
+    /// known, else by size and modification time (which copies preserve).
+    /// The executable bit is part of the version.
+    pub fn same_as(&self, other: &Version) -> bool {
+        let content = match (self.hash, other.hash) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.size == other.size && self.mtime_ns == other.mtime_ns,
+        };
+        content && self.exec == other.exec
+    }
+}
+
+/// A file on one end: its version and where it sits on disk (the inode, to
+/// notice a file replaced between the scan and its use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    pub version: Version,
+    pub inode: u64,
+}
+
+impl FileState {
+    /// The state of a file from its metadata; the hash is filled in later.
+    pub fn from_metadata(md: &std::fs::Metadata) -> FileState {
+        FileState {
+            version: Version {
+                hash: None,
+                size: md.len(),
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                exec: md.permissions().mode() & 0o100 != 0,
+            },
+            inode: md.ino(),
+        }
+    }
+
+    /// Whether `md` still describes this file (same inode, size, mtime).
+    pub fn unchanged(&self, md: &std::fs::Metadata) -> bool {
+        let now = FileState::from_metadata(md);
+        md.is_file()
+            && now.inode == self.inode
+            && now.version.size == self.version.size
+            && now.version.mtime_ns == self.version.mtime_ns
+    }
+}
+
+/// A cached hash is trusted only for files modified at least this long
+/// before the scan that hashed them: a file written twice within the
+/// filesystem's timestamp granularity keeps its size and mtime (the "racily
+/// clean" problem git has), so a recent file is hashed again.
+pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+/// The files of one conduit end, by relative path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    pub files: BTreeMap<RelPath, FileState>,
+    /// When the scan that built this tree started (ms since the Unix epoch).
+    pub scanned_at_ms: i64,
+}
+
+impl Tree {
+    /// The state at `path`, if a file is there.
+    pub fn get(&self, path: &RelPath) -> Option<&FileState> {
+        self.files.get(path)
+    }
+}
+
+/// BLAKE3 of everything `r` yields, with its length.
+pub fn hash_reader(r: &mut impl Read) -> std::io::Result<(Hash, u64)> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((*h.finalize().as_bytes(), total))
+}
+
+/// Walk `root` at `now_ms` into a tree, hashing only files whose stat
+/// differs from `cache` (the previous scan of the same end) or that were
+/// modified shortly before that scan ([`RACY_WINDOW_NS`]).
+pub fn scan(
+    root: &SafeRoot,
+    ignore: &IgnoreRules,
+    cache: Option<&Tree>,
+    now_ms: i64,
+) -> Result<Tree> {
+    let mut tree = Tree {
+        files: BTreeMap::new(),
+        scanned_at_ms: now_ms,
+    };
+    let trusted_before = cache.map_or(i64::MIN, |c| {
+        c.scanned_at_ms
+            .saturating_mul(1_000_000)
+            .saturating_sub(RACY_WINDOW_NS)
+    });
+    let mut stack: Vec<(std::path::PathBuf, Option<RelPath>, usize)> =
+        vec![(root.path().to_path_buf(), None, 0)];
+    while let Some((dir, rel, depth)) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| ConduitError::io(&dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| ConduitError::io(&dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue; // not UTF-8: left alone
+            };
+            if rel.is_none() && name == RESERVED_DIR {
+                continue;
+            }
+            let Ok(child) = (match &rel {
+                Some(r) => r.join(&name),
+                None => RelPath::parse(&name),
+            }) else {
+                continue; // a name no other end could hold safely
+            };
+            let md = std::fs::symlink_metadata(entry.path())
+                .map_err(|e| ConduitError::io(entry.path(), e))?;
+            if md.is_dir() {
+                if depth + 1 < MAX_DEPTH && !ignore.is_ignored(child.as_str(), true) {
+                    stack.push((entry.path(), Some(child), depth + 1));
+                }
+            } else if md.is_file() && !ignore.is_ignored(child.as_str(), false) {
+                let cached = cache
+                    .and_then(|c| c.get(&child))
+                    .filter(|c| c.version.mtime_ns < trusted_before);
+                let state = stat_and_hash(&entry.path(), &md, cached)?;
+                if let Some(state) = state {
+                    if tree.files.len() == MAX_FILES {
+                        return Err(ConduitError::TooLarge {
+                            what: "the files of a conduit end",
+                            limit: MAX_FILES as u64,
+                        });
+                    }
+                    tree.files.insert(child, state);
+                }
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// The state of one file, hashed unless `cached` has the same stat. `None`
+/// when the file vanished or was replaced by a link meanwhile.
+fn stat_and_hash(
+    p: &Path,
+    md: &std::fs::Metadata,
+    cached: Option<&FileState>,
+) -> Result<Option<FileState>> {
+    let mut state = FileState::from_metadata(md);
+    if let Some(c) = cached.filter(|c| c.unchanged(md) && c.version.hash.is_some()) {
+        state.version.hash = c.version.hash;
+        return Ok(Some(state));
+    }
+    let mut f = match super::path::open_nofollow(p) {
+        Ok(f) => f,
+        Err(ConduitError::NotFollowed(_)) => return Ok(None),
+        Err(ConduitError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let (hash, _) = hash_reader(&mut f).map_err(|e| ConduitError::io(p, e))?;
+    let after = f.metadata().map_err(|e| ConduitError::io(p, e))?;
+    // Written to while hashed: take the stat from after, and leave the hash
+    // out unless nothing moved (the next scan hashes it again).
+    let mut state = FileState::from_metadata(&after);
+    if state.version.size == md.len() && FileState::from_metadata(md).unchanged(&after) {
+        state.version.hash = Some(hash);
+    }
+    Ok(Some(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scan_skips_links_reserved_and_ignored_and_reuses_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("a/b")).unwrap();
+        std::fs::create_dir_all(d.join(".concord/trash")).unwrap();
+        std::fs::write(d.join(".concord/trash/x"), b"x").unwrap();
+        std::fs::write(d.join("a/b/f.txt"), b"hello").unwrap();
+        std::fs::write(d.join("empty"), b"").unwrap();
+        std::fs::write(d.join("skip.tmp"), b"t").unwrap();
+        std::fs::write(d.join(".concordignore"), b"*.tmp\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        let root = SafeRoot::open(d, None, false).unwrap();
+        let rules = IgnoreRules::load(&root).unwrap();
+        let now_ms = 4_000_000_000_000; // long after the files were written
+        let t = scan(&root, &rules, None, now_ms).unwrap();
+        let names: Vec<&str> = t.files.keys().map(RelPath::as_str).collect();
+        assert_eq!(names, ["a/b/f.txt", "empty"]);
+        let f = &t.files[&RelPath::parse("a/b/f.txt").unwrap()];
+        assert_eq!(f.version.hash, Some(*blake3::hash(b"hello").as_bytes()));
+        assert_eq!(f.version.size, 5);
+        // A cached hash with the same stat is reused (a wrong one proves it).
+        let mut cache = t.clone();
+        let key = RelPath::parse("a/b/f.txt").unwrap();
+        cache.files.get_mut(&key).unwrap().version.hash = Some([7; 32]);
+        let again = scan(&root, &rules, Some(&cache), now_ms).unwrap();
+        assert_eq!(again.files[&key].version.hash, Some([7; 32]));
+        // A file modified just before the cached scan is hashed again.
+        cache.scanned_at_ms = f.version.mtime_ns / 1_000_000 + 1;
+        let racy = scan(&root, &rules, Some(&cache), now_ms).unwrap();
+        assert_eq!(racy.files[&key].version.hash, f.version.hash);
+    }
+}
