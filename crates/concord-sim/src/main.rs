@@ -24,7 +24,7 @@ struct Args {
     /// Devices per run (3-7); drawn from the seed when omitted.
     #[arg(long)]
     devices: Option<usize>,
-    /// Faults to inject: all, none, a list (drop,dup,delay,partition,crash,clock,leader-kill,prune,byzantine)
+    /// Faults to inject: all, none, a list (drop,dup,delay,partition,crash,clock,leader-kill,prune,rollback,lost-fsync,byzantine)
     /// or all but some (-clock,-prune).
     #[arg(long, default_value = "all", allow_hyphen_values = true)]
     faults: String,
