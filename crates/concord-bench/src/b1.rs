@@ -1,9 +1,15 @@
 //! B1: 100k single `commit`s of tag-sized rows, then 1M tags through
 //! `commit_batch` (1,000 per batch), against plain rusqlite writing the same rows
 //! (a `tags` table without the sync columns) in transactions of the same sizes.
+//! `--durability full` runs both with `synchronous=FULL` (every commit synced:
+//! what [`Durability::Full`] costs); by default the baseline runs `NORMAL` and
+//! Concord its default ([`Durability::Normal`]: only `sync.db` synced).
+
+use std::sync::OnceLock;
 
 use concord::hlc::SystemClock;
 use concord::model::Tag;
+use concord::sync::txn::{Durability, LibraryOptions};
 use concord::{Change, Library, Uuid};
 
 use crate::common::progress;
@@ -11,6 +17,18 @@ use crate::common::{last_cpu, open_baseline, peak_rss_mb, reset_peak_rss, timed,
 use crate::report::Row;
 
 const BATCH: usize = 1_000;
+
+/// The durability B1 measures (`--durability`), set once before it runs.
+static DURABILITY: OnceLock<Durability> = OnceLock::new();
+
+/// Run B1 with `d` (the `--durability` flag).
+pub fn set_durability(d: Durability) {
+    let _ = DURABILITY.set(d);
+}
+
+fn durability() -> Durability {
+    DURABILITY.get().copied().unwrap_or_default()
+}
 
 /// The rows: deterministic UUIDv7 ids, short names, a colour on every third tag.
 fn tags(seed: u64, n: usize) -> Vec<Tag> {
@@ -34,7 +52,11 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
 
     // Baseline: plain rusqlite, same rows, same transaction sizes.
     reset_peak_rss();
+    let full = durability() == Durability::Full;
     let conn = open_baseline(&tmp.path().join("raw.db"))?;
+    if full {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
     conn.execute_batch(
         "CREATE TABLE tags (id INTEGER PRIMARY KEY, uuid BLOB UNIQUE, name TEXT, color TEXT);",
     )?;
@@ -80,9 +102,10 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         "bench",
         Uuid::from_u128(0xB1DE),
         Box::new(SystemClock),
-        concord::sync::txn::LibraryOptions {
+        LibraryOptions {
+            durability: durability(),
             key: Some(concord::sync::seal::NodeKey::from_bytes(&[0xB1; 32])),
-            ..Default::default()
+            ..LibraryOptions::default()
         },
     )?;
     let (_, single_s) = timed(|| {
@@ -112,10 +135,15 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
     let batch = batched as f64 / batch_s;
     progress!("concord: {single:.0} commits/s, {batch:.0} batched items/s");
 
+    let (commit_rate, batch_rate) = if full {
+        ("commit_rate_full", "batch_rate_full")
+    } else {
+        ("commit_rate", "batch_rate")
+    };
     Ok(vec![
         Row::at_least(
             "B1",
-            "commit_rate",
+            commit_rate,
             single,
             "ops/s",
             "raw_sqlite",
@@ -124,7 +152,7 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
         ),
         Row::at_least(
             "B1",
-            "batch_rate",
+            batch_rate,
             batch,
             "items/s",
             "raw_sqlite",

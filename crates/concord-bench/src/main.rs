@@ -1,6 +1,7 @@
 //! The Concord benchmark harness (PERFORMANCE.md):
 //!
 //!     cargo run --release -p concord-bench -- [WORKLOAD...] [--scale small|full] [--json]
+//!         [--durability normal|full]
 //!
 //! No workload named runs every implemented one. Results go to stdout (a table,
 //! or one JSON object per line with `--json`); progress goes to stderr.
@@ -68,7 +69,8 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: concord-bench [WORKLOAD...] [--scale small|full] [--json]\n\nworkloads:\n",
+        "usage: concord-bench [WORKLOAD...] [--scale small|full] [--json] \
+         [--durability normal|full]\n\nworkloads:\n",
     );
     for (id, what, _) in WORKLOADS {
         s.push_str(&format!("  {id}  {what}\n"));
@@ -95,6 +97,12 @@ fn main() -> anyhow::Result<()> {
                     other => anyhow::bail!("--scale takes small or full, not {other:?}"),
                 }
             }
+            // What B1 measures: the default, or every commit synced.
+            "--durability" => match args.next().as_deref() {
+                Some("normal") => b1::set_durability(concord::sync::txn::Durability::Normal),
+                Some("full") => b1::set_durability(concord::sync::txn::Durability::Full),
+                other => anyhow::bail!("--durability takes normal or full, not {other:?}"),
+            },
             "-h" | "--help" => {
                 print!("{}", usage());
                 return Ok(());

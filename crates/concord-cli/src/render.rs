@@ -167,6 +167,13 @@ fn sync_status(v: &Value) -> String {
         out.push_str("\n\nwarning: ");
         out.push_str(&escape(warning));
     }
+    if let Some(n) = v["stats"]["rolled_back"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "\n\nwarning: rollback detected: peers held {n} changes this device had made and \
+             lost (data dir restored from a backup, rolled back, or cut by a power loss); \
+             they were taken back from them"
+        ));
+    }
     out
 }
 

@@ -89,12 +89,12 @@ async fn peer_bulk_index_becomes_own_job(files: usize, limit: Duration) {
     eprintln!("made {files} files in {:?}", t.elapsed());
 
     // (Counted by sequence and commits: acknowledged entries may be pruned.)
-    let seq_before = la.with_log(|l| l.max_seq(a.device_id())).unwrap();
+    let seq_before = la.with_log(|l| l.max_seq(la.replica())).unwrap();
     let mut commits = la.subscribe();
     let t = Instant::now();
     let a_loc = add_location(&la, &tree).await;
     eprintln!("A indexed in {:?}", t.elapsed());
-    let seq_after = la.with_log(|l| l.max_seq(a.device_id())).unwrap();
+    let seq_after = la.with_log(|l| l.max_seq(la.replica())).unwrap();
     let mut local = Vec::new();
     while let Ok(e) = commits.try_recv() {
         if e.source == Source::Local {
@@ -323,7 +323,7 @@ async fn watched_location_changes_reach_the_peer_live() {
             .count()
     };
     let bulk_before = own_bulk(&la);
-    let seq_before = la.with_log(|l| l.max_seq(a.device_id())).unwrap();
+    let seq_before = la.with_log(|l| l.max_seq(la.replica())).unwrap();
     let t = Instant::now();
     let burst = tree.join("burst");
     tokio::task::spawn_blocking(move || {
@@ -370,7 +370,7 @@ async fn watched_location_changes_reach_the_peer_live() {
     assert_eq!(count_on(&la), BURST);
     // Every file through the log (one entry each, plus the folder and time
     // updates), none in bulk.
-    let written = la.with_log(|l| l.max_seq(a.device_id())).unwrap() - seq_before;
+    let written = la.with_log(|l| l.max_seq(la.replica())).unwrap() - seq_before;
     assert!(written as usize > BURST, "{written}");
     assert_eq!(sizes.iter().sum::<usize>(), written as usize);
     assert_eq!(own_bulk(&la), bulk_before, "no bulk write");

@@ -227,6 +227,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     );
     // Entries for a library mallory is not registered in.
     let tag = LogEntry {
+        incarnation: 0,
         origin: m.device_id(),
         origin_seq: 1,
         hlc: concord::hlc::Hlc::pack(a.state.now_ms(), 0),
@@ -284,6 +285,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     };
     let writes = FieldWrite::all(vol.to_values());
     let stolen = LogEntry {
+        incarnation: 0,
         origin: m.device_id(),
         origin_seq: 1_000_000,
         hlc: concord::hlc::Hlc::pack(a.state.now_ms(), 0),
@@ -332,10 +334,11 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     // beta's with one entry altered. Refused over the real connection, nothing
     // logged, mallory reported in alpha's `sync status`.
     let mallory_key = m.state.data.library_options().unwrap().key.unwrap();
-    let next = la.with_log(|l| l.max_seq(a.device_id())).unwrap() + 1;
+    let next = la.with_log(|l| l.max_seq(la.replica())).unwrap() + 1;
     let mut in_alphas_name = vec![LogEntry {
         origin: a.device_id(),
         origin_seq: next,
+        incarnation: la.incarnation(),
         hlc: concord::hlc::Hlc::pack(a.state.now_ms(), 0),
         lib_seq: None,
         epoch: None,
@@ -352,7 +355,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
         seal: None,
     }];
     concord::sync::seal::seal_entries(&mallory_key, lib_id, &mut in_alphas_name);
-    let held = lb.with_log(|l| l.max_seq(b.device_id())).unwrap();
+    let held = lb.with_log(|l| l.max_seq(lb.replica())).unwrap();
     lb.commit(Change::insert(&Tag {
         id: Uuid::now_v7(),
         name: "beta-genuine".into(),
@@ -360,7 +363,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
     }))
     .unwrap();
     let mut altered = lb
-        .with_log(|l| l.fetch_origin(b.device_id(), held, 256))
+        .with_log(|l| l.fetch_origin(lb.replica(), held, 256))
         .unwrap();
     assert!(
         altered.len() == 1 && altered[0].seal.is_some(),
@@ -371,7 +374,7 @@ async fn hostile_peer_changes_nothing_and_honest_sync_continues() {
         let r = reply(&raw_sync(&m, &a, frame(&env(Msg::PushEntries { entries }))).await);
         assert!(matches!(r, Msg::Ok | Msg::Sequenced { .. }), "{r:?}");
     }
-    assert!(!la.with_log(|l| l.contains(a.device_id(), next)).unwrap());
+    assert!(!la.with_log(|l| l.contains(la.replica(), next)).unwrap());
     let forged_tags: i64 = la
         .read(|c| {
             Ok(c.query_row(

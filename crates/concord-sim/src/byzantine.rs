@@ -7,7 +7,7 @@
 
 use concord::model::{Syncable, Tag};
 use concord::service::protocol::{Envelope, Msg, Role, Term};
-use concord::sync::entry::{FieldWrite, LogEntry, Op};
+use concord::sync::entry::{replica_id, FieldWrite, LogEntry, Op};
 use concord::sync::log::VersionVector;
 use concord::sync::seal::seal_entries;
 use concord::Library;
@@ -43,8 +43,11 @@ impl World {
             return Ok(());
         };
         let victim = self.devices[v].id;
+        // The victim's current incarnation (any member sees its replica in
+        // version vectors): forgeries aim at the positions it numbers next.
+        let incarnation = self.devices[v].lib.as_ref().map_or(0, |l| l.incarnation());
         let msg = match self.rng.below(3) {
-            0 => self.altered_chunk(&lib, victim)?,
+            0 => self.altered_chunk(&lib, replica_id(victim, incarnation))?,
             1 => Some(Msg::Heartbeat {
                 term: Term {
                     epoch: u64::MAX,
@@ -59,7 +62,7 @@ impl World {
         };
         let msg = match msg {
             Some(m) => m,
-            None => self.in_anothers_name(&lib, byz, victim)?,
+            None => self.in_anothers_name(&lib, byz, (victim, incarnation))?,
         };
         self.forgeries.sent += 1;
         let me = self.devices[byz].id;
@@ -77,11 +80,16 @@ impl World {
         Ok(())
     }
 
-    /// New tags in `victim`'s name at its next positions, sealed with the
-    /// forger's key.
-    fn in_anothers_name(&mut self, lib: &Library, byz: usize, victim: Uuid) -> Result<Msg, String> {
+    /// New tags in `victim`'s name (a device and its incarnation) at its next
+    /// positions, sealed with the forger's key.
+    fn in_anothers_name(
+        &mut self,
+        lib: &Library,
+        byz: usize,
+        (victim, incarnation): (Uuid, u64),
+    ) -> Result<Msg, String> {
         let next = lib
-            .with_log(|l| l.max_seq(victim))
+            .with_log(|l| l.max_seq(replica_id(victim, incarnation)))
             .map_err(|e| e.to_string())?
             + 1
             + self.rng.below(3);
@@ -96,6 +104,7 @@ impl World {
                 LogEntry {
                     origin: victim,
                     origin_seq: next + k,
+                    incarnation,
                     hlc,
                     lib_seq: None,
                     epoch: None,
@@ -110,8 +119,9 @@ impl World {
         Ok(Msg::PushEntries { entries })
     }
 
-    /// A genuine sealed chunk of `victim` from the forger's log, one entry's
-    /// clock moved by one; `None` when the log holds no whole chunk of it.
+    /// A genuine sealed chunk of the replica `victim` from the forger's log,
+    /// one entry's clock moved by one; `None` when the log holds no whole
+    /// chunk of it.
     fn altered_chunk(&mut self, lib: &Library, victim: Uuid) -> Result<Option<Msg>, String> {
         let held = lib
             .with_log(|l| l.fetch_origin(victim, 0, 300))

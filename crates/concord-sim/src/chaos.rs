@@ -1,7 +1,9 @@
 //! The chaos phase: random writes on random devices, interleaved with the
 //! enabled device faults (crashes and long outages, partitions that split and
 //! heal, clocks skewed and jumping back, the leader killed right after a burst
-//! of writes, a member forging entries and terms). Message loss, duplication and delay happen in [`crate::net`].
+//! of writes, devices rolled back to a backup or cut by a power loss: see
+//! `rollback`; a member forging entries and terms). Message loss, duplication
+//! and delay happen in [`crate::net`].
 //!
 //! Every choice is drawn from the world's seeded [`crate::rng::Rng`] in a fixed
 //! order, so the same seed makes the same run.
@@ -34,19 +36,22 @@ impl World {
             }
             let roll = self.rng.below(1000);
             match roll {
-                0..=899 => {
+                0..=879 => {
                     let up = self.up();
                     if let Some(&i) = self.rng.pick(&up) {
                         self.write(i)?;
                     }
                 }
-                900..=929 if faults.crash => self.crash_one(faults.prune).await?,
+                // Each fault keeps the share it had alone.
+                880..=899 if faults.byzantine => self.forge()?,
+                900..=929 if faults.crash => self.crash_one(faults.prune, faults.rollback).await?,
                 930..=949 if faults.partition && heal_at.is_none() => {
                     heal_at = Some(self.partition(faults.prune));
                 }
                 950..=969 if faults.clock => self.skew_clock()?,
                 970..=979 if faults.leader_kill => self.kill_leader().await?,
-                980..=999 if faults.byzantine => self.forge()?,
+                980..=987 if faults.rollback => self.rollback_one().await?,
+                988..=995 if faults.lost_fsync => self.lose_fsync_one().await?,
                 _ => {}
             }
             for i in 0..n {
@@ -67,12 +72,16 @@ impl World {
     }
 
     /// Crash a random running device (never the last one) for a while; with
-    /// `prune`, sometimes for longer than the log retention.
-    async fn crash_one(&mut self, prune: bool) -> Result<(), String> {
+    /// `prune`, sometimes for longer than the log retention; with `rollback`,
+    /// sometimes back up its files while it is down.
+    async fn crash_one(&mut self, prune: bool, rollback: bool) -> Result<(), String> {
         let up = self.up();
         if up.len() > 1 {
             let i = *self.rng.pick(&up).unwrap();
             self.crash(i).await?;
+            if rollback && self.rng.chance(0.3) {
+                self.take_backup(i)?;
+            }
             let long = prune && self.rng.chance(0.3);
             let down = if long {
                 self.rng.ms(3_500, 7_000)

@@ -32,7 +32,11 @@ use uuid::Uuid;
 /// An entry whose commit was acknowledged to its author.
 #[derive(Debug, Clone)]
 pub struct Acked {
+    /// The device that wrote it.
     pub origin: Uuid,
+    /// Its position: `(replica, seq)`.
+    pub replica: Uuid,
+    pub incarnation: u64,
     pub seq: u64,
     pub hlc: u64,
     pub model: String,
@@ -89,9 +93,17 @@ pub fn acked_effects(lib: &Library, acked: &[Acked]) -> std::result::Result<(), 
         .with_log(|l| l.version_vector())
         .map_err(|e| e.to_string())?;
     for a in acked {
-        if vv.get(&a.origin).copied().unwrap_or(0) < a.seq {
+        // Held beyond a gap counts: a device that went back in time may have
+        // lost, for good, entries of its replica that no one else took (a
+        // clock too far ahead), and the ones after them can then never be
+        // contiguous.
+        let covered = vv.get(&a.replica).copied().unwrap_or(0) >= a.seq
+            || lib
+                .with_log(|l| l.contains(a.replica, a.seq))
+                .map_err(|e| e.to_string())?;
+        if !covered {
             return Err(format!(
-                "acknowledged entry {}:{} ({} {} {}) is not covered by the version vector",
+                "acknowledged entry {}:{} ({} {} {}) is not held by the log",
                 a.origin,
                 a.seq,
                 a.model,
@@ -143,8 +155,8 @@ fn effect(lib: &Library, a: &Acked) -> std::result::Result<(), String> {
     if let Op::Bulk(_) = a.op {
         let held = exists(
             lib,
-            "SELECT 1 FROM bulk_operations WHERE origin = ?1 AND origin_seq = ?2",
-            concord::rusqlite::params![a.origin, a.seq as i64],
+            "SELECT 1 FROM bulk_operations WHERE origin = ?1 AND origin_seq = ?2 AND incarnation = ?3",
+            concord::rusqlite::params![a.origin, a.seq as i64, a.incarnation as i64],
         )?;
         return if held {
             Ok(())

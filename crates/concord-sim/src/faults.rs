@@ -21,6 +21,10 @@ pub struct Faults {
     pub leader_kill: bool,
     /// Short log retention and long outages: pruning and snapshot backfill.
     pub prune: bool,
+    /// A device's files replaced by an earlier copy (a restored backup).
+    pub rollback: bool,
+    /// A power cut: the last transactions of a device's `library.db` vanish.
+    pub lost_fsync: bool,
     /// The last device also forges: entries in others' names, altered relayed
     /// chunks, terms it does not lead (`byzantine`).
     pub byzantine: bool,
@@ -37,6 +41,8 @@ impl Faults {
         "clock",
         "leader-kill",
         "prune",
+        "rollback",
+        "lost-fsync",
         "byzantine",
     ];
 
@@ -51,6 +57,8 @@ impl Faults {
             clock: true,
             leader_kill: true,
             prune: true,
+            rollback: true,
+            lost_fsync: true,
             byzantine: true,
         }
     }
@@ -66,6 +74,8 @@ impl Faults {
             clock: false,
             leader_kill: false,
             prune: false,
+            rollback: false,
+            lost_fsync: false,
             byzantine: false,
         }
     }
@@ -97,6 +107,8 @@ impl Faults {
                 "clock" => f.clock = on,
                 "leader-kill" => f.leader_kill = on,
                 "prune" => f.prune = on,
+                "rollback" => f.rollback = on,
+                "lost-fsync" => f.lost_fsync = on,
                 "byzantine" => f.byzantine = on,
                 other => {
                     return Err(format!(
@@ -123,6 +135,8 @@ impl Faults {
             self.clock,
             self.leader_kill,
             self.prune,
+            self.rollback,
+            self.lost_fsync,
             self.byzantine,
         ];
         let names: Vec<&str> = Self::NAMES

@@ -9,9 +9,11 @@
 //!
 //! [`sim`] drives a run through its phases; `world` holds the devices and what
 //! can be done to one (start, crash, write); `chaos` decides the device faults
-//! that [`faults`] enables, `byzantine` the forging member; [`liveness`] checks, with the production
+//! that [`faults`] enables (`rollback`: those that take a device's files back
+//! in time), `byzantine` the forging member; [`liveness`] checks, with the production
 //! timeouts, that no change waits for a leader; [`report`] is what a run returns.
-//! Dependencies run one way: `sim` → `chaos` → `byzantine`, `liveness` → `world` → `check`, `net`,
+//! Dependencies run one way: `sim` → `chaos` → `byzantine`, `liveness`, `rollback` → `world` →
+//! `check`, `net`,
 //! `workload`, `clock` → `rng`, `trace`.
 
 mod byzantine;
@@ -23,6 +25,7 @@ pub mod liveness;
 pub mod net;
 pub mod report;
 pub mod rng;
+mod rollback;
 pub mod sim;
 pub mod trace;
 pub mod workload;

@@ -48,6 +48,7 @@ pub fn production_config(run: &SyncConfig) -> SyncConfig {
 #[derive(Debug, Clone, Copy)]
 struct Watched {
     writer: usize,
+    /// The replica the write was numbered in.
     origin: Uuid,
     seq: u64,
 }
@@ -109,7 +110,7 @@ impl World {
                     .iter()
                     .map(|a| Watched {
                         writer,
-                        origin: a.origin,
+                        origin: a.replica,
                         seq: a.seq,
                     })
                     .collect());

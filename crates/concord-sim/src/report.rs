@@ -21,6 +21,13 @@ pub struct Report {
     pub partitions: u64,
     pub clock_faults: u64,
     pub leader_kills: u64,
+    /// Devices whose files were replaced by an earlier copy of themselves.
+    pub rollbacks: u64,
+    /// Power cuts that took the last transactions of a device's `library.db`.
+    pub lost_fsyncs: u64,
+    /// Acknowledged writes lost for good: only the device that went back in
+    /// time held them.
+    pub lost_writes: u64,
     /// Snapshots the services took to backfill a device (from their stats).
     pub snapshots: u64,
     /// Entries the services refused (from their stats).
@@ -53,6 +60,9 @@ impl Report {
             partitions: 0,
             clock_faults: 0,
             leader_kills: 0,
+            rollbacks: 0,
+            lost_fsyncs: 0,
+            lost_writes: 0,
             snapshots: 0,
             rejected: 0,
             forged_sent: 0,

@@ -42,14 +42,6 @@ pub(crate) fn device_key(id: Uuid) -> NodeKey {
     NodeKey::from_bytes(blake3::hash(id.as_bytes()).as_bytes())
 }
 
-/// Library options sealing with `key` and verifying every received entry.
-fn signed(key: &NodeKey) -> LibraryOptions {
-    LibraryOptions {
-        key: Some(key.clone()),
-        ..LibraryOptions::default()
-    }
-}
-
 /// One simulated device: its files survive a crash, its library and service
 /// do not.
 pub(crate) struct SimDevice {
@@ -71,6 +63,8 @@ pub(crate) struct SimDevice {
     pub(crate) hlc_seen: u64,
     /// Highest wall-clock reading this device has had.
     pub(crate) wall_seen: u64,
+    /// A copy of its files taken earlier, which a rollback restores.
+    pub(crate) backup: Option<PathBuf>,
 }
 
 /// Everything a run holds: the seeded randomness, the network, the devices
@@ -104,13 +98,14 @@ impl World {
             let clock = SimClock::new(self.start);
             let device_dir = dir.join(format!("d{i}"));
             let key = device_key(id);
+            let opts = self.library_options(true, &key);
             let lib = Library::create_with(
                 &device_dir,
                 lib_id,
                 "sim",
                 id,
                 Box::new(clock.clone()),
-                signed(&key),
+                opts,
             )
             .map_err(to_message)?;
             self.devices.push(SimDevice {
@@ -128,6 +123,7 @@ impl World {
                 restart_at: None,
                 hlc_seen: 0,
                 wall_seen: 0,
+                backup: None,
             });
         }
         self.register_everyone(&ids)?;
@@ -205,13 +201,26 @@ impl World {
         self.ack(i, &receipt)
     }
 
+    /// How a device opens its library; a fresh incarnation is drawn from the
+    /// seed (only when `opening`, so other runs' draws stay where they were).
+    pub(crate) fn library_options(&mut self, opening: bool, key: &NodeKey) -> LibraryOptions {
+        LibraryOptions {
+            incarnation: opening.then(|| self.rng.below(1 << 62) + 1),
+            key: Some(key.clone()),
+            ..LibraryOptions::default()
+        }
+    }
+
     /// Start device `i`'s service, reopening its library after a crash.
     pub(crate) fn start_device(&mut self, i: usize) -> Result<(), String> {
+        let reopen = self.devices[i].lib.is_none();
+        let key = self.devices[i].key.clone();
+        let opts = self.library_options(reopen, &key);
         let d = &mut self.devices[i];
         let lib = match &d.lib {
             Some(l) => l.clone(),
             None => {
-                let l = Library::open_with(&d.dir, d.id, Box::new(d.clock.clone()), signed(&d.key))
+                let l = Library::open_with(&d.dir, d.id, Box::new(d.clock.clone()), opts)
                     .map_err(|e| format!("reopening device {i}: {e}"))?;
                 let l = Arc::new(l);
                 d.lib = Some(l.clone());
@@ -288,28 +297,30 @@ impl World {
     /// Record what a commit wrote as acknowledged.
     pub(crate) fn ack(&mut self, i: usize, receipt: &Receipt) -> Result<(), String> {
         let lib = self.devices[i].lib.clone().unwrap();
-        for &(origin, seq) in &receipt.entries {
+        for &(replica, seq) in &receipt.entries {
             let fetched = lib
-                .with_log(|l| l.fetch_origin(origin, seq - 1, 1))
+                .with_log(|l| l.fetch_origin(replica, seq - 1, 1))
                 .map_err(|e| e.to_string())?;
             let entry = fetched
                 .into_iter()
                 .next()
                 .filter(|e| e.origin_seq == seq)
                 .ok_or_else(|| {
-                    format!("acknowledged entry {origin}:{seq} is not in its author's log")
+                    format!("acknowledged entry {replica}:{seq} is not in its author's log")
                 })?;
             self.trace.event(
                 "commit",
                 &[
-                    origin.as_bytes(),
+                    replica.as_bytes(),
                     &seq.to_le_bytes(),
                     &entry.hlc.to_le_bytes(),
                     entry.record.as_bytes(),
                 ],
             );
             self.acked.push(Acked {
-                origin,
+                origin: entry.origin,
+                replica,
+                incarnation: entry.incarnation,
                 seq,
                 hlc: entry.hlc,
                 model: entry.model,

@@ -205,7 +205,8 @@ fn prune_never_records_a_floor_above_what_the_log_holds() {
     let clock = Arc::new(ManualClock::new(NOW));
     let a = lib(&tmp.path().join("a"), 1, &clock);
     tags(&a, 3);
-    let origin = Uuid::from_u128(1);
+    // Positions are the replica's (this open's incarnation of device 1).
+    let origin = a.replica();
     let horizon: VersionVector = [(origin, 10)].into_iter().collect();
     a.with_log(|l| l.prune_covered(&horizon)).unwrap();
     let floor = a.with_log(|l| l.pruned_floor()).unwrap();
@@ -222,7 +223,7 @@ fn raising_the_version_vector_walks_over_held_entries() {
     let b = lib(&tmp.path().join("b"), 2, &clock);
     let all = entries(&a);
     b.apply_remote(&all[4..]).unwrap(); // 5 and 6, across a gap
-    let origin = Uuid::from_u128(1);
+    let origin = a.replica();
     let held = b.with_log(|l| l.version_vector()).unwrap();
     assert_eq!(held.get(&origin).copied().unwrap_or(0), 0);
     let vv: VersionVector = [(origin, 4)].into_iter().collect();

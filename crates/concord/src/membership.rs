@@ -11,11 +11,12 @@ use crate::error::{Error, Result};
 use crate::model::Device;
 use crate::query::members;
 use crate::sync::apply::Cutoffs;
+use crate::sync::entry::is_replica_of;
 use crate::sync::txn::{Change, Library};
 
 /// Remove `device` from `lib`: a synced removal every member learns, whose
-/// cutoff is the last of its entries this device holds (its version vector
-/// for that device). Members refuse the device's entries past it, stop
+/// cutoff is the last of its entries this device holds (the highest
+/// contiguous position of its replicas in this device's version vector). Members refuse the device's entries past it, stop
 /// serving it and no longer count it in elections. Returns the cutoff;
 /// `None` when the device was no member (or was already removed).
 pub fn remove(lib: &Library, device: Uuid) -> Result<Option<u64>> {
@@ -27,7 +28,7 @@ pub fn remove(lib: &Library, device: Uuid) -> Result<Option<u64>> {
     if !members::is_member(lib, device)? {
         return Ok(None);
     }
-    let through = lib.with_log(|l| l.contiguous(device))?;
+    let through = held_of(lib, device)?;
     lib.commit(Change::update::<Device>(device).set("removed", through as i64))?;
     Ok(Some(through))
 }
@@ -45,11 +46,25 @@ pub fn raise_cutoffs(lib: &Library) -> Result<usize> {
         if device == me {
             continue;
         }
-        let held = lib.with_log(|l| l.contiguous(device))?;
+        let held = held_of(lib, device)?;
         if held > cut.through {
             lib.commit(Change::update::<Device>(device).set("removed", held as i64))?;
             raised += 1;
         }
     }
     Ok(raised)
+}
+
+/// How far `lib`'s log holds `device`'s entries without a gap: the highest
+/// contiguous position of any of its replicas (incarnations). A cutoff is per
+/// device and bounds positions in each replica a member holds; replicas a
+/// member never held are refused whole (`Cutoffs::refusal`).
+pub fn held_of(lib: &Library, device: Uuid) -> Result<u64> {
+    let vv = lib.with_log(|l| l.version_vector())?;
+    Ok(vv
+        .iter()
+        .filter(|(replica, _)| is_replica_of(**replica, device))
+        .map(|(_, &seq)| seq)
+        .max()
+        .unwrap_or(0))
 }

@@ -1173,6 +1173,7 @@ fn membership_whose_id_is_not_its_members_is_refused_in_any_order() {
     );
     let id = TagAssignment::new(t1, e).id;
     let add = |origin: u128, tag: Uuid| LogEntry {
+        incarnation: 0,
         origin: Uuid::from_u128(origin),
         origin_seq: 1,
         hlc: Hlc::pack(T0, 1),
@@ -1300,6 +1301,7 @@ fn changes_to_another_devices_data_are_refused() {
     };
     // Renames the owner's volume, naming the real owner.
     let forged = LogEntry {
+        incarnation: 0,
         origin: intruder,
         origin_seq: 1,
         hlc: Hlc::pack(T0 + 500, 0),

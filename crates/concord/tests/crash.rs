@@ -347,6 +347,7 @@ fn peer_entries(lib: &Library, rng: &mut Rng, seq: &mut u64) -> Vec<LogEntry> {
             },
         };
         out.push(LogEntry {
+            incarnation: 0,
             origin: PEER,
             origin_seq: *seq,
             hlc,
@@ -450,11 +451,13 @@ fn check_after_kill(dir: &Path, shadow: &Library, st: &mut Checker, round: usize
         st.last_id = id;
     }
     for (_, e) in &new {
-        let next = st.next_seq.entry(e.origin).or_insert(1);
+        // Positions are per replica: each open numbers from 1 again.
+        let next = st.next_seq.entry(e.replica()).or_insert(1);
         assert_eq!(
-            e.origin_seq, *next,
+            e.origin_seq,
+            *next,
             "{what}: origin_seq of {} jumps (gap or duplicate)",
-            e.origin
+            e.replica()
         );
         *next += 1;
         st.max_hlc = st.max_hlc.max(e.hlc);
@@ -553,7 +556,7 @@ fn check_after_kill(dir: &Path, shadow: &Library, st: &mut Checker, round: usize
         check_replica(&lib, &fresh, &format!("{what} (full rebuild)"));
         let mut seqs: HashMap<Uuid, Vec<u64>> = HashMap::new();
         for e in &all {
-            seqs.entry(e.origin).or_default().push(e.origin_seq);
+            seqs.entry(e.replica()).or_default().push(e.origin_seq);
         }
         for (origin, mut s) in seqs {
             s.sort_unstable();
@@ -684,6 +687,7 @@ fn recovery_applies_logged_remote_entries_when_the_outbox_is_not_empty() {
     let lib = Library::create(&dir, LIB, "r", DEVICE, Box::new(SystemClock)).unwrap();
     let peer_tag = Uuid::now_v7();
     let remote = LogEntry {
+        incarnation: 0,
         origin: PEER,
         origin_seq: 1,
         hlc: Hlc::pack(lib.hlc().now_ms(), 0),

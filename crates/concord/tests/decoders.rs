@@ -111,6 +111,7 @@ fn entry() -> impl Strategy<Value = LogEntry> {
         op(),
     )
         .prop_map(|(origin, origin_seq, hlc, model, record, op)| LogEntry {
+            incarnation: 0,
             origin,
             origin_seq,
             hlc,
@@ -178,6 +179,7 @@ fn shaped_entry() -> impl Strategy<Value = LogEntry> {
                 })
                 .collect();
             LogEntry {
+                incarnation: 0,
                 origin,
                 origin_seq,
                 hlc,

@@ -81,6 +81,7 @@ fn forged(origin: u128, seq: u64, ms: u64, record: Uuid, op: Op, model: &str) ->
     LogEntry {
         origin: Uuid::from_u128(origin),
         origin_seq: seq,
+        incarnation: 0,
         hlc: Hlc::pack(ms, 0),
         lib_seq: None,
         epoch: None,
@@ -277,6 +278,50 @@ fn a_removal_cuts_the_device_off_and_members_converge() {
     assert_eq!(digest_all(&a), digest_all(&d));
 }
 
+/// A removal cuts the device off in every incarnation: B, removed, starts
+/// again (a new incarnation, a new replica) and writes; members refuse that
+/// replica whole, relayed or not, while B's entries from before stay.
+#[test]
+fn a_later_incarnation_of_a_removed_device_is_refused() {
+    let tmp = scratch("concord-members");
+    let clock = Arc::new(ManualClock::new(T0));
+    let a = lib(&tmp.path().join("a"), 0xa, &clock);
+    let b = lib(&tmp.path().join("b"), 0xb, &clock);
+    let c = lib(&tmp.path().join("c"), 0xc, &clock);
+    b.commit(Change::insert(&tag(Uuid::from_u128(1), "before")))
+        .unwrap();
+    exchange(&[&a, &b, &c]);
+    clock.advance(1000);
+    let cut = membership::remove(&a, Uuid::from_u128(0xb)).unwrap();
+    assert_eq!(cut, Some(2), "b's registration and its tag");
+    exchange(&[&a, &c]);
+    let first = b.replica();
+    drop(b);
+    let b = Library::open(
+        &tmp.path().join("b"),
+        Uuid::from_u128(0xb),
+        Box::new(clock.clone()),
+    )
+    .unwrap();
+    assert_ne!(b.replica(), first);
+    b.commit(Change::insert(&tag(Uuid::from_u128(2), "reborn")))
+        .unwrap();
+    let theirs = all_entries(&b);
+    for r in [&a, &c] {
+        let rep = r.apply_remote(&theirs).unwrap();
+        assert_eq!(rep.rejected.len(), 1, "{rep:?}");
+        membership::raise_cutoffs(r).unwrap();
+    }
+    exchange(&[&a, &c]);
+    for r in [&a, &c] {
+        assert_eq!(count(r, "SELECT COUNT(*) FROM tags"), 1, "only before");
+        assert_eq!(row(r, 0xb).removed, Some(2));
+        let held = r.with_log(|l| l.max_seq(b.replica())).unwrap();
+        assert_eq!(held, 0, "the new replica is held nowhere");
+    }
+    assert_eq!(digest_all(&a), digest_all(&c));
+}
+
 /// A removal is final: neither the removed device (about itself) nor any
 /// member can clear it, and a device cannot remove itself.
 #[test]
@@ -419,7 +464,7 @@ fn members_converge_across_a_removal_in_random_orders() {
         assert!(d.windows(2).all(|w| w[0] == w[1]), "seed {seed}: {d:?}");
         let cut = row(left[0], 0xb).removed.expect("b removed");
         for l in &left {
-            let held = l.with_log(|g| g.contiguous(Uuid::from_u128(0xb))).unwrap();
+            let held = membership::held_of(l, Uuid::from_u128(0xb)).unwrap();
             assert_eq!(held, cut as u64, "seed {seed}");
             assert!(!members::is_member(l, Uuid::from_u128(0xb)).unwrap());
         }

@@ -170,6 +170,7 @@ fn fast_path_matches_the_general_path() {
             }
         };
         let e = LogEntry {
+            incarnation: 0,
             origin,
             origin_seq: seq[d],
             hlc,
@@ -230,6 +231,7 @@ fn entries_in_the_old_per_entry_outbox_reach_the_log() {
     // An entry as the pre-v3 code left it: a row of the per-entry outbox (its
     // change already applied in the same transaction).
     let old = LogEntry {
+        incarnation: 0,
         origin: dev,
         origin_seq: 2,
         hlc: lib.hlc().tick().time,
@@ -266,11 +268,13 @@ fn entries_in_the_old_per_entry_outbox_reach_the_log() {
         .into_iter()
         .map(|(_, e)| e)
         .collect();
+    // The reopened library numbers in a new incarnation, from 1.
     assert_eq!(
         log.iter().map(|e| e.origin_seq).collect::<Vec<_>>(),
-        vec![1, 2, 3]
+        vec![1, 2, 1]
     );
     assert_eq!(log[1], old);
+    assert_eq!(log[2].replica(), lib.replica());
     let left: i64 = lib
         .read(|c| {
             Ok(c.query_row(

@@ -113,7 +113,7 @@ fn a_logged_batch_whose_commit_failed_is_applied_from_the_log() {
     drop(raw);
     // The next commit takes the next sequence number, not a logged one.
     let after = lib.commit(Change::insert(&numbered_tag(1000))).unwrap();
-    assert_eq!(after.entries, vec![(DEVICE, 101)]);
+    assert_eq!(after.entries, vec![(lib.replica(), 101)]);
     drop(lib);
     let lib = Library::open(&dir, DEVICE, Box::new(SystemClock)).unwrap();
     assert_eq!(count(&lib, "SELECT COUNT(*) FROM tags"), 101);
@@ -204,7 +204,7 @@ fn a_log_of_one_row_per_entry_is_converted_on_open() {
     assert_eq!(lib.with_log(|l| l.latest_seq()).unwrap(), Some(12));
     // And the log goes on.
     let r = lib.commit(Change::insert(&numbered_tag(9))).unwrap();
-    assert_eq!(r.entries, vec![(DEVICE, 6)]);
+    assert_eq!(r.entries, vec![(lib.replica(), 1)]);
     assert_eq!(lib.with_log(|l| l.count()).unwrap(), 6);
 }
 
@@ -228,14 +228,14 @@ fn fetches_and_pruning_inside_segments() {
     assert_eq!(since[0].record, tags[150].id);
     assert!(since.iter().all(|e| e.epoch == Some(4)));
     let mut vv = BTreeMap::new();
-    vv.insert(DEVICE, 250u64);
+    vv.insert(lib.replica(), 250u64);
     let missing = lib.with_log(|l| l.fetch_missing(&vv, 1000)).unwrap();
     assert_eq!(missing.len(), 50);
     assert_eq!(missing[0].origin_seq, 251);
-    assert!(lib.with_log(|l| l.contains(DEVICE, 299)).unwrap());
+    assert!(lib.with_log(|l| l.contains(lib.replica(), 299)).unwrap());
     // Pruning through 150 keeps 151.. (a row cut in the middle).
     let mut horizon = BTreeMap::new();
-    horizon.insert(DEVICE, 150u64);
+    horizon.insert(lib.replica(), 150u64);
     let pruned = lib.with_log(|l| l.prune_covered(&horizon)).unwrap();
     assert_eq!(pruned, 150);
     assert_eq!(lib.with_log(|l| l.count()).unwrap(), 150);
@@ -247,7 +247,7 @@ fn fetches_and_pruning_inside_segments() {
     assert_eq!(since[0].lib_seq, Some(151));
     assert_eq!(lib.with_log(|l| l.latest_seq()).unwrap(), Some(300));
     // The version vector survives pruning.
-    assert_eq!(lib.with_log(|l| l.contiguous(DEVICE)).unwrap(), 300);
+    assert_eq!(lib.with_log(|l| l.contiguous(lib.replica())).unwrap(), 300);
     // Appending entries across what is held: only the new ones are stored.
     let peer = Uuid::from_u128(0xee);
     let other = tempfile::tempdir().unwrap();
@@ -259,15 +259,15 @@ fn fetches_and_pruning_inside_segments() {
     lib.apply_remote(&theirs[2..5]).unwrap();
     lib.apply_remote(&theirs[7..9]).unwrap();
     assert_eq!(
-        lib.with_log(|l| l.contiguous(peer)).unwrap(),
+        lib.with_log(|l| l.contiguous(p.replica())).unwrap(),
         0,
         "a gap at 1"
     );
     let r = lib.apply_remote(&theirs).unwrap();
     assert_eq!((r.applied, r.duplicates), (5, 5), "{r:?}");
-    assert_eq!(lib.with_log(|l| l.contiguous(peer)).unwrap(), 10);
+    assert_eq!(lib.with_log(|l| l.contiguous(p.replica())).unwrap(), 10);
     let mut vv = BTreeMap::new();
-    vv.insert(DEVICE, u64::MAX >> 1);
+    vv.insert(lib.replica(), u64::MAX >> 1);
     let all_peer = lib.with_log(|l| l.fetch_missing(&vv, 100)).unwrap();
     let seqs: Vec<u64> = all_peer.iter().map(|e| e.origin_seq).collect();
     assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
@@ -287,7 +287,7 @@ fn sequencing_continues_after_everything_numbered_was_pruned() {
         Some((1, 100))
     );
     let mut horizon = BTreeMap::new();
-    horizon.insert(DEVICE, 100u64);
+    horizon.insert(lib.replica(), 100u64);
     assert_eq!(lib.with_log(|l| l.prune_covered(&horizon)).unwrap(), 100);
     assert_eq!(lib.with_log(|l| l.count()).unwrap(), 0);
     assert_eq!(lib.with_log(|l| l.latest_seq()).unwrap(), Some(100));

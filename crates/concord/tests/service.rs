@@ -367,7 +367,7 @@ async fn away_past_retention_gets_a_snapshot() {
     c.libs[0].commit(Change::delete::<Tag>(doomed)).unwrap();
     // Wait until the leader pruned past device 1's position.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let a = c.devices[0];
+    let a = c.libs[0].replica();
     let top = c.libs[0].with_log(|l| l.max_seq(a)).unwrap();
     while c.libs[0]
         .with_log(|l| l.pruned_floor())
@@ -791,7 +791,7 @@ async fn a_horizon_from_a_non_leader_prunes_nothing() {
 /// `n` new tags committed in device `i`'s own library (sealed with its key),
 /// read back from its log as a peer would get them.
 fn own_entries(c: &Cluster, i: usize, n: usize, label: &str) -> Vec<LogEntry> {
-    let (lib, me) = (&c.libs[i], c.devices[i]);
+    let (lib, me) = (&c.libs[i], c.libs[i].replica());
     let before = lib.with_log(|l| l.max_seq(me)).unwrap();
     let changes = (0..n)
         .map(|k| {
@@ -812,7 +812,7 @@ fn own_entries(c: &Cluster, i: usize, n: usize, label: &str) -> Vec<LogEntry> {
 fn holds_any(c: &Cluster, i: usize, entries: &[LogEntry], label: &str) -> bool {
     let logged = entries.iter().any(|e| {
         c.libs[i]
-            .with_log(|l| l.contains(e.origin, e.origin_seq))
+            .with_log(|l| l.contains(e.replica(), e.origin_seq))
             .unwrap()
     });
     let named: i64 = c.libs[i]
@@ -861,9 +861,11 @@ async fn forged_and_altered_entries_are_refused_and_the_sender_reported() {
         .cloned()
         .map(|e| LogEntry { seal: None, ..e })
         .collect();
-    let victim_next = c.libs[0].with_log(|l| l.max_seq(victim)).unwrap() + 1;
+    let (victim_replica, victim_inc) = (c.libs[0].replica(), c.libs[0].incarnation());
+    let victim_next = c.libs[0].with_log(|l| l.max_seq(victim_replica)).unwrap() + 1;
     let as_victim = |e: &LogEntry, k: usize| LogEntry {
         origin: victim,
+        incarnation: victim_inc,
         origin_seq: victim_next + k as u64,
         ..e.clone()
     };
@@ -893,6 +895,7 @@ async fn forged_and_altered_entries_are_refused_and_the_sender_reported() {
     let mut planted = vec![LogEntry {
         origin: victim,
         origin_seq: victim_next,
+        incarnation: victim_inc,
         hlc: genuine[0].hlc,
         lib_seq: None,
         epoch: None,
@@ -969,10 +972,14 @@ async fn forged_entries_in_a_reconcile_answer_are_refused() {
     }
     c.write_and_converge(&honest, "before").await;
     let lib_id = c.libs[0].id();
-    let next = c.libs[0].with_log(|l| l.max_seq(victim)).unwrap() + 1;
+    let next = c.libs[0]
+        .with_log(|l| l.max_seq(c.libs[0].replica()))
+        .unwrap()
+        + 1;
     let mut forged = own_entries(&c, 1, 3, "forged");
     for (k, e) in forged.iter_mut().enumerate() {
         e.origin = victim;
+        e.incarnation = c.libs[0].incarnation();
         e.origin_seq = next + k as u64;
     }
     concord::sync::seal::seal_entries(&key(1), lib_id, &mut forged);

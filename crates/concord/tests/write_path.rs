@@ -139,10 +139,14 @@ fn reopen_recovers_and_continues_sequence() {
     }))
     .unwrap();
     let e = all_entries(&a);
+    // Each open numbers its entries in a new incarnation (a replica of its
+    // own), from 1: a reopened data dir never reuses a position.
     assert_eq!(
         e.iter().map(|e| e.origin_seq).collect::<Vec<_>>(),
-        vec![1, 2]
+        vec![1, 1]
     );
+    assert_ne!(e[0].replica(), e[1].replica());
+    assert_eq!(e[1].replica(), a.replica());
     assert!(e[1].hlc > e[0].hlc);
 }
 

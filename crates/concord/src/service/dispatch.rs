@@ -246,10 +246,7 @@ impl SyncService {
             // A horizon prunes the log: accepted only from the current
             // leader, in a heartbeat it sent itself.
             if from_leader {
-                if let Err(e) = self
-                    .run_sqlite(move |lib| lib.with_log(|l| l.prune_covered(&h)))
-                    .await
-                {
+                if let Err(e) = self.run_sqlite(move |lib| lib.prune_log(&h)).await {
                     self.note_error(e);
                 }
             }

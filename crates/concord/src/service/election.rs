@@ -77,6 +77,9 @@ impl SyncService {
         let mut their_vvs: HashMap<Uuid, VersionVector> = HashMap::new();
         let mut top_epoch = term.epoch;
         let mut leader_alive = false;
+        // Our leader answered with an older term: no one will ever lead ours
+        // again, and the others may follow an older one we cannot go back to.
+        let mut leader_went_back = false;
         while let Some(done) = tasks.join_next().await {
             let Ok((from, reply)) = done else { continue };
             if let Ok(Msg::HeartbeatReply {
@@ -97,8 +100,16 @@ impl SyncService {
                 if t > term && self.hear_of(from, t).await {
                     return;
                 }
+                // Alive as OUR leader only if it still stands for our term: a
+                // leader whose files went back in time (a restored backup)
+                // answers with an older one, and waiting for it would be
+                // waiting forever.
                 if from == term.leader && term.leader != Uuid::nil() {
-                    leader_alive = true;
+                    if t >= term {
+                        leader_alive = true;
+                    } else {
+                        leader_went_back = true;
+                    }
                 }
             }
         }
@@ -111,7 +122,10 @@ impl SyncService {
             return;
         }
         let winner = reachable.iter().copied().max().unwrap_or(self.shared.me);
-        if winner == self.shared.me {
+        // With a leader that went back in time, this device leads a newer
+        // term itself (the others adopt it from its heartbeats) rather than
+        // wait for a higher device that follows an older term and never asks.
+        if winner == self.shared.me || leader_went_back {
             let Some(epoch) = top_epoch.checked_add(1) else {
                 return self.note_error("no election: the epoch is at its limit");
             };

@@ -15,7 +15,9 @@ impl SyncService {
     /// Follower: send our own unproposed entries to the leader; without a
     /// reachable leader, push them to whoever is reachable.
     pub(super) async fn propose(&self) {
-        let me = self.shared.me;
+        // This open's replica: entries of earlier incarnations (written before
+        // a restart, or offline) reach peers through reconcile.
+        let me = self.shared.lib.replica();
         // Never below what the leader last reported holding of ours (a restart
         // forgets `proposed_upto`; a reconcile tells it again).
         let (leader, upto) = {

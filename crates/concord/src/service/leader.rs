@@ -102,10 +102,7 @@ impl SyncService {
         }
         if !horizon.is_empty() {
             let h = horizon.clone();
-            match self
-                .run_sqlite(move |lib| lib.with_log(|l| l.prune_covered(&h)))
-                .await
-            {
+            match self.run_sqlite(move |lib| lib.prune_log(&h)).await {
                 Ok(n) if n > 0 => tracing::debug!(pruned = n, "pruned entries every device holds"),
                 Ok(_) => {}
                 Err(e) => self.note_error(e),
@@ -239,12 +236,17 @@ impl SyncService {
             .iter()
             .filter(|e| e.lib_seq.is_some_and(|s| (from_seq..=to_seq).contains(&s)))
             .filter(|e| {
-                e.origin != to
-                    && !held.contains(&(e.origin, e.origin_seq))
-                    && known
-                        .as_ref()
-                        .and_then(|vv| vv.get(&e.origin))
-                        .is_none_or(|have| *have < e.origin_seq)
+                let lacks = known
+                    .as_ref()
+                    .map(|vv| vv.get(&e.replica()).is_none_or(|have| *have < e.origin_seq));
+                // A follower's own entries go back to it only when it is known
+                // to lack them (it was restored from a backup).
+                let wanted = if e.origin == to {
+                    lacks == Some(true)
+                } else {
+                    lacks != Some(false)
+                };
+                wanted && !held.contains(&e.id())
             })
             .cloned()
             .collect();
@@ -262,7 +264,7 @@ impl SyncService {
         term: Term,
         entries: Vec<LogEntry>,
     ) -> Result<Msg> {
-        let held: HashSet<(Uuid, u64)> = entries.iter().map(|e| (e.origin, e.origin_seq)).collect();
+        let held: HashSet<(Uuid, u64)> = entries.iter().map(LogEntry::id).collect();
         let (from_seq, to_seq) = {
             // No other sequencing between applying and numbering: the range
             // holds every entry of the request this log did not hold yet.

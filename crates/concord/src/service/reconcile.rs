@@ -11,8 +11,9 @@ use super::protocol::{self, Msg, Term, MAX_BATCH_ENTRIES};
 use super::snapshot;
 use super::state::{one_page, SyncService};
 use crate::error::{Error, Result};
-use crate::sync::entry::LogEntry;
+use crate::sync::entry::{is_replica_of, LogEntry};
 use crate::sync::log::VersionVector;
+use crate::sync::version_vector::vv_min;
 
 impl SyncService {
     /// Version-vector reconciliation with one peer: pull what we lack, push what it
@@ -30,6 +31,8 @@ impl SyncService {
     async fn pull_missing(&self, peer: Uuid) -> Result<VersionVector> {
         let limit = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES) as u32;
         let mut snapshot_taken = false;
+        // Rollback detection looks at the first answer (a snapshot checks its own).
+        let mut first_reply = true;
         // Where the next page starts: our version vector, raised past what each
         // page carried. Asking from the version vector alone would repeat the
         // same page forever when we already hold what the peer has beyond a gap
@@ -55,6 +58,13 @@ impl SyncService {
                     term,
                     seq,
                 }) => {
+                    if first_reply {
+                        // Against this log now, not the vector asked with: our
+                        // own entries proposed meanwhile are no loss.
+                        first_reply = false;
+                        let mine = self.version_vector().await;
+                        self.note_rollback(peer, &mine, &their_vv);
+                    }
                     self.hear_of(peer, term).await;
                     raise_past(&mut next, &entries);
                     if has_more {
@@ -84,6 +94,7 @@ impl SyncService {
                             "{peer} still requires a snapshot after one: {reason}"
                         )));
                     }
+                    first_reply = false;
                     tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot needed: {reason}");
                     self.snapshot_from(peer).await?;
                     snapshot_taken = true;
@@ -94,6 +105,28 @@ impl SyncService {
                 }
                 Err(e) => return Err(Error::Other(e.to_string())),
             }
+        }
+    }
+
+    /// Detect a rollback: `theirs` (a peer's version vector) holds positions
+    /// of this device's own replicas beyond `mine`, so this device lost
+    /// entries it wrote. Counted in `sync status` and logged; the entries
+    /// themselves come back through the reconcile (or snapshot) under way.
+    fn note_rollback(&self, peer: Uuid, mine: &VersionVector, theirs: &VersionVector) {
+        let me = self.shared.me;
+        let lost: u64 = theirs
+            .iter()
+            .filter(|(replica, _)| is_replica_of(**replica, me))
+            .map(|(replica, seq)| seq.saturating_sub(mine.get(replica).copied().unwrap_or(0)))
+            .sum();
+        if lost > 0 {
+            tracing::warn!(
+                library = %self.shared.lib.id(), peer = %peer, entries = lost,
+                "rollback detected: the peer holds entries this device wrote and no longer \
+                 has (data dir restored from a backup, rolled back, or cut by a power loss); \
+                 taking them back"
+            );
+            self.state().stats.rolled_back += lost;
         }
     }
 
@@ -145,6 +178,10 @@ impl SyncService {
             part: 0,
             after: None,
         };
+        // What the snapshot covers: the least of its chunks' vectors. A source
+        // whose files went back in time (a restored backup) between two chunks
+        // serves later rows without entries an earlier vector counted; raising
+        // ours past them would claim changes this device never got.
         let mut start_vv: Option<VersionVector> = None;
         // Pipelined: the next chunk is requested while this one is applied.
         let mut reply = self.send(peer, Msg::Snapshot { cursor: first }).await;
@@ -157,9 +194,10 @@ impl SyncService {
                     next,
                     vv,
                 }) => {
-                    if start_vv.is_none() {
-                        start_vv = Some(vv);
-                    }
+                    start_vv = Some(match start_vv {
+                        Some(seen) => vv_min([&seen, &vv]),
+                        None => vv,
+                    });
                     let apply =
                         self.run_sqlite(move |lib| snapshot::apply(lib, rows, tombstones, bulk));
                     match next {
@@ -182,7 +220,12 @@ impl SyncService {
             }
         }
         let vv = start_vv.unwrap_or_default();
+        let mine = self.version_vector().await;
+        self.note_rollback(peer, &mine, &vv);
         self.run_sqlite(move |lib| {
+            // The rows first on disk, then the log says it holds them: a power
+            // cut between must not leave the vector covering rows it lost.
+            lib.make_durable()?;
             let floor = lib.hlc().last();
             lib.with_log(|l| l.raise_version_vector(&vv, floor))
         })
@@ -253,7 +296,7 @@ impl SyncService {
 /// Raise `vv` to hold every entry of `entries`.
 fn raise_past(vv: &mut VersionVector, entries: &[LogEntry]) {
     for entry in entries {
-        let slot = vv.entry(entry.origin).or_insert(0);
+        let slot = vv.entry(entry.replica()).or_insert(0);
         *slot = (*slot).max(entry.origin_seq);
     }
 }

@@ -21,6 +21,13 @@ pub struct Stats {
     pub refused: u64,
     /// Received entries rejected as invalid (the first reason is `last_error`).
     pub rejected: u64,
+    /// Entries of this device that a peer held and this device had lost,
+    /// found when reconciling: non-zero means its data dir went back in time
+    /// (restored from a backup, a VM snapshot rolled back, a power cut). They
+    /// come back from peers (entries or a snapshot).
+    pub rolled_back: u64,
+    /// Of those, entries given back one by one (the rest came in a snapshot).
+    pub recovered_own: u64,
     /// Received entries refused because no verified seal of their origin
     /// covered them (forged, altered, split or unsigned; per peer in `peers`).
     pub forged: u64,

@@ -404,6 +404,7 @@ impl SyncService {
         state.stats.applied += report.applied as u64;
         state.stats.refused += report.refused as u64;
         state.stats.rejected += report.rejected.len() as u64;
+        state.stats.recovered_own += report.own_recovered as u64;
         if report.unverified > 0 {
             let reason = report.forged.first().cloned().unwrap_or_default();
             tracing::warn!(library = %self.shared.lib.id(), peer = %from, refused = report.unverified, "entries refused: not sealed by their origin: {reason}");

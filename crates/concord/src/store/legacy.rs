@@ -110,6 +110,7 @@ pub fn legacy_outbox_runs(lib: &Connection) -> Result<Vec<Run>> {
         segment::encode_raw(&mut blob, e.hlc, &e.model, &e.record, &e.payload)?;
         runs.push(Run {
             origin: e.origin,
+            incarnation: 0,
             first_seq: e.origin_seq,
             last_seq: e.origin_seq,
             max_hlc: e.hlc,

@@ -82,6 +82,21 @@ pub(crate) fn cached_sql(
         .or_insert_with(|| Box::leak(build().into_boxed_str()))
 }
 
+/// Make every commit of `conn`'s database durable now, whatever its
+/// `synchronous` setting: a FULL checkpoint (SQLite syncs the WAL before it
+/// copies it into the database). For state that another file or another
+/// device will count on (ARCHITECTURE.md, "Durability"). An error when a
+/// reader kept it from completing within the busy timeout.
+pub(crate) fn make_durable(conn: &Connection) -> Result<()> {
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get(0))?;
+    if busy != 0 {
+        return Err(Error::Other(
+            "library.db could not be synced to disk (busy); try again".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// WAL pages after which a commit asks for a checkpoint (SQLite's default
 /// autocheckpoint threshold).
 const CHECKPOINT_PAGES: i32 = 1000;

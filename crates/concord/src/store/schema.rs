@@ -12,7 +12,7 @@
 use crate::model::{ModelInfo, ModelKind};
 
 /// Schema version of `library.db`; bump and add a step to [`LIBRARY_MIGRATIONS`].
-pub const LIBRARY_SCHEMA_VERSION: i64 = 4;
+pub const LIBRARY_SCHEMA_VERSION: i64 = 5;
 
 /// `CREATE TABLE` and indexes for one model.
 pub fn model_ddl(m: &ModelInfo) -> String {
@@ -128,7 +128,27 @@ CREATE TABLE outbox_segments (
 );
 "
     .to_string();
-    vec![v1, v2, v3, v4]
+    // v5 (durability): an outbox row belongs to the incarnation that wrote it,
+    // and so does a bulk operation: two incarnations of one device number
+    // their entries from 1 each (`sync::entry::replica_id`).
+    let v5 = "
+ALTER TABLE outbox_segments ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE bulk_operations_v5 (
+  origin BLOB NOT NULL,
+  incarnation INTEGER NOT NULL DEFAULT 0,
+  origin_seq INTEGER NOT NULL,
+  hlc INTEGER NOT NULL,
+  payload BLOB NOT NULL,
+  state TEXT NOT NULL DEFAULT 'seen',
+  PRIMARY KEY (origin, incarnation, origin_seq)
+) WITHOUT ROWID;
+INSERT INTO bulk_operations_v5 (origin, origin_seq, hlc, payload, state)
+  SELECT origin, origin_seq, hlc, payload, state FROM bulk_operations;
+DROP TABLE bulk_operations;
+ALTER TABLE bulk_operations_v5 RENAME TO bulk_operations;
+"
+    .to_string();
+    vec![v1, v2, v3, v4, v5]
 }
 
 /// Columns of fields added to a model after its table was created, and the
@@ -179,7 +199,7 @@ pub fn add_missing_columns(conn: &mut rusqlite::Connection) -> crate::Result<()>
 }
 
 /// Schema version of `sync.db`.
-pub const SYNC_SCHEMA_VERSION: i64 = 4;
+pub const SYNC_SCHEMA_VERSION: i64 = 5;
 
 /// `sync.db`: the append-only log and per-origin positions.
 pub fn sync_migrations() -> Vec<String> {
@@ -242,9 +262,35 @@ CREATE UNIQUE INDEX segments_by_lib_seq ON segments(lib_seq) WHERE lib_seq IS NO
 CREATE INDEX segments_unsequenced ON segments(id) WHERE lib_seq IS NULL;
 "
     .to_string(),
-    // v5 (trust): the seals of sealed chunks (`sync::seal`), one row per chunk,
-    // keyed like the entry that carries it (the chunk's last).
+    // v5 (durability and trust): positions belong to replicas, one per incarnation of a
+    // device (`sync::entry::replica_id`); `origin` holds the replica id, and
+    // `device` and `incarnation` the device and incarnation behind it (NULL
+    // and 0 for rows written before: the replica of incarnation 0 is the
+    // device itself). Ids are never reused (AUTOINCREMENT): `library.db`'s
+    // applied-log watermark, which a power cut may take back to an earlier
+    // value, must never cover a segment appended after pruning emptied the
+    // top of the log. Chunks carry seals (`seals`, below).
     "
+CREATE TABLE segments_v5 (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  origin BLOB NOT NULL,
+  first_seq INTEGER NOT NULL,
+  last_seq INTEGER NOT NULL,
+  lib_seq INTEGER,
+  epoch INTEGER,
+  entries BLOB NOT NULL,
+  device BLOB,
+  incarnation INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO segments_v5 (id, origin, first_seq, last_seq, lib_seq, epoch, entries)
+  SELECT id, origin, first_seq, last_seq, lib_seq, epoch, entries FROM segments;
+DROP TABLE segments;
+ALTER TABLE segments_v5 RENAME TO segments;
+CREATE UNIQUE INDEX segments_by_origin ON segments(origin, last_seq);
+CREATE UNIQUE INDEX segments_by_lib_seq ON segments(lib_seq) WHERE lib_seq IS NOT NULL;
+CREATE INDEX segments_unsequenced ON segments(id) WHERE lib_seq IS NULL;
+-- Trust: the seals of sealed chunks (`sync::seal`), one row per chunk, keyed
+-- like the entry that carries it (the chunk's last): its replica and position.
 CREATE TABLE IF NOT EXISTS seals (
   origin BLOB NOT NULL,
   last_seq INTEGER NOT NULL,

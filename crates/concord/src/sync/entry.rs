@@ -1,4 +1,6 @@
-//! The log entry: one synced change, identified by `(origin, origin_seq)`.
+//! The log entry: one synced change, identified by its position
+//! `(replica, origin_seq)`, the replica being the origin device's incarnation
+//! that wrote it ([`replica_id`]).
 //!
 //! The payload (the operation and its fields) is encoded with postcard; only the
 //! fields a change touched travel, plus the record's key and owner fields so that
@@ -20,8 +22,15 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 /// One synced change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
+    /// The device that wrote the change: its stamp, ownership and membership
+    /// checks use this, whatever incarnation wrote it.
     pub origin: Uuid,
+    /// Position of the entry in its replica's sequence (from 1, gapless).
     pub origin_seq: u64,
+    /// Which run of the origin device wrote it (0: a log written before
+    /// incarnations). Each library open starts a new one, so a device restored
+    /// from a backup never numbers a change at a position it gave before.
+    pub incarnation: u64,
     /// Packed HLC time; the stamp's device is `origin`.
     pub hlc: u64,
     /// Library-wide sequence, set once a leader has sequenced the entry.
@@ -40,9 +49,14 @@ impl LogEntry {
     pub fn stamp(&self) -> Hlc {
         Hlc::new(self.hlc, self.origin)
     }
-    /// `(origin, origin_seq)`: the entry's identity on every device.
+    /// The replica whose sequence numbers the entry: the key of version
+    /// vectors, `origins` and `segments` (see [`replica_id`]).
+    pub fn replica(&self) -> Uuid {
+        replica_id(self.origin, self.incarnation)
+    }
+    /// `(replica, origin_seq)`: the entry's identity on every device.
     pub fn id(&self) -> (Uuid, u64) {
-        (self.origin, self.origin_seq)
+        (self.replica(), self.origin_seq)
     }
     /// The bytes of this entry a seal covers, appended to `out`: everything the
     /// origin wrote, not what others add on the way (`lib_seq`, `epoch`, the
@@ -50,21 +64,52 @@ impl LogEntry {
     /// the entry must join so that seals cover it.
     pub fn signed_bytes(&self, out: &mut Vec<u8>) {
         let (origin, seq, hlc) = (self.origin, self.origin_seq, self.hlc);
-        signed_bytes_of(origin, seq, hlc, &self.model, &self.record, out, |buf| {
+        let at = (origin, self.incarnation, seq);
+        signed_bytes_of(at, hlc, &self.model, &self.record, out, |buf| {
             // Encoding plain data into a Vec cannot fail.
             postcard::to_extend(&self.op, std::mem::take(buf)).unwrap_or_default()
         });
     }
 }
 
-/// THE layout of an entry's signed bytes: origin, `origin_seq`, HLC, model
+/// The replica id of `device`'s incarnation `incarnation`: the device id
+/// itself for incarnation 0 (logs written before incarnations keep their
+/// positions), otherwise hashes: the first half of the device alone (so a
+/// device recognises its own replicas in a peer's version vector, see
+/// [`is_replica_of`]), the second of both. No device can name positions of
+/// another's replica.
+pub fn replica_id(device: Uuid, incarnation: u64) -> Uuid {
+    if incarnation == 0 {
+        return device;
+    }
+    let mut bytes = [0u8; 16];
+    let tag = blake3::Hasher::new()
+        .update(b"concord-replica-device\0")
+        .update(device.as_bytes())
+        .finalize();
+    bytes[..8].copy_from_slice(&tag.as_bytes()[..8]);
+    let own = blake3::Hasher::new()
+        .update(b"concord-replica\0")
+        .update(device.as_bytes())
+        .update(&incarnation.to_le_bytes())
+        .finalize();
+    bytes[8..].copy_from_slice(&own.as_bytes()[..8]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Whether `replica` is one of `device`'s replicas (any incarnation).
+pub fn is_replica_of(replica: Uuid, device: Uuid) -> bool {
+    replica == device || replica.as_bytes()[..8] == replica_id(device, 1).as_bytes()[..8]
+}
+
+/// THE layout of an entry's signed bytes: origin, incarnation, `origin_seq`
+/// (`at`: the position and the device that signs it), HLC, model
 /// name, record, then the payload (the encoded [`Op`]) that `payload` appends
 /// to the buffer it is given and returns; each fixed-size or length-prefixed.
 /// Entries decoded from a peer and raw entries of a log segment (sealed where
 /// they enter the log, without decoding them) go through it alike.
 pub(crate) fn signed_bytes_of(
-    origin: Uuid,
-    origin_seq: u64,
+    (origin, incarnation, origin_seq): (Uuid, u64, u64),
     hlc: u64,
     model: &str,
     record: &Uuid,
@@ -72,6 +117,7 @@ pub(crate) fn signed_bytes_of(
     payload: impl FnOnce(&mut Vec<u8>) -> Vec<u8>,
 ) {
     out.extend_from_slice(origin.as_bytes());
+    out.extend_from_slice(&incarnation.to_le_bytes());
     out.extend_from_slice(&origin_seq.to_le_bytes());
     out.extend_from_slice(&hlc.to_le_bytes());
     out.extend_from_slice(&(model.len() as u64).to_le_bytes());
@@ -84,8 +130,8 @@ pub(crate) fn signed_bytes_of(
     out[at..at + 8].copy_from_slice(&len.to_le_bytes());
 }
 
-/// The signature closing a chunk of an origin's entries (`crate::sync::seal`),
-/// carried by the chunk's last entry.
+/// The signature closing a chunk of one replica's entries (`crate::sync::seal`),
+/// carried by the chunk's last entry; signed with its origin device's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seal {
     /// `origin_seq` of the chunk's first entry (the last is the carrier's).

@@ -1,7 +1,9 @@
 //! Log segments: the stored form of the sync log.
 //!
-//! A segment is a run of entries of ONE origin with consecutive `origin_seq`s,
-//! stored as one row of `sync.db` (`segments`): the origin, the first and last
+//! A segment is a run of entries of ONE replica (an origin device's incarnation)
+//! with consecutive `origin_seq`s, stored as one row of `sync.db` (`segments`):
+//! the replica id (`origin`), its device and incarnation (`device`, NULL for
+//! incarnation 0 whose replica id is the device), the first and last
 //! `origin_seq`, the library sequence of its first entry once a leader sequenced
 //! it (its entries then have consecutive library sequences), and the entries
 //! themselves in one blob. A batch of 1,000 local changes is one row, not 1,000:
@@ -24,22 +26,31 @@
 //!
 //! Because a blob is a plain concatenation, appending two runs is appending their
 //! bytes, and dropping a prefix of a segment is taking a suffix of its blob. The
-//! origin and sequence numbers live in the row, not the blob. Decoding is bounded
+//! origin, incarnation and sequence numbers live in the row, not the blob. Decoding is bounded
 //! and checked (a blob that does not hold exactly the row's number of entries is
 //! an error), since `sync.db` is a file anyone with the data dir can edit.
 
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::sync::entry::{LogEntry, Op, MAX_PAYLOAD_BYTES};
+use crate::sync::entry::{replica_id, LogEntry, Op, MAX_PAYLOAD_BYTES};
 
-/// A run of encoded entries of one origin, ready to be stored.
+/// A run of encoded entries of one replica, ready to be stored.
 pub(crate) struct Run {
+    /// The device that wrote the entries.
     pub origin: Uuid,
+    pub incarnation: u64,
     pub first_seq: u64,
     pub last_seq: u64,
     pub max_hlc: u64,
     pub blob: Vec<u8>,
+}
+
+impl Run {
+    /// The replica the run's positions belong to.
+    pub fn replica(&self) -> Uuid {
+        replica_id(self.origin, self.incarnation)
+    }
 }
 
 /// Append one entry to a segment blob.
@@ -180,7 +191,10 @@ impl<'a> Iterator for RawEntries<'a> {
 /// A stored segment as read from `sync.db`.
 pub(crate) struct Segment {
     pub id: i64,
+    /// The device that wrote the entries (the row's `device`, or its `origin`
+    /// for incarnation 0).
     pub origin: Uuid,
+    pub incarnation: u64,
     pub first_seq: u64,
     pub last_seq: u64,
     pub lib_seq: Option<u64>,
@@ -188,14 +202,17 @@ pub(crate) struct Segment {
     pub blob: Vec<u8>,
 }
 
-pub(crate) const SEGMENT_COLUMNS: &str = "id, origin, first_seq, last_seq, lib_seq, epoch, entries";
+pub(crate) const SEGMENT_COLUMNS: &str =
+    "id, origin, first_seq, last_seq, lib_seq, epoch, entries, device, incarnation";
 
 /// A segment from a row selecting [`SEGMENT_COLUMNS`]. A row claiming fewer
 /// than one entry (`first_seq > last_seq`) is corrupt: an error, not a segment.
 pub(crate) fn segment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Segment> {
+    let replica: Uuid = r.get(1)?;
     let seg = Segment {
         id: r.get(0)?,
-        origin: r.get(1)?,
+        origin: r.get::<_, Option<Uuid>>(7)?.unwrap_or(replica),
+        incarnation: r.get::<_, i64>(8)? as u64,
         first_seq: r.get::<_, i64>(2)? as u64,
         last_seq: r.get::<_, i64>(3)? as u64,
         lib_seq: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
@@ -230,6 +247,7 @@ impl Segment {
                 out.push(LogEntry {
                     origin: self.origin,
                     origin_seq: seq,
+                    incarnation: self.incarnation,
                     hlc: raw.hlc,
                     lib_seq: self.lib_seq.map(|s| s + (seq - self.first_seq)),
                     epoch: self.epoch,
@@ -292,6 +310,7 @@ mod tests {
         let seg = Segment {
             id: 1,
             origin: Uuid::from_u128(9),
+            incarnation: 0,
             first_seq: 11,
             last_seq: 15,
             lib_seq: Some(101),
@@ -327,6 +346,7 @@ mod tests {
             let seg = Segment {
                 id: 1,
                 origin: Uuid::nil(),
+                incarnation: 0,
                 first_seq: 1,
                 last_seq: 2,
                 lib_seq: None,
@@ -339,6 +359,7 @@ mod tests {
         let seg = Segment {
             id: 1,
             origin: Uuid::nil(),
+            incarnation: 0,
             first_seq: 1,
             last_seq: 1,
             lib_seq: None,

@@ -106,22 +106,23 @@ fn bulk_chunk(
 ) -> Result<Msg> {
     let page = page as i64;
     let mut stmt = c.prepare_cached(&format!(
-        "SELECT origin, origin_seq, hlc, payload FROM bulk_operations
-         ORDER BY origin, origin_seq LIMIT {MAX_SNAPSHOT_ROWS} OFFSET ?1"
+        "SELECT origin, origin_seq, hlc, payload, incarnation FROM bulk_operations
+         ORDER BY origin, incarnation, origin_seq LIMIT {MAX_SNAPSHOT_ROWS} OFFSET ?1"
     ))?;
-    let raw: Vec<(Uuid, i64, i64, Vec<u8>)> = stmt
+    let raw: Vec<(Uuid, i64, i64, Vec<u8>, i64)> = stmt
         .query_map([page * MAX_SNAPSHOT_ROWS as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut bulk = Vec::with_capacity(raw.len());
-    for (origin, seq, hlc, payload) in raw {
+    for (origin, seq, hlc, payload, incarnation) in raw {
         let op = Op::decode(&payload)?;
         let Op::Bulk(bulk_op) = &op else { continue };
         let record = bulk_op.location();
         bulk.push(LogEntry {
             origin,
             origin_seq: seq as u64,
+            incarnation: incarnation as u64,
             hlc: hlc as u64,
             lib_seq: None,
             epoch: None,

@@ -77,17 +77,28 @@ impl Cutoffs {
     }
 
     /// Why `e` must not be logged, if it must not: it comes from a removed
-    /// device and lies past its cutoff. One exception keeps a concurrent mutual
-    /// removal convergent: the removed device's removal of the very member that
+    /// device and lies past its cutoff, or in a replica of it this member
+    /// never held (`replica_held` false: a later incarnation, opened after the
+    /// removal). The cutoff is per device and bounds positions in each of its
+    /// replicas this member holds (ARCHITECTURE.md, "Identity and
+    /// membership"). One exception keeps a concurrent mutual removal
+    /// convergent: the removed device's removal of the very member that
     /// removed it passes, so both end removed on every member, whichever
     /// removal it heard first.
-    pub fn refusal(&self, e: &LogEntry) -> Option<String> {
+    pub fn refusal(&self, e: &LogEntry, replica_held: bool) -> Option<String> {
         let cut = self.get(e.origin)?;
-        if e.origin_seq <= cut.through {
+        if replica_held && e.origin_seq <= cut.through {
             return None;
         }
         if e.model == Device::INFO.name && e.record == cut.remover && removal_in(e).is_some() {
             return None;
+        }
+        if !replica_held {
+            return Some(format!(
+                "device {} was removed from this library; entries of a replica of it this \
+                 member never held (a later incarnation) are refused",
+                e.origin
+            ));
         }
         Some(format!(
             "device {} was removed from this library; its entries after #{} are refused",

@@ -146,9 +146,9 @@ impl Applier<'_, '_> {
         if let Op::Bulk(_) = &e.op {
             self.tx
                 .prepare_cached(
-                    "INSERT OR IGNORE INTO bulk_operations (origin, origin_seq, hlc, payload) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT OR IGNORE INTO bulk_operations (origin, origin_seq, hlc, payload, incarnation) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(rusqlite::params![e.origin, e.origin_seq as i64, e.hlc as i64, e.op.encode()])?;
+                .execute(rusqlite::params![e.origin, e.origin_seq as i64, e.hlc as i64, e.op.encode(), e.incarnation as i64])?;
             return Ok(Outcome::Applied);
         }
         if let Some(outcome) = self.screen(e, m)? {

@@ -109,7 +109,8 @@ impl SyncLog {
     pub(crate) fn append_runs(&mut self, runs: Vec<Run>) -> Result<()> {
         let tx = self.conn.transaction()?;
         for run in runs {
-            let (contiguous, max_seq, max_hlc) = origin_row(&tx, run.origin)?;
+            let replica = run.replica();
+            let (contiguous, max_seq, max_hlc) = origin_row(&tx, replica)?;
             if let Some((library, key)) = &self.sealer {
                 // Only what is not held yet: a run moved again after a crash
                 // keeps the seals its first move stored.
@@ -124,7 +125,7 @@ impl SyncLog {
                 };
                 set_origin(
                     &tx,
-                    run.origin,
+                    replica,
                     contiguous,
                     run.last_seq,
                     max_hlc.max(run.max_hlc),
@@ -133,6 +134,7 @@ impl SyncLog {
                 let seg = Segment {
                     id: 0,
                     origin: run.origin,
+                    incarnation: run.incarnation,
                     first_seq: run.first_seq,
                     last_seq: run.last_seq,
                     lib_seq: None,

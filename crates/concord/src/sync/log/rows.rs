@@ -94,21 +94,23 @@ pub(super) fn insert_segment(
     assert!(
         run.first_seq <= run.last_seq,
         "segment of {} from {} to {}",
-        run.origin,
+        run.replica(),
         run.first_seq,
         run.last_seq
     );
     tx.prepare_cached(
-        "INSERT INTO segments (origin, first_seq, last_seq, lib_seq, epoch, entries)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO segments (origin, first_seq, last_seq, lib_seq, epoch, entries, device, incarnation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-        run.origin,
+        run.replica(),
         run.first_seq as i64,
         run.last_seq as i64,
         lib_seq.map(|v| v as i64),
         epoch.map(|v| v as i64),
-        run.blob
+        run.blob,
+        (run.incarnation != 0).then_some(run.origin),
+        run.incarnation as i64
     ])?;
     Ok(())
 }
@@ -139,13 +141,14 @@ pub(super) fn trim_segment(tx: &Transaction<'_>, seg: &Segment, keep_from: u64) 
 
 /// The body of [`super::SyncLog::append_refs`], inside a transaction.
 pub(super) fn append_in(tx: &Transaction<'_>, entries: &[&LogEntry]) -> Result<Vec<usize>> {
-    // Per origin in order of first appearance (segment ids must not depend on
+    // Per replica in order of first appearance (segment ids must not depend on
     // hash order: the simulation replays byte for byte).
     let mut groups: Vec<(Uuid, Vec<usize>)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        match groups.iter_mut().find(|(o, _)| *o == e.origin) {
+        let replica = e.replica();
+        match groups.iter_mut().find(|(o, _)| *o == replica) {
             Some((_, v)) => v.push(i),
-            None => groups.push((e.origin, vec![i])),
+            None => groups.push((replica, vec![i])),
         }
     }
     let mut fresh = Vec::new();
@@ -191,7 +194,8 @@ pub(super) fn append_in(tx: &Transaction<'_>, entries: &[&LogEntry]) -> Result<V
             }
             let first = entries[idx[start]];
             let mut run = Run {
-                origin,
+                origin: first.origin,
+                incarnation: first.incarnation,
                 first_seq: first.origin_seq,
                 last_seq: entries[idx[end - 1]].origin_seq,
                 max_hlc: 0,

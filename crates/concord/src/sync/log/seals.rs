@@ -1,5 +1,6 @@
 //! The log's side of sealed chunks (`crate::sync::seal`): the `seals` table
-//! (one row per chunk, keyed by its origin and last `origin_seq`), sealing this
+//! (one row per chunk, keyed by its replica and last `origin_seq`; the column
+//! `origin` holds the replica id, as in `segments`), sealing this
 //! device's entries where they enter the log, and putting each seal back on
 //! the entry that carries it when entries are read to be sent.
 
@@ -12,8 +13,12 @@ use crate::sync::entry::{signed_bytes_of, LogEntry};
 use crate::sync::seal::{NodeKey, RunSealer, Seal};
 use crate::sync::segment::{raw_entries, Run};
 
-/// Store chunk seals of `origin`, each keyed by its chunk's last `origin_seq`.
-pub(super) fn store_seals(tx: &Transaction<'_>, origin: Uuid, seals: &[(u64, Seal)]) -> Result<()> {
+/// Store chunk seals of `replica`, each keyed by its chunk's last `origin_seq`.
+pub(super) fn store_seals(
+    tx: &Transaction<'_>,
+    replica: Uuid,
+    seals: &[(u64, Seal)],
+) -> Result<()> {
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO seals (origin, last_seq, first_seq, sig) VALUES (?1, ?2, ?3, ?4)",
     )?;
@@ -21,7 +26,7 @@ pub(super) fn store_seals(tx: &Transaction<'_>, origin: Uuid, seals: &[(u64, Sea
         let mut sig = [0u8; 64];
         sig[..32].copy_from_slice(&seal.sig[0]);
         sig[32..].copy_from_slice(&seal.sig[1]);
-        stmt.execute(params![origin, *last as i64, seal.first as i64, &sig[..]])?;
+        stmt.execute(params![replica, *last as i64, seal.first as i64, &sig[..]])?;
     }
     Ok(())
 }
@@ -38,7 +43,8 @@ pub(super) fn seal_run(
     if from_seq > run.last_seq {
         return Ok(());
     }
-    let mut sealer = RunSealer::new(key, library, run.origin, from_seq, run.last_seq);
+    let origin = (run.origin, run.incarnation);
+    let mut sealer = RunSealer::new(key, library, origin, from_seq, run.last_seq);
     let mut bytes = Vec::with_capacity(256);
     for (seq, raw) in (run.first_seq..).zip(raw_entries(&run.blob)) {
         let raw = raw?;
@@ -47,8 +53,7 @@ pub(super) fn seal_run(
         }
         bytes.clear();
         signed_bytes_of(
-            run.origin,
-            seq,
+            (run.origin, run.incarnation, seq),
             raw.hlc,
             raw.model,
             &raw.record,
@@ -61,17 +66,17 @@ pub(super) fn seal_run(
         );
         sealer.add(&bytes);
     }
-    store_seals(tx, run.origin, &sealer.seals)
+    store_seals(tx, run.replica(), &sealer.seals)
 }
 
-/// Seal entries already decoded (all of one origin, consecutive).
+/// Seal entries already decoded (all of one replica, consecutive).
 pub(super) fn seal_entries(
     tx: &Transaction<'_>,
     key: &NodeKey,
     library: Uuid,
     entries: &mut [LogEntry],
 ) -> Result<()> {
-    let Some(origin) = entries.first().map(|e| e.origin) else {
+    let Some(replica) = entries.first().map(|e| e.replica()) else {
         return Ok(());
     };
     crate::sync::seal::seal_entries(key, library, entries);
@@ -79,7 +84,7 @@ pub(super) fn seal_entries(
         .iter()
         .filter_map(|e| e.seal.map(|s| (e.origin_seq, s)))
         .collect();
-    store_seals(tx, origin, &seals)
+    store_seals(tx, replica, &seals)
 }
 
 impl SyncLog {
@@ -90,15 +95,34 @@ impl SyncLog {
     }
 
     /// Seal this device's entries that entered the log unsealed (a log from
-    /// before seals, or written while no key was at hand): everything of
-    /// `device` above its highest seal. A no-op without a sealer.
+    /// before seals, or written while no key was at hand): in each of
+    /// `device`'s replicas (every incarnation it held), everything above the
+    /// replica's highest seal. A no-op without a sealer.
     pub fn seal_own_unsealed(&mut self, device: Uuid) -> Result<()> {
+        if self.sealer.is_none() {
+            return Ok(());
+        }
+        let replicas: Vec<Uuid> = {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT DISTINCT origin FROM segments WHERE origin = ?1 OR device = ?1")?;
+            let rows = stmt.query_map([device], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for replica in replicas {
+            self.seal_unsealed_of(replica)?;
+        }
+        Ok(())
+    }
+
+    /// [`SyncLog::seal_own_unsealed`] for one replica.
+    fn seal_unsealed_of(&mut self, replica: Uuid) -> Result<()> {
         let Some((library, key)) = self.sealer.clone() else {
             return Ok(());
         };
         let sealed: i64 = self.conn.query_row(
             "SELECT COALESCE(MAX(last_seq), 0) FROM seals WHERE origin = ?1",
-            [device],
+            [replica],
             |r| r.get(0),
         )?;
         let mut entries = Vec::new();
@@ -108,7 +132,7 @@ impl SyncLog {
                 "SELECT {} FROM segments WHERE origin = ?1 AND last_seq > ?2 ORDER BY last_seq",
                 crate::sync::segment::SEGMENT_COLUMNS
             ),
-            params![device, sealed],
+            params![replica, sealed],
             |seg| {
                 seg.entries_between(sealed as u64 + 1, u64::MAX, &mut entries)?;
                 Ok(true)
@@ -139,16 +163,16 @@ impl SyncLog {
         )?;
         let mut start = 0;
         while start < entries.len() {
-            let origin = entries[start].origin;
+            let replica = entries[start].replica();
             let mut end = start + 1;
             while end < entries.len()
-                && entries[end].origin == origin
+                && entries[end].replica() == replica
                 && entries[end].origin_seq == entries[end - 1].origin_seq + 1
             {
                 end += 1;
             }
             let (lo, hi) = (entries[start].origin_seq, entries[end - 1].origin_seq);
-            let mut rows = stmt.query(params![origin, lo as i64, hi as i64])?;
+            let mut rows = stmt.query(params![replica, lo as i64, hi as i64])?;
             while let Some(r) = rows.next()? {
                 let last = r.get::<_, i64>(0)? as u64;
                 let first = r.get::<_, i64>(1)? as u64;

@@ -84,7 +84,8 @@ pub struct ResourceChanged {
 /// What a commit wrote.
 #[derive(Debug, Clone, Default)]
 pub struct Receipt {
-    /// `(origin, origin_seq)` of each log entry written, in order.
+    /// `(replica, origin_seq)` of each log entry written, in order: its
+    /// position in version vectors (see [`crate::sync::entry::replica_id`]).
     pub entries: Vec<(Uuid, u64)>,
 }
 
@@ -98,6 +99,10 @@ pub struct ApplyReport {
     pub refused: usize,
     /// Rejected as invalid (malformed, clock too far ahead); not logged, not applied.
     pub rejected: Vec<String>,
+    /// Entries of THIS device that its log did not hold: it lost them (its data
+    /// dir was restored from a backup, rolled back, or cut by a power loss)
+    /// and a peer gave them back. Taken like any other entry.
+    pub own_recovered: usize,
     /// Entries no verified seal of their origin covers: refused before
     /// anything else, not logged, not applied, never relayed.
     pub unverified: usize,

@@ -19,6 +19,8 @@ pub struct TxCtx<'a, 'c> {
     tx: &'a Transaction<'c>,
     /// This device: the origin of every entry and the owner it may write as.
     device: Uuid,
+    /// This open's incarnation, which numbers the entries (with `next_seq`).
+    incarnation: u64,
     hlc: &'a HlcGenerator,
     next_seq: u64,
     receipt: Receipt,
@@ -56,16 +58,18 @@ pub(super) struct Finished {
 }
 
 impl<'a, 'c> TxCtx<'a, 'c> {
-    /// A transaction of `device` in `tx`, its first entry numbered `next_seq`.
+    /// A transaction of `device`'s `incarnation` in `tx`, its first entry
+    /// numbered `next_seq`.
     pub(super) fn new(
         tx: &'a Transaction<'c>,
-        device: Uuid,
+        (device, incarnation): (Uuid, u64),
         hlc: &'a HlcGenerator,
         next_seq: u64,
     ) -> Self {
         TxCtx {
             tx,
             device,
+            incarnation,
             hlc,
             next_seq,
             receipt: Receipt::default(),
@@ -413,6 +417,7 @@ impl<'a> TxCtx<'a, '_> {
         let e = LogEntry {
             origin: self.device,
             origin_seq: self.next_seq,
+            incarnation: self.incarnation,
             hlc: stamp.time,
             lib_seq: None,
             epoch: None,
@@ -450,7 +455,8 @@ impl<'a> TxCtx<'a, '_> {
         let seq = self.next_seq;
         self.outbox.push_parts(seq, hlc, m.name, &record, op)?;
         self.next_seq += 1;
-        self.receipt.entries.push((self.device, seq));
+        let replica = crate::sync::entry::replica_id(self.device, self.incarnation);
+        self.receipt.entries.push((replica, seq));
         if !self.models.contains(&m.name) {
             self.models.push(m.name);
         }

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::change::{ApplyReport, Change, Receipt, ResourceChanged, Source};
 use super::context::TxCtx;
+use super::options::{random_incarnation, Durability, LibraryOptions};
 use super::outbox::{
     advance_watermark, clear_outbox, flush_outbox, move_to_log, pending_outbox, set_watermark,
     watermark, OutboxRun,
@@ -26,7 +27,7 @@ use crate::store::{open_db, schema};
 use crate::sync::apply::{prune_conflicts, Applier, ConflictRetention, Cutoffs};
 use crate::sync::entry::{self, BulkOperation, LogEntry, Op};
 use crate::sync::log::SyncLog;
-use crate::sync::seal::{parse_node_id, verify_entries, KeySource, NodeKey};
+use crate::sync::seal::{parse_node_id, verify_entries, KeySource};
 use crate::sync::BULK_MODEL;
 
 /// Local entries kept in the outbox before they are moved to `sync.db`.
@@ -38,33 +39,6 @@ const OUTBOX_FLUSH_AT: usize = 512;
 const LOG_FIRST_AT: usize = 64;
 /// Capacity of the change-event channel; slow subscribers see `Lagged`.
 pub const EVENT_CAPACITY: usize = 1024;
-
-/// Settings of an open library.
-#[derive(Debug, Clone)]
-pub struct LibraryOptions {
-    /// How far ahead of this clock a remote stamp may be (see
-    /// [`HlcGenerator::with_max_drift`]).
-    pub max_clock_drift: std::time::Duration,
-    /// How much of the conflict log is kept.
-    pub conflicts: ConflictRetention,
-    /// This device's node key. With a key, the entries this device originates
-    /// are sealed as they enter the log and every received entry must be
-    /// covered by a seal that verifies against its origin's key
-    /// (`crate::sync::seal`); without one, neither happens — for tools and
-    /// tests of the merge rules only: a node always opens its libraries with
-    /// its key (`crate::datadir::DataDir`).
-    pub key: Option<NodeKey>,
-}
-
-impl Default for LibraryOptions {
-    fn default() -> Self {
-        Self {
-            max_clock_drift: crate::hlc::DEFAULT_MAX_CLOCK_DRIFT,
-            conflicts: ConflictRetention::default(),
-            key: None,
-        }
-    }
-}
 
 /// How often the conflict log is pruned by age (by count: on every write).
 const CONFLICTS_AGED_EVERY_MS: u64 = 3600 * 1000;
@@ -82,6 +56,10 @@ pub struct Library {
     name: String,
     dir: PathBuf,
     device: Uuid,
+    /// This open's incarnation (see [`crate::sync::entry::replica_id`]): a
+    /// device restored from a backup may have given positions of its earlier
+    /// incarnations to changes it lost, never positions of a new one.
+    incarnation: u64,
     hlc: HlcGenerator,
     inner: Mutex<Inner>,
     events: broadcast::Sender<ResourceChanged>,
@@ -201,6 +179,11 @@ impl Library {
         schema::add_missing_columns(&mut lib)?;
         let sync_path = dir.join("sync.db");
         let mut sync = open_db(&sync_path, true, &schema::sync_migrations())?;
+        // What the log holds is durable when committed (see `Durability`).
+        sync.pragma_update(None, "synchronous", "FULL")?;
+        if opts.durability == Durability::Full {
+            lib.pragma_update(None, "synchronous", "FULL")?;
+        }
         crate::store::checkpoint_in_background(&mut lib, &lib_path)?;
         crate::store::checkpoint_in_background(&mut sync, &sync_path)?;
         let id: Uuid = match meta_get(&lib, key::ID)? {
@@ -225,6 +208,7 @@ impl Library {
             name,
             dir: dir.to_path_buf(),
             device,
+            incarnation: opts.incarnation.unwrap_or_else(random_incarnation),
             hlc,
             inner: Mutex::new(Inner {
                 lib,
@@ -257,7 +241,7 @@ impl Library {
         inner.flush_outbox()?;
         inner.log.seal_own_unsealed(self.device)?;
         self.hlc.observe_floor(inner.log.max_hlc()?);
-        inner.next_seq = inner.log.max_seq(self.device)? + 1;
+        inner.next_seq = inner.log.max_seq(self.replica())? + 1;
         Ok(())
     }
 
@@ -307,6 +291,15 @@ impl Library {
     pub fn device(&self) -> Uuid {
         self.device
     }
+    /// This open's incarnation of the device (see [`LibraryOptions::incarnation`]).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+    /// The replica this open numbers its entries in: the key of this device's
+    /// current position in version vectors.
+    pub fn replica(&self) -> Uuid {
+        crate::sync::entry::replica_id(self.device, self.incarnation)
+    }
     /// The library's clock, which stamps local entries above everything seen.
     pub fn hlc(&self) -> &HlcGenerator {
         &self.hlc
@@ -350,7 +343,12 @@ impl Library {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let tx = inner.lib.transaction()?;
-        let mut ctx = TxCtx::new(&tx, self.device, &self.hlc, inner.next_seq);
+        let mut ctx = TxCtx::new(
+            &tx,
+            (self.device, self.incarnation),
+            &self.hlc,
+            inner.next_seq,
+        );
         let out = f(&mut ctx)?;
         let done = ctx.finish()?;
         let n = done.receipt.entries.len();
@@ -360,7 +358,7 @@ impl Library {
             // watermark past them. A crash in between leaves them logged and
             // not applied, and they are applied again from the log on open.
             let mut runs = pending_outbox(&tx)?;
-            runs.push(done.outbox.into_run(self.device));
+            runs.push(done.outbox.into_run(self.device, self.incarnation));
             let before = inner.log.latest_id()?;
             inner.log.append_runs(runs)?;
             // Logged: these sequence numbers are used, whatever happens next.
@@ -375,7 +373,7 @@ impl Library {
                 return Err(e);
             }
         } else {
-            done.outbox.write(&tx, self.device)?;
+            done.outbox.write(&tx, self.device, self.incarnation)?;
             tx.commit()?;
             inner.next_seq = done.next_seq;
             inner.outbox_len += n;
@@ -440,6 +438,7 @@ impl Library {
         let e = LogEntry {
             origin: self.device,
             origin_seq: seq,
+            incarnation: self.incarnation,
             hlc: stamp.time,
             lib_seq: None,
             epoch: None,
@@ -455,15 +454,18 @@ impl Library {
         .apply(&e, &entry::BULK_INFO)?;
         let mut outbox = OutboxRun::default();
         outbox.push(&e)?;
-        outbox.write(&tx, self.device)?;
+        outbox.write(&tx, self.device, self.incarnation)?;
         tx.commit()?;
         inner.next_seq = seq + 1;
         inner.outbox_len += 1;
+        // The rows are in no entry: they must be on disk before the entry,
+        // which peers act on, is in the log (`Durability`).
+        crate::store::make_durable(&inner.lib)?;
         inner.flush_outbox()?;
         drop(guard);
         self.announce(Source::Local, vec![m.name], 1);
         Ok(Receipt {
-            entries: vec![(self.device, seq)],
+            entries: vec![(self.replica(), seq)],
         })
     }
 
@@ -501,6 +503,19 @@ impl Library {
         let plain: Vec<&LogEntry> = accepted.iter().map(|(e, _)| e).collect();
         let fresh = inner.log.append_refs(&plain)?;
         report.duplicates += accepted.len() - fresh.len();
+        report.own_recovered = fresh
+            .iter()
+            .filter(|&&i| accepted[i].0.origin == self.device)
+            .count();
+        if report.own_recovered > 0 {
+            tracing::warn!(
+                library = %self.id,
+                entries = report.own_recovered,
+                "rollback detected: a peer gave back entries this device wrote and had lost \
+                 (data dir restored from a backup, rolled back, or cut by a power loss); \
+                 they are applied again"
+            );
+        }
         let latest = inner.log.latest_id()?;
         let tx = inner.lib.transaction()?;
         let applier = Applier {
@@ -573,6 +588,21 @@ impl Library {
     /// Move pending local entries into `sync.db` now.
     pub fn flush(&self) -> Result<()> {
         self.lock().flush_outbox()
+    }
+
+    /// Drop the log entries `horizon` covers (see
+    /// [`SyncLog::prune_covered`]), once `library.db`, then the only place
+    /// their effect is kept, is durable (`Durability`).
+    pub fn prune_log(&self, horizon: &crate::sync::log::VersionVector) -> Result<u64> {
+        self.make_durable()?;
+        self.with_log(|l| l.prune_covered(horizon))
+    }
+
+    /// Make every commit to `library.db` durable now (it commits with
+    /// `synchronous=NORMAL`): before the log records state that only
+    /// `library.db` holds, such as a snapshot's rows (`Durability`).
+    pub fn make_durable(&self) -> Result<()> {
+        crate::store::make_durable(&self.lock().lib)
     }
 }
 

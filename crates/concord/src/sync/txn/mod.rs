@@ -29,16 +29,19 @@
 //! ## Files
 //!
 //! [`change`] the change types, [`library`] the [`Library`] and its entry
-//! points, [`context`] one transaction in progress ([`TxCtx`]), [`outbox`] the
+//! points, [`options`] how it is opened and what a power cut may take
+//! ([`Durability`]), [`context`] one transaction in progress ([`TxCtx`]), [`outbox`] the
 //! outbox and the applied-log watermark. The conversion of outbox tables older
 //! versions left is in [`crate::store::legacy`].
 
 mod change;
 mod context;
 mod library;
+mod options;
 mod outbox;
 mod remote;
 
 pub use change::{ApplyReport, Change, ChangeOp, Receipt, ResourceChanged, Source};
 pub use context::TxCtx;
-pub use library::{Library, LibraryOptions, EVENT_CAPACITY};
+pub use library::{Library, EVENT_CAPACITY};
+pub use options::{Durability, LibraryOptions};

@@ -49,9 +49,10 @@ impl OutboxRun {
         Ok(())
     }
 
-    pub(super) fn into_run(self, origin: Uuid) -> Run {
+    pub(super) fn into_run(self, origin: Uuid, incarnation: u64) -> Run {
         Run {
             origin,
+            incarnation,
             first_seq: self.first_seq,
             last_seq: self.last_seq,
             max_hlc: self.max_hlc,
@@ -60,20 +61,21 @@ impl OutboxRun {
     }
 
     /// Store the run in the outbox, in the transaction that made it (I1).
-    pub(super) fn write(&self, tx: &Transaction<'_>, origin: Uuid) -> Result<()> {
+    pub(super) fn write(&self, tx: &Transaction<'_>, origin: Uuid, incarnation: u64) -> Result<()> {
         if self.first_seq == 0 {
             return Ok(());
         }
         tx.prepare_cached(
-            "INSERT INTO outbox_segments (origin, first_seq, last_seq, max_hlc, entries)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO outbox_segments (origin, first_seq, last_seq, max_hlc, entries, incarnation)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             origin,
             self.first_seq as i64,
             self.last_seq as i64,
             self.max_hlc as i64,
-            self.blob
+            self.blob,
+            incarnation as i64
         ])?;
         Ok(())
     }
@@ -85,7 +87,8 @@ impl OutboxRun {
 pub(super) fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
     let mut runs: Vec<Run> = Vec::new();
     let mut stmt = lib.prepare_cached(
-        "SELECT origin, first_seq, last_seq, max_hlc, entries FROM outbox_segments ORDER BY id",
+        "SELECT origin, first_seq, last_seq, max_hlc, entries, incarnation FROM outbox_segments
+         ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
@@ -94,9 +97,11 @@ pub(super) fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
         let last_seq = r.get::<_, i64>(2)? as u64;
         let max_hlc = r.get::<_, i64>(3)? as u64;
         let blob = r.get_ref(4)?.as_blob().map_err(rusqlite::Error::from)?;
+        let incarnation = r.get::<_, i64>(5)? as u64;
         match runs.last_mut() {
             Some(prev)
                 if prev.origin == origin
+                    && prev.incarnation == incarnation
                     && prev.last_seq.checked_add(1) == Some(first_seq)
                     && prev.last_seq + 1 - prev.first_seq < MERGE_SEGMENT_ENTRIES =>
             {
@@ -106,6 +111,7 @@ pub(super) fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
             }
             _ => runs.push(Run {
                 origin,
+                incarnation,
                 first_seq,
                 last_seq,
                 max_hlc,

@@ -51,18 +51,24 @@ pub(super) fn screen_remote(
             report.rejected.push(err.to_string());
             continue;
         }
-        if let Some(why) = cutoffs.refusal(e) {
+        let removed = cutoffs.get(e.origin).is_some();
+        if let Some(why) = removed
+            .then(|| Ok::<_, crate::error::Error>(log.max_seq(e.replica())? > 0))
+            .transpose()?
+            .and_then(|held| cutoffs.refusal(e, held))
+        {
             report.rejected.push(why);
             continue;
         }
-        // Entries at or below their origin's contiguous position are held (or
+        // Entries at or below their replica's contiguous position are held (or
         // were, before pruning). The rest are deduplicated by `append` itself
         // (INSERT OR IGNORE), so no per-entry lookup is needed here.
-        let held = match held_through.iter().find(|(o, _)| *o == e.origin) {
+        let replica = e.replica();
+        let held = match held_through.iter().find(|(o, _)| *o == replica) {
             Some(&(_, c)) => c,
             None => {
-                let c = log.contiguous(e.origin)?;
-                held_through.push((e.origin, c));
+                let c = log.contiguous(replica)?;
+                held_through.push((replica, c));
                 c
             }
         };
