@@ -285,7 +285,17 @@ impl Instance {
 }
 
 impl Drop for Instance {
+    /// Ask it to shut down (its monitor and the process it runs), then wait;
+    /// kill it by its own handle only if it does not go.
     fn drop(&mut self) {
+        let _ = self.http("POST", "/rest/system/shutdown", None);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
