@@ -304,3 +304,50 @@ impl Drop for Instance {
 /// Where Syncthing keeps its marker in a shared folder (left out of the
 /// content comparison).
 pub const MARKER: &str = ".stfolder";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `<gui>` and `<options>` of a config `syncthing generate` wrote
+    /// (1.19.2), the tags that reach outside trimmed to their defaults.
+    const GENERATED: &str = "<gui enabled=\"true\" tls=\"false\">
+        <address>127.0.0.1:8384</address>
+        <apikey>random</apikey>
+    </gui>
+    <options>
+        <listenAddress>default</listenAddress>
+        <globalAnnounceServer>default</globalAnnounceServer>
+        <globalAnnounceEnabled>true</globalAnnounceEnabled>
+        <localAnnounceEnabled>true</localAnnounceEnabled>
+        <reconnectionIntervalS>60</reconnectionIntervalS>
+        <relaysEnabled>true</relaysEnabled>
+        <startBrowser>true</startBrowser>
+        <natEnabled>true</natEnabled>
+        <urAccepted>0</urAccepted>
+        <autoUpgradeIntervalH>12</autoUpgradeIntervalH>
+        <setLowPriority>true</setLowPriority>
+        <crashReportingEnabled>true</crashReportingEnabled>
+        <stunKeepaliveStartS>180</stunKeepaliveStartS>
+        <announceLANAddresses>true</announceLANAddresses>
+    </options>
+    <device id=\"X\"><address>dynamic</address></device>";
+
+    #[test]
+    fn the_config_listens_on_loopback_and_reaches_nothing_outside() {
+        let xml = loopback_only(GENERATED, 22001, 18384).unwrap();
+        assert!(xml.contains("<listenAddress>tcp://127.0.0.1:22001</listenAddress>"));
+        assert!(xml.contains("<address>127.0.0.1:18384</address>"));
+        assert!(!xml.contains(">true<"), "an option left on: {xml}");
+        assert!(xml.contains("<urAccepted>-1</urAccepted>"));
+        assert!(xml.contains("<stunKeepaliveStartS>0</stunKeepaliveStartS>"));
+        // Another device's address is not the GUI's.
+        assert!(xml.contains("<address>dynamic</address>"));
+    }
+
+    #[test]
+    fn a_config_without_an_expected_option_is_refused() {
+        let trimmed = GENERATED.replace("<natEnabled>true</natEnabled>", "");
+        assert!(loopback_only(&trimmed, 22001, 18384).is_err());
+    }
+}
