@@ -54,7 +54,7 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
         };
         anyhow::Ok((secs, bare))
     })?;
-    anyhow::ensure!(scanned_all(&dest, files)?, "{id}: not every file arrived");
+    anyhow::ensure!(holds(&dest, files)?, "{id}: not every file arrived");
     assert_same(src, &dest, &[".concord"])?;
     std::fs::remove_dir_all(&dest)?;
     progress!("{id} concord: {secs:.2} s for {files} files, {bytes} bytes");
@@ -78,7 +78,8 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
     Ok(times)
 }
 
-fn scanned_all(dest: &Path, files: usize) -> anyhow::Result<bool> {
+/// Whether `dest` holds exactly `files` files (our temp folder left out).
+fn holds(dest: &Path, files: usize) -> anyhow::Result<bool> {
     Ok(crate::files::list(dest, &[".concord"])?.len() == files)
 }
 
