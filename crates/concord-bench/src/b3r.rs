@@ -156,7 +156,7 @@ impl Drop for NsRuntime {
 }
 
 /// Move the calling thread into the network namespace at `path`.
-fn enter(path: &str) -> anyhow::Result<()> {
+pub(crate) fn enter(path: &str) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path)?;
     // SAFETY: setns on a valid, open namespace file descriptor affects only

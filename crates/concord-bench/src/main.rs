@@ -16,12 +16,21 @@ mod b6;
 mod b7;
 mod b8;
 mod common;
+mod content;
+mod f1;
+mod f2;
+mod f4;
+mod f5;
 mod f6;
+mod files;
 mod fixture;
 mod net;
 mod p1;
+mod replicate;
 mod report;
 mod s1;
+mod syncthing;
+mod tools;
 
 use common::Scale;
 use report::Row;
@@ -49,6 +58,26 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
         "B8",
         "a killed leader: a follower's change reaching every member",
         b8::run,
+    ),
+    (
+        "F1",
+        "replicating 8 large files between two nodes vs bare Iroh, rsync, Syncthing",
+        f1::run,
+    ),
+    (
+        "F2",
+        "replicating 20,000 small files vs rsync (--fsync), Syncthing",
+        f2::run,
+    ),
+    (
+        "F4",
+        "a receiver cut halfway through a large file, resumed: bytes sent",
+        f4::run,
+    ),
+    (
+        "F5",
+        "a conduit cycle with nothing changed vs a stat walk",
+        f5::run,
     ),
     (
         "F6",

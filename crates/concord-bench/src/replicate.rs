@@ -1,0 +1,92 @@
+//! F1 and F2's shared run: one source tree copied by Concord's transfer
+//! engine between two nodes on loopback, then by each baseline, each into a
+//! fresh destination that is checked equal to the source and removed before
+//! the next (the disk is shared).
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::common::progress;
+use crate::content::ContentPair;
+use crate::files::{assert_same, temp};
+use crate::net::{runtime, BareIroh};
+use crate::{syncthing, tools};
+
+/// Seconds each side took for the same tree; `None`: skipped here.
+#[derive(Debug, Default)]
+pub struct Times {
+    /// Scan and hash the source end, fetch every file verified (from the
+    /// first connection on).
+    pub concord: f64,
+    /// The same bytes through one bare Iroh stream (bytes/s).
+    pub bare_iroh_rate: Option<f64>,
+    pub rsync: Option<f64>,
+    pub rsync_fsync: Option<f64>,
+    pub syncthing: Option<f64>,
+}
+
+/// Which baselines to run besides rsync -a and Syncthing.
+pub struct Extra {
+    pub bare_iroh: bool,
+    pub rsync_fsync: bool,
+}
+
+/// Copy `src` (`files` files, `bytes` bytes) with Concord and each baseline.
+pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyhow::Result<Times> {
+    let work = temp(&format!("concord-{}-run-", id.to_lowercase()))?;
+    let rt = runtime()?;
+    let mut times = Times::default();
+    let dest = work.path().join("dest-concord");
+    let (secs, bare) = rt.block_on(async {
+        let pair = ContentPair::new(&work.path().join("nodes"), src).await?;
+        let t = Instant::now();
+        let scanned = pair.scan_source().await?;
+        pair.fetch_all(&scanned, &dest).await?;
+        let secs = t.elapsed().as_secs_f64();
+        pair.shutdown().await;
+        let bare = if extra.bare_iroh {
+            let b = BareIroh::connect().await?;
+            let rate = b.throughput(bytes).await?;
+            b.close().await;
+            Some(rate)
+        } else {
+            None
+        };
+        anyhow::Ok((secs, bare))
+    })?;
+    anyhow::ensure!(holds(&dest, files)?, "{id}: not every file arrived");
+    assert_same(src, &dest, &[".concord"])?;
+    std::fs::remove_dir_all(&dest)?;
+    progress!("{id} concord: {secs:.2} s for {files} files, {bytes} bytes");
+    times.concord = secs;
+    times.bare_iroh_rate = bare;
+    if tools::ensure("rsync", "rsync") {
+        times.rsync = Some(rsync_once(id, src, &work.path().join("dest-rsync"), &[])?);
+        if extra.rsync_fsync {
+            let d = work.path().join("dest-rsync-fsync");
+            times.rsync_fsync = Some(rsync_once(id, src, &d, &["--fsync"])?);
+        }
+    } else {
+        progress!("{id}: rsync baselines skipped (rsync cannot be installed)");
+    }
+    let dst = work.path().join("dest-syncthing");
+    times.syncthing = syncthing::time_sync(work.path(), src, &dst, files)?;
+    if let Some(secs) = times.syncthing {
+        assert_same(src, &dst, &[syncthing::MARKER])?;
+        progress!("{id} syncthing: {secs:.2} s");
+    }
+    Ok(times)
+}
+
+/// Whether `dest` holds exactly `files` files (our temp folder left out).
+fn holds(dest: &Path, files: usize) -> anyhow::Result<bool> {
+    Ok(crate::files::list(dest, &[".concord"])?.len() == files)
+}
+
+fn rsync_once(id: &str, src: &Path, dst: &Path, extra: &[&str]) -> anyhow::Result<f64> {
+    let secs = tools::rsync(src, dst, extra)?;
+    assert_same(src, dst, &[])?;
+    std::fs::remove_dir_all(dst)?;
+    progress!("{id} rsync -a {}: {secs:.2} s", extra.join(" "));
+    Ok(secs)
+}
