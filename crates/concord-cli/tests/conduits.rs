@@ -49,8 +49,24 @@ fn tree(root: &Path) -> BTreeMap<String, (String, std::time::SystemTime, u32)> {
 /// Two paired nodes sharing library `lib`; `src` a location of A and
 /// `dst` one of B, both known to B. Returns (A, B, A's location id, B's).
 fn two_devices(tmp: &Path, src: &Path, dst: &Path) -> (Node, Node, String, String) {
+    two_devices_with(tmp, src, dst, &[])
+}
+
+/// [`two_devices`], both nodes run with `env`.
+fn two_devices_with(
+    tmp: &Path,
+    src: &Path,
+    dst: &Path,
+    env: &[(&str, &str)],
+) -> (Node, Node, String, String) {
     let mut a = Node::new(tmp, "alpha");
     let mut b = Node::new(tmp, "beta");
+    for n in [&mut a, &mut b] {
+        n.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
     a.start();
     b.start();
     pair(&a, &b);
@@ -251,7 +267,14 @@ fn an_instant_conduit_follows_changes_without_conduit_run() {
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
     write(&src.join("first.txt"), b"one");
-    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    // The safety rescan is an hour away: only the source's changes, indexed
+    // by its watcher and synced here, can trigger the cycles below.
+    let (_a, b, la, lb) = two_devices_with(
+        tmp.path(),
+        &src,
+        &dst,
+        &[("CONCORD_CONDUIT_RESCAN_MS", "3600000")],
+    );
     // The default cadence is instant.
     let id = b.json(&[
         "conduit",
@@ -273,6 +296,12 @@ fn an_instant_conduit_follows_changes_without_conduit_run() {
     write(&src.join("sub/second.txt"), b"two");
     write(&src.join("first.txt"), b"one, edited");
     wait_until("the changes are replicated", || tree(&dst) == tree(&src));
+    // And again: each change, not a poll, starts a cycle.
+    write(&src.join("sub/third.txt"), b"three");
+    write(&src.join("sub/second.txt"), b"two, edited");
+    wait_until("the next changes are replicated", || {
+        tree(&dst) == tree(&src)
+    });
     let status = b.json(&["conduit", "status", "lib", &id]);
     assert_eq!(status["reason"], Value::Null, "{status}");
     assert!(status["last_run"].as_i64().is_some(), "{status}");
