@@ -357,3 +357,104 @@ fn sync_between_two_devices_carries_both_ways_and_keeps_both_versions_of_a_confl
     assert_eq!(tree(&src), s);
     assert_eq!(tree(&dst), s);
 }
+
+/// `size` bytes that differ from chunk to chunk, written quickly.
+fn write_large(p: &Path, size: usize) {
+    use std::io::Write;
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(p).unwrap());
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
+        }
+        let n = left.min(block.len());
+        f.write_all(&block[..n]).unwrap();
+        left -= n;
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
+fn status_u64(n: &Node, id: &str, key: &str) -> u64 {
+    let s = n.json(&["conduit", "status", "lib", id]);
+    s[key].as_u64().unwrap_or_else(|| panic!("{key} in {s}"))
+}
+
+/// The file entry named `name` in location `loc`, as `entry list` shows it.
+fn entry_named(n: &Node, loc: &str, name: &str) -> Option<Value> {
+    n.json(&["entry", "list", "lib", "--location", loc])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+}
+
+const LARGE: usize = 200 * 1024 * 1024;
+
+#[test]
+fn a_large_file_resumes_after_kill_9_of_the_receiver_and_a_rename_moves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    write_large(&src.join("big.bin"), LARGE);
+    write(&src.join("small.txt"), b"small");
+    let (a, mut b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    let id = create(&b, &la, &lb, &["--policy", "replicate", "--delete"]);
+
+    // The receiver is killed halfway through the large file...
+    b.json(&["conduit", "run", "lib", &id]);
+    wait_until("half of the large file received", || {
+        status_u64(&b, &id, "bytes_received") >= LARGE as u64 / 2
+    });
+    b.kill();
+    assert!(!dst.join("big.bin").exists(), "killed before the end");
+    // ...and after its restart the next cycle resumes it.
+    b.start();
+    wait_until("B sees A again", || online(&b, "alpha"));
+    let r = run(&b, &id);
+    assert_eq!(r["outcome"], "done", "{r}");
+    let want = tree(&src);
+    assert_eq!(tree(&dst), want);
+    let sent = status_u64(&a, &id, "bytes_sent");
+    assert!(
+        sent < LARGE as u64 * 11 / 10,
+        "{sent} bytes sent for a {LARGE}-byte file"
+    );
+    let received = status_u64(&b, &id, "bytes_received");
+    assert!(received < LARGE as u64 * 6 / 10, "resumed: {received}");
+
+    // Tags on both ends; then a rename at the source moves the file on
+    // the destination, sends (almost) nothing, and the tags follow.
+    b.json(&["tag", "create", "lib", "keep"]);
+    let on_a = entry_named(&a, &la, "big.bin").expect("A indexed big.bin");
+    wait_until("B indexed its copy", || {
+        entry_named(&b, &lb, "big.bin").is_some()
+    });
+    let on_b = entry_named(&b, &lb, "big.bin").unwrap();
+    for e in [&on_a, &on_b] {
+        b.json(&["tag", "apply", "lib", "keep", e["id"].as_str().unwrap()]);
+    }
+    std::fs::create_dir_all(src.join("moved")).unwrap();
+    std::fs::rename(src.join("big.bin"), src.join("moved/big renamed.bin")).unwrap();
+    let r = run(&b, &id);
+    assert_eq!(r["outcome"], "done", "{r}");
+    assert_eq!(tree(&dst), tree(&src));
+    assert!(!dst.join("big.bin").exists());
+    let moved = status_u64(&a, &id, "bytes_sent") - sent;
+    assert!(moved < 1 << 20, "{moved} bytes sent for a rename");
+    assert!(status_u64(&b, &id, "bytes_received") < 1 << 20);
+    assert!(trashed(&dst, "big.bin").is_empty(), "moved, not deleted");
+    for (n, loc, e) in [(&a, &la, &on_a), (&b, &lb, &on_b)] {
+        wait_until("the renamed entry keeps its id and tag", || {
+            entry_named(n, loc, "big renamed.bin").is_some_and(|now| {
+                now["id"] == e["id"] && now["tags"].as_array().unwrap().contains(&"keep".into())
+            })
+        });
+    }
+}
