@@ -1,8 +1,8 @@
 //! Conduits between two devices: real `concord` nodes on 127.0.0.1 with
 //! real Iroh; the destination's device runs each cycle (`conduit run
 //! --wait`), listing the source over `concord/content/1` and fetching what
-//! the plan copies. Small trees (the 200 MB and 10,000-file variants are
-//! for the benchmarks). Every wait is on a condition with a deadline.
+//! the plan copies. Small trees, a 200 MB file (killed receiver, rename)
+//! and 10,000 small files. Every wait is on a condition with a deadline.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -457,4 +457,42 @@ fn a_large_file_resumes_after_kill_9_of_the_receiver_and_a_rename_moves_it() {
             })
         });
     }
+}
+
+/// A tree of `count` small files in folders of 100, a 0-byte file, unicode
+/// and long (255-byte) names.
+fn write_many(root: &Path, count: usize) {
+    for i in 0..count {
+        write(
+            &root.join(format!("many/{:03}/{i}.txt", i / 100)),
+            format!("small file {i}\n").repeat(i % 7 + 1).as_bytes(),
+        );
+    }
+    write(&root.join("zero"), b"");
+    write(
+        &root.join("ünïcödé/Ωμέγα 🚀/файл.txt"),
+        "données".as_bytes(),
+    );
+    let long = format!("{}.bin", "x".repeat(251)); // 255 bytes, the limit
+    write(&root.join(&long), b"long");
+    write(
+        &root.join(format!("{}/{}", "é".repeat(127), "名".repeat(85))),
+        b"deep",
+    );
+}
+
+#[test]
+fn ten_thousand_small_files_with_odd_names_arrive_equal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    write_many(&src, 10_000);
+    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    let id = create(&b, &la, &lb, &["--policy", "replicate"]);
+    let r = run(&b, &id);
+    assert_eq!(r["outcome"], "done", "{r}");
+    let want = tree(&src);
+    assert_eq!(want.len(), 10_004);
+    assert_eq!(tree(&dst), want, "bytes and mtimes equal");
+    assert_eq!(std::fs::metadata(dst.join("zero")).unwrap().len(), 0);
 }
