@@ -482,7 +482,7 @@ fn write_many(root: &Path, count: usize) {
 }
 
 #[test]
-fn ten_thousand_small_files_with_odd_names_arrive_equal() {
+fn ten_thousand_small_files_with_odd_names_arrive_equal_by_replicate_and_sync() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
@@ -495,4 +495,25 @@ fn ten_thousand_small_files_with_odd_names_arrive_equal() {
     assert_eq!(want.len(), 10_004);
     assert_eq!(tree(&dst), want, "bytes and mtimes equal");
     assert_eq!(std::fs::metadata(dst.join("zero")).unwrap().len(), 0);
+
+    // Synchronize the same tree into another folder of B, then an edit
+    // made there goes back.
+    let both = tmp.path().join("both");
+    std::fs::create_dir_all(&both).unwrap();
+    let lb2 = b.json(&["location", "add", "lib", both.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sync = create(&b, &la, &lb2, &["--policy", "sync"]);
+    let r = run(&b, &sync);
+    assert_eq!(r["outcome"], "done", "{r}");
+    assert_eq!(tree(&both), want);
+    write(&both.join("many/042/4242.txt"), b"edited on beta");
+    let r = run(&b, &sync);
+    assert_eq!(r["outcome"], "done", "{r}");
+    assert_eq!(
+        std::fs::read(src.join("many/042/4242.txt")).unwrap(),
+        b"edited on beta"
+    );
+    assert_eq!(tree(&both), tree(&src));
 }
