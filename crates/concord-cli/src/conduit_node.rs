@@ -79,6 +79,9 @@ pub async fn status(
     .await?;
     let live = node.conduits.live(c.id);
     let mut v = status_value(&c, live.as_ref().and_then(|l| l.running));
+    // What this device served from the conduit's folders since it started.
+    v["bytes_sent"] =
+        json!(node.content.sent_from(c.source) + node.content.sent_from(c.destination));
     if let Some(l) = live {
         v["files_total"] = json!(l.files_total);
         v["files_done"] = json!(l.files_done);

@@ -1,8 +1,8 @@
 //! Conduits between two devices: real `concord` nodes on 127.0.0.1 with
 //! real Iroh; the destination's device runs each cycle (`conduit run
 //! --wait`), listing the source over `concord/content/1` and fetching what
-//! the plan copies. Small trees (the 200 MB and 10,000-file variants are
-//! for the benchmarks). Every wait is on a condition with a deadline.
+//! the plan copies. Small trees, a 200 MB file (killed receiver, rename)
+//! and 10,000 small files. Every wait is on a condition with a deadline.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -49,8 +49,24 @@ fn tree(root: &Path) -> BTreeMap<String, (String, std::time::SystemTime, u32)> {
 /// Two paired nodes sharing library `lib`; `src` a location of A and
 /// `dst` one of B, both known to B. Returns (A, B, A's location id, B's).
 fn two_devices(tmp: &Path, src: &Path, dst: &Path) -> (Node, Node, String, String) {
+    two_devices_with(tmp, src, dst, &[])
+}
+
+/// [`two_devices`], both nodes run with `env`.
+fn two_devices_with(
+    tmp: &Path,
+    src: &Path,
+    dst: &Path,
+    env: &[(&str, &str)],
+) -> (Node, Node, String, String) {
     let mut a = Node::new(tmp, "alpha");
     let mut b = Node::new(tmp, "beta");
+    for n in [&mut a, &mut b] {
+        n.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
     a.start();
     b.start();
     pair(&a, &b);
@@ -251,7 +267,14 @@ fn an_instant_conduit_follows_changes_without_conduit_run() {
     let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
     std::fs::create_dir_all(&dst).unwrap();
     write(&src.join("first.txt"), b"one");
-    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    // The safety rescan is an hour away: only the source's changes, indexed
+    // by its watcher and synced here, can trigger the cycles below.
+    let (_a, b, la, lb) = two_devices_with(
+        tmp.path(),
+        &src,
+        &dst,
+        &[("CONCORD_CONDUIT_RESCAN_MS", "3600000")],
+    );
     // The default cadence is instant.
     let id = b.json(&[
         "conduit",
@@ -273,6 +296,12 @@ fn an_instant_conduit_follows_changes_without_conduit_run() {
     write(&src.join("sub/second.txt"), b"two");
     write(&src.join("first.txt"), b"one, edited");
     wait_until("the changes are replicated", || tree(&dst) == tree(&src));
+    // And again: each change, not a poll, starts a cycle.
+    write(&src.join("sub/third.txt"), b"three");
+    write(&src.join("sub/second.txt"), b"two, edited");
+    wait_until("the next changes are replicated", || {
+        tree(&dst) == tree(&src)
+    });
     let status = b.json(&["conduit", "status", "lib", &id]);
     assert_eq!(status["reason"], Value::Null, "{status}");
     assert!(status["last_run"].as_i64().is_some(), "{status}");
@@ -327,4 +356,164 @@ fn sync_between_two_devices_carries_both_ways_and_keeps_both_versions_of_a_confl
     run(&b, &id);
     assert_eq!(tree(&src), s);
     assert_eq!(tree(&dst), s);
+}
+
+/// `size` bytes that differ from chunk to chunk, written quickly.
+fn write_large(p: &Path, size: usize) {
+    use std::io::Write;
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(p).unwrap());
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
+        }
+        let n = left.min(block.len());
+        f.write_all(&block[..n]).unwrap();
+        left -= n;
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
+fn status_u64(n: &Node, id: &str, key: &str) -> u64 {
+    let s = n.json(&["conduit", "status", "lib", id]);
+    s[key].as_u64().unwrap_or_else(|| panic!("{key} in {s}"))
+}
+
+/// The file entry named `name` in location `loc`, as `entry list` shows it.
+fn entry_named(n: &Node, loc: &str, name: &str) -> Option<Value> {
+    n.json(&["entry", "list", "lib", "--location", loc])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+}
+
+const LARGE: usize = 200 * 1024 * 1024;
+
+#[test]
+fn a_large_file_resumes_after_kill_9_of_the_receiver_and_a_rename_moves_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    write_large(&src.join("big.bin"), LARGE);
+    write(&src.join("small.txt"), b"small");
+    let (a, mut b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    let id = create(&b, &la, &lb, &["--policy", "replicate", "--delete"]);
+
+    // The receiver is killed halfway through the large file...
+    b.json(&["conduit", "run", "lib", &id]);
+    wait_until("half of the large file received", || {
+        status_u64(&b, &id, "bytes_received") >= LARGE as u64 / 2
+    });
+    b.kill();
+    assert!(!dst.join("big.bin").exists(), "killed before the end");
+    // ...and after its restart the next cycle resumes it.
+    b.start();
+    wait_until("B sees A again", || online(&b, "alpha"));
+    let r = run(&b, &id);
+    assert_eq!(r["outcome"], "done", "{r}");
+    let want = tree(&src);
+    assert_eq!(tree(&dst), want);
+    let sent = status_u64(&a, &id, "bytes_sent");
+    assert!(
+        sent < LARGE as u64 * 11 / 10,
+        "{sent} bytes sent for a {LARGE}-byte file"
+    );
+    let received = status_u64(&b, &id, "bytes_received");
+    assert!(received < LARGE as u64 * 6 / 10, "resumed: {received}");
+
+    // Tags on both ends; then a rename at the source moves the file on
+    // the destination, sends (almost) nothing, and the tags follow.
+    b.json(&["tag", "create", "lib", "keep"]);
+    let on_a = entry_named(&a, &la, "big.bin").expect("A indexed big.bin");
+    wait_until("B indexed its copy", || {
+        entry_named(&b, &lb, "big.bin").is_some()
+    });
+    let on_b = entry_named(&b, &lb, "big.bin").unwrap();
+    for e in [&on_a, &on_b] {
+        b.json(&["tag", "apply", "lib", "keep", e["id"].as_str().unwrap()]);
+    }
+    std::fs::create_dir_all(src.join("moved")).unwrap();
+    std::fs::rename(src.join("big.bin"), src.join("moved/big renamed.bin")).unwrap();
+    let r = run(&b, &id);
+    assert_eq!(r["outcome"], "done", "{r}");
+    assert_eq!(tree(&dst), tree(&src));
+    assert!(!dst.join("big.bin").exists());
+    let moved = status_u64(&a, &id, "bytes_sent") - sent;
+    assert!(moved < 1 << 20, "{moved} bytes sent for a rename");
+    assert!(status_u64(&b, &id, "bytes_received") < 1 << 20);
+    assert!(trashed(&dst, "big.bin").is_empty(), "moved, not deleted");
+    for (n, loc, e) in [(&a, &la, &on_a), (&b, &lb, &on_b)] {
+        wait_until("the renamed entry keeps its id and tag", || {
+            entry_named(n, loc, "big renamed.bin").is_some_and(|now| {
+                now["id"] == e["id"] && now["tags"].as_array().unwrap().contains(&"keep".into())
+            })
+        });
+    }
+}
+
+/// A tree of `count` small files in folders of 100, a 0-byte file, unicode
+/// and long (255-byte) names.
+fn write_many(root: &Path, count: usize) {
+    for i in 0..count {
+        write(
+            &root.join(format!("many/{:03}/{i}.txt", i / 100)),
+            format!("small file {i}\n").repeat(i % 7 + 1).as_bytes(),
+        );
+    }
+    write(&root.join("zero"), b"");
+    write(
+        &root.join("ünïcödé/Ωμέγα 🚀/файл.txt"),
+        "données".as_bytes(),
+    );
+    let long = format!("{}.bin", "x".repeat(251)); // 255 bytes, the limit
+    write(&root.join(&long), b"long");
+    write(
+        &root.join(format!("{}/{}", "é".repeat(127), "名".repeat(85))),
+        b"deep",
+    );
+}
+
+#[test]
+fn ten_thousand_small_files_with_odd_names_arrive_equal_by_replicate_and_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&dst).unwrap();
+    write_many(&src, 10_000);
+    let (_a, b, la, lb) = two_devices(tmp.path(), &src, &dst);
+    let id = create(&b, &la, &lb, &["--policy", "replicate"]);
+    let r = run(&b, &id);
+    assert_eq!(r["outcome"], "done", "{r}");
+    let want = tree(&src);
+    assert_eq!(want.len(), 10_004);
+    assert_eq!(tree(&dst), want, "bytes and mtimes equal");
+    assert_eq!(std::fs::metadata(dst.join("zero")).unwrap().len(), 0);
+
+    // Synchronize the same tree into another folder of B, then an edit
+    // made there goes back.
+    let both = tmp.path().join("both");
+    std::fs::create_dir_all(&both).unwrap();
+    let lb2 = b.json(&["location", "add", "lib", both.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sync = create(&b, &la, &lb2, &["--policy", "sync"]);
+    let r = run(&b, &sync);
+    assert_eq!(r["outcome"], "done", "{r}");
+    assert_eq!(tree(&both), want);
+    write(&both.join("many/042/4242.txt"), b"edited on beta");
+    let r = run(&b, &sync);
+    assert_eq!(r["outcome"], "done", "{r}");
+    assert_eq!(
+        std::fs::read(src.join("many/042/4242.txt")).unwrap(),
+        b"edited on beta"
+    );
+    assert_eq!(tree(&both), tree(&src));
 }

@@ -7,6 +7,7 @@
 //! and progress are kept in memory for `conduit status`, and its outcome
 //! (last run, error, pause reason) is written to the synced record.
 
+pub mod changes;
 pub mod cycle;
 pub mod remote;
 pub mod schedule;
@@ -113,6 +114,8 @@ pub struct ConduitRunner {
     state: Arc<NodeState>,
     client: ContentClient,
     slots: Arc<Mutex<HashMap<Uuid, Arc<Slot>>>>,
+    /// File changes per library, which wake `instant` conduits.
+    changes: Arc<changes::Changes>,
 }
 
 fn now_ms() -> i64 {
@@ -138,6 +141,7 @@ impl ConduitRunner {
             state,
             client,
             slots: Arc::default(),
+            changes: Arc::default(),
         }
     }
 
@@ -174,15 +178,21 @@ impl ConduitRunner {
     }
 
     /// Run the cycles cadences make due, until the node stops (the task is
-    /// aborted then). One conduit after another: a cycle never overlaps
-    /// another of the same conduit.
+    /// aborted then): every second (periods, rescans) and after each file
+    /// change, debounced (`instant`). One conduit after another: a cycle
+    /// never overlaps another of the same conduit.
     pub fn spawn_scheduler(&self) -> tokio::task::JoinHandle<()> {
         let runner = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = runner.changes.notified() => {
+                        tokio::time::sleep(schedule::DEBOUNCE).await;
+                    }
+                }
                 for (library, conduit) in runner.due().await {
                     if let Err(e) = runner.run(library, conduit).await {
                         tracing::debug!(%conduit, "scheduled conduit cycle: {e}");
@@ -195,7 +205,10 @@ impl ConduitRunner {
     /// Conduits whose destination is here and whose cadence makes them due.
     async fn due(&self) -> Vec<(Uuid, Uuid)> {
         let runner = self.clone();
+        let rescan = schedule::instant_rescan();
+        let handle = tokio::runtime::Handle::current();
         let found = blocking(move || {
+            let _runtime = handle.enter();
             let me = runner.state.device_id();
             let now = now_ms();
             let mut out = Vec::new();
@@ -203,6 +216,8 @@ impl ConduitRunner {
                 let Ok(lib) = runner.state.library(listed.id) else {
                     continue;
                 };
+                runner.changes.listen(&lib);
+                let changed = runner.changes.changed_ms(lib.id());
                 for c in query::conduits(&lib).unwrap_or_default() {
                     let here = query::location(&lib, c.destination)
                         .ok()
@@ -214,7 +229,13 @@ impl ConduitRunner {
                         .unwrap_or_else(|e| e.into_inner())
                         .get(&c.id)
                         .map_or(0, |s| s.live.started_ms.load(Ordering::Relaxed));
-                    if here && schedule::due(&c, last, now) {
+                    let times = schedule::Times {
+                        last,
+                        changed,
+                        now,
+                        rescan,
+                    };
+                    if here && schedule::due(&c, times) {
                         out.push((lib.id(), c.id));
                     }
                 }

@@ -178,11 +178,23 @@ impl ContentClient {
             wanted: encode_ranges(&wanted),
         };
         let (mut send, mut recv) = self.open(peer).await?;
-        write_msg(&mut send, &ContentCall::File(req)).await?;
-        let _ = send.finish();
-        let header = tokio::time::timeout(HEADER_TIMEOUT, expect_msg(&mut recv, MAX_HEADER_FRAME))
-            .await
-            .map_err(|_| NetError::Timeout(format!("{} did not answer", peer.name)))??;
+        let asked = async {
+            write_msg(&mut send, &ContentCall::File(req)).await?;
+            let _ = send.finish();
+            tokio::time::timeout(HEADER_TIMEOUT, expect_msg(&mut recv, MAX_HEADER_FRAME))
+                .await
+                .map_err(|_| NetError::Timeout(format!("{} did not answer", peer.name)))?
+        };
+        let header = match asked.await {
+            Ok(header) => header,
+            // The cached connection died under the request (the peer was
+            // killed and may be back): forget it, so that a retry dials anew.
+            Err(NetError::Io(e)) => {
+                self.state.disconnect(&peer.node_id).await;
+                return Err(NetError::Unreachable(format!("{}: {e}", peer.name)));
+            }
+            Err(e) => return Err(e),
+        };
         let incoming = check_header(header, hash, &peer.name)?;
         receive(file, incoming, wanted, &mut recv, progress, claim).await
     }

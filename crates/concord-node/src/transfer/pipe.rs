@@ -103,13 +103,13 @@ impl Read for ChannelReader {
 /// A test hook: the stream offset of a byte to flip on its way out.
 pub type Corruption = Option<u64>;
 
-/// Write what the encoder queues to `send`, counting into `sent`, then finish
+/// Write what the encoder queues to `send`, counting into each of `sent`, then finish
 /// the stream. With `corrupt`, the byte at that offset of the stream is
 /// flipped on the wire (tests only).
 pub async fn pump_out(
     mut rx: mpsc::Receiver<Vec<u8>>,
     send: &mut SendStream,
-    sent: &AtomicU64,
+    sent: &[&AtomicU64],
     corrupt: Corruption,
 ) -> Result<(), NetError> {
     let mut offset = 0u64;
@@ -124,7 +124,9 @@ pub async fn pump_out(
             .await
             .map_err(|_| NetError::Timeout("the receiver stopped reading".into()))?
             .map_err(|e| NetError::Io(e.to_string()))?;
-        sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        for counter in sent {
+            counter.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        }
     }
     let _ = send.finish();
     Ok(())

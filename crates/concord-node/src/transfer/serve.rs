@@ -3,6 +3,8 @@
 //! must be a paired device, a member of the library, and ask for a file
 //! inside a location this device added ([`crate::transfer::source`]).
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use concord::hlc::Clock;
@@ -32,6 +34,9 @@ use crate::transport::MISBEHAVING;
 pub struct ContentServer {
     state: Arc<NodeState>,
     progress: Arc<TransferProgress>,
+    /// Bytes sent per location since the node started: what `conduit
+    /// status` shows as a conduit's `bytes_sent` on its serving device.
+    sent_from: Arc<Mutex<HashMap<Uuid, Arc<AtomicU64>>>>,
     corrupt: Arc<Mutex<Corruption>>,
     scans: Arc<ScanCache>,
     /// Fetches what a Synchronize peer asks this end to copy from it.
@@ -50,6 +55,7 @@ impl ContentServer {
         Self {
             state: state.clone(),
             progress: Arc::new(TransferProgress::default()),
+            sent_from: Arc::default(),
             corrupt: Arc::new(Mutex::new(None)),
             scans: Arc::new(ScanCache::default()),
             client: ContentClient::new(state.clone()),
@@ -59,6 +65,16 @@ impl ContentServer {
     /// What this device has sent (`bytes_sent`, `files_done`) since it started.
     pub fn progress(&self) -> &TransferProgress {
         &self.progress
+    }
+
+    /// Bytes of file content this device sent from `location` since it
+    /// started (every peer, every call).
+    pub fn sent_from(&self, location: Uuid) -> u64 {
+        self.sent_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&location)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Test hook: flip the byte at `offset` of every content stream sent
@@ -125,6 +141,7 @@ impl ContentServer {
         req: ContentRequest,
     ) -> Result<(), NetError> {
         let wanted = decode_ranges(&req.wanted)?;
+        let location = req.location;
         let state = self.state.clone();
         let opened = tokio::task::spawn_blocking(move || {
             let root = authorize(&state, remote, &req)?;
@@ -152,7 +169,15 @@ impl ContentServer {
             source.encode(&wanted, &mut out)
         });
         let corrupt = *self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
-        let pumped = pump_out(rx, &mut send, &self.progress.bytes_sent, corrupt).await;
+        let from = self
+            .sent_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(location)
+            .or_default()
+            .clone();
+        let counters = [&self.progress.bytes_sent, &*from];
+        let pumped = pump_out(rx, &mut send, &counters, corrupt).await;
         let encoded = encoder
             .await
             .map_err(|e| NetError::Other(format!("encoding task failed: {e}")))?;
