@@ -707,9 +707,26 @@ async fn a_server_killed_with_sigkill_is_resumed_from_after_it_restarts() {
     assert!(!s.dest.join("big.bin").exists());
 
     let _server = Child::spawn("child_serve", SERVE_ENV, &dir);
-    fetch_once_reachable(fetcher, s.peer(), s.request("big.bin"), progress.clone())
+    // The first request after the restart may still meet a path or a
+    // connection of the killed process and lose it mid-body; a retry resumes
+    // from what was verified (a conduit's next cycle does the same), so it
+    // still counts against the 1.1x bound below.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match fetch_once_reachable(
+            fetcher.clone(),
+            s.peer(),
+            s.request("big.bin"),
+            progress.clone(),
+        )
         .await
-        .unwrap();
+        {
+            Ok(_) => break,
+            Err(e) if tries < 3 => eprintln!("try {tries} after the restart failed: {e}"),
+            Err(e) => panic!("no transfer after the server restarted: {e}"),
+        }
+    }
     s.assert_same("big.bin");
     let received = progress.snapshot().bytes_received;
     eprintln!("{received} bytes received in all for a {SIZE}-byte file, across a server SIGKILL");
