@@ -4,50 +4,19 @@
 //! when the library is next opened with one.
 
 use concord::hlc::SystemClock;
-use concord::model::{Device, Tag};
-use concord::sync::entry::LogEntry;
-use concord::sync::seal::NodeKey;
 use concord::sync::txn::LibraryOptions;
-use concord::{Change, Library, Uuid};
+use concord::{Library, Uuid};
+
+mod support;
+use support::{all_entries as log_of, node_key as key, registration, tag_batch as tags};
 
 const LIB: Uuid = Uuid::from_u128(0x5ea1);
-
-fn key(n: u8) -> NodeKey {
-    NodeKey::from_bytes(&[n; 32])
-}
 
 fn signed(n: u8) -> LibraryOptions {
     LibraryOptions {
         key: Some(key(n)),
         ..LibraryOptions::default()
     }
-}
-
-fn tags(lib: &Library, n: usize, label: &str) {
-    let changes = (0..n)
-        .map(|k| {
-            Change::insert(&Tag {
-                id: Uuid::now_v7(),
-                name: format!("{label}-{k}"),
-                color: None,
-            })
-        })
-        .collect();
-    lib.commit_batch(changes).unwrap();
-}
-
-fn log_of(lib: &Library) -> Vec<LogEntry> {
-    lib.with_log(|l| l.entries()).unwrap()
-}
-
-fn registration(id: Uuid, n: u8) -> Change {
-    Change::insert(&Device {
-        id,
-        name: format!("d{n}"),
-        node_id: Some(key(n).node_id()),
-        addrs: None,
-        removed: None,
-    })
 }
 
 /// The creator's first entries register itself with its node id; a joiner

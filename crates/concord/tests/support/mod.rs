@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use concord::digest::{digest, Scope};
-use concord::model::{entry_kind, FileEntry, Location, Tag, Volume};
+use concord::model::{entry_kind, Device, FileEntry, Location, Tag, Volume};
 use concord::sync::entry::{BulkOperation, LogEntry};
+use concord::sync::seal::NodeKey;
+use concord::Change;
 use concord::{Library, Uuid};
 
 /// Small deterministic RNG (SplitMix64) for orders, subsets and sizes, seeded
@@ -157,4 +159,29 @@ pub fn initial_index(loc: &Location, fingerprint: &str) -> BulkOperation {
         volume_fingerprint: fingerprint.into(),
         count: 0,
     }
+}
+
+/// Device `n`'s node key: the same bytes every run, so tests can name keys.
+pub fn node_key(n: u8) -> NodeKey {
+    NodeKey::from_bytes(&[n; 32])
+}
+
+/// `n` new tags named `label-0`, `label-1`, ... committed as one batch.
+pub fn tag_batch(lib: &Library, n: usize, label: &str) {
+    let changes = (0..n)
+        .map(|k| Change::insert(&tag(Uuid::now_v7(), &format!("{label}-{k}"))))
+        .collect();
+    lib.commit_batch(changes).unwrap();
+}
+
+/// Device `id`'s registration of itself with node key `n` (what a library
+/// opened with that key writes first).
+pub fn registration(id: Uuid, n: u8) -> Change {
+    Change::insert(&Device {
+        id,
+        name: format!("d{n}"),
+        node_id: Some(node_key(n).node_id()),
+        addrs: None,
+        removed: None,
+    })
 }
