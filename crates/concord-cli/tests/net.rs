@@ -516,22 +516,7 @@ fn entry_fetch_copies_a_file_and_a_folder_of_another_device_verified() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let mut a = Node::new(tmp.path(), "owner");
-    let mut b = Node::new(tmp.path(), "fetcher");
-    a.start();
-    b.start();
-    pair(&a, &b);
-    a.json(&["library", "create", "lib"]);
-    a.json(&["location", "add", "lib", tree.to_str().unwrap()]);
-    b.json(&["library", "join", "lib", "owner"]);
-    wait_until("B sees A's location", || {
-        b.json(&["location", "list", "lib"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    });
-    let listed = b.json(&["entry", "list", "lib", "--device", &a.device_id()]);
+    let (a, mut b, listed) = owner_and_fetcher(tmp.path(), &tree);
     let id_of = |path: &str| {
         listed
             .as_array()
@@ -632,22 +617,7 @@ fn entry_fetch_resumes_after_the_receiving_node_is_killed_with_sigkill() {
             out.write_all(&buf).unwrap();
         }
     }
-    let mut a = Node::new(tmp.path(), "owner");
-    let mut b = Node::new(tmp.path(), "fetcher");
-    a.start();
-    b.start();
-    pair(&a, &b);
-    a.json(&["library", "create", "lib"]);
-    a.json(&["location", "add", "lib", tree.to_str().unwrap()]);
-    b.json(&["library", "join", "lib", "owner"]);
-    wait_until("B sees A's location", || {
-        b.json(&["location", "list", "lib"])
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    });
-    let listed = b.json(&["entry", "list", "lib", "--device", &a.device_id()]);
+    let (_a, mut b, listed) = owner_and_fetcher(tmp.path(), &tree);
     let id = listed
         .as_array()
         .unwrap()
@@ -695,4 +665,29 @@ fn entry_fetch_resumes_after_the_receiving_node_is_killed_with_sigkill() {
         "{received} bytes received after the restart"
     );
     assert_eq!(content_hash(&copy), content_hash(&tree.join("big.bin")));
+}
+
+/// Two paired nodes, "owner" with `tree` as a location of library "lib" and
+/// "fetcher" joined to it, and the owner's entries as the fetcher lists them.
+fn owner_and_fetcher(
+    tmp: &std::path::Path,
+    tree: &std::path::Path,
+) -> (Node, Node, serde_json::Value) {
+    let mut a = Node::new(tmp, "owner");
+    let mut b = Node::new(tmp, "fetcher");
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    a.json(&["location", "add", "lib", tree.to_str().unwrap()]);
+    b.json(&["library", "join", "lib", "owner"]);
+    wait_until("B sees A's location", || {
+        b.json(&["location", "list", "lib"])
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let listed = b.json(&["entry", "list", "lib", "--device", &a.device_id()]);
+    (a, b, listed)
 }
