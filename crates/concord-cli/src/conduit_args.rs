@@ -4,7 +4,7 @@
 
 use clap::Subcommand;
 
-use crate::context::{CliError, CliResult};
+use crate::context::CliResult;
 use crate::request::Request;
 
 #[derive(Subcommand, Debug)]
@@ -19,7 +19,7 @@ pub enum ConduitCmd {
         /// Destination: a location (UUID or name), optionally `:SUBDIR`
         #[arg(long, value_name = "LOCSPEC")]
         to: String,
-        /// replicate, sync or archive
+        /// replicate, sync, archive or offload
         #[arg(long)]
         policy: String,
         /// Replicate: deletions on the source propagate (to the trash)
@@ -31,7 +31,7 @@ pub enum ConduitCmd {
         /// Offload: free space to keep on the source (10G, 15%)
         #[arg(long, value_name = "SIZE|PCT")]
         min_free: Option<String>,
-        /// Offload: never offload files with this tag
+        /// Offload: never offload files with this tag [default: Pinned]
         #[arg(long, value_name = "NAME")]
         pin_tag: Option<String>,
     },
@@ -96,11 +96,6 @@ pub fn conduit_request(c: ConduitCmd) -> CliResult<Request> {
             min_free,
             pin_tag,
         } => {
-            if policy == "offload" {
-                return Err(CliError::new(
-                    "policy offload is not available yet; use replicate, sync or archive",
-                ));
-            }
             Request::ConduitCreate {
                 library,
                 from,

@@ -637,7 +637,15 @@ fn conduit_commands_without_a_node_write_the_library() {
     // Refusals change nothing.
     let before = env.json(&["conduit", "list", "lib"]);
     for (args, says) in [
-        (vec!["--policy", "offload"], "offload is not available yet"),
+        (vec!["--policy", "offload"], "--min-free is required"),
+        (
+            vec!["--policy", "offload", "--min-free", "100%"],
+            "min-free",
+        ),
+        (
+            vec!["--policy", "replicate", "--pin-tag", "x"],
+            "--pin-tag applies to offload only",
+        ),
         (vec!["--policy", "mirror"], "policy"),
         (
             vec!["--policy", "sync", "--delete"],

@@ -3,7 +3,7 @@
 //! running node (cycles themselves run in the node: `conduit run`).
 
 use concord::conduit::settings::{display_state, PauseReason, Settings};
-use concord::model::{Conduit, Location};
+use concord::model::{Conduit, Location, Tag};
 use concord::{query, Change, Library, Uuid};
 use serde_json::{json, Value};
 
@@ -42,10 +42,15 @@ pub fn create(ctx: &Context, library: &str, a: &CreateArgs) -> CliResult<Value> 
     let lib = ctx.library(library)?;
     let (src, src_dir) = locspec(&lib, library, a.from)?;
     let (dst, dst_dir) = locspec(&lib, library, a.to)?;
-    let pin_tag = a
-        .pin_tag
-        .map(|t| resolve::tag(&lib, library, t))
-        .transpose()?;
+    let offload = a.policy == "offload";
+    if a.pin_tag.is_some() && !offload {
+        return Err(CliError::new("--pin-tag applies to offload only"));
+    }
+    let (pin_tag, new_tag) = match (a.pin_tag, offload) {
+        (Some(t), _) => (Some(resolve::tag(&lib, library, t)?), None),
+        (None, true) => default_pin_tag(&lib)?,
+        (None, false) => (None, None),
+    };
     let c = Conduit {
         id: Uuid::now_v7(),
         source: src.id,
@@ -63,9 +68,40 @@ pub fn create(ctx: &Context, library: &str, a: &CreateArgs) -> CliResult<Value> 
         last_error: None,
     };
     Settings::from_record(&c).map_err(|e| CliError::new(e.to_string()))?;
+    if let Some(tag) = new_tag {
+        lib.commit(Change::insert(&tag))?;
+    }
     lib.commit(Change::insert(&c))?;
     Ok(json!({ "id": c.id.to_string() }))
 }
+
+/// The tag an Offload conduit pins with when `--pin-tag` is not given: the
+/// library's tag named [`DEFAULT_PIN_TAG`], or a new one (returned to be
+/// written with the conduit), so `tag apply LIB Pinned ENTRY` works at once.
+fn default_pin_tag(lib: &Library) -> CliResult<(Option<Uuid>, Option<Tag>)> {
+    let found: Vec<Uuid> = query::tags(lib)?
+        .into_iter()
+        .filter(|t| t.name == DEFAULT_PIN_TAG)
+        .map(|t| t.id)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok((Some(*one), None)),
+        [] => {
+            let tag = Tag {
+                id: Uuid::now_v7(),
+                name: DEFAULT_PIN_TAG.to_string(),
+                color: None,
+            };
+            Ok((Some(tag.id), Some(tag)))
+        }
+        _ => Err(CliError::new(format!(
+            "several tags are named {DEFAULT_PIN_TAG}; choose one with --pin-tag UUID"
+        ))),
+    }
+}
+
+/// The pin tag's name when `conduit create --policy offload` names none.
+pub const DEFAULT_PIN_TAG: &str = "Pinned";
 
 /// A conduit of the library by UUID.
 pub fn find(lib: &Library, library: &str, key: &str) -> CliResult<Conduit> {

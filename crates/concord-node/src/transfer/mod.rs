@@ -19,10 +19,12 @@
 //! - [`serve`]: [`ContentServer`], the protocol handler;
 //! - [`fetch`]: [`ContentClient`], the requesting side;
 //! - [`remote`]: the engine as a conduit's `ContentSource`;
-//! - [`apply`]: Synchronize's source-end actions, served.
+//! - [`apply`]: Synchronize's source-end actions, served;
+//! - [`hold`]: Offload's verified copies, fetched and checked on demand.
 
 pub mod apply;
 pub mod fetch;
+pub mod hold;
 pub mod listing;
 pub mod partial;
 pub mod path;

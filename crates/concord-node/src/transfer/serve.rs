@@ -19,6 +19,7 @@ use crate::frame::{expect_msg, write_msg};
 use crate::state::NodeState;
 use crate::transfer::apply::serve_apply;
 use crate::transfer::fetch::ContentClient;
+use crate::transfer::hold::serve_hold;
 use crate::transfer::listing::{serve_list, serve_release, ScanCache};
 use crate::transfer::pipe::{channel, pump_out, ChannelWriter, Corruption};
 use crate::transfer::progress::TransferProgress;
@@ -117,6 +118,15 @@ impl ContentServer {
                 })
                 .await
                 .map_err(|e| NetError::Other(format!("apply task failed: {e}")))?;
+                write_msg(&mut send, &answer).await?;
+            }
+            ContentCall::Hold(req) => {
+                let (client, handle) = (self.client.clone(), tokio::runtime::Handle::current());
+                let answer = tokio::task::spawn_blocking(move || {
+                    serve_hold(&state, &client, &handle, remote, req, now_ms())
+                })
+                .await
+                .map_err(|e| NetError::Other(format!("hold task failed: {e}")))?;
                 write_msg(&mut send, &answer).await?;
             }
             ContentCall::Release(req) => {

@@ -39,14 +39,16 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONCURRENT_PER_PEER: usize = 8;
 
 /// The first frame of every stream: what the requester wants. A file's
-/// content, a page of a conduit folder's listing, or (Archive) the removal
-/// of a source file whose verified copy the requester holds.
+/// content, a page of a conduit folder's listing, (Archive) the removal
+/// of a source file whose verified copy the requester holds, (Synchronize)
+/// a phase of a plan, or (Offload) copies this end must fetch and hold.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContentCall {
     File(ContentRequest),
     List(ListRequest),
     Release(ReleaseRequest),
     Apply(ApplyRequest),
+    Hold(HoldRequest),
 }
 
 /// Largest answer frame to a `List` or `Release` call.
@@ -218,6 +220,59 @@ pub enum ApplyAnswer {
     Refused {
         reason: String,
     },
+}
+
+/// Most files one `Hold` call names (the answer stays far below
+/// [`MAX_LIST_FRAME`] even with a long refusal per file).
+pub const MAX_HOLD_FILES: usize = 256;
+/// Most path bytes a requester puts in one `Hold` call, so the call stays
+/// under [`MAX_REQUEST_FRAME`].
+pub const MAX_HOLD_PATH_BYTES: usize = 24 * 1024;
+
+/// One file of a `Hold` call: its path below the conduit's folders (the
+/// same on both ends) and the content the destination must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldFile {
+    pub path: String,
+    pub size: u64,
+    pub hash: [u8; 32],
+}
+
+/// What the destination does with the files of a `Hold` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldMode {
+    /// Fetch each file from the requester (verified by BLAKE3 on the way)
+    /// unless this end already holds that exact content.
+    Fetch,
+    /// Only check (hash again) that this end still holds each file.
+    Check,
+}
+
+/// Offload: the requester, the device of an `offload` conduit's source,
+/// asks this end, the device of its destination, to hold verified copies
+/// of `files` in `dir` of `location` (fetched from the requester's
+/// `peer_dir` of `peer_location`), or to say whether it still holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldRequest {
+    pub library: Uuid,
+    /// This device's end: location and folder.
+    pub location: Uuid,
+    pub dir: String,
+    /// The requester's end, where copies are fetched from.
+    pub peer_location: Uuid,
+    pub peer_dir: String,
+    pub mode: HoldMode,
+    /// At most [`MAX_HOLD_FILES`].
+    pub files: Vec<HoldFile>,
+}
+
+/// The answer to a `Hold` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldAnswer {
+    /// One result per file, in order: `None` when this end holds exactly
+    /// that content now, else why not.
+    Held { results: Vec<Option<String>> },
+    Refused { reason: String },
 }
 
 /// The wire form of a range set.
