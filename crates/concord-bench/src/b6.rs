@@ -98,6 +98,9 @@ fn walk(root: &Path, location: Uuid) -> anyhow::Result<Vec<FileEntry>> {
                     0
                 },
                 modified: Some(meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000),
+                offloaded_to: None,
+                offloaded_path: None,
+                offloaded_hash: None,
                 inode: Some(meta.ino() as i64),
             });
         }
@@ -123,6 +126,9 @@ fn synthetic(location: Uuid, n: usize) -> impl Iterator<Item = FileEntry> {
             kind: entry_kind::FILE,
             size: (i as i64 * 7919) % 10_000_000,
             modified: Some(1_700_000_000_000 + i as i64),
+            offloaded_to: None,
+            offloaded_path: None,
+            offloaded_hash: None,
             inode: Some(i as i64 + 1_000_000),
         }
     })

@@ -44,6 +44,9 @@ pub fn populate(lib: &Library, device: Uuid, files: usize, tags: usize) -> anyho
             kind: entry_kind::DIR,
             size: 0,
             modified: Some(1_700_000_000_000),
+            offloaded_to: None,
+            offloaded_path: None,
+            offloaded_hash: None,
             inode: Some(i as i64 + 1),
         });
     // Files grouped by folder, ids in that order: what an indexer walking the
@@ -61,6 +64,9 @@ pub fn populate(lib: &Library, device: Uuid, files: usize, tags: usize) -> anyho
         kind: entry_kind::FILE,
         size: (i as i64 * 7919) % 10_000_000,
         modified: Some(1_700_000_000_000 + i as i64),
+        offloaded_to: None,
+        offloaded_path: None,
+        offloaded_hash: None,
         inode: Some(i as i64 + 1_000_000),
     });
     lib.commit_bulk(

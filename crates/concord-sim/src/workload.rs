@@ -67,6 +67,9 @@ fn new_file(rng: &mut Rng, me: Owned, parent: Option<Uuid>, id: Uuid) -> FileEnt
         },
         size: rng.below(1 << 20) as i64,
         modified: rng.chance(0.8).then(|| rng.below(1 << 40) as i64),
+        offloaded_to: None,
+        offloaded_path: None,
+        offloaded_hash: None,
         inode: None,
     }
 }

@@ -82,6 +82,9 @@ fn indexed(dir: &std::path::Path, dev: u128, clock: &Arc<ManualClock>, n: u128) 
             kind: 0,
             size: 1,
             modified: None,
+            offloaded_to: None,
+            offloaded_path: None,
+            offloaded_hash: None,
             inode: None,
         })
         .collect();

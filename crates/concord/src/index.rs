@@ -24,17 +24,26 @@
 //! - `moves`: an entry renamed or moved on disk keeps its UUID (matched by
 //!   inode, kind, and size and time for files), so its tags follow it.
 //!
+//! - `offloaded`: an entry whose content an Offload conduit moved away
+//!   ([`crate::model::FileEntry::offloaded_to`]) is kept while its file is
+//!   absent and returns to local when a file reappears at its path.
+//! - `switch`: [`commit_offloaded`] and [`commit_local`] switch an entry
+//!   between local and offloaded under the location's lock.
+//!
 //! Rescans and refreshes of one location run one at a time in a process.
 //!
 //! Dependencies run one way: `progress` ← `walk`, `volume` ← `write` ←
-//! `rescan` ← `refresh`, `moves` below `rescan`, and `add` beside `rescan`;
+//! `rescan` ← `refresh`, `offloaded` ← `write`, `moves` below `rescan`, `switch` above `rescan`
+//! (its lock), and `add` beside `rescan`;
 //! this root only re-exports.
 
 mod add;
 mod moves;
+mod offloaded;
 mod progress;
 mod refresh;
 mod rescan;
+mod switch;
 mod volume;
 mod walk;
 mod write;
@@ -43,9 +52,11 @@ mod write;
 mod tests;
 
 pub use add::{add_location, Indexed};
+pub use offloaded::OffloadedTo;
 pub use progress::ProgressCallback;
 pub use refresh::refresh_dirs;
 pub use rescan::{rescan_location, rescan_location_with, RescanReport};
+pub use switch::{commit_local, commit_offloaded};
 pub use volume::{volume_identity, VolumeIdentity};
 pub use walk::{scan, Scan, ScannedEntry};
 pub use write::{RescanOptions, WriteMode, WritePolicy, BATCH_MAX, SINGLE_COMMIT_BELOW};

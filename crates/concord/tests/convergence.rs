@@ -237,6 +237,9 @@ impl World {
             },
             size: n as i64,
             modified: Some(n as i64),
+            offloaded_to: None,
+            offloaded_path: None,
+            offloaded_hash: None,
             inode: Some(n as i64),
         }
     }

@@ -228,6 +228,9 @@ fn one_change(lib: &Library, rng: &mut Rng, main_loc: Uuid, n: u64) -> Change {
                 },
                 size: n as i64,
                 modified: Some(n as i64),
+                offloaded_to: None,
+                offloaded_path: None,
+                offloaded_hash: None,
                 inode: Some(n as i64),
             })
         }

@@ -13,6 +13,7 @@ use crate::query;
 use crate::sync::txn::Library;
 
 use super::moves::ordered_diffs;
+use super::offloaded::kept_while_absent;
 use super::progress::ProgressCallback;
 use super::rescan::{at_or_below, location_lock, own_location, RescanReport};
 use super::walk::{self, Scan, ScannedEntry};
@@ -203,10 +204,17 @@ impl<'a> FolderDiffs<'a> {
         for listed in &listing.entries {
             match by_name.get(listed.name.as_str()) {
                 Some(old) if old.kind == listed.kind => {
+                    // An offloaded entry whose path holds a file again is local again.
+                    let returned = old.offloaded_to.is_some();
                     let changed = old.size != listed.size || old.modified != listed.modified;
-                    if changed && self.updated.insert(old.id) {
+                    if (changed || returned) && self.updated.insert(old.id) {
                         self.report.updated += 1;
-                        self.updates.push(Diff::Update(FileEntry {
+                        let diff = if returned {
+                            Diff::Returned
+                        } else {
+                            Diff::Update
+                        };
+                        self.updates.push(diff(FileEntry {
                             id: old.id,
                             device: self.lib.device(),
                             location: self.location,
@@ -216,6 +224,9 @@ impl<'a> FolderDiffs<'a> {
                             kind: listed.kind,
                             size: listed.size,
                             modified: listed.modified,
+                            offloaded_to: None,
+                            offloaded_path: None,
+                            offloaded_hash: None,
                             inode: listed.inode,
                         }));
                     }
@@ -237,14 +248,39 @@ impl<'a> FolderDiffs<'a> {
     }
 
     /// Stored children the listing no longer shows are gone, unless the listing
-    /// could not read them.
+    /// could not read them or they are offloaded (or hold offloaded entries).
     fn delete_unlisted(&mut self, listing: &Scan, stored: &[FileEntry]) -> Result<()> {
         let listed: HashSet<&str> = listing.entries.iter().map(|s| s.name.as_str()).collect();
         for old in stored {
             let kept = listing.incomplete.iter().any(|i| at_or_below(&old.path, i));
             if !listed.contains(old.name.as_str()) && !kept {
-                self.delete_whole(old)?;
+                self.delete_absent(old)?;
                 self.whole.push(old.path.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Delete an entry absent from disk, keeping what `kept_while_absent`
+    /// keeps: an offloaded file, and a folder holding offloaded entries (then
+    /// only the rest of its contents is deleted, each topmost entry whole).
+    fn delete_absent(&mut self, old: &FileEntry) -> Result<()> {
+        if old.offloaded_to.is_some() {
+            return Ok(());
+        }
+        if old.kind != entry_kind::DIR {
+            return self.delete_whole(old);
+        }
+        let mut absent = query::entries_below(self.lib, self.location, &old.path)?;
+        absent.push(old.clone());
+        let kept = kept_while_absent(&absent);
+        if kept.is_empty() {
+            return self.delete_whole(old);
+        }
+        for e in &absent {
+            let topmost = e.parent.is_some_and(|p| kept.contains(&p));
+            if topmost && !kept.contains(&e.id) {
+                self.delete_whole(e)?;
             }
         }
         Ok(())

@@ -15,6 +15,7 @@ use crate::query;
 use crate::sync::txn::Library;
 
 use super::moves::ordered_diffs;
+use super::offloaded::kept_while_absent;
 use super::progress::ProgressCallback;
 use super::walk::{scan, Scan};
 use super::write::{to_rows, write_diffs, Diff, RescanOptions, WriteMode};
@@ -105,7 +106,8 @@ pub fn rescan_location_with(
 /// matched by path and counted in `report`: entries renamed or moved on disk
 /// first (they keep their UUID, see `moves`), then deletes (a folder's delete
 /// takes its contents with it), then inserts (parents before contents) and
-/// updates. Entries below a path the walk could not read are kept.
+/// updates. Entries below a path the walk could not read are kept, and so
+/// are offloaded entries and the absent folders holding them (`offloaded`).
 fn diff_by_path(
     scan: &Scan,
     stored: &[FileEntry],
@@ -123,6 +125,11 @@ fn diff_by_path(
     for row in rows {
         match by_path.get(row.path.as_str()) {
             None => new_rows.push(row),
+            Some(old) if old.offloaded_to.is_some() => {
+                // A file is back where an offloaded entry's was: local again.
+                report.updated += 1;
+                updates.push(Diff::Returned(row));
+            }
             Some(old) => {
                 if old.kind != row.kind
                     || old.size != row.size
@@ -141,11 +148,13 @@ fn diff_by_path(
             .iter()
             .any(|i| i.is_empty() || at_or_below(p, i))
     };
-    let vanished: Vec<FileEntry> = stored
+    let mut vanished: Vec<FileEntry> = stored
         .iter()
         .filter(|e| !seen.contains(e.path.as_str()) && !kept(&e.path))
         .cloned()
         .collect();
+    let offloaded = kept_while_absent(&vanished);
+    vanished.retain(|e| !offloaded.contains(&e.id));
     let (counts, diffs) = ordered_diffs(&vanished, new_rows, updates);
     report.inserted = counts.inserted;
     report.updated += counts.moved;

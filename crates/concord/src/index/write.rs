@@ -80,6 +80,9 @@ pub(super) enum Diff {
     Delete(Uuid),
     /// An entry renamed or moved on disk: the same UUID at a new path.
     Move(FileEntry),
+    /// An offloaded entry whose path holds a file again: updated like
+    /// `Update`, and local again (its `offloaded_*` fields cleared).
+    Returned(FileEntry),
 }
 
 /// File-entry rows for scanned entries; `existing` gives the UUID already
@@ -106,6 +109,9 @@ pub(super) fn to_rows<'a>(
             kind: s.kind,
             size: s.size,
             modified: s.modified,
+            offloaded_to: None,
+            offloaded_path: None,
+            offloaded_hash: None,
             inode: s.inode,
         });
     }
@@ -241,15 +247,19 @@ fn write_inserts_in_bulk(
 /// Log one difference in the open transaction.
 fn write_diff(ctx: &mut TxCtx<'_, '_>, diff: Diff) -> Result<()> {
     let moved = matches!(diff, Diff::Move(_));
+    let returned = matches!(diff, Diff::Returned(_));
     match diff {
         Diff::Insert(row) => ctx.log(Change::insert(&row)),
         Diff::Delete(id) => ctx.log(Change::delete::<FileEntry>(id)),
-        Diff::Update(row) | Diff::Move(row) => {
+        Diff::Update(row) | Diff::Move(row) | Diff::Returned(row) => {
             let mut change = Change::update::<FileEntry>(row.id);
             if moved {
                 change = change
                     .set("name", row.name.as_str())
                     .set("path", row.path.as_str());
+            }
+            if returned {
+                change = super::offloaded::cleared(change);
             }
             ctx.log(
                 change

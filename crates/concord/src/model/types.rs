@@ -120,6 +120,22 @@ pub struct FileEntry {
     pub size: i64,
     /// Modification time, milliseconds since the Unix epoch.
     pub modified: Option<i64>,
+    /// Set while the file's content lives elsewhere (an Offload conduit moved
+    /// it off this device, DESIGN §12): the destination *location*, so the
+    /// bytes stay findable after the conduit is removed. The entry (UUID,
+    /// tags, albums) stays; a rescan keeps it while its file is absent and
+    /// clears the three `offloaded_*` fields when a file reappears at its
+    /// path. Written by the owner only, like every field of the entry.
+    pub offloaded_to: Option<Uuid>,
+    /// With `offloaded_to`: where the bytes are, relative to that location's
+    /// root (`/`-separated; the conduit's destination subfolder plus the
+    /// path inside its source folder). Untrusted like any peer input: parse
+    /// it as a `conduit::path::RelPath` before use.
+    pub offloaded_path: Option<String>,
+    /// With `offloaded_to`: the BLAKE3 (lower-case hex) of the bytes verified
+    /// on the destination, so a fetch back is verified and a changed or
+    /// missing copy is recognised as lost content.
+    pub offloaded_hash: Option<String>,
     /// Device-local: the inode, to recognise renames on rescan.
     #[sync(skip)]
     pub inode: Option<i64>,

@@ -146,6 +146,9 @@ pub fn file(
         kind: entry_kind::FILE,
         size,
         modified,
+        offloaded_to: None,
+        offloaded_path: None,
+        offloaded_hash: None,
         inode,
     }
 }
