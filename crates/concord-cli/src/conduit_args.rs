@@ -95,18 +95,16 @@ pub fn conduit_request(c: ConduitCmd) -> CliResult<Request> {
             cadence,
             min_free,
             pin_tag,
-        } => {
-            Request::ConduitCreate {
-                library,
-                from,
-                to,
-                policy,
-                delete,
-                cadence: cadence.unwrap_or_else(|| "instant".into()),
-                min_free,
-                pin_tag,
-            }
-        }
+        } => Request::ConduitCreate {
+            library,
+            from,
+            to,
+            policy,
+            delete,
+            cadence: cadence.unwrap_or_else(|| "instant".into()),
+            min_free,
+            pin_tag,
+        },
         ConduitCmd::List { library } => Request::ConduitList { library },
         ConduitCmd::Status { library, conduit } => Request::ConduitStatus { library, conduit },
         ConduitCmd::Run {

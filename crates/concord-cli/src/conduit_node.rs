@@ -89,6 +89,23 @@ pub async fn status(
         v["bytes_done"] = json!(l.bytes_done);
         v["bytes_received"] = json!(l.bytes_received);
         v["conflicts"] = json!(l.conflicts);
+        // Offload, on its source's device: why it waits, what was lost.
+        if let (Some(why), None) = (&l.waiting, &c.paused) {
+            v["reason"] = json!("destination-unreachable");
+            v["waiting"] = json!(why);
+        }
+        if c.policy == "offload" {
+            let lost: Vec<Value> = l
+                .lost
+                .iter()
+                .map(|(path, why)| json!({ "path": path, "why": why }))
+                .collect();
+            v["lost"] = json!(lost);
+            if let Some((free, threshold)) = l.free {
+                v["free_bytes"] = json!(free);
+                v["min_free_bytes"] = json!(threshold);
+            }
+        }
     }
     Ok(v)
 }

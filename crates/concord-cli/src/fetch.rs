@@ -1,4 +1,5 @@
 //! `entry fetch LIB ENTRY --to PATH`: a file or folder of another device
+//! (an offloaded entry of this device comes back by `fetch_back.rs`)
 //! copied to this one through the transfer engine (`concord/content/1`),
 //! inside the running node. Files are verified against the BLAKE3 hash the
 //! owner announces, written to temp files next to the destination and
@@ -41,6 +42,13 @@ pub async fn entry_fetch(
     entry: EntryRef,
     to: Option<String>,
 ) -> CliResult<Value> {
+    // This device's own offloaded entry: back to its original path.
+    if to.is_none() {
+        let restored = crate::fetch_back::restore(node, ctx.clone(), &library, &entry).await?;
+        if let Some(v) = restored {
+            return Ok(v);
+        }
+    }
     let plan = tokio::task::spawn_blocking(move || plan(&ctx, &library, entry, to))
         .await
         .map_err(|e| CliError::new(format!("command failed: {e}")))??;

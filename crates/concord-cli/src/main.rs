@@ -12,6 +12,7 @@ mod context;
 mod daemon;
 mod demo;
 mod fetch;
+mod fetch_back;
 mod ops;
 mod progress;
 mod relay;

@@ -52,44 +52,6 @@ fn two_devices(tmp: &Path, src: &Path, dst: &Path) -> (Node, Node, String, Strin
     two_devices_with(tmp, src, dst, &[])
 }
 
-/// [`two_devices`], both nodes run with `env`.
-fn two_devices_with(
-    tmp: &Path,
-    src: &Path,
-    dst: &Path,
-    env: &[(&str, &str)],
-) -> (Node, Node, String, String) {
-    let mut a = Node::new(tmp, "alpha");
-    let mut b = Node::new(tmp, "beta");
-    for n in [&mut a, &mut b] {
-        n.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-    }
-    a.start();
-    b.start();
-    pair(&a, &b);
-    a.json(&["library", "create", "lib"]);
-    let la = a.json(&["location", "add", "lib", src.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    b.json(&["library", "join", "lib", "alpha"]);
-    let lb = b.json(&["location", "add", "lib", dst.to_str().unwrap()])["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    wait_until("B sees A's location", || {
-        b.json(&["location", "list", "lib"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|l| l["id"] == la.as_str())
-    });
-    (a, b, la, lb)
-}
-
 fn create(b: &Node, from: &str, to: &str, extra: &[&str]) -> String {
     let mut args = vec!["conduit", "create", "lib", "--from", from, "--to", to];
     args.extend_from_slice(extra);

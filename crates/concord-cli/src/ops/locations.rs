@@ -123,6 +123,8 @@ pub fn entries(
                     "tags": e.tags,
                     "name": f.name,
                     "modified": f.modified,
+                    // Offload: the location now holding the content, else null.
+                    "offloaded_to": f.offloaded_to.map(|l| l.to_string()),
                 })
             })
             .collect(),

@@ -247,3 +247,45 @@ pub fn converged(nodes: &[&Node], lib: &str) -> bool {
     let d: Vec<String> = nodes.iter().map(|n| n.digest(lib)).collect();
     d.windows(2).all(|w| w[0] == w[1])
 }
+
+/// Two paired nodes, `alpha` and `beta`, run with `env`, sharing library
+/// `lib`; `src` a location of alpha and `dst` one of beta, each known to the
+/// other. Returns (alpha, beta, alpha's location id, beta's).
+pub fn two_devices_with(
+    tmp: &Path,
+    src: &Path,
+    dst: &Path,
+    env: &[(&str, &str)],
+) -> (Node, Node, String, String) {
+    let mut a = Node::new(tmp, "alpha");
+    let mut b = Node::new(tmp, "beta");
+    for n in [&mut a, &mut b] {
+        n.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+    a.start();
+    b.start();
+    pair(&a, &b);
+    a.json(&["library", "create", "lib"]);
+    let la = a.json(&["location", "add", "lib", src.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.json(&["library", "join", "lib", "alpha"]);
+    let lb = b.json(&["location", "add", "lib", dst.to_str().unwrap()])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (n, l) in [(&b, &la), (&a, &lb)] {
+        wait_until("each sees the other's location", || {
+            n.json(&["location", "list", "lib"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["id"] == l.as_str())
+        });
+    }
+    (a, b, la, lb)
+}

@@ -9,6 +9,9 @@
 
 pub mod changes;
 pub mod cycle;
+pub mod offload;
+pub mod offload_cycle;
+pub mod offload_entry;
 pub mod remote;
 pub mod schedule;
 
@@ -17,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use concord::conduit::cycle::{run_local_cycle, CycleMemory, CycleOutcome, EndSpec, LocalConduit};
-use concord::conduit::settings::Settings;
+use concord::conduit::settings::{PauseReason, Policy, Settings};
 use concord::conduit::trash::reserved_dir;
 use concord::hlc::{Clock, SystemClock};
 use concord::model::{Conduit, Location};
@@ -83,6 +86,8 @@ struct Slot {
     /// Held for a cycle's length: one cycle of a conduit at a time.
     memory: tokio::sync::Mutex<Option<CycleMemory>>,
     live: Live,
+    /// Offload conduits: what their source's device last found.
+    offload: offload::Live,
 }
 
 /// `conduit status`'s live part, from the working device.
@@ -95,6 +100,13 @@ pub struct LiveStatus {
     pub bytes_done: u64,
     pub bytes_received: u64,
     pub conflicts: Vec<ConflictView>,
+    /// Offload: why offloading waits (the destination is unreachable).
+    pub waiting: Option<String>,
+    /// Offload: offloaded files the destination no longer holds, with why.
+    pub lost: Vec<(String, String)>,
+    /// Offload: the source volume's free bytes and the threshold, as last
+    /// measured.
+    pub free: Option<(u64, u64)>,
 }
 
 /// How a cycle ended.
@@ -173,6 +185,9 @@ impl ConduitRunner {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            waiting: lock(&slot.offload.waiting).clone(),
+            lost: lock(&slot.offload.lost).clone(),
+            free: *lock(&slot.offload.measured),
         };
         Some(status)
     }
@@ -219,7 +234,11 @@ impl ConduitRunner {
                 runner.changes.listen(&lib);
                 let changed = runner.changes.changed_ms(lib.id());
                 for c in query::conduits(&lib).unwrap_or_default() {
-                    let here = query::location(&lib, c.destination)
+                    // Offload runs where its source is (it measures that
+                    // volume); every other policy where its destination is.
+                    let offload = c.policy == "offload";
+                    let end = if offload { c.source } else { c.destination };
+                    let here = query::location(&lib, end)
                         .ok()
                         .flatten()
                         .is_some_and(|l| l.device == me);
@@ -235,7 +254,11 @@ impl ConduitRunner {
                         now,
                         rescan,
                     };
-                    if here && schedule::due(&c, times) {
+                    let measure = offload
+                        && c.paused.is_none()
+                        && c.cadence != "manual"
+                        && now.saturating_sub(last) >= offload::CHECK_EVERY.as_millis() as i64;
+                    if here && (schedule::due(&c, times) || measure) {
                         out.push((lib.id(), c.id));
                     }
                 }
@@ -254,6 +277,9 @@ impl ConduitRunner {
             .ok_or_else(|| NetError::Refused(format!("no conduit {conduit}")))?;
         let settings = Settings::from_record(&record)
             .map_err(|e| NetError::Refused(format!("conduit {conduit}: {e}")))?;
+        if settings.policy == Policy::Offload {
+            return self.run_offload(lib, record, settings).await;
+        }
         let dst = location(&lib, record.destination)?;
         if dst.device != self.state.device_id() {
             return Err(NetError::Refused(format!(
@@ -305,6 +331,96 @@ impl ConduitRunner {
         // After a failure the memory may be partial: reload what was saved.
         *memory = outcome.is_ok().then_some(mem);
         self.record(&lib, &record, outcome)
+    }
+
+    /// One Offload cycle, on its source's device (it measures that volume):
+    /// see `offload_cycle.rs`.
+    async fn run_offload(
+        &self,
+        lib: Arc<Library>,
+        record: Conduit,
+        settings: Settings,
+    ) -> Result<RunReport, NetError> {
+        let src = location(&lib, record.source)?;
+        if src.device != self.state.device_id() {
+            return Err(NetError::Refused(format!(
+                "offload conduit {} runs on its source's device ({}); run it there",
+                record.id, src.device
+            )));
+        }
+        if let Some(reason) = settings.paused {
+            return Ok(RunReport {
+                outcome: "paused",
+                reason: Some(reason.as_str()),
+                actions: 0,
+                failed: Vec::new(),
+                bytes: 0,
+            });
+        }
+        let destination = location(&lib, record.destination)?;
+        let slot = self.slot(record.id);
+        let _one_at_a_time = slot.memory.lock().await;
+        slot.live.reset();
+        slot.live.started_ms.store(now_ms(), Ordering::Relaxed);
+        set(&slot.live.running, Some("transferring"));
+        let cycle = offload_cycle::OffloadCycle {
+            state: self.state.clone(),
+            client: self.client.clone(),
+            lib: lib.clone(),
+            conduit: record.clone(),
+            settings,
+            source: src,
+            destination,
+            live: slot.offload.clone(),
+            progress: slot.live.progress(),
+            now_ms: now_ms(),
+        };
+        let outcome = cycle.run().await;
+        set(&slot.live.running, None);
+        self.record_offload(&lib, &record, outcome)
+    }
+
+    /// An Offload cycle's outcome in the synced record: a missing source
+    /// pauses it; a wait or a failure is its `last_error`.
+    fn record_offload(
+        &self,
+        lib: &Library,
+        c: &Conduit,
+        outcome: Result<offload_cycle::OffloadReport, NetError>,
+    ) -> Result<RunReport, NetError> {
+        let change = Change::update::<Conduit>(c.id).set("last_run", now_ms());
+        let r = match outcome {
+            Ok(r) => r,
+            Err(e) => {
+                if c.last_error.as_deref() != Some(&e.to_string()) {
+                    lib.commit(change.set("last_error", e.to_string()))?;
+                }
+                return Err(e);
+            }
+        };
+        let mut report = RunReport {
+            outcome: "done",
+            reason: None,
+            actions: r.offloaded + r.fetched_back,
+            failed: r.failed.clone(),
+            bytes: r.bytes,
+        };
+        let error = r.waiting.clone().or_else(|| r.failed.first().cloned());
+        let mut news = c.last_run.is_none() || report.actions > 0 || error != c.last_error;
+        let mut change = change.set("last_error", error);
+        if r.source_missing {
+            news = true;
+            change = change.set("paused", PauseReason::SourceMissing.as_str());
+            report.outcome = "paused";
+            report.reason = Some(PauseReason::SourceMissing.as_str());
+        } else if r.waiting.is_some() {
+            report.outcome = "waiting";
+            report.reason = Some(PauseReason::DestinationUnreachable.as_str());
+        }
+        if news {
+            lib.commit(change)?;
+        }
+        Ok(report)
     }
 
     /// The cycle itself: local, or from a remote source.
@@ -478,6 +594,10 @@ async fn local_cycle(
             .store(r.exec.done as u64, Ordering::Relaxed);
     }
     out.map_err(|e| NetError::Other(e.to_string()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn set(m: &Mutex<Option<&'static str>>, v: Option<&'static str>) {

@@ -271,8 +271,12 @@ pub struct HoldRequest {
 pub enum HoldAnswer {
     /// One result per file, in order: `None` when this end holds exactly
     /// that content now, else why not.
-    Held { results: Vec<Option<String>> },
-    Refused { reason: String },
+    Held {
+        results: Vec<Option<String>>,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// The wire form of a range set.

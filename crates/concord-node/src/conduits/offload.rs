@@ -1,0 +1,232 @@
+//! Offload cycles (DESIGN §12) on the device that owns the conduit's
+//! *source*: it alone can measure the free space of the source's volume.
+//! Below the threshold it picks the least recently used unpinned files,
+//! asks the destination's device to hold verified copies (the `Hold` call,
+//! docs/PROTOCOL.md), checks each file again (stat and BLAKE3 equal to
+//! what was copied; a file changed meanwhile stays), marks its entry
+//! offloaded and only then removes it, until free space is back above the
+//! threshold plus a margin. Each cycle also checks that the destination
+//! still holds what was offloaded (lost content) and brings pinned files
+//! back. This file reads the facts (the volume, the files, their stamps);
+//! `offload_cycle.rs` runs the steps.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use concord::conduit::settings::MinFree;
+use concord::conduit::tree::hash_reader;
+
+use crate::error::NetError;
+use crate::transfer::hold::joined;
+use crate::transfer::wire::{HoldFile, MAX_HOLD_FILES, MAX_HOLD_PATH_BYTES};
+
+/// Test hook: when set to an existing folder, a cycle writes `verified` there once the
+/// destination holds a batch's copies and waits (at most
+/// [`PAUSE_HOOK_LIMIT`]) for a file `go` before it checks and removes them,
+/// so a test can change a file between the copy and the removal.
+pub const PAUSE_HOOK_ENV: &str = "CONCORD_TEST_OFFLOAD_PAUSE";
+const PAUSE_HOOK_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// How often a non-manual Offload conduit measures its source's free space.
+pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Free and total bytes of a volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Free for an unprivileged writer.
+    pub free: u64,
+    pub total: u64,
+    /// Whether the volume records access times (not mounted `noatime`).
+    pub atime: bool,
+}
+
+/// The space of the volume holding `path` (`statvfs`).
+pub fn space(path: &Path) -> std::io::Result<Space> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(Space {
+        free: st.f_bavail.saturating_mul(st.f_frsize),
+        total: st.f_blocks.saturating_mul(st.f_frsize),
+        atime: !st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOATIME),
+    })
+}
+
+/// The free bytes `min` asks for on a volume of `total` bytes.
+pub fn threshold(min: MinFree, total: u64) -> u64 {
+    match min {
+        MinFree::Bytes(b) => b,
+        MinFree::Percent(p) => total / 100 * u64::from(p),
+    }
+}
+
+/// A regular file below the source folder, as selection sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Relative to the conduit's source folder.
+    pub path: String,
+    pub size: u64,
+    /// Last access (ns), or 0 where the volume does not record it.
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    /// Last status change (ns): a rename or chmod counts as a use.
+    pub ctime_ns: i64,
+    pub inode: u64,
+}
+
+/// Most files one walk returns: a bound on the memory of a cycle.
+pub const MAX_WALK_FILES: usize = 1_000_000;
+
+/// Every regular file below `root` (no link followed, `.concord/` left out).
+pub fn walk(root: &Path) -> Vec<Found> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in read.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if rel.is_empty() && name == crate::transfer::path::CONCORD_DIR {
+                continue;
+            }
+            let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            let path = joined(&rel, &name);
+            if md.is_dir() {
+                stack.push((e.path(), path));
+            } else if md.is_file() && out.len() < MAX_WALK_FILES {
+                out.push(Found {
+                    path,
+                    size: md.len(),
+                    atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
+                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                    ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+                    inode: md.ino(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A file's identity for "still the file that was copied": size, mtime,
+/// inode, and its BLAKE3 hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+    pub hash: [u8; 32],
+}
+
+/// Hash `path` and stat it before and after: `None` when it changed while
+/// being read (or is no longer a regular file).
+pub fn stamp(path: &Path) -> std::io::Result<Option<Stamp>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut f = concord::conduit::path::open_nofollow(path)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let before = f.metadata()?;
+    let (hash, size) = hash_reader(&mut f)?;
+    let after = std::fs::symlink_metadata(path)?;
+    let same = |m: &std::fs::Metadata| {
+        m.is_file()
+            && m.len() == size
+            && m.ino() == before.ino()
+            && m.mtime() == before.mtime()
+            && m.mtime_nsec() == before.mtime_nsec()
+    };
+    Ok((same(&before) && same(&after)).then(|| Stamp {
+        size,
+        mtime_ns: before.mtime() * 1_000_000_000 + before.mtime_nsec(),
+        inode: before.ino(),
+        hash,
+    }))
+}
+
+/// What the destination verified of an offloaded file (from its entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub size: u64,
+    /// BLAKE3, hex.
+    pub hash: String,
+}
+
+impl Held {
+    pub fn hash_bytes(&self) -> Option<[u8; 32]> {
+        blake3::Hash::from_hex(&self.hash)
+            .ok()
+            .map(|h| *h.as_bytes())
+    }
+}
+
+/// Files in groups a `Hold` call can carry (count and path bytes bounded).
+pub fn hold_batches(files: Vec<HoldFile>) -> Vec<Vec<HoldFile>> {
+    let mut out: Vec<Vec<HoldFile>> = Vec::new();
+    let mut bytes = 0;
+    for f in files {
+        let full = out.last().is_none_or(|b| {
+            b.len() >= MAX_HOLD_FILES || bytes + f.path.len() > MAX_HOLD_PATH_BYTES
+        });
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += f.path.len();
+        if let Some(b) = out.last_mut() {
+            b.push(f);
+        }
+    }
+    out
+}
+
+/// The test hook ([`PAUSE_HOOK_ENV`]): announce `paths` verified, then wait
+/// for the test's `go`.
+pub fn pause_hook(paths: &[String]) {
+    let Some(dir) = std::env::var_os(PAUSE_HOOK_ENV).map(PathBuf::from) else {
+        return;
+    };
+    if !dir.is_dir() {
+        return; // the test is done with the hook
+    }
+    let go = dir.join("go");
+    let _ = std::fs::write(dir.join("verified.tmp"), paths.join("\n"));
+    let _ = std::fs::rename(dir.join("verified.tmp"), dir.join("verified"));
+    let start = std::time::Instant::now();
+    while !go.exists() && start.elapsed() < PAUSE_HOOK_LIMIT {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(&go);
+    let _ = std::fs::remove_file(dir.join("verified"));
+}
+
+/// What `conduit status` shows of Offload on the source's device.
+#[derive(Debug, Default)]
+pub struct OffloadLive {
+    /// Why offloading waits (the destination is unreachable), if it does.
+    pub waiting: Mutex<Option<String>>,
+    /// Offloaded files the destination no longer holds, with why.
+    pub lost: Mutex<Vec<(String, String)>>,
+    /// The source volume's free bytes and threshold at the last measure.
+    pub measured: Mutex<Option<(u64, u64)>>,
+}
+
+impl OffloadLive {
+    pub fn set_waiting(&self, why: Option<String>) {
+        *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+}
+
+/// A shared [`OffloadLive`].
+pub type Live = Arc<OffloadLive>;
+
+/// A failure to reach the destination (offloading waits) as opposed to a
+/// refusal or a local fault.
+pub fn is_unreachable(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Unreachable(_) | NetError::Timeout(_) | NetError::Io(_)
+    )
+}
