@@ -11,7 +11,8 @@
 //! state); `plan` (actions) and `planner` (trees → plan); `trash`;
 //! `content` (where bytes come from: [`content::ContentSource`]); `guard`;
 //! `execute` (the local executor); `cycle` (one local cycle end to end);
-//! `offload` (which files an Offload conduit moves, after `settings`).
+//! `offload` (which files an Offload conduit moves, after `settings`) and
+//! `offload_steps` (moving one without losing it, after `tree` and `content`).
 //! Rules and decisions are in ARCHITECTURE.md, "Conduits".
 
 pub mod agreed;
@@ -23,6 +24,7 @@ pub mod execute;
 pub mod guard;
 pub mod ignore;
 pub mod offload;
+pub mod offload_steps;
 pub mod path;
 pub mod plan;
 pub mod planner;
