@@ -27,6 +27,9 @@ enum Point {
     BeforeRemove,
 }
 
+/// Called at each point with the source file; `Err` is a crash there.
+type Hook<'a> = Box<dyn FnMut(Point, &Path) -> Result<(), String> + 'a>;
+
 struct LocalEnds<'a> {
     lib: &'a Library,
     entry: Uuid,
@@ -35,8 +38,7 @@ struct LocalEnds<'a> {
     dest_root: PathBuf,
     dest_location: Uuid,
     reachable: bool,
-    /// Called at each point; `Err` is a crash there.
-    hook: Box<dyn FnMut(Point, &Path) -> Result<(), String> + 'a>,
+    hook: Hook<'a>,
 }
 
 impl LocalEnds<'_> {
