@@ -10,7 +10,9 @@
 //! `tree` (an end's files, scanned and hashed); `agreed` (the last agreed
 //! state); `plan` (actions) and `planner` (trees → plan); `trash`;
 //! `content` (where bytes come from: [`content::ContentSource`]); `guard`;
-//! `execute` (the local executor); `cycle` (one local cycle end to end).
+//! `execute` (the local executor); `cycle` (one local cycle end to end);
+//! `offload` (which files an Offload conduit moves, after `settings`) and
+//! `offload_steps` (moving one without losing it, after `tree` and `content`).
 //! Rules and decisions are in ARCHITECTURE.md, "Conduits".
 
 pub mod agreed;
@@ -21,6 +23,8 @@ pub mod error;
 pub mod execute;
 pub mod guard;
 pub mod ignore;
+pub mod offload;
+pub mod offload_steps;
 pub mod path;
 pub mod plan;
 pub mod planner;
