@@ -65,10 +65,26 @@ fn free_bytes(p: &Path) -> u64 {
     v[0] * v[1]
 }
 
-/// Write `size` bytes unique to `name`, last used `age` ago (modified one
-/// second before that: access times stay after modification times and
-/// within a day, so reading the file later does not move them).
-fn write_aged(p: &Path, name: &str, size: usize, age: Duration) -> Vec<u8> {
+/// The nodes judge "used within the hour" by a clock this far ahead
+/// (`CONCORD_TEST_OFFLOAD_CLOCK_AHEAD_MS`): a file's change time (ctime)
+/// cannot be set back, so the files written here are made old that way.
+const AHEAD: Duration = Duration::from_secs(65 * 60);
+
+/// Set a file's access time to `used` and its modification time one second
+/// before (access times stay after modification times and within a day, so
+/// reading the file later does not move them).
+fn set_used(p: &Path, used: SystemTime) {
+    let f = std::fs::File::options().write(true).open(p).unwrap();
+    f.set_times(
+        FileTimes::new()
+            .set_accessed(used)
+            .set_modified(used - Duration::from_secs(1)),
+    )
+    .unwrap();
+}
+
+/// Write `size` bytes unique to `name`, last used at `used`.
+fn write_used(p: &Path, name: &str, size: usize, used: SystemTime) -> Vec<u8> {
     let mut data = Vec::with_capacity(size);
     let mut n = 0u64;
     while data.len() < size {
@@ -78,19 +94,12 @@ fn write_aged(p: &Path, name: &str, size: usize, age: Duration) -> Vec<u8> {
     data.truncate(size);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, &data).unwrap();
-    let used = SystemTime::now() - age;
-    let f = std::fs::File::options().write(true).open(p).unwrap();
-    f.set_times(
-        FileTimes::new()
-            .set_accessed(used)
-            .set_modified(used - Duration::from_secs(1)),
-    )
-    .unwrap();
+    set_used(p, used);
     data
 }
 
-fn hours(h: u64, minutes: u64) -> Duration {
-    Duration::from_secs(h * 3600 + minutes * 60)
+fn hours_ago(h: u64) -> SystemTime {
+    SystemTime::now() - Duration::from_secs(h * 3600)
 }
 
 /// Entries of `lib` as `n` lists them, by path.
@@ -149,21 +158,27 @@ fn offload_frees_space_keeps_entries_and_brings_files_back() {
     let mut content = std::collections::BTreeMap::new();
     for i in 0..10u64 {
         let name = format!("old{i}.bin");
-        let data = write_aged(&src.join(&name), &name, 2 * MIB, hours(20 - i, 0));
+        let data = write_used(&src.join(&name), &name, 2 * MIB, hours_ago(20 - i));
         content.insert(name, data);
     }
-    for (name, age) in [
-        ("pin.bin", hours(23, 0)),
-        ("keep/deep.bin", hours(22, 30)),
-        ("recent.bin", Duration::from_secs(60)),
+    // "Recent" is used half an hour ago by the nodes' clock.
+    let recent = SystemTime::now() + AHEAD - Duration::from_secs(30 * 60);
+    for (name, used) in [
+        ("pin.bin", hours_ago(23)),
+        ("keep/deep.bin", hours_ago(22)),
+        ("recent.bin", recent),
     ] {
         content.insert(
             name.to_string(),
-            write_aged(&src.join(name), name, 2 * MIB, age),
+            write_used(&src.join(name), name, 2 * MIB, used),
         );
     }
     let hook_env = hook.to_str().unwrap().to_string();
-    let env = [("CONCORD_TEST_OFFLOAD_PAUSE", hook_env.as_str())];
+    let ahead = AHEAD.as_millis().to_string();
+    let env = [
+        ("CONCORD_TEST_OFFLOAD_PAUSE", hook_env.as_str()),
+        ("CONCORD_TEST_OFFLOAD_CLOCK_AHEAD_MS", ahead.as_str()),
+    ];
     let (a, b, la, lb) = two_devices_with(tmp.path(), &src, &dst, &env);
     let id = a.json(&[
         "conduit",
@@ -215,6 +230,9 @@ fn offload_frees_space_keeps_entries_and_brings_files_back() {
             .open(src.join("old1.bin"))
             .unwrap();
         std::io::Write::write_all(&mut f, b"changed after the copy").unwrap();
+        drop(f);
+        // Changed now, by the nodes' clock.
+        set_used(&src.join("old1.bin"), SystemTime::now() + AHEAD);
     });
     assert!(report["actions"].as_u64().unwrap() >= 1, "{report}");
     assert!(src.join("old1.bin").exists(), "a changed file was removed");

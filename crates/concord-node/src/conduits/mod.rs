@@ -11,6 +11,7 @@ pub mod changes;
 pub mod cycle;
 pub mod offload;
 pub mod offload_cycle;
+pub mod offload_ends;
 pub mod offload_entry;
 pub mod remote;
 pub mod schedule;

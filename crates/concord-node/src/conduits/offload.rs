@@ -13,8 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use concord::conduit::settings::MinFree;
-use concord::conduit::tree::hash_reader;
+use concord::conduit::offload::{Candidate, Space};
+use concord::conduit::offload_steps::SourceFile;
+use concord::conduit::tree::{hash_reader, FileState};
 
 use crate::error::NetError;
 use crate::transfer::hold::joined;
@@ -30,35 +31,21 @@ const PAUSE_HOOK_LIMIT: std::time::Duration = std::time::Duration::from_secs(120
 /// How often a non-manual Offload conduit measures its source's free space.
 pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Free and total bytes of a volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Space {
-    /// Free for an unprivileged writer.
-    pub free: u64,
-    pub total: u64,
-    /// Whether the volume records access times (not mounted `noatime`).
-    pub atime: bool,
-}
-
-/// The space of the volume holding `path` (`statvfs`).
-pub fn space(path: &Path) -> std::io::Result<Space> {
+/// The free and total bytes of the volume holding `path` (`statvfs`), and
+/// whether it records access times (not mounted `noatime`).
+pub fn space(path: &Path) -> std::io::Result<(Space, bool)> {
     let st = rustix::fs::statvfs(path)?;
-    Ok(Space {
+    let space = Space {
         free: st.f_bavail.saturating_mul(st.f_frsize),
         total: st.f_blocks.saturating_mul(st.f_frsize),
-        atime: !st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOATIME),
-    })
+    };
+    Ok((
+        space,
+        !st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOATIME),
+    ))
 }
 
-/// The free bytes `min` asks for on a volume of `total` bytes.
-pub fn threshold(min: MinFree, total: u64) -> u64 {
-    match min {
-        MinFree::Bytes(b) => b,
-        MinFree::Percent(p) => total / 100 * u64::from(p),
-    }
-}
-
-/// A regular file below the source folder, as selection sees it.
+/// A regular file below the source folder, as the walk found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     /// Relative to the conduit's source folder.
@@ -112,38 +99,69 @@ pub fn walk(root: &Path) -> Vec<Found> {
     out
 }
 
-/// A file's identity for "still the file that was copied": size, mtime,
-/// inode, and its BLAKE3 hash.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub inode: u64,
-    pub hash: [u8; 32],
-}
-
-/// Hash `path` and stat it before and after: `None` when it changed while
-/// being read (or is no longer a regular file).
-pub fn stamp(path: &Path) -> std::io::Result<Option<Stamp>> {
-    use std::os::unix::fs::MetadataExt;
+/// The source file at `path` as the offload steps observe it: absent, or
+/// its stat with its BLAKE3 (no hash when it changed while being read, or
+/// is not a regular file: such a file is never offloaded).
+pub fn source_state(path: &Path) -> std::io::Result<SourceFile> {
+    let before = match std::fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(SourceFile::Absent),
+        Err(e) => return Err(e),
+    };
+    let mut state = FileState::from_metadata(&before);
+    if !before.is_file() {
+        return Ok(SourceFile::Present(state));
+    }
     let mut f = concord::conduit::path::open_nofollow(path)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let before = f.metadata()?;
     let (hash, size) = hash_reader(&mut f)?;
     let after = std::fs::symlink_metadata(path)?;
-    let same = |m: &std::fs::Metadata| {
-        m.is_file()
-            && m.len() == size
-            && m.ino() == before.ino()
-            && m.mtime() == before.mtime()
-            && m.mtime_nsec() == before.mtime_nsec()
+    if size == state.version.size && state.unchanged(&after) {
+        state.version.hash = Some(hash);
+    }
+    Ok(SourceFile::Present(state))
+}
+
+/// A file below the source folder as the core's selection sees it (times
+/// in ms; `path` relative to the location root).
+pub fn candidate(found: &Found, in_location: String, atime: bool) -> Candidate {
+    let ms = |ns: i64| ns.div_euclid(1_000_000);
+    Candidate {
+        path: in_location,
+        size: found.size,
+        accessed: atime.then(|| ms(found.atime_ns)),
+        modified: ms(found.mtime_ns),
+        changed: ms(found.ctime_ns),
+    }
+}
+
+/// Whether the file at `path` was used or changed within the hour before
+/// `now_ms` (checked again just before a copy).
+pub fn used_recently(path: &Path, atime: bool, now_ms: i64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return false;
     };
-    Ok((same(&before) && same(&after)).then(|| Stamp {
-        size,
-        mtime_ns: before.mtime() * 1_000_000_000 + before.mtime_nsec(),
-        inode: before.ino(),
-        hash,
-    }))
+    let found = Found {
+        path: String::new(),
+        size: md.len(),
+        atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
+        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        inode: md.ino(),
+    };
+    candidate(&found, String::new(), atime).is_recent(now_ms)
+}
+
+/// Test hook: `CONCORD_TEST_OFFLOAD_CLOCK_AHEAD_MS` moves the clock the
+/// offload runner judges "used within the hour" by ahead, so a test's files
+/// (whose change times, unlike their access and modification times, cannot
+/// be set back) can be old enough.
+pub fn clock_ahead_ms() -> i64 {
+    std::env::var("CONCORD_TEST_OFFLOAD_CLOCK_AHEAD_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What the destination verified of an offloaded file (from its entry).

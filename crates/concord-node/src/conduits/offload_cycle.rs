@@ -1,35 +1,41 @@
-//! One Offload cycle on the source's device ([`OffloadCycle`]): lost
-//! content checked, pinned files brought back, then, below the threshold,
-//! files offloaded in the safe order: the destination holds a verified
-//! copy → the file is checked again here (stat and BLAKE3) → its entry
-//! says where its bytes are (synced) → the file is removed. A crash between
-//! any two steps leaves the file here or its verified copy there (and the
-//! entry saying so), never neither.
+//! One Offload cycle on the source's device ([`OffloadCycle`]). First the
+//! offloaded entries are settled and checked (a crash's leftovers finished,
+//! lost content found); pinned files come back; then, below the threshold,
+//! the core's selection picks files and the core's step machine moves each:
+//! the destination holds a verified copy → the file is checked again here
+//! (stat and BLAKE3) → its entry says where its bytes are (synced) → the
+//! file is removed. A crash between any two steps leaves the file here or
+//! its verified copy there (and the entry saying so), never neither.
+//! Copies go in batches (one `Hold` call fetches many files); the steps of
+//! each file then run on what the destination answered.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use concord::conduit::guard::root_present;
+use concord::conduit::offload::{select, target, Pinned, Rules};
+use concord::conduit::offload_steps::{
+    drive, parse_hash, DestinationCopy, Intent, Outcome, SourceFile, Step,
+};
 use concord::conduit::settings::Settings;
-use concord::index::{commit_local, commit_offloaded, OffloadedTo};
+use concord::index::{commit_local, OffloadedTo};
 use concord::model::{Conduit, FileEntry, Location};
-use concord::query::{self, EntryFilter};
-use concord::Library;
+use concord::query::{self, members, EntryFilter};
+use concord::{Library, Uuid};
 
 use crate::conduits::offload::{
-    hold_batches, is_unreachable, pause_hook, space, stamp, threshold, walk, Found, Live, Stamp,
+    candidate, clock_ahead_ms, hold_batches, is_unreachable, pause_hook, source_state, space, walk,
+    Live,
 };
-use crate::conduits::offload_entry::{offloaded, Offloaded};
+use crate::conduits::offload_ends::{copy_state, Cx, FileEnds};
+use crate::conduits::offload_entry::{below, offloaded};
 use crate::error::NetError;
 use crate::peers::Peer;
 use crate::state::NodeState;
 use crate::transfer::fetch::{ContentClient, FileRequest};
 use crate::transfer::hold::joined;
-use crate::transfer::wire::{ContentCall, HoldAnswer, HoldFile, HoldMode, HoldRequest};
+use crate::transfer::wire::{HoldFile, HoldMode, HoldRequest};
 use crate::transfer::TransferProgress;
-
-/// Files used or changed this recently (ns) never leave.
-const RECENT_NS: i64 = 3_600 * 1_000_000_000;
 
 /// How a cycle went.
 #[derive(Debug, Default, Clone)]
@@ -37,7 +43,7 @@ pub struct OffloadReport {
     pub offloaded: usize,
     pub bytes: u64,
     pub fetched_back: usize,
-    /// Files changed between their copy and their removal: kept here.
+    /// Files changed or used while they were being offloaded: kept here.
     pub kept: Vec<String>,
     /// Files that could not be offloaded or fetched back, with why.
     pub failed: Vec<String>,
@@ -68,6 +74,15 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| NetError::Other(format!("offload task failed: {e}")))
 }
 
+/// A file about to go through the steps.
+struct Moving {
+    entry: Uuid,
+    /// Below the conduit's folders.
+    path: String,
+    size: u64,
+    destination: Result<DestinationCopy, String>,
+}
+
 impl OffloadCycle {
     /// The source folder on this device.
     fn source_root(&self) -> PathBuf {
@@ -78,20 +93,25 @@ impl OffloadCycle {
         }
     }
 
-    fn in_source(&self, path: &str) -> String {
-        joined(&self.conduit.source_dir, path)
-    }
-
-    fn hold_request(&self, mode: HoldMode, files: Vec<HoldFile>) -> ContentCall {
-        ContentCall::Hold(HoldRequest {
-            library: self.lib.id(),
-            location: self.destination.id,
-            dir: self.conduit.destination_dir.clone(),
-            peer_location: self.source.id,
-            peer_dir: self.conduit.source_dir.clone(),
-            mode,
-            files,
-        })
+    fn cx(&self, peer: Peer, atime: bool) -> Cx {
+        Cx {
+            handle: tokio::runtime::Handle::current(),
+            client: self.client.clone(),
+            peer,
+            lib: self.lib.clone(),
+            call: HoldRequest {
+                library: self.lib.id(),
+                location: self.destination.id,
+                dir: self.conduit.destination_dir.clone(),
+                peer_location: self.source.id,
+                peer_dir: self.conduit.source_dir.clone(),
+                mode: HoldMode::Check,
+                files: Vec::new(),
+            },
+            root: self.source_root(),
+            atime,
+            now_ms: self.now_ms.saturating_add(clock_ahead_ms()),
+        }
     }
 
     /// Run the cycle.
@@ -102,15 +122,10 @@ impl OffloadCycle {
             .find(|v| v.id == self.source.volume)
             .map(|v| v.fingerprint);
         let root = self.source_root();
-        if !root_present(
-            std::path::Path::new(&self.source.path),
-            fingerprint.as_deref(),
-        ) || !root.is_dir()
-        {
+        if !root_present(Path::new(&self.source.path), fingerprint.as_deref()) || !root.is_dir() {
             report.source_missing = true;
             return Ok(report);
         }
-        let offloaded = self.offloaded()?;
         let peer = match self
             .state
             .peer_for_device(self.destination.device, self.lib.id())
@@ -118,71 +133,141 @@ impl OffloadCycle {
             Ok(p) => p,
             Err(e) => return Ok(self.waits(report, e)),
         };
-        if let Err(e) = self.check_lost(&peer, &offloaded).await {
-            return Ok(self.waits(report, e));
-        }
-        self.live.set_waiting(None);
-        self.fetch_pinned_back(&peer, &offloaded, &mut report).await;
-        if let Err(e) = self.offload(&peer, &root, &mut report).await {
-            if is_unreachable(&e) {
-                return Ok(self.waits(report, e));
+        let (_, atime) = space(&root)?;
+        let cx = self.cx(peer, atime);
+        let member = members::is_member(&self.lib, self.destination.device)?;
+        let outcome = async {
+            self.settle(&cx, member, &mut report).await?;
+            self.fetch_pinned_back(&cx, &mut report).await;
+            if member {
+                self.offload(&cx, &mut report).await?;
             }
-            return Err(e);
+            Ok::<(), NetError>(())
+        };
+        match outcome.await {
+            Ok(()) => {
+                if report.waiting.is_none() {
+                    self.live.set_waiting(None);
+                }
+                Ok(report)
+            }
+            Err(e) if is_unreachable(&e) => Ok(self.waits(report, e)),
+            Err(e) => Err(e),
         }
-        Ok(report)
     }
 
-    fn waits(&self, mut report: OffloadReport, e: NetError) -> OffloadReport {
+    fn waits(&self, mut report: OffloadReport, e: impl std::fmt::Display) -> OffloadReport {
         let why = format!("destination unreachable: {e}");
         self.live.set_waiting(Some(why.clone()));
         report.waiting = Some(why);
         report
     }
 
-    /// The source's entries offloaded to this conduit's destination.
-    fn offloaded(&self) -> Result<Vec<Offloaded>, NetError> {
-        offloaded(
+    /// What the destination holds of `files`, in `mode`, batch by batch.
+    async fn hold_all(
+        &self,
+        cx: &Cx,
+        mode: HoldMode,
+        files: Vec<HoldFile>,
+    ) -> Result<Vec<Result<DestinationCopy, String>>, NetError> {
+        let mut out = Vec::with_capacity(files.len());
+        for batch in hold_batches(files) {
+            let wants: Vec<[u8; 32]> = batch.iter().map(|f| f.hash).collect();
+            let got = cx.hold(mode, batch).await?;
+            out.extend(got.into_iter().zip(wants).map(|(h, w)| copy_state(h, w)));
+        }
+        Ok(out)
+    }
+
+    /// Every offloaded entry through the steps with nothing to move: a
+    /// crash's leftovers settled, each copy checked (lost content shown).
+    async fn settle(
+        &self,
+        cx: &Cx,
+        member: bool,
+        report: &mut OffloadReport,
+    ) -> Result<(), NetError> {
+        let entries = offloaded(
             &self.lib,
             self.source.id,
             &self.conduit.source_dir,
             self.destination.id,
-        )
-    }
-
-    /// Ask the destination whether it still holds every offloaded file;
-    /// the ones it does not are shown as lost content.
-    async fn check_lost(&self, peer: &Peer, offloaded: &[Offloaded]) -> Result<(), NetError> {
-        let files: Vec<HoldFile> = offloaded
+        )?;
+        let files: Vec<HoldFile> = entries
             .iter()
-            .filter_map(|o| {
-                Some(HoldFile {
-                    hash: o.held.hash_bytes()?,
-                    size: o.held.size,
-                    path: o.path.clone(),
-                })
+            .map(|o| HoldFile {
+                path: o.path.clone(),
+                size: o.held.size,
+                hash: o.held.hash_bytes().unwrap_or_default(),
+            })
+            .collect();
+        let states = if member {
+            self.hold_all(cx, HoldMode::Check, files).await?
+        } else {
+            vec![Ok(DestinationCopy::NotMember); files.len()]
+        };
+        let moving = entries
+            .into_iter()
+            .zip(states)
+            .map(|(o, destination)| Moving {
+                entry: o.entry.id,
+                path: o.path,
+                size: o.held.size,
+                destination,
             })
             .collect();
         let mut lost = Vec::new();
-        for batch in hold_batches(files) {
-            let call = self.hold_request(HoldMode::Check, batch.clone());
-            match self.client.call::<HoldAnswer>(peer, &call).await? {
-                HoldAnswer::Held { results } => {
-                    for (f, r) in batch.iter().zip(results) {
-                        if let Some(why) = r {
-                            lost.push((f.path.clone(), why));
-                        }
-                    }
-                }
-                HoldAnswer::Refused { reason } => return Err(NetError::Refused(reason)),
+        for (m, step) in self.steps(cx, Intent::Check, moving).await? {
+            match step {
+                Ok(Step::Lost(l)) => lost.push((m.path.clone(), l.message(&m.path))),
+                Ok(Step::Wait(w)) => return Err(NetError::Unreachable(w.message().into())),
+                Ok(_) => {}
+                Err(e) => report.failed.push(format!("{}: {e}", m.path)),
             }
         }
         *self.live.lost.lock().unwrap_or_else(|e| e.into_inner()) = lost;
         Ok(())
     }
 
-    /// Paths (below the source folder) of files and folders carrying the
-    /// conduit's pin tag.
-    fn pinned(&self) -> Result<Vec<String>, NetError> {
+    /// Drive each file through the core's steps (blocking, in order).
+    async fn steps(
+        &self,
+        cx: &Cx,
+        intent: Intent,
+        files: Vec<Moving>,
+    ) -> Result<Vec<(Moving, Result<Step, NetError>)>, NetError> {
+        let (cx, dir) = (cx.clone(), self.conduit.destination_dir.clone());
+        blocking(move || {
+            files
+                .into_iter()
+                .map(|m| {
+                    let intent = match &intent {
+                        Intent::Offload {
+                            location, copies, ..
+                        } => Intent::Offload {
+                            location: *location,
+                            path: joined(&dir, &m.path),
+                            copies: *copies,
+                        },
+                        Intent::Check => Intent::Check,
+                    };
+                    let mut ends = FileEnds {
+                        cx: &cx,
+                        entry: m.entry,
+                        path: m.path.clone(),
+                        destination: m.destination.clone(),
+                    };
+                    let step = drive(intent, &mut ends);
+                    (m, step)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Paths (relative to the source location) of the files and folders
+    /// carrying the conduit's pin tag.
+    fn pinned(&self) -> Result<Pinned, NetError> {
         let name = match self.conduit.pin_tag {
             Some(id) => query::tags(&self.lib)?
                 .into_iter()
@@ -191,176 +276,165 @@ impl OffloadCycle {
             None => Some("Pinned".to_string()),
         };
         let Some(name) = name else {
-            return Ok(Vec::new());
+            return Ok(Pinned::default());
         };
         let filter = EntryFilter {
             location: Some(self.source.id),
             device: None,
         };
-        let prefix = match self.conduit.source_dir.as_str() {
-            "" => String::new(),
-            d => format!("{d}/"),
-        };
-        Ok(query::file_entries(&self.lib, filter)?
-            .into_iter()
-            .filter(|e| e.tags.contains(&name))
-            .filter_map(|e| e.entry.path.strip_prefix(&prefix).map(str::to_string))
-            .collect())
+        Ok(Pinned::new(
+            query::file_entries(&self.lib, filter)?
+                .into_iter()
+                .filter(|e| e.tags.contains(&name))
+                .map(|e| e.entry.path),
+        ))
     }
 
     /// Bring back offloaded files that carry the pin tag now.
-    async fn fetch_pinned_back(
-        &self,
-        peer: &Peer,
-        offloaded: &[Offloaded],
-        report: &mut OffloadReport,
-    ) {
-        let pinned = match self.pinned() {
-            Ok(p) => p,
+    async fn fetch_pinned_back(&self, cx: &Cx, report: &mut OffloadReport) {
+        let found = self.pinned().and_then(|pinned| {
+            let all = offloaded(
+                &self.lib,
+                self.source.id,
+                &self.conduit.source_dir,
+                self.destination.id,
+            )?;
+            Ok((pinned, all))
+        });
+        let (pinned, all) = match found {
+            Ok(f) => f,
             Err(e) => {
                 report.failed.push(format!("pinned files: {e}"));
                 return;
             }
         };
-        for o in offloaded.iter().filter(|o| is_pinned(&o.path, &pinned)) {
-            let back = fetch_back(&self.client, peer, &self.lib, &o.entry, &self.progress).await;
-            match back {
+        for o in all.iter().filter(|o| pinned.covers(&o.entry.path)) {
+            match fetch_back(&self.client, &cx.peer, &self.lib, &o.entry, &self.progress).await {
                 Ok(()) => report.fetched_back += 1,
                 Err(e) => report.failed.push(format!("{}: {e}", o.path)),
             }
         }
     }
 
-    /// Below the threshold: offload the chosen files, batch by batch, until
-    /// free space is back above the threshold plus the margin.
-    async fn offload(
-        &self,
-        peer: &Peer,
-        root: &std::path::Path,
-        report: &mut OffloadReport,
-    ) -> Result<(), NetError> {
-        let Some(min) = self.settings.min_free else {
+    /// Below the threshold: the core selects, batches are copied, the steps
+    /// move each file; until free space reaches the target.
+    async fn offload(&self, cx: &Cx, report: &mut OffloadReport) -> Result<(), NetError> {
+        let Some(min_free) = self.settings.min_free else {
             return Ok(());
         };
-        let measured = space(root)?;
-        let thr = threshold(min, measured.total);
-        *self.live.measured.lock().unwrap_or_else(|e| e.into_inner()) = Some((measured.free, thr));
-        if measured.free >= thr {
-            return Ok(());
-        }
+        let (space_now, atime) = space(&cx.root)?;
+        let goal = target(min_free, space_now.total);
+        *self.live.measured.lock().unwrap_or_else(|e| e.into_inner()) = Some((
+            space_now.free,
+            concord::conduit::offload::threshold(min_free, space_now.total),
+        ));
         let pinned = self.pinned()?;
-        let walk_root = root.to_path_buf();
+        let walk_root = cx.root.clone();
         let found = blocking(move || walk(&walk_root)).await?;
-        let now_ns = self.now_ms.saturating_mul(1_000_000);
-        let chosen = select(found, &pinned, measured.atime, measured.free, thr, now_ns);
-        // Stamp (hash) the chosen files; one changed while read waits.
-        let (stamp_root, names) = (root.to_path_buf(), chosen.clone());
-        let stamped: Vec<(Found, Option<Stamp>)> = blocking(move || {
-            names
-                .into_iter()
-                .map(|f| {
-                    let s = stamp(&stamp_root.join(&f.path)).ok().flatten();
-                    (f, s)
-                })
-                .collect()
-        })
-        .await?;
-        let files: Vec<HoldFile> = stamped
+        let candidates: Vec<_> = found
             .iter()
-            .filter_map(|(f, s)| {
-                s.map(|s| HoldFile {
-                    path: f.path.clone(),
-                    size: s.size,
-                    hash: s.hash,
-                })
-            })
+            .map(|f| candidate(f, joined(&self.conduit.source_dir, &f.path), atime))
             .collect();
-        for batch in hold_batches(files) {
-            let call = self.hold_request(HoldMode::Fetch, batch.clone());
-            let results = match self.client.call::<HoldAnswer>(peer, &call).await? {
-                HoldAnswer::Held { results } => results,
-                HoldAnswer::Refused { reason } => return Err(NetError::Refused(reason)),
-            };
-            let held: Vec<HoldFile> = batch
-                .into_iter()
-                .zip(results)
-                .filter_map(|(f, r)| match r {
-                    None => Some(f),
-                    Some(why) => {
-                        report.failed.push(format!("{}: {why}", f.path));
-                        None
-                    }
-                })
-                .collect();
-            let stamps: Vec<Stamp> = held
-                .iter()
-                .filter_map(|h| {
-                    stamped
-                        .iter()
-                        .find(|(f, _)| f.path == h.path)
-                        .and_then(|(_, s)| *s)
-                })
-                .collect();
-            self.release(root, held, stamps, report).await?;
-            if space(root)?.free >= thr.saturating_add(margin(thr)) {
+        let rules = Rules {
+            min_free,
+            pinned: &pinned,
+            now: cx.now_ms,
+            destination_free: None,
+        };
+        let chosen = select(&candidates, space_now, &rules).chosen;
+        let mut paths: Vec<String> = chosen
+            .iter()
+            .filter_map(|c| below(&self.conduit.source_dir, &c.path).map(str::to_string))
+            .collect();
+        while !paths.is_empty() {
+            let rest = paths.split_off(paths.len().min(crate::transfer::wire::MAX_HOLD_FILES));
+            self.offload_batch(cx, std::mem::replace(&mut paths, rest), report)
+                .await?;
+            if report.waiting.is_some() || space(&cx.root)?.0.free >= goal {
                 break;
             }
         }
         Ok(())
     }
 
-    /// The destination holds `held` (verified): check each file again here,
-    /// then record its entry offloaded and remove it, under the index's
-    /// location lock (`commit_offloaded`), checking it once more there.
-    async fn release(
+    /// One batch: hashed here, copied there in one call, then each file's
+    /// steps (the test hook pauses between the copy and the steps).
+    async fn offload_batch(
         &self,
-        root: &std::path::Path,
-        held: Vec<HoldFile>,
-        stamps: Vec<Stamp>,
+        cx: &Cx,
+        paths: Vec<String>,
         report: &mut OffloadReport,
     ) -> Result<(), NetError> {
-        let paths: Vec<String> = held.iter().map(|h| h.path.clone()).collect();
-        blocking(move || pause_hook(&paths)).await?;
-        for (h, want) in held.into_iter().zip(stamps) {
-            let in_source = self.in_source(&h.path);
-            let Some(entry) = query::file_entry_by_path(&self.lib, self.source.id, &in_source)?
-            else {
-                report
-                    .failed
-                    .push(format!("{}: not indexed yet; kept", h.path));
-                continue;
-            };
-            let to = OffloadedTo {
-                location: self.destination.id,
-                path: joined(&self.conduit.destination_dir, &h.path),
-                hash: blake3::Hash::from(h.hash).to_hex().to_string(),
-            };
-            let (lib, file) = (self.lib.clone(), root.join(&h.path));
-            let outcome = blocking(move || {
-                if stamp(&file).ok().flatten() != Some(want) {
-                    return Ok(false);
+        let (lib, root, loc, dir) = (
+            self.lib.clone(),
+            cx.root.clone(),
+            self.source.id,
+            self.conduit.source_dir.clone(),
+        );
+        let observed = blocking(move || {
+            paths
+                .into_iter()
+                .map(|p| {
+                    let entry = query::file_entry_by_path(&lib, loc, &joined(&dir, &p));
+                    let source = source_state(&root.join(&p));
+                    (p, entry, source)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let mut ready = Vec::new();
+        for (path, entry, source) in observed {
+            match (entry, source) {
+                (Ok(Some(e)), Ok(SourceFile::Present(s))) if s.version.hash.is_some() => {
+                    ready.push((e.id, path, s));
                 }
-                let removed = commit_offloaded(&lib, entry.id, &to, || {
-                    // The last check and the removal, as close as can be.
-                    if stamp(&file).ok().flatten() != Some(want) {
-                        return Err(concord::Error::Invalid("changed".into()));
-                    }
-                    std::fs::remove_file(&file).map_err(|e| concord::Error::Invalid(e.to_string()))
-                });
-                match removed {
-                    Ok(()) => Ok(true),
-                    // Recorded offloaded but the file stayed: local again.
-                    Err(_) => commit_local(&lib, entry.id).map(|()| false),
-                }
+                (Ok(None), _) => report.failed.push(format!("{path}: not indexed yet; kept")),
+                _ => report.kept.push(path),
+            }
+        }
+        let files: Vec<HoldFile> = ready
+            .iter()
+            .filter_map(|(_, path, s)| {
+                Some(HoldFile {
+                    path: path.clone(),
+                    size: s.version.size,
+                    hash: s.version.hash?,
+                })
             })
-            .await?;
-            match outcome {
-                Ok(true) => {
+            .collect();
+        let held: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+        let states = self.hold_all(cx, HoldMode::Fetch, files).await?;
+        blocking(move || pause_hook(&held)).await?;
+        let moving = ready
+            .into_iter()
+            .zip(states)
+            .map(|((entry, path, s), destination)| Moving {
+                entry,
+                path,
+                size: s.version.size,
+                destination,
+            })
+            .collect();
+        let intent = Intent::Offload {
+            location: self.destination.id,
+            path: String::new(),
+            copies: 1,
+        };
+        for (m, step) in self.steps(cx, intent, moving).await? {
+            match step {
+                Ok(Step::Done(Outcome::Offloaded)) => {
                     report.offloaded += 1;
-                    report.bytes += h.size;
+                    report.bytes += m.size;
                 }
-                Ok(false) => report.kept.push(h.path),
-                Err(e) => report.failed.push(format!("{}: {e}", h.path)),
+                Ok(Step::Wait(w)) => {
+                    let why = format!("{}: {}", w.reason(), w.message());
+                    report.waiting = Some(why.clone());
+                    self.live.set_waiting(Some(why));
+                }
+                Ok(Step::Lost(l)) => report.failed.push(l.message(&m.path)),
+                Ok(_) => report.kept.push(m.path),
+                Err(e) if is_unreachable(&e) => return Err(e),
+                Err(e) => report.failed.push(format!("{}: {e}", m.path)),
             }
         }
         Ok(())
@@ -379,7 +453,7 @@ pub async fn fetch_back(
 ) -> Result<(), NetError> {
     let to = OffloadedTo::of(entry)
         .ok_or_else(|| NetError::Refused(format!("{} is not offloaded", entry.path)))?;
-    let hash = blake3::Hash::from_hex(&to.hash).map_err(|_| {
+    let hash = parse_hash(&to.hash).ok_or_else(|| {
         NetError::Refused(format!("{}: its recorded hash is malformed", entry.path))
     })?;
     let source = query::location(lib, entry.location)?
@@ -388,7 +462,7 @@ pub async fn fetch_back(
         library: lib.id(),
         location: to.location,
         path: to.path,
-        hash: Some(*hash.as_bytes()),
+        hash: Some(hash),
         dest_root: PathBuf::from(&source.path),
         dest_path: entry.path.clone(),
     };
@@ -396,54 +470,4 @@ pub async fn fetch_back(
     let (lib, id) = (lib.clone(), entry.id);
     blocking(move || commit_local(&lib, id)).await??;
     Ok(())
-}
-
-/// Whether `path` is pinned: itself, or below a pinned folder.
-fn is_pinned(path: &str, pinned: &[String]) -> bool {
-    pinned
-        .iter()
-        .any(|p| path == p || path.starts_with(&format!("{p}/")))
-}
-
-/// Free space offloading aims past the threshold, so one file written next
-/// does not start another round at once: 5% of the threshold.
-pub fn margin(threshold: u64) -> u64 {
-    threshold / 20
-}
-
-/// The files to offload: unpinned, not used within the hour, least
-/// recently used first (access time where the volume records it, else
-/// modification time), until free space reaches threshold plus margin.
-pub fn select(
-    found: Vec<Found>,
-    pinned: &[String],
-    atime: bool,
-    free: u64,
-    threshold: u64,
-    now_ns: i64,
-) -> Vec<Found> {
-    let used = |f: &Found| {
-        if atime {
-            f.atime_ns.max(f.mtime_ns)
-        } else {
-            f.mtime_ns
-        }
-    };
-    let mut eligible: Vec<Found> = found
-        .into_iter()
-        .filter(|f| !is_pinned(&f.path, pinned))
-        .filter(|f| now_ns.saturating_sub(used(f)) >= RECENT_NS)
-        .collect();
-    eligible.sort_by_key(|f| (used(f), f.path.clone()));
-    let target = threshold.saturating_add(margin(threshold));
-    let mut freed = free;
-    let mut out = Vec::new();
-    for f in eligible {
-        if freed >= target {
-            break;
-        }
-        freed = freed.saturating_add(f.size);
-        out.push(f);
-    }
-    out
 }

@@ -2,9 +2,8 @@
 //! device of an `offload` conduit's source asks the device of its
 //! destination to fetch files from it (verified by BLAKE3 while streaming,
 //! written under their final name only once complete) and answers, per
-//! file, whether this end now holds exactly that content; or, in `Check`
-//! mode, whether it still does (what `conduit status` reports as lost
-//! content). Only this answer lets the source remove its copy, so a file is
+//! file, what this end holds there now (hashed again); in `Check` mode it
+//! only answers that (what `conduit status` reports as lost content). Only this answer lets the source remove its copy, so a file is
 //! never said to be held unless its bytes were hashed here. Blocking code.
 
 use std::path::Path;
@@ -22,7 +21,7 @@ use crate::state::NodeState;
 use crate::transfer::fetch::{ContentClient, FileRequest};
 use crate::transfer::path::{components, open_regular};
 use crate::transfer::source::authorize_location;
-use crate::transfer::wire::{HoldAnswer, HoldFile, HoldMode, HoldRequest, MAX_HOLD_FILES};
+use crate::transfer::wire::{HoldAnswer, HoldFile, HoldMode, HoldRequest, Holding, MAX_HOLD_FILES};
 
 /// `dir/path` (or `path` at a location's root), both `/`-separated.
 pub fn joined(dir: &str, path: &str) -> String {
@@ -62,23 +61,19 @@ fn offload_allowed(
 }
 
 /// What `root/rel` holds now compared with `want`.
-enum Found {
-    Same,
-    Absent,
-    /// A regular file with other content (an older version offloaded before).
-    Older,
-    Other(String),
-}
-
-fn found(root: &Path, rel: &str, want: &HoldFile) -> Found {
+fn found(root: &Path, rel: &str, want: &HoldFile) -> Holding {
     match open_regular(root, rel) {
         Ok((mut f, _)) => match hash_reader(&mut f) {
-            Ok((hash, size)) if size == want.size && hash == want.hash => Found::Same,
-            Ok(_) => Found::Older,
-            Err(e) => Found::Other(format!("{rel}: {e}")),
+            Ok((hash, size)) if size == want.size && hash == want.hash => Holding::Same,
+            Ok((hash, _)) => Holding::Other { hash },
+            Err(e) => Holding::Failed {
+                reason: format!("{rel}: {e}"),
+            },
         },
-        Err(_) if std::fs::symlink_metadata(root.join(rel)).is_err() => Found::Absent,
-        Err(e) => Found::Other(e.to_string()),
+        Err(_) if std::fs::symlink_metadata(root.join(rel)).is_err() => Holding::Missing,
+        Err(e) => Holding::Failed {
+            reason: e.to_string(),
+        },
     }
 }
 
@@ -126,34 +121,36 @@ fn hold(
             "the destination folder is missing here".into(),
         ));
     }
-    let mut results: Vec<Option<String>> = vec![None; req.files.len()];
+    let mut results = Vec::with_capacity(req.files.len());
     let mut wanted = Vec::new();
     for (i, f) in req.files.iter().enumerate() {
         let rel = joined(&req.dir, &f.path);
         if let Err(e) = components(&rel).and(components(&f.path)) {
-            results[i] = Some(e.to_string());
+            results.push(Holding::Failed {
+                reason: e.to_string(),
+            });
             continue;
         }
-        results[i] = match (found(&root, &rel, f), req.mode) {
-            (Found::Same, _) => None,
-            (Found::Absent, HoldMode::Check) => Some(format!("{rel} is missing here")),
-            (Found::Older, HoldMode::Check) => Some(format!("{rel} holds other content here")),
-            (Found::Absent, HoldMode::Fetch) => {
+        let now = found(&root, &rel, f);
+        results.push(match (now, req.mode) {
+            (Holding::Missing, HoldMode::Fetch) => {
                 wanted.push((i, rel));
-                None
+                Holding::Missing
             }
             // An older version this end held goes to the trash, never lost.
-            (Found::Older, HoldMode::Fetch) => {
+            (Holding::Other { hash }, HoldMode::Fetch) => {
                 match Trash::for_location(&root).put(&root.join(&rel), &rel, now_ms) {
                     Ok(_) => {
                         wanted.push((i, rel));
-                        None
+                        Holding::Missing
                     }
-                    Err(e) => Some(e.to_string()),
+                    Err(e) => Holding::Failed {
+                        reason: format!("{e} (it holds {})", blake3::Hash::from(hash).to_hex()),
+                    },
                 }
             }
-            (Found::Other(why), _) => Some(why),
-        };
+            (other, _) => other,
+        });
     }
     if wanted.is_empty() {
         return Ok(HoldAnswer::Held { results });
@@ -172,10 +169,13 @@ fn hold(
         .collect();
     let fetched = handle.block_on(client.fetch_many(&peer, requests, Arc::default()));
     for ((i, _), got) in wanted.into_iter().zip(fetched) {
+        let want = &req.files[i];
         results[i] = match got {
-            Ok(f) if f.hash == req.files[i].hash && f.size == req.files[i].size => None,
-            Ok(_) => Some("the copy is not the content asked for".into()),
-            Err(e) => Some(e.to_string()),
+            Ok(f) if f.hash == want.hash && f.size == want.size => Holding::Same,
+            Ok(f) => Holding::Other { hash: f.hash },
+            Err(e) => Holding::Failed {
+                reason: e.to_string(),
+            },
         };
     }
     Ok(HoldAnswer::Held { results })

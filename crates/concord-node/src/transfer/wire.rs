@@ -266,13 +266,25 @@ pub struct HoldRequest {
     pub files: Vec<HoldFile>,
 }
 
+/// What the destination holds at one path of a `Hold` call, hashed now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Holding {
+    /// Exactly the content asked for.
+    Same,
+    /// No file.
+    Missing,
+    /// A file with other content (its BLAKE3).
+    Other { hash: [u8; 32] },
+    /// The copy or the check failed (why); nothing is known of the path.
+    Failed { reason: String },
+}
+
 /// The answer to a `Hold` call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HoldAnswer {
-    /// One result per file, in order: `None` when this end holds exactly
-    /// that content now, else why not.
+    /// One result per file, in order.
     Held {
-        results: Vec<Option<String>>,
+        results: Vec<Holding>,
     },
     Refused {
         reason: String,
