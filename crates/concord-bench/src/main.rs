@@ -22,6 +22,7 @@ mod f2;
 mod f4;
 mod f5;
 mod f6;
+mod f7;
 mod files;
 mod fixture;
 mod net;
@@ -83,6 +84,11 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
         "F6",
         "hashing a file for a transfer vs BLAKE3 with rayon",
         f6::run,
+    ),
+    (
+        "F7",
+        "an Offload conduit moving large files off and back vs F1's rate",
+        f7::run,
     ),
     (
         "P1",
