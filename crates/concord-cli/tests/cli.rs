@@ -643,6 +643,10 @@ fn conduit_commands_without_a_node_write_the_library() {
             "min-free",
         ),
         (
+            vec!["--policy", "offload", "--min-free", "10G"],
+            "offload moves files to another device",
+        ),
+        (
             vec!["--policy", "replicate", "--pin-tag", "x"],
             "--pin-tag applies to offload only",
         ),

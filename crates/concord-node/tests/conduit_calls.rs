@@ -3,7 +3,8 @@
 //! missing folder as `Missing` and refuses an escaping one; `Release`
 //! removes a file only through an archive conduit to the requester's own
 //! location, only when the file is still the version it names, and records
-//! it in the audit log; `Apply` only through a sync conduit.
+//! it in the audit log; `Apply` only through a sync conduit; `Hold` only
+//! through an offload conduit, verified, bounded.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -180,4 +181,131 @@ async fn list_pages_and_release_only_through_an_archive_conduit() {
     assert!(victim.is_file());
     client.shutdown().await;
     server.shutdown().await;
+}
+
+/// `Hold` (Offload) between real nodes: refused without an offload conduit
+/// from the requester's folder to this one; with it, the destination fetches
+/// the requester's file verified, says what it holds (`Same`, `Missing`,
+/// `Other`), keeps an older version in its trash, refuses a path that
+/// escapes and a call over its bound, and never holds unverified bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn hold_fetches_and_checks_only_through_an_offload_conduit() {
+    use concord_node::transfer::wire::{
+        HoldAnswer, HoldFile, HoldMode, HoldRequest, Holding, MAX_HOLD_FILES,
+    };
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("laptop"), tmp.path().join("nas"));
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    std::fs::write(src.join("sub/a.bin"), vec![5u8; 100_000]).unwrap();
+    std::fs::write(src.join("b.txt"), b"new").unwrap();
+    std::fs::write(dst.join("b.txt"), b"old").unwrap();
+    let nas = start(&tmp.path().join("a"), config("nas")).await;
+    let laptop = start(&tmp.path().join("b"), config("laptop")).await;
+    pair(&nas, &laptop).await;
+    let lib = share_new_library(&nas, &laptop, "hold").await;
+    let theirs = add_location(&nas.state.library(lib).unwrap(), &dst).await;
+    let llib = laptop.state.library(lib).unwrap();
+    let mine = add_location(&llib, &src).await;
+    let peer = laptop
+        .state
+        .resolve_peer(&nas.device_id().to_string())
+        .unwrap();
+    let file = |path: &str, data: &[u8]| HoldFile {
+        path: path.into(),
+        size: data.len() as u64,
+        hash: *blake3::hash(data).as_bytes(),
+    };
+    let a = file("sub/a.bin", &[5u8; 100_000]);
+    let hold = |mode: HoldMode, files: Vec<HoldFile>| {
+        let call = ContentCall::Hold(HoldRequest {
+            library: lib,
+            location: theirs,
+            dir: String::new(),
+            peer_location: mine,
+            peer_dir: String::new(),
+            mode,
+            files,
+        });
+        let (fetcher, peer) = (laptop.fetcher.clone(), peer.clone());
+        async move { fetcher.call::<HoldAnswer>(&peer, &call).await.unwrap() }
+    };
+    let refused = hold(HoldMode::Fetch, vec![a.clone()]).await;
+    assert!(matches!(refused, HoldAnswer::Refused { .. }), "{refused:?}");
+    assert!(!dst.join("sub").exists());
+
+    let conduit = Conduit {
+        id: Uuid::now_v7(),
+        source: mine,
+        source_dir: String::new(),
+        destination: theirs,
+        destination_dir: String::new(),
+        policy: "offload".into(),
+        propagate_deletes: false,
+        cadence: "manual".into(),
+        min_free: Some("10%".into()),
+        pin_tag: None,
+        paused: None,
+        allow_deletes: false,
+        last_run: None,
+        last_error: None,
+    };
+    llib.commit(Change::insert(&conduit)).unwrap();
+    let nlib = nas.state.library(lib).unwrap();
+    wait_for("the NAS sees the conduit", Duration::from_secs(60), || {
+        concord::query::conduit(&nlib, conduit.id)
+            .unwrap()
+            .is_some_and(|_| concord::query::location(&nlib, mine).unwrap().is_some())
+    })
+    .await;
+    let held = |answer: HoldAnswer| match answer {
+        HoldAnswer::Held { results } => results,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        held(hold(HoldMode::Check, vec![a.clone()]).await),
+        vec![Holding::Missing]
+    );
+    // A wrong hash is never held; an escaping path is refused per file.
+    let mut wrong = a.clone();
+    wrong.path = "sub/wrong.bin".into();
+    wrong.hash = [7; 32];
+    let mut escape = a.clone();
+    escape.path = "../escape".into();
+    let b = file("b.txt", b"new");
+    let results = held(hold(HoldMode::Fetch, vec![a.clone(), wrong, escape, b.clone()]).await);
+    assert_eq!(results[0], Holding::Same);
+    assert!(matches!(results[1], Holding::Failed { .. }), "{results:?}");
+    assert!(matches!(results[2], Holding::Failed { .. }), "{results:?}");
+    assert_eq!(results[3], Holding::Same);
+    assert_eq!(
+        std::fs::read(dst.join("sub/a.bin")).unwrap(),
+        vec![5u8; 100_000]
+    );
+    assert!(!dst.join("sub/wrong.bin").exists());
+    assert!(!tmp.path().join("escape").exists());
+    assert_eq!(std::fs::read(dst.join("b.txt")).unwrap(), b"new");
+    let trashed = std::fs::read_dir(dst.join(".concord/trash"))
+        .unwrap()
+        .flatten()
+        .any(|stamp| std::fs::read(stamp.path().join("b.txt")).is_ok_and(|d| d == b"old"));
+    assert!(trashed, "the older version is not in the trash");
+    assert_eq!(
+        held(hold(HoldMode::Check, vec![a.clone()]).await),
+        vec![Holding::Same]
+    );
+    // Changed on the destination: `Other` with what it holds.
+    std::fs::write(dst.join("sub/a.bin"), b"changed").unwrap();
+    assert_eq!(
+        held(hold(HoldMode::Check, vec![a.clone()]).await),
+        vec![Holding::Other {
+            hash: *blake3::hash(b"changed").as_bytes()
+        }]
+    );
+    let too_many = vec![a.clone(); MAX_HOLD_FILES + 1];
+    let refused = hold(HoldMode::Check, too_many).await;
+    assert!(matches!(refused, HoldAnswer::Refused { .. }), "{refused:?}");
+    laptop.shutdown().await;
+    nas.shutdown().await;
 }

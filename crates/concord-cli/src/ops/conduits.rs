@@ -68,6 +68,11 @@ pub fn create(ctx: &Context, library: &str, a: &CreateArgs) -> CliResult<Value> 
         last_error: None,
     };
     Settings::from_record(&c).map_err(|e| CliError::new(e.to_string()))?;
+    if offload && src.device == dst.device {
+        return Err(CliError::new(
+            "offload moves files to another device: --to must be a location of another member",
+        ));
+    }
     if let Some(tag) = new_tag {
         lib.commit(Change::insert(&tag))?;
     }

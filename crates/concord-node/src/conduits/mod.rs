@@ -359,6 +359,12 @@ impl ConduitRunner {
             });
         }
         let destination = location(&lib, record.destination)?;
+        if destination.device == src.device {
+            return Err(NetError::Refused(format!(
+                "offload conduit {}: both ends are on this device; offloading needs the destination on another device",
+                record.id
+            )));
+        }
         let slot = self.slot(record.id);
         let _one_at_a_time = slot.memory.lock().await;
         slot.live.reset();

@@ -66,6 +66,11 @@ pub struct OffloadCycle {
     pub now_ms: i64,
 }
 
+/// A fault of this device (never read as the destination being away).
+fn local(e: std::io::Error) -> NetError {
+    NetError::Other(format!("the source volume: {e}"))
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetError> {
@@ -133,7 +138,7 @@ impl OffloadCycle {
             Ok(p) => p,
             Err(e) => return Ok(self.waits(report, e)),
         };
-        let (_, atime) = space(&root)?;
+        let (_, atime) = space(&root).map_err(local)?;
         let cx = self.cx(peer, atime);
         let member = members::is_member(&self.lib, self.destination.device)?;
         let outcome = async {
@@ -322,7 +327,7 @@ impl OffloadCycle {
         let Some(min_free) = self.settings.min_free else {
             return Ok(());
         };
-        let (space_now, atime) = space(&cx.root)?;
+        let (space_now, atime) = space(&cx.root).map_err(local)?;
         let goal = target(min_free, space_now.total);
         *self.live.measured.lock().unwrap_or_else(|e| e.into_inner()) = Some((
             space_now.free,
@@ -350,7 +355,7 @@ impl OffloadCycle {
             let rest = paths.split_off(paths.len().min(crate::transfer::wire::MAX_HOLD_FILES));
             self.offload_batch(cx, std::mem::replace(&mut paths, rest), report)
                 .await?;
-            if report.waiting.is_some() || space(&cx.root)?.0.free >= goal {
+            if report.waiting.is_some() || space(&cx.root).map_err(local)?.0.free >= goal {
                 break;
             }
         }

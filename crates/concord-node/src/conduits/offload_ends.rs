@@ -92,7 +92,8 @@ impl Ends for FileEnds<'_> {
             },
             None => EntryState::Local,
         };
-        let source = source_state(&self.cx.root.join(&self.path))?;
+        let source = source_state(&self.cx.root.join(&self.path))
+            .map_err(|e| NetError::Other(format!("{}: {e}", self.path)))?;
         let destination = self
             .destination
             .clone()
