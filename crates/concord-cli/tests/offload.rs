@@ -330,3 +330,49 @@ fn offload_frees_space_keeps_entries_and_brings_files_back() {
     let status = a.json(&["conduit", "status", "lib", &id]);
     assert_eq!(status["reason"], "destination-unreachable", "{status}");
 }
+
+#[test]
+fn pinning_an_offloaded_file_brings_it_back_without_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("laptop"), tmp.path().join("nas"));
+    std::fs::create_dir_all(&dst).unwrap();
+    let a_data = write_used(&src.join("a.bin"), "a", 300_000, hours_ago(5));
+    let b_data = write_used(&src.join("docs/b.bin"), "b", 200_000, hours_ago(6));
+    let ahead = AHEAD.as_millis().to_string();
+    let env = [("CONCORD_TEST_OFFLOAD_CLOCK_AHEAD_MS", ahead.as_str())];
+    let (a, _b, la, lb) = two_devices_with(tmp.path(), &src, &dst, &env);
+    let before = entries(&a, &la);
+    // Free space on this volume is always below 99%: an `instant` conduit
+    // offloads both files by itself.
+    a.json(&[
+        "conduit",
+        "create",
+        "lib",
+        "--from",
+        &la,
+        "--to",
+        &lb,
+        "--policy",
+        "offload",
+        "--min-free",
+        "99%",
+    ]);
+    wait_until("both files offloaded", || {
+        let now = entries(&a, &la);
+        ["a.bin", "docs/b.bin"]
+            .iter()
+            .all(|p| now[*p]["offloaded_to"] == lb.as_str())
+            && !src.join("a.bin").exists()
+            && !src.join("docs/b.bin").exists()
+    });
+    assert_eq!(std::fs::read(dst.join("docs/b.bin")).unwrap(), b_data);
+    // Pinning the folder brings its file back, verified; the other stays away.
+    let docs = before["docs"]["id"].as_str().unwrap().to_string();
+    a.json(&["tag", "apply", "lib", "Pinned", &docs]);
+    wait_until("the pinned file is back", || {
+        std::fs::read(src.join("docs/b.bin")).is_ok_and(|d| d == b_data)
+            && entries(&a, &la)["docs/b.bin"]["offloaded_to"] == Value::Null
+    });
+    assert!(!src.join("a.bin").exists());
+    assert_eq!(std::fs::read(dst.join("a.bin")).unwrap(), a_data);
+}

@@ -18,11 +18,16 @@ use tokio::sync::Notify;
 /// Models whose changes may mean a conduit's folders changed: file entries,
 /// a peer's bulk index, or a snapshot (an event naming no model).
 const FILE_MODELS: [&str; 2] = ["file_entry", BULK_MODEL];
+/// Tag assignments (pins).
+const TAG_MODEL: &str = "tag_assignment";
 
 /// The last file change seen per library, and a wake-up for the scheduler.
 #[derive(Default)]
 pub struct Changes {
     changed_ms: Mutex<HashMap<Uuid, i64>>,
+    /// The last tag assignment or removal seen per library: pinning an
+    /// offloaded file wakes its `instant` Offload conduit.
+    tagged_ms: Mutex<HashMap<Uuid, i64>>,
     listening: Mutex<HashSet<Uuid>>,
     notify: Notify,
 }
@@ -46,6 +51,10 @@ impl Changes {
                         if files {
                             me.mark(id);
                         }
+                        if e.models.iter().any(|m| *m == TAG_MODEL) {
+                            lock(&me.tagged_ms).insert(id, SystemClock.now_ms() as i64);
+                            me.notify.notify_one();
+                        }
                     }
                     Err(RecvError::Lagged(_)) => me.mark(id),
                     Err(RecvError::Closed) => break,
@@ -63,6 +72,12 @@ impl Changes {
     /// When a file of `library` last changed (ms; 0: not since the node started).
     pub fn changed_ms(&self, library: Uuid) -> i64 {
         lock(&self.changed_ms).get(&library).copied().unwrap_or(0)
+    }
+
+    /// When a tag of `library` was last assigned or removed (ms; 0: not
+    /// since the node started).
+    pub fn tagged_ms(&self, library: Uuid) -> i64 {
+        lock(&self.tagged_ms).get(&library).copied().unwrap_or(0)
     }
 
     /// Wait for the next change.

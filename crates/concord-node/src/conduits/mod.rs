@@ -234,6 +234,7 @@ impl ConduitRunner {
                 };
                 runner.changes.listen(&lib);
                 let changed = runner.changes.changed_ms(lib.id());
+                let tagged = runner.changes.tagged_ms(lib.id());
                 for c in query::conduits(&lib).unwrap_or_default() {
                     // Offload runs where its source is (it measures that
                     // volume); every other policy where its destination is.
@@ -255,10 +256,13 @@ impl ConduitRunner {
                         now,
                         rescan,
                     };
+                    // Offload also measures on a timer, and a pin wakes
+                    // an `instant` one (the file comes back).
                     let measure = offload
                         && c.paused.is_none()
                         && c.cadence != "manual"
-                        && now.saturating_sub(last) >= offload::CHECK_EVERY.as_millis() as i64;
+                        && (now.saturating_sub(last) >= offload::CHECK_EVERY.as_millis() as i64
+                            || (c.cadence == "instant" && tagged >= last));
                     if here && (schedule::due(&c, times) || measure) {
                         out.push((lib.id(), c.id));
                     }
