@@ -51,7 +51,7 @@ impl Changes {
                         if files {
                             me.mark(id);
                         }
-                        if e.models.iter().any(|m| *m == TAG_MODEL) {
+                        if e.models.contains(&TAG_MODEL) {
                             lock(&me.tagged_ms).insert(id, SystemClock.now_ms() as i64);
                             me.notify.notify_one();
                         }
