@@ -200,6 +200,23 @@ fn commit_local_returns_an_entry_and_only_the_owner_switches_one() {
     assert!(entry(&l, loc, "a/old.txt").unwrap().offloaded_to.is_some());
     rescan_location(&l, loc, &mut |_, _| {}).unwrap();
     assert_eq!(entry(&l, loc, "a/old.txt").unwrap().offloaded_to, None);
+    // A destination path or hash peers could not use is refused before
+    // anything is written or removed.
+    for (path, hash) in [
+        ("../up", to("x").hash),
+        ("a//b", to("x").hash),
+        ("", to("x").hash),
+        ("ok", "ABC".to_string()),
+    ] {
+        let bad = OffloadedTo {
+            location: Uuid::now_v7(),
+            path: path.into(),
+            hash,
+        };
+        let e = commit_offloaded(&l, old_id, &bad, || panic!("removed")).unwrap_err();
+        assert!(e.to_string().contains("offload"), "{e}");
+    }
+    assert_eq!(entry(&l, loc, "a/old.txt").unwrap().offloaded_to, None);
     // Folders are not offloaded; unknown entries are refused with a message.
     let dir = entry(&l, loc, "a").unwrap();
     let e = commit_offloaded(&l, dir.id, &to("a"), || Ok(())).unwrap_err();
