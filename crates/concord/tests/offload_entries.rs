@@ -126,6 +126,41 @@ fn a_rescan_keeps_an_offloaded_entry_and_a_returning_file_makes_it_local() {
 }
 
 #[test]
+fn the_pinned_set_is_the_tagged_files_and_folders() {
+    use concord::conduit::offload::Pinned;
+    let tmp = support::scratch("offload-entries");
+    let (l, _root, loc, _) = setup(tmp.path());
+    let pin = Tag {
+        id: Uuid::now_v7(),
+        name: "Pinned".into(),
+        color: None,
+    };
+    let b = entry(&l, loc, "b").unwrap();
+    let keep = entry(&l, loc, "a/keep.txt").unwrap();
+    l.commit_batch(vec![
+        Change::insert(&pin),
+        Change::insert(&TagAssignment::new(pin.id, b.id)),
+        Change::insert(&TagAssignment::new(pin.id, keep.id)),
+    ])
+    .unwrap();
+    let paths = query::tagged_paths(&l, loc, pin.id).unwrap();
+    assert_eq!(paths, ["a/keep.txt", "b"]);
+    let pinned = Pinned::new(paths);
+    assert!(pinned.covers("b/x.txt") && pinned.covers("a/keep.txt"));
+    assert!(!pinned.covers("a/old.txt") && !pinned.covers("top.txt"));
+    // Untagged: no longer pinned.
+    l.commit(Change::delete::<TagAssignment>(
+        TagAssignment::new(pin.id, b.id).id,
+    ))
+    .unwrap();
+    assert_eq!(
+        query::tagged_paths(&l, loc, pin.id).unwrap(),
+        ["a/keep.txt"]
+    );
+    let _ = old_id;
+}
+
+#[test]
 fn a_vanished_folder_keeps_its_offloaded_entries_and_drops_the_rest() {
     let tmp = support::scratch("offload-entries");
     let (l, root, loc, old_id) = setup(tmp.path());
