@@ -157,7 +157,6 @@ fn the_pinned_set_is_the_tagged_files_and_folders() {
         query::tagged_paths(&l, loc, pin.id).unwrap(),
         ["a/keep.txt"]
     );
-    let _ = old_id;
 }
 
 #[test]
