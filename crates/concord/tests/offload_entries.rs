@@ -126,6 +126,40 @@ fn a_rescan_keeps_an_offloaded_entry_and_a_returning_file_makes_it_local() {
 }
 
 #[test]
+fn the_pinned_set_is_the_tagged_files_and_folders() {
+    use concord::conduit::offload::Pinned;
+    let tmp = support::scratch("offload-entries");
+    let (l, _root, loc, _) = setup(tmp.path());
+    let pin = Tag {
+        id: Uuid::now_v7(),
+        name: "Pinned".into(),
+        color: None,
+    };
+    let b = entry(&l, loc, "b").unwrap();
+    let keep = entry(&l, loc, "a/keep.txt").unwrap();
+    l.commit_batch(vec![
+        Change::insert(&pin),
+        Change::insert(&TagAssignment::new(pin.id, b.id)),
+        Change::insert(&TagAssignment::new(pin.id, keep.id)),
+    ])
+    .unwrap();
+    let paths = query::tagged_paths(&l, loc, pin.id).unwrap();
+    assert_eq!(paths, ["a/keep.txt", "b"]);
+    let pinned = Pinned::new(paths);
+    assert!(pinned.covers("b/x.txt") && pinned.covers("a/keep.txt"));
+    assert!(!pinned.covers("a/old.txt") && !pinned.covers("top.txt"));
+    // Untagged: no longer pinned.
+    l.commit(Change::delete::<TagAssignment>(
+        TagAssignment::new(pin.id, b.id).id,
+    ))
+    .unwrap();
+    assert_eq!(
+        query::tagged_paths(&l, loc, pin.id).unwrap(),
+        ["a/keep.txt"]
+    );
+}
+
+#[test]
 fn a_vanished_folder_keeps_its_offloaded_entries_and_drops_the_rest() {
     let tmp = support::scratch("offload-entries");
     let (l, root, loc, old_id) = setup(tmp.path());
@@ -199,6 +233,23 @@ fn commit_local_returns_an_entry_and_only_the_owner_switches_one() {
     assert!(err.is_err());
     assert!(entry(&l, loc, "a/old.txt").unwrap().offloaded_to.is_some());
     rescan_location(&l, loc, &mut |_, _| {}).unwrap();
+    assert_eq!(entry(&l, loc, "a/old.txt").unwrap().offloaded_to, None);
+    // A destination path or hash peers could not use is refused before
+    // anything is written or removed.
+    for (path, hash) in [
+        ("../up", to("x").hash),
+        ("a//b", to("x").hash),
+        ("", to("x").hash),
+        ("ok", "ABC".to_string()),
+    ] {
+        let bad = OffloadedTo {
+            location: Uuid::now_v7(),
+            path: path.into(),
+            hash,
+        };
+        let e = commit_offloaded(&l, old_id, &bad, || panic!("removed")).unwrap_err();
+        assert!(e.to_string().contains("offload"), "{e}");
+    }
     assert_eq!(entry(&l, loc, "a/old.txt").unwrap().offloaded_to, None);
     // Folders are not offloaded; unknown entries are refused with a message.
     let dir = entry(&l, loc, "a").unwrap();

@@ -56,6 +56,22 @@ impl Candidate {
     }
 }
 
+impl Candidate {
+    /// A candidate from a file's metadata (`path` relative to the location
+    /// root); `records_access` is [`Space::records_access`] of its volume.
+    pub fn from_metadata(path: String, md: &std::fs::Metadata, records_access: bool) -> Candidate {
+        use std::os::unix::fs::MetadataExt;
+        let ms = |s: i64, ns: i64| s.saturating_mul(1000).saturating_add(ns / 1_000_000);
+        Candidate {
+            path,
+            size: md.len(),
+            accessed: records_access.then(|| ms(md.atime(), md.atime_nsec())),
+            modified: ms(md.mtime(), md.mtime_nsec()),
+            changed: ms(md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
 /// Files and folders carrying the conduit's pin tag (paths relative to the
 /// source location root): a pinned folder pins everything below it.
 #[derive(Debug, Clone, Default)]
@@ -98,6 +114,42 @@ pub struct Space {
     /// Available to the user (`statvfs` `f_bavail`).
     pub free: u64,
     pub total: u64,
+}
+
+impl Space {
+    /// The space of the volume holding `path` (`statvfs`), and whether it
+    /// records access times (not mounted `noatime`). **Decision**: a
+    /// `relatime` volume counts as recording them: it updates a file's
+    /// access time at least once a day and whenever the file changed, which
+    /// orders files well enough by use; a read within a day of an earlier
+    /// one may not count as recent use.
+    pub fn measure(path: &std::path::Path) -> Option<(Space, bool)> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: `c` is a NUL-terminated path and `st` is written by statvfs
+        // before it is read (only when it returns 0).
+        let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: statvfs returned 0, so it filled `st`.
+        let st = unsafe { st.assume_init() };
+        #[allow(clippy::unnecessary_cast)] // not u64 on every target
+        let (bavail, blocks, frsize, flags) = (
+            st.f_bavail as u64,
+            st.f_blocks as u64,
+            st.f_frsize as u64,
+            st.f_flag as u64,
+        );
+        let space = Space {
+            free: bavail.saturating_mul(frsize),
+            total: blocks.saturating_mul(frsize),
+        };
+        #[allow(clippy::unnecessary_cast)] // not u64 on every target
+        let noatime = libc::ST_NOATIME as u64;
+        Some((space, flags & noatime == 0))
+    }
 }
 
 /// The free space `min_free` asks for on a volume of `total` bytes.
@@ -327,6 +379,25 @@ mod tests {
         );
         assert_eq!(paths(&s), ["small"]);
         assert_eq!(s.short, 110);
+    }
+
+    #[test]
+    fn candidates_and_space_from_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, "hello").unwrap();
+        let md = std::fs::metadata(&p).unwrap();
+        let c = Candidate::from_metadata("f".into(), &md, true);
+        assert_eq!(c.size, 5);
+        assert!(c.accessed.is_some() && c.modified > 1_600_000_000_000);
+        assert!(c.is_recent(c.changed + 1));
+        assert_eq!(
+            Candidate::from_metadata("f".into(), &md, false).accessed,
+            None
+        );
+        let (space, _) = Space::measure(dir.path()).unwrap();
+        assert!(space.total > 0 && space.free <= space.total);
+        assert!(Space::measure(&dir.path().join("missing")).is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::model::FileEntry;
 use crate::query;
+use crate::sync::entry::MAX_TEXT_BYTES;
 use crate::sync::txn::{Change, Library};
 
 use super::offloaded::{cleared, OffloadedTo};
@@ -24,6 +25,7 @@ pub fn commit_offloaded(
     to: &OffloadedTo,
     remove: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
+    check(to)?;
     let e = own_entry(lib, entry)?;
     let lock = location_lock(e.location);
     let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -43,6 +45,36 @@ pub fn commit_local(lib: &Library, entry: Uuid) -> Result<()> {
     let now = query::file_entry(lib, entry)?;
     if now.is_some_and(|n| n.offloaded_to.is_some()) {
         lib.commit_batch(vec![cleared(Change::update::<FileEntry>(entry))])?;
+    }
+    Ok(())
+}
+
+/// A destination that peers can read back: a relative path within the
+/// bounds of a synced text, without `.`, `..` or empty names, and a BLAKE3
+/// in lower-case hex.
+fn check(to: &OffloadedTo) -> Result<()> {
+    let path_ok = !to.path.is_empty()
+        && to.path.len() <= MAX_TEXT_BYTES
+        && to
+            .path
+            .split('/')
+            .all(|n| !n.is_empty() && n != "." && n != ".." && !n.contains(['\\', '\0']));
+    if !path_ok {
+        return Err(Error::Invalid(format!(
+            "offload destination path {:?} is not a relative path of at most {MAX_TEXT_BYTES} bytes",
+            to.path
+        )));
+    }
+    let hash_ok = to.hash.len() == 64
+        && to
+            .hash
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hash_ok {
+        return Err(Error::Invalid(format!(
+            "offload hash {:?} is not a BLAKE3 in lower-case hex",
+            to.hash
+        )));
     }
     Ok(())
 }

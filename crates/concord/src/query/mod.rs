@@ -213,6 +213,20 @@ pub fn count_below(lib: &Library, location: Uuid, path: &str) -> Result<u64> {
     })
 }
 
+/// Paths (relative to the location root) of the entries of `location` that
+/// carry `tag`, files and folders alike, by path: an Offload conduit's pinned
+/// set (`conduit::offload::Pinned`).
+pub fn tagged_paths(lib: &Library, location: Uuid, tag: Uuid) -> Result<Vec<String>> {
+    lib.read(|c| {
+        let mut stmt = c.prepare_cached(
+            "SELECT e.path FROM tag_assignments a JOIN file_entries e ON e.uuid = a.entry \
+             WHERE a.tag = ?1 AND a.present = 1 AND e.location = ?2 ORDER BY e.path",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![tag, location], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+    })
+}
+
 /// The entries below `path` in a location (not `path` itself), by path.
 pub fn entries_below(lib: &Library, location: Uuid, path: &str) -> Result<Vec<FileEntry>> {
     let (lo, hi) = (format!("{path}/"), format!("{path}0"));
