@@ -31,40 +31,23 @@ const PAUSE_HOOK_LIMIT: std::time::Duration = std::time::Duration::from_secs(120
 /// How often a non-manual Offload conduit measures its source's free space.
 pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The free and total bytes of the volume holding `path` (`statvfs`), and
-/// whether it records access times (not mounted `noatime`).
+/// The free and total bytes of the volume holding `path`, and whether it
+/// records access times ([`Space::measure`]).
 pub fn space(path: &Path) -> std::io::Result<(Space, bool)> {
-    let st = rustix::fs::statvfs(path)?;
-    let space = Space {
-        free: st.f_bavail.saturating_mul(st.f_frsize),
-        total: st.f_blocks.saturating_mul(st.f_frsize),
-    };
-    Ok((
-        space,
-        !st.f_flag.contains(rustix::fs::StatVfsMountFlags::NOATIME),
-    ))
-}
-
-/// A regular file below the source folder, as the walk found it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    /// Relative to the conduit's source folder.
-    pub path: String,
-    pub size: u64,
-    /// Last access (ns), or 0 where the volume does not record it.
-    pub atime_ns: i64,
-    pub mtime_ns: i64,
-    /// Last status change (ns): a rename or chmod counts as a use.
-    pub ctime_ns: i64,
-    pub inode: u64,
+    Space::measure(path).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "cannot measure the free space of {}",
+            path.display()
+        ))
+    })
 }
 
 /// Most files one walk returns: a bound on the memory of a cycle.
 pub const MAX_WALK_FILES: usize = 1_000_000;
 
-/// Every regular file below `root` (no link followed, `.concord/` left out).
-pub fn walk(root: &Path) -> Vec<Found> {
-    use std::os::unix::fs::MetadataExt;
+/// Every regular file below `root` (no link followed, `.concord/` left out),
+/// its path relative to `root` and its metadata.
+pub fn walk(root: &Path) -> Vec<(String, std::fs::Metadata)> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel)) = stack.pop() {
@@ -85,14 +68,7 @@ pub fn walk(root: &Path) -> Vec<Found> {
             if md.is_dir() {
                 stack.push((e.path(), path));
             } else if md.is_file() && out.len() < MAX_WALK_FILES {
-                out.push(Found {
-                    path,
-                    size: md.len(),
-                    atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
-                    mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-                    ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-                    inode: md.ino(),
-                });
+                out.push((path, md));
             }
         }
     }
@@ -122,35 +98,11 @@ pub fn source_state(path: &Path) -> std::io::Result<SourceFile> {
     Ok(SourceFile::Present(state))
 }
 
-/// A file below the source folder as the core's selection sees it (times
-/// in ms; `path` relative to the location root).
-pub fn candidate(found: &Found, in_location: String, atime: bool) -> Candidate {
-    let ms = |ns: i64| ns.div_euclid(1_000_000);
-    Candidate {
-        path: in_location,
-        size: found.size,
-        accessed: atime.then(|| ms(found.atime_ns)),
-        modified: ms(found.mtime_ns),
-        changed: ms(found.ctime_ns),
-    }
-}
-
 /// Whether the file at `path` was used or changed within the hour before
 /// `now_ms` (checked again just before a copy).
 pub fn used_recently(path: &Path, atime: bool, now_ms: i64) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(md) = std::fs::symlink_metadata(path) else {
-        return false;
-    };
-    let found = Found {
-        path: String::new(),
-        size: md.len(),
-        atime_ns: md.atime() * 1_000_000_000 + md.atime_nsec(),
-        mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-        ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-        inode: md.ino(),
-    };
-    candidate(&found, String::new(), atime).is_recent(now_ms)
+    std::fs::symlink_metadata(path)
+        .is_ok_and(|md| Candidate::from_metadata(String::new(), &md, atime).is_recent(now_ms))
 }
 
 /// Test hook: `CONCORD_TEST_OFFLOAD_CLOCK_AHEAD_MS` moves the clock the

@@ -13,19 +13,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use concord::conduit::guard::root_present;
-use concord::conduit::offload::{select, target, Pinned, Rules};
+use concord::conduit::offload::{select, target, Candidate, Pinned, Rules};
 use concord::conduit::offload_steps::{
     drive, parse_hash, DestinationCopy, Intent, Outcome, SourceFile, Step,
 };
 use concord::conduit::settings::Settings;
 use concord::index::{commit_local, OffloadedTo};
 use concord::model::{Conduit, FileEntry, Location};
-use concord::query::{self, members, EntryFilter};
+use concord::query::{self, members};
 use concord::{Library, Uuid};
 
 use crate::conduits::offload::{
-    candidate, clock_ahead_ms, hold_batches, is_unreachable, pause_hook, source_state, space, walk,
-    Live,
+    clock_ahead_ms, hold_batches, is_unreachable, pause_hook, source_state, space, walk, Live,
 };
 use crate::conduits::offload_ends::{copy_state, Cx, FileEnds};
 use crate::conduits::offload_entry::{below, offloaded};
@@ -271,28 +270,24 @@ impl OffloadCycle {
     }
 
     /// Paths (relative to the source location) of the files and folders
-    /// carrying the conduit's pin tag.
+    /// carrying the conduit's pin tag (a record without one pins with the
+    /// tag named `Pinned`, if there is exactly one).
     fn pinned(&self) -> Result<Pinned, NetError> {
-        let name = match self.conduit.pin_tag {
-            Some(id) => query::tags(&self.lib)?
-                .into_iter()
-                .find(|t| t.id == id)
-                .map(|t| t.name),
-            None => Some("Pinned".to_string()),
+        let tag = match self.conduit.pin_tag {
+            Some(id) => Some(id),
+            None => {
+                let named: Vec<Uuid> = query::tags(&self.lib)?
+                    .into_iter()
+                    .filter(|t| t.name == "Pinned")
+                    .map(|t| t.id)
+                    .collect();
+                (named.len() == 1).then(|| named[0])
+            }
         };
-        let Some(name) = name else {
-            return Ok(Pinned::default());
-        };
-        let filter = EntryFilter {
-            location: Some(self.source.id),
-            device: None,
-        };
-        Ok(Pinned::new(
-            query::file_entries(&self.lib, filter)?
-                .into_iter()
-                .filter(|e| e.tags.contains(&name))
-                .map(|e| e.entry.path),
-        ))
+        Ok(match tag {
+            Some(tag) => Pinned::new(query::tagged_paths(&self.lib, self.source.id, tag)?),
+            None => Pinned::default(),
+        })
     }
 
     /// Bring back offloaded files that carry the pin tag now.
@@ -338,7 +333,9 @@ impl OffloadCycle {
         let found = blocking(move || walk(&walk_root)).await?;
         let candidates: Vec<_> = found
             .iter()
-            .map(|f| candidate(f, joined(&self.conduit.source_dir, &f.path), atime))
+            .map(|(path, md)| {
+                Candidate::from_metadata(joined(&self.conduit.source_dir, path), md, atime)
+            })
             .collect();
         let rules = Rules {
             min_free,
