@@ -109,6 +109,16 @@ fn conduit_status(v: &Value) -> String {
     if let Some(c) = v["conflicts"].as_array().filter(|c| !c.is_empty()) {
         rows.push(vec!["conflicts".into(), c.len().to_string()]);
     }
+    // Offload, on its source's device.
+    if let (Some(free), Some(min)) = (v["free_bytes"].as_u64(), v["min_free_bytes"].as_u64()) {
+        rows.push(vec!["free".into(), format!("{free} (keeps {min})")]);
+    }
+    if let Some(w) = v["waiting"].as_str() {
+        rows.push(vec!["waiting".into(), w.to_string()]);
+    }
+    for l in v["lost"].as_array().into_iter().flatten() {
+        rows.push(vec!["lost content".into(), text(&l["why"])]);
+    }
     table(&[], rows)
 }
 

@@ -130,7 +130,9 @@ pub fn entries(lib: &Library, refs: &[EntryRef]) -> CliResult<Vec<Uuid>> {
 }
 
 /// The canonical form of `path` without resolving its last component, so that
-/// a symbolic link names itself, not its target.
+/// a symbolic link names itself, not its target. A missing last component
+/// is allowed (an offloaded file's entry stays while its file is away);
+/// `entry_by_path` accepts it only for an offloaded entry.
 fn canonical(path: &Path) -> CliResult<PathBuf> {
     let missing = |e: std::io::Error| {
         CliError::new(format!(
@@ -138,7 +140,15 @@ fn canonical(path: &Path) -> CliResult<PathBuf> {
             path.display()
         ))
     };
-    std::fs::symlink_metadata(path).map_err(missing)?;
+    if let Err(e) = std::fs::symlink_metadata(path) {
+        // An offloaded file is absent from disk but keeps its entry.
+        let offloaded = e.kind() == std::io::ErrorKind::NotFound
+            && path.parent().is_some_and(|p| !p.as_os_str().is_empty())
+            && path.file_name().is_some();
+        if !offloaded {
+            return Err(missing(e));
+        }
+    }
     match (path.parent(), path.file_name()) {
         (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
             Ok(std::fs::canonicalize(parent).map_err(missing)?.join(name))
@@ -155,6 +165,12 @@ fn entry_by_path(lib: &Library, mine: &[Location], path: &Path) -> CliResult<Uui
             .ok()
             .map(|rel| (l, rel.to_path_buf()))
     }) else {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(CliError::new(format!(
+                "{}: no such file; give an existing file or folder inside an indexed location",
+                path.display()
+            )));
+        }
         return Err(CliError::new(format!(
             "{} is not inside any indexed location of this device; add its folder with `concord location add`",
             path.display()
@@ -175,8 +191,12 @@ fn entry_by_path(lib: &Library, mine: &[Location], path: &Path) -> CliResult<Uui
         ))
     })?;
     match query::file_entry_by_path(lib, loc.id, &rel)? {
-        Some(e) => Ok(e.id),
-        None => Err(CliError::new(format!(
+        Some(e) if e.offloaded_to.is_some() || std::fs::symlink_metadata(path).is_ok() => Ok(e.id),
+        _ if std::fs::symlink_metadata(path).is_err() => Err(CliError::new(format!(
+            "{}: no such file; give an existing file or folder inside an indexed location",
+            path.display()
+        ))),
+        _ => Err(CliError::new(format!(
             "{} is not indexed yet; run `concord location rescan {} {}`",
             path.display(),
             lib.id(),

@@ -287,7 +287,9 @@ fn offload_frees_space_keeps_entries_and_brings_files_back() {
     }
 
     // `entry fetch` brings old0 back, byte-identical; its entry is local.
-    let back = a.json(&["entry", "fetch", "lib", &id_of("old0.bin")]);
+    // (An offloaded file is named by its path too: its entry stays.)
+    let old0 = src.join("old0.bin");
+    let back = a.json(&["entry", "fetch", "lib", old0.to_str().unwrap()]);
     assert_eq!(back["bytes"], 2 * MIB as u64, "{back}");
     assert_eq!(
         std::fs::read(src.join("old0.bin")).unwrap(),
@@ -299,7 +301,8 @@ fn offload_frees_space_keeps_entries_and_brings_files_back() {
 
     // Pinning an offloaded file brings it back by the next cycle.
     let pinned_back = gone.iter().find(|p| *p != "old0.bin").unwrap().clone();
-    a.json(&["tag", "apply", "lib", "Pinned", &id_of(&pinned_back)]);
+    let by_path = src.join(&pinned_back);
+    a.json(&["tag", "apply", "lib", "Pinned", by_path.to_str().unwrap()]);
     a.json(&["conduit", "run", "lib", &id, "--wait"]);
     assert_eq!(
         std::fs::read(src.join(&pinned_back)).unwrap(),
@@ -322,6 +325,11 @@ fn offload_frees_space_keeps_entries_and_brings_files_back() {
         .map(|l| l["path"].as_str().unwrap())
         .collect();
     assert_eq!(lost_paths, vec![lost.as_str()], "{status}");
+    let plain = String::from_utf8(a.run(&["conduit", "status", "lib", &id]).stdout).unwrap();
+    assert!(
+        plain.contains("lost content") && plain.contains(&lost),
+        "{plain}"
+    );
     assert!(entries(&a, &la).contains_key(&lost));
 
     // The destination away: offloading waits and says why.
