@@ -6,8 +6,9 @@
 //! only answers that (what `conduit status` reports as lost content). Only this answer lets the source remove its copy, so a file is
 //! never said to be held unless its bytes were hashed here. Blocking code.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use concord::conduit::guard::root_present;
 use concord::conduit::trash::Trash;
@@ -60,19 +61,71 @@ fn offload_allowed(
     }
 }
 
-/// What `root/rel` holds now compared with `want`.
-fn found(root: &Path, rel: &str, want: &HoldFile) -> Holding {
-    match open_regular(root, rel) {
-        Ok((mut f, _)) => match hash_reader(&mut f) {
-            Ok((hash, size)) if size == want.size && hash == want.hash => Holding::Same,
-            Ok((hash, _)) => Holding::Other { hash },
-            Err(e) => Holding::Failed {
-                reason: format!("{rel}: {e}"),
-            },
-        },
-        Err(_) if std::fs::symlink_metadata(root.join(rel)).is_err() => Holding::Missing,
+/// A file's stat as far as "not changed since it was hashed" goes: size,
+/// mtime, ctime (which no tool sets back) and inode.
+type Stat = (u64, i64, i64, u64);
+
+fn stat_of(md: &std::fs::Metadata) -> Stat {
+    use std::os::unix::fs::MetadataExt;
+    (
+        md.len(),
+        md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        md.ino(),
+    )
+}
+
+/// Most files [`HoldCache`] remembers; past it, it starts afresh.
+const MAX_CACHED: usize = 1_000_000;
+
+/// The BLAKE3 of files this end hashed for `Hold`, by path and stat, so an
+/// Offload cycle's check of everything it offloaded hashes only what
+/// changed since (a cycle runs often; the offloaded files may be large).
+#[derive(Default)]
+pub struct HoldCache(Mutex<HashMap<PathBuf, (Stat, [u8; 32])>>);
+
+impl HoldCache {
+    fn get(&self, path: &Path, stat: Stat) -> Option<[u8; 32]> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(path).filter(|(s, _)| *s == stat).map(|(_, h)| *h)
+    }
+
+    fn put(&self, path: PathBuf, stat: Stat, hash: [u8; 32]) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+        map.insert(path, (stat, hash));
+    }
+}
+
+/// What `root/rel` holds now compared with `want` (hashed, unless its stat
+/// is the one it had when this end last hashed it).
+fn found(cache: &HoldCache, root: &Path, rel: &str, want: &HoldFile) -> Holding {
+    let (mut f, path) = match open_regular(root, rel) {
+        Ok(opened) => opened,
+        Err(_) if std::fs::symlink_metadata(root.join(rel)).is_err() => return Holding::Missing,
+        Err(e) => {
+            return Holding::Failed {
+                reason: e.to_string(),
+            }
+        }
+    };
+    let hashed = f.metadata().map(|md| stat_of(&md)).and_then(|before| {
+        if let Some(hash) = cache.get(&path, before) {
+            return Ok((hash, before.0));
+        }
+        let (hash, size) = hash_reader(&mut f)?;
+        if std::fs::symlink_metadata(&path).is_ok_and(|md| stat_of(&md) == before) {
+            cache.put(path.clone(), before, hash);
+        }
+        Ok((hash, size))
+    });
+    match hashed {
+        Ok((hash, size)) if size == want.size && hash == want.hash => Holding::Same,
+        Ok((hash, _)) => Holding::Other { hash },
         Err(e) => Holding::Failed {
-            reason: e.to_string(),
+            reason: format!("{rel}: {e}"),
         },
     }
 }
@@ -80,19 +133,23 @@ fn found(root: &Path, rel: &str, want: &HoldFile) -> Holding {
 /// Serve a `Hold` call.
 pub fn serve_hold(
     state: &NodeState,
+    cache: &HoldCache,
     client: &ContentClient,
     handle: &Handle,
     remote: EndpointId,
     req: HoldRequest,
     now_ms: i64,
 ) -> HoldAnswer {
-    hold(state, client, handle, remote, req, now_ms).unwrap_or_else(|e| HoldAnswer::Refused {
-        reason: e.to_string(),
+    hold(state, cache, client, handle, remote, req, now_ms).unwrap_or_else(|e| {
+        HoldAnswer::Refused {
+            reason: e.to_string(),
+        }
     })
 }
 
 fn hold(
     state: &NodeState,
+    cache: &HoldCache,
     client: &ContentClient,
     handle: &Handle,
     remote: EndpointId,
@@ -131,7 +188,7 @@ fn hold(
             });
             continue;
         }
-        let now = found(&root, &rel, f);
+        let now = found(cache, &root, &rel, f);
         results.push(match (now, req.mode) {
             (Holding::Missing, HoldMode::Fetch) => {
                 wanted.push((i, rel));

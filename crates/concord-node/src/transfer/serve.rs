@@ -19,7 +19,7 @@ use crate::frame::{expect_msg, write_msg};
 use crate::state::NodeState;
 use crate::transfer::apply::serve_apply;
 use crate::transfer::fetch::ContentClient;
-use crate::transfer::hold::serve_hold;
+use crate::transfer::hold::{serve_hold, HoldCache};
 use crate::transfer::listing::{serve_list, serve_release, ScanCache};
 use crate::transfer::pipe::{channel, pump_out, ChannelWriter, Corruption};
 use crate::transfer::progress::TransferProgress;
@@ -40,6 +40,8 @@ pub struct ContentServer {
     sent_from: Arc<Mutex<HashMap<Uuid, Arc<AtomicU64>>>>,
     corrupt: Arc<Mutex<Corruption>>,
     scans: Arc<ScanCache>,
+    /// Hashes of what `Hold` calls checked here (Offload).
+    holds: Arc<HoldCache>,
     /// Fetches what a Synchronize peer asks this end to copy from it.
     client: ContentClient,
 }
@@ -59,6 +61,7 @@ impl ContentServer {
             sent_from: Arc::default(),
             corrupt: Arc::new(Mutex::new(None)),
             scans: Arc::new(ScanCache::default()),
+            holds: Arc::default(),
             client: ContentClient::new(state.clone()),
         }
     }
@@ -122,8 +125,9 @@ impl ContentServer {
             }
             ContentCall::Hold(req) => {
                 let (client, handle) = (self.client.clone(), tokio::runtime::Handle::current());
+                let holds = self.holds.clone();
                 let answer = tokio::task::spawn_blocking(move || {
-                    serve_hold(&state, &client, &handle, remote, req, now_ms())
+                    serve_hold(&state, &holds, &client, &handle, remote, req, now_ms())
                 })
                 .await
                 .map_err(|e| NetError::Other(format!("hold task failed: {e}")))?;
