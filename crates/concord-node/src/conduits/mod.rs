@@ -259,10 +259,13 @@ impl ConduitRunner {
                     // Offload also measures on a timer, and a pin wakes
                     // an `instant` one (the file comes back).
                     let measure = offload
+                        && here
                         && c.paused.is_none()
                         && c.cadence != "manual"
-                        && (now.saturating_sub(last) >= offload::CHECK_EVERY.as_millis() as i64
-                            || (c.cadence == "instant" && tagged >= last));
+                        && ((c.cadence == "instant" && tagged >= last)
+                            || (now.saturating_sub(last)
+                                >= offload::CHECK_EVERY.as_millis() as i64
+                                && offload::below_threshold(&lib, &c)));
                     if here && (schedule::due(&c, times) || measure) {
                         out.push((lib.id(), c.id));
                     }

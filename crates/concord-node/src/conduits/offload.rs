@@ -28,7 +28,8 @@ use crate::transfer::wire::{HoldFile, MAX_HOLD_FILES, MAX_HOLD_PATH_BYTES};
 pub const PAUSE_HOOK_ENV: &str = "CONCORD_TEST_OFFLOAD_PAUSE";
 const PAUSE_HOOK_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// How often a non-manual Offload conduit measures its source's free space.
+/// How often a non-manual Offload conduit measures its source's free space
+/// (a cycle follows when it is below the threshold).
 pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The free and total bytes of the volume holding `path`, and whether it
@@ -40,6 +41,24 @@ pub fn space(path: &Path) -> std::io::Result<(Space, bool)> {
             path.display()
         ))
     })
+}
+
+/// Whether the source volume of Offload conduit `c` (a location of this
+/// device) is below its threshold now: what the scheduler's timer checks
+/// between cycles (one `statvfs`, no walk).
+pub fn below_threshold(lib: &concord::Library, c: &concord::model::Conduit) -> bool {
+    let Some(min) = c
+        .min_free
+        .as_deref()
+        .and_then(|m| concord::conduit::settings::MinFree::parse(m).ok())
+    else {
+        return false;
+    };
+    let Ok(Some(loc)) = concord::query::location(lib, c.source) else {
+        return false;
+    };
+    Space::measure(Path::new(&loc.path))
+        .is_some_and(|(s, _)| s.free < concord::conduit::offload::threshold(min, s.total))
 }
 
 /// Most files one walk returns: a bound on the memory of a cycle.
