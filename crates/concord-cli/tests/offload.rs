@@ -340,12 +340,15 @@ fn offload_frees_space_keeps_entries_and_brings_files_back() {
 }
 
 #[test]
-fn pinning_an_offloaded_file_brings_it_back_without_a_run() {
+fn pinning_an_offloaded_file_brings_it_back_without_a_run_and_ignored_files_stay() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, dst) = (tmp.path().join("laptop"), tmp.path().join("nas"));
     std::fs::create_dir_all(&dst).unwrap();
     let a_data = write_used(&src.join("a.bin"), "a", 300_000, hours_ago(5));
     let b_data = write_used(&src.join("docs/b.bin"), "b", 200_000, hours_ago(6));
+    // What `.concordignore` names never leaves.
+    std::fs::write(src.join(".concordignore"), "*.keep\n").unwrap();
+    write_used(&src.join("note.keep"), "n", 100_000, hours_ago(7));
     let ahead = AHEAD.as_millis().to_string();
     let env = [("CONCORD_TEST_OFFLOAD_CLOCK_AHEAD_MS", ahead.as_str())];
     let (a, _b, la, lb) = two_devices_with(tmp.path(), &src, &dst, &env);
@@ -383,4 +386,6 @@ fn pinning_an_offloaded_file_brings_it_back_without_a_run() {
     });
     assert!(!src.join("a.bin").exists());
     assert_eq!(std::fs::read(dst.join("a.bin")).unwrap(), a_data);
+    assert!(src.join("note.keep").exists() && src.join(".concordignore").exists());
+    assert!(!dst.join("note.keep").exists());
 }

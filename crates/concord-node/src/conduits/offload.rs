@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use concord::conduit::ignore::IgnoreRules;
 use concord::conduit::offload::{Candidate, Space};
 use concord::conduit::offload_steps::SourceFile;
 use concord::conduit::tree::{hash_reader, FileState};
@@ -64,9 +65,10 @@ pub fn below_threshold(lib: &concord::Library, c: &concord::model::Conduit) -> b
 /// Most files one walk returns: a bound on the memory of a cycle.
 pub const MAX_WALK_FILES: usize = 1_000_000;
 
-/// Every regular file below `root` (no link followed, `.concord/` left out),
-/// its path relative to `root` and its metadata.
-pub fn walk(root: &Path) -> Vec<(String, std::fs::Metadata)> {
+/// Every regular file below `root` (no link followed, `.concord/` and what
+/// `ignore` names left out: an ignored file never leaves), its path
+/// relative to `root` and its metadata.
+pub fn walk(root: &Path, ignore: &IgnoreRules) -> Vec<(String, std::fs::Metadata)> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     while let Some((dir, rel)) = stack.pop() {
@@ -84,6 +86,9 @@ pub fn walk(root: &Path) -> Vec<(String, std::fs::Metadata)> {
                 continue;
             };
             let path = joined(&rel, &name);
+            if ignore.is_ignored(&path, md.is_dir()) {
+                continue;
+            }
             if md.is_dir() {
                 stack.push((e.path(), path));
             } else if md.is_file() && out.len() < MAX_WALK_FILES {

@@ -13,10 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use concord::conduit::guard::root_present;
+use concord::conduit::ignore::IgnoreRules;
 use concord::conduit::offload::{select, target, Candidate, Pinned, Rules};
 use concord::conduit::offload_steps::{
     drive, parse_hash, DestinationCopy, Intent, Outcome, SourceFile, Step,
 };
+use concord::conduit::path::SafeRoot;
 use concord::conduit::settings::Settings;
 use concord::index::{commit_local, OffloadedTo};
 use concord::model::{Conduit, FileEntry, Location};
@@ -330,7 +332,17 @@ impl OffloadCycle {
         ));
         let pinned = self.pinned()?;
         let walk_root = cx.root.clone();
-        let found = blocking(move || walk(&walk_root)).await?;
+        let (location, dir) = (
+            PathBuf::from(&self.source.path),
+            self.settings.source_dir.clone(),
+        );
+        let found = blocking(move || {
+            let root = SafeRoot::open(&location, dir.as_ref(), false)?;
+            let ignore = IgnoreRules::load(&root)?;
+            Ok::<_, concord::conduit::error::ConduitError>(walk(&walk_root, &ignore))
+        })
+        .await?
+        .map_err(|e| NetError::Other(format!("the source folder: {e}")))?;
         let candidates: Vec<_> = found
             .iter()
             .map(|(path, md)| {
