@@ -2,10 +2,13 @@
 //! following links, hashed into its BLAKE3 tree (the outboard), and encoded
 //! as bao for the wanted ranges. Blocking code, run on a blocking thread.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bao_tree::io::outboard::PostOrderOutboard;
 use bao_tree::io::sync::{encode_ranges_validated, outboard_post_order};
@@ -87,6 +90,46 @@ pub fn authorize_location(
 struct LocationRef {
     library: concord::Uuid,
     location: concord::Uuid,
+}
+
+/// How long a connection's [`AuthCache`] trusts an earlier answer: a device
+/// removed from a library (or a location removed) is refused at most this
+/// long after the removal reached this device. Pairing is checked on every
+/// request.
+pub const AUTH_TTL: Duration = Duration::from_secs(1);
+
+/// The locations one connection's peer was allowed to read, for
+/// [`AUTH_TTL`]: a file request then costs no database read (checking
+/// membership and the location reads both SQLite files, which costs more
+/// than serving a small file).
+#[derive(Default)]
+pub struct AuthCache(Mutex<HashMap<(concord::Uuid, concord::Uuid), (PathBuf, Instant)>>);
+
+impl AuthCache {
+    /// [`authorize`], answered from this cache while its answer is fresh.
+    pub fn authorize(
+        &self,
+        state: &NodeState,
+        remote: EndpointId,
+        req: &ContentRequest,
+    ) -> Result<PathBuf, NetError> {
+        state.authorize(remote)?;
+        let key = (req.library, req.location);
+        let now = Instant::now();
+        {
+            let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((root, at)) = map.get(&key) {
+                if now.duration_since(*at) < AUTH_TTL {
+                    return Ok(root.clone());
+                }
+            }
+        }
+        let root = authorize(state, remote, req)?;
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (_, at)| now.duration_since(*at) < AUTH_TTL);
+        map.insert(key, (root.clone(), now));
+        Ok(root)
+    }
 }
 
 /// Hash the first `tree.size()` bytes of `file` into its BLAKE3 tree (post
