@@ -397,7 +397,8 @@ fn decode_error(e: DecodeError) -> NetError {
     match e {
         DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_) => {
             NetError::Protocol(format!(
-                "corrupt data from the peer ({e}): it does not match the BLAKE3 hash; \
+                "corrupt data from the peer ({e}): it does not match the BLAKE3 hash \
+                 (damaged on the way, or the file changed at the source); \
                  nothing unverified was kept"
             ))
         }

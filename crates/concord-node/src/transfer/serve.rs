@@ -142,10 +142,10 @@ impl ContentServer {
     ) -> Result<(), NetError> {
         let wanted = decode_ranges(&req.wanted)?;
         let location = req.location;
-        let state = self.state.clone();
+        let (state, scans) = (self.state.clone(), self.scans.clone());
         let opened = tokio::task::spawn_blocking(move || {
             let root = auth.authorize(&state, remote, &req)?;
-            Source::open(root, &req)
+            Source::open(root, &req, &scans.trees)
         })
         .await
         .map_err(|e| NetError::Other(format!("serving task failed: {e}")))?;
