@@ -148,6 +148,17 @@ impl ContentClient {
         self.fetch_with(peer, file, progress, true).await
     }
 
+    /// [`ContentClient::fetch`], leaving the destination's folder unsynced:
+    /// for a caller that renames the file elsewhere (and syncs that folder).
+    pub async fn fetch_unsynced(
+        &self,
+        peer: &Peer,
+        file: FileRequest,
+        progress: &TransferProgress,
+    ) -> Result<Fetched, NetError> {
+        self.fetch_with(peer, file, progress, false).await
+    }
+
     /// [`ContentClient::fetch`]; without `sync_dir` the caller fsyncs the
     /// destination's folder.
     async fn fetch_with(
