@@ -1,18 +1,16 @@
 //! Two Concord nodes on 127.0.0.1 moving file content with the transfer
 //! engine (`concord/content/1`: `ContentServer` on A, `ContentClient` on B),
-//! the path a conduit cycle takes for its copies. The conduit runner between
-//! devices is not wired into the node yet, so F1, F2 and F4 drive this
-//! engine directly: the source end is scanned and hashed as a cycle scans it
-//! (`concord::conduit::tree::scan`), then B fetches every file from A,
-//! verified against those hashes.
+//! the path a conduit cycle takes for its copies: B lists the source end
+//! (`List` pages: A scans and hashes its folder as a cycle's listing does),
+//! then fetches every file from A (`fetch_many`), verified against those
+//! hashes. F1, F2 and F4 drive this directly; a conduit cycle adds its
+//! planning and the agreed state around it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use concord::conduit::ignore::IgnoreRules;
-use concord::conduit::path::SafeRoot;
-use concord::conduit::tree::scan;
 use concord::{index, Uuid};
+use concord_node::conduits::remote::{list, Listed};
 use concord_node::peers::Peer;
 use concord_node::transfer::{FileRequest, TransferProgress};
 use concord_node::Node;
@@ -26,7 +24,6 @@ pub struct ContentPair {
     pub b: Node,
     pub lib: Uuid,
     pub location: Uuid,
-    pub src: PathBuf,
 }
 
 /// A file of the source end and its BLAKE3 hash, as a cycle's scan saw it.
@@ -56,7 +53,6 @@ impl ContentPair {
             b,
             lib,
             location,
-            src: src.to_path_buf(),
         })
     }
 
@@ -65,26 +61,32 @@ impl ContentPair {
         Ok(self.b.state.resolve_peer(&self.a.device_id().to_string())?)
     }
 
-    /// Scan and hash the source end as a conduit cycle does (no cache: a
-    /// first cycle).
+    /// List the source end as a conduit cycle does (A scans and hashes it,
+    /// with no earlier scan: a first cycle).
     pub async fn scan_source(&self) -> anyhow::Result<Scanned> {
-        let src = self.src.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Scanned> {
-            let root = SafeRoot::open(&src, None, false)?;
-            let rules = IgnoreRules::load(&root)?;
-            let tree = scan(&root, &rules, None, now_ms())?;
-            tree.files
-                .into_iter()
-                .map(|(path, state)| {
-                    let hash = state
-                        .version
-                        .hash
-                        .ok_or_else(|| anyhow::anyhow!("{} was not hashed", path.as_str()))?;
-                    Ok((path.as_str().to_string(), hash))
-                })
-                .collect()
-        })
-        .await?
+        let peer = self.peer()?;
+        let listed = list(
+            &self.b.fetcher,
+            &peer,
+            self.lib,
+            self.location,
+            "",
+            now_ms(),
+        )
+        .await?;
+        let Listed::Tree(tree) = listed else {
+            anyhow::bail!("the source end is missing");
+        };
+        tree.files
+            .into_iter()
+            .map(|(path, state)| {
+                let hash = state
+                    .version
+                    .hash
+                    .ok_or_else(|| anyhow::anyhow!("{} was not hashed", path.as_str()))?;
+                Ok((path.as_str().to_string(), hash))
+            })
+            .collect()
     }
 
     /// One request per scanned file, into the same path under `dest` (a

@@ -2,9 +2,9 @@
 //!
 //! Eight files of 256 MiB (small scale: 16 MiB) of seeded bytes. Concord's
 //! figure is the transfer engine a conduit cycle uses for its copies, driven
-//! directly (the conduit runner between devices is not in the node yet): the
-//! source end scanned and hashed as a first cycle does, then every file
-//! fetched by B over real Iroh and verified, from the first connection on.
+//! directly (no planning or agreed state around it): B lists the source end
+//! (A scans and hashes it as a first cycle's listing does), then fetches
+//! every file over real Iroh, verified, from the first connection on.
 //! Baselines in the same run: the same bytes through one bare Iroh stream,
 //! `rsync -a` to another local folder, and two Syncthing instances on
 //! loopback (`syncthing.rs`). The page cache is warm for every side.

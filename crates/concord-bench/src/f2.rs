@@ -2,8 +2,8 @@
 //!
 //! 20,000 files of 1–16 KiB in 200 folders (small scale: 2,000 in 20), seeded
 //! sizes and bytes. Concord's side is F1's (the transfer engine a conduit
-//! cycle uses, driven directly: scan and hash the source, fetch every file
-//! verified, each fsynced and renamed into place). Baselines in the same
+//! cycle uses, driven directly: list the source, fetch every file verified,
+//! each fsynced and renamed into place, each folder fsynced once). Baselines in the same
 //! run: `rsync -a --fsync` (durable, as we are), `rsync -a`, Syncthing.
 
 use crate::common::Scale;

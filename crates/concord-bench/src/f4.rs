@@ -2,7 +2,7 @@
 //!
 //! One file of 1 GiB (small scale: 64 MiB) of seeded bytes, served by A and
 //! fetched by B with the transfer engine a conduit cycle uses (driven
-//! directly; the conduit runner between devices is not in the node yet).
+//! directly).
 //! Once B has received more than half, the receiving task is dropped and
 //! B's connection closed (in process: what is left is what a `kill -9`
 //! leaves, the verified part and its checkpoint); a new fetch on a new

@@ -19,6 +19,7 @@ mod common;
 mod content;
 mod f1;
 mod f2;
+mod f3;
 mod f4;
 mod f5;
 mod f6;
@@ -69,6 +70,11 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
         "F2",
         "replicating 20,000 small files vs rsync (--fsync), Syncthing",
         f2::run,
+    ),
+    (
+        "F3",
+        "a rename and a folder move at the source through a conduit: bytes sent, time",
+        f3::run,
     ),
     (
         "F4",

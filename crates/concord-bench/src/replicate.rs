@@ -15,8 +15,8 @@ use crate::{syncthing, tools};
 /// Seconds each side took for the same tree; `None`: skipped here.
 #[derive(Debug, Default)]
 pub struct Times {
-    /// Scan and hash the source end, fetch every file verified (from the
-    /// first connection on).
+    /// List the source end (A scans and hashes it), fetch every file
+    /// verified (from the first connection on).
     pub concord: f64,
     /// The same bytes through one bare Iroh stream (bytes/s).
     pub bare_iroh_rate: Option<f64>,

@@ -309,3 +309,82 @@ async fn hold_fetches_and_checks_only_through_an_offload_conduit() {
     laptop.shutdown().await;
     nas.shutdown().await;
 }
+
+/// A listing keeps the BLAKE3 tree it built so that the fetch after it does
+/// not hash the file again; that tree serves only the very version it was
+/// built from: a file rewritten with the same size and its old mtime put
+/// back is hashed afresh and arrives as it is now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tree_kept_from_a_listing_serves_only_that_version() {
+    use concord_node::transfer::{FileRequest, TransferProgress};
+    init_tracing();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&dst).unwrap();
+    let bytes = |seed: u8| {
+        (0..300_000u32)
+            .map(|i| (i % 251) as u8 ^ seed)
+            .collect::<Vec<u8>>()
+    };
+    let file = src.join("big.bin");
+    std::fs::write(&file, bytes(1)).unwrap();
+    let server = start(&tmp.path().join("a"), config("alpha")).await;
+    let client = start(&tmp.path().join("b"), config("beta")).await;
+    pair(&server, &client).await;
+    let lib = share_new_library(&server, &client, "trees").await;
+    let location = add_location(&server.state.library(lib).unwrap(), &src).await;
+    let peer = client
+        .state
+        .resolve_peer(&server.device_id().to_string())
+        .unwrap();
+    let call = ContentCall::List(ListRequest {
+        library: lib,
+        location,
+        dir: String::new(),
+        after: None,
+    });
+    let ListPage::Files { files, .. } = client.fetcher.call(&peer, &call).await.unwrap() else {
+        panic!("not a page");
+    };
+    let listed = files[0].hash.unwrap();
+    assert_eq!(listed, *blake3::hash(&bytes(1)).as_bytes());
+    let request = |hash: Option<[u8; 32]>, name: &str| FileRequest {
+        library: lib,
+        location,
+        path: "big.bin".into(),
+        hash,
+        dest_root: dst.clone(),
+        dest_path: name.into(),
+    };
+    let progress = TransferProgress::default();
+    let got = client
+        .fetcher
+        .fetch(&peer, request(Some(listed), "one"), &progress)
+        .await;
+    assert_eq!(got.unwrap().hash, listed);
+    assert_eq!(std::fs::read(dst.join("one")).unwrap(), bytes(1));
+
+    // Same size, same mtime, other bytes: only the change time tells.
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, bytes(2)).unwrap();
+    let f = std::fs::File::options().write(true).open(&file).unwrap();
+    f.set_times(std::fs::FileTimes::new().set_modified(mtime))
+        .unwrap();
+    drop(f);
+    let now = *blake3::hash(&bytes(2)).as_bytes();
+    let got = client
+        .fetcher
+        .fetch(&peer, request(None, "two"), &progress)
+        .await;
+    assert_eq!(got.unwrap().hash, now);
+    assert_eq!(std::fs::read(dst.join("two")).unwrap(), bytes(2));
+    let old = client
+        .fetcher
+        .fetch(&peer, request(Some(listed), "three"), &progress)
+        .await;
+    assert!(old.unwrap_err().to_string().contains("changed"));
+    assert!(!dst.join("three").exists());
+    client.shutdown().await;
+    server.shutdown().await;
+}

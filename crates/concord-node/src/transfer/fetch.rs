@@ -94,7 +94,9 @@ impl ContentClient {
     }
 
     /// Fetch `files` from `peer`, several at once on one connection; one
-    /// result per file, in order. `progress` counts bytes and files.
+    /// result per file, in order. `progress` counts bytes and files. Each
+    /// folder that received files is fsynced once, after its renames and
+    /// before this returns (not once per file).
     pub async fn fetch_many(
         &self,
         peer: &Peer,
@@ -110,7 +112,7 @@ impl ContentClient {
             let slots = slots.clone();
             tasks.push(tokio::spawn(async move {
                 let _slot = slots.acquire_owned().await;
-                client.fetch(&peer, file, &progress).await
+                client.fetch_with(&peer, file, &progress, false).await
             }));
         }
         let mut out = Vec::with_capacity(tasks.len());
@@ -120,6 +122,18 @@ impl ContentClient {
                 Err(e) => Err(NetError::Other(format!("transfer task failed: {e}"))),
             });
         }
+        let mut folders: Vec<PathBuf> = out
+            .iter()
+            .filter_map(|r| r.as_ref().ok()?.path.parent().map(Path::to_path_buf))
+            .collect();
+        folders.sort();
+        folders.dedup();
+        let _ = tokio::task::spawn_blocking(move || {
+            for dir in folders {
+                partial::sync_folder(&dir);
+            }
+        })
+        .await;
         out
     }
 
@@ -131,12 +145,35 @@ impl ContentClient {
         file: FileRequest,
         progress: &TransferProgress,
     ) -> Result<Fetched, NetError> {
-        let result = match self.attempt(peer, &file, progress, true).await {
+        self.fetch_with(peer, file, progress, true).await
+    }
+
+    /// [`ContentClient::fetch`], leaving the destination's folder unsynced:
+    /// for a caller that renames the file elsewhere (and syncs that folder).
+    pub async fn fetch_unsynced(
+        &self,
+        peer: &Peer,
+        file: FileRequest,
+        progress: &TransferProgress,
+    ) -> Result<Fetched, NetError> {
+        self.fetch_with(peer, file, progress, false).await
+    }
+
+    /// [`ContentClient::fetch`]; without `sync_dir` the caller fsyncs the
+    /// destination's folder.
+    async fn fetch_with(
+        &self,
+        peer: &Peer,
+        file: FileRequest,
+        progress: &TransferProgress,
+        sync_dir: bool,
+    ) -> Result<Fetched, NetError> {
+        let result = match self.attempt(peer, &file, progress, true, sync_dir).await {
             // What we had resumed from was another version: start afresh.
             Err(NetError::Refused(_)) if file.hash.is_none() && has_partial(&file).await => {
                 let (root, rel) = (file.dest_root.clone(), file.dest_path.clone());
                 let _ = tokio::task::spawn_blocking(move || partial::discard(&root, &rel)).await;
-                self.attempt(peer, &file, progress, false).await
+                self.attempt(peer, &file, progress, false, sync_dir).await
             }
             other => other,
         };
@@ -154,6 +191,7 @@ impl ContentClient {
         file: &FileRequest,
         progress: &TransferProgress,
         resume: bool,
+        sync_dir: bool,
     ) -> Result<Fetched, NetError> {
         crate::transfer::path::components(&file.dest_path)?;
         let claim = self
@@ -196,7 +234,15 @@ impl ContentClient {
             Err(e) => return Err(e),
         };
         let incoming = check_header(header, hash, &peer.name)?;
-        receive(file, incoming, wanted, &mut recv, progress, claim).await
+        receive(
+            file,
+            incoming,
+            wanted,
+            &mut recv,
+            progress,
+            (claim, sync_dir),
+        )
+        .await
     }
 
     /// A `List` or `Release` call to `peer`: one frame out, one answer back
@@ -284,7 +330,7 @@ async fn receive(
     wanted: ChunkRanges,
     recv: &mut RecvStream,
     progress: &TransferProgress,
-    claim: OwnedMutexGuard<()>,
+    (claim, sync_dir): (OwnedMutexGuard<()>, bool),
 ) -> Result<Fetched, NetError> {
     let (tx, rx) = channel();
     let root = file.dest_root.clone();
@@ -299,7 +345,7 @@ async fn receive(
             &incoming,
             &wanted,
             ChannelReader::new(rx),
-            &counter,
+            (&counter, sync_dir),
         )
     });
     let pumped = pump_in(recv, tx, &progress.bytes_received).await;
@@ -324,7 +370,7 @@ fn write_verified(
     incoming: &Incoming,
     wanted: &ChunkRanges,
     reader: ChannelReader,
-    verified: &std::sync::atomic::AtomicU64,
+    (verified, sync_dir): (&std::sync::atomic::AtomicU64, bool),
 ) -> Result<Fetched, NetError> {
     let mut partial = Partial::begin(root, rel, incoming.hash, incoming.size)?;
     if incoming.size > 0 {
@@ -338,14 +384,19 @@ fn write_verified(
                 }
                 Ok(BaoContentItem::Parent(_)) => {}
                 Err(e) => {
-                    partial.checkpoint()?;
+                    partial.abandon()?;
                     return Err(decode_error(e));
                 }
             }
         }
     }
-    partial.checkpoint()?;
-    let path = partial.commit(incoming.modified_ns, incoming.executable)?;
+    if !partial.is_complete() {
+        partial.abandon()?;
+        return Err(NetError::Protocol(
+            "the transfer ended before every range was verified".into(),
+        ));
+    }
+    let path = partial.commit(incoming.modified_ns, incoming.executable, sync_dir)?;
     Ok(Fetched {
         path,
         size: incoming.size,
@@ -357,7 +408,8 @@ fn decode_error(e: DecodeError) -> NetError {
     match e {
         DecodeError::LeafHashMismatch(_) | DecodeError::ParentHashMismatch(_) => {
             NetError::Protocol(format!(
-                "corrupt data from the peer ({e}): it does not match the BLAKE3 hash; \
+                "corrupt data from the peer ({e}): it does not match the BLAKE3 hash \
+                 (damaged on the way, or the file changed at the source); \
                  nothing unverified was kept"
             ))
         }

@@ -15,21 +15,32 @@ use concord::conduit::ignore::IgnoreRules;
 use concord::conduit::path::{RelPath, SafeRoot};
 use concord::conduit::settings::parse_dir;
 use concord::conduit::trash::reserved_dir;
-use concord::conduit::tree::{hash_reader, scan, FileState, Tree};
+use concord::conduit::tree::{hash_reader, scan_with, FileState, Tree};
 use concord::{query, Uuid};
 use iroh::EndpointId;
 
 use crate::error::NetError;
 use crate::state::NodeState;
-use crate::transfer::source::authorize_location;
+use crate::transfer::outboard::OutboardCache;
+use crate::transfer::source::{authorize_location, hash_for_listing};
 use crate::transfer::wire::{
     ListPage, ListRequest, ListedFile, ReleaseAnswer, ReleaseRequest, PAGE_FILES, PAGE_PATH_BYTES,
 };
 
-/// The last scan of each listed folder, so a page does not hash again what
-/// the previous page's scan hashed (files whose stat did not change).
+/// The last scan of each listed folder: a listing's first page scans (not
+/// hashing again what the previous scan hashed, for files whose stat did
+/// not change) and its later pages are cut from that same scan, so a
+/// listing is one walk however many pages it has. Also the trees the scans
+/// built, for the content requests that follow.
 #[derive(Default)]
-pub struct ScanCache(Mutex<HashMap<(Uuid, String), Tree>>);
+pub struct ScanCache {
+    scans: Mutex<HashMap<(Uuid, String), Tree>>,
+    pub trees: OutboardCache,
+}
+
+/// How long a scan serves the later pages of its listing; past it (a
+/// listing resumed much later) the folder is scanned again.
+const PAGE_REUSE_MS: i64 = 60_000;
 
 fn refused(e: impl std::fmt::Display) -> NetError {
     NetError::Refused(e.to_string())
@@ -76,11 +87,17 @@ pub fn serve_list(
         let rules = IgnoreRules::load(&root).map_err(refused)?;
         let key = (req.location, req.dir.clone());
         let prior = cache
-            .0
+            .scans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
-        let tree = scan(&root, &rules, prior.as_ref(), now_ms).map_err(refused)?;
+        let tree = match prior {
+            Some(t) if req.after.is_some() && now_ms - t.scanned_at_ms < PAGE_REUSE_MS => t,
+            prior => scan_with(&root, &rules, prior.as_ref(), now_ms, &mut |f, md| {
+                hash_for_listing(f, md, &cache.trees)
+            })
+            .map_err(refused)?,
+        };
         let mut files = Vec::new();
         let mut bytes = 0;
         let mut more = false;
@@ -100,7 +117,7 @@ pub fn serve_list(
                 inode: f.inode,
             });
         }
-        let mut map = cache.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = cache.scans.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > 256 {
             map.clear();
         }

@@ -12,6 +12,7 @@
 //! - [`wire`]: messages, limits, ranges on the wire;
 //! - [`path`]: relative paths resolved inside a location, no `..`, no symlink;
 //! - [`progress`]: byte and file counters;
+//! - [`outboard`]: the trees a listing built, kept for the requests after it;
 //! - [`pipe`]: bounded bridges between QUIC streams and the blocking codec;
 //! - [`partial`]: a file being received, its verified ranges, the commit;
 //! - [`source`]: authorising a request and encoding a file;
@@ -26,6 +27,7 @@ pub mod apply;
 pub mod fetch;
 pub mod hold;
 pub mod listing;
+pub mod outboard;
 pub mod partial;
 pub mod path;
 pub mod pipe;

@@ -8,8 +8,13 @@
 //! then `<stem>.state` (hash, size, verified ranges) is replaced atomically. So
 //! the state never claims a range that is not on disk. Complete: mtime and
 //! exec bit are set, the part file is fsynced and renamed onto the final name,
-//! the folder is fsynced, the state removed. Nothing unverified ever gets the
+//! the folder is fsynced (at once, or once per folder for a batch: see
+//! [`Partial::commit`]), the state removed. Nothing unverified ever gets the
 //! final name.
+//!
+//! A file of at most [`STATELESS_BYTES`] keeps no state at all: a crash
+//! could save at most that much, so it starts afresh instead, and its
+//! transfer costs one fsync of its data instead of four.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
@@ -25,6 +30,10 @@ use crate::transfer::wire::{decode_ranges, encode_ranges};
 
 /// Verified bytes written between two checkpoints: what a crash may cost.
 pub const CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024;
+/// Files up to this size are received without a resume state (a quarter of
+/// [`CHECKPOINT_BYTES`]: what a restart may fetch twice stays below what a
+/// checkpointed transfer may lose).
+pub const STATELESS_BYTES: u64 = 1024 * 1024;
 /// How a refusal for want of space starts, for callers that pause on it.
 pub const DISK_FULL: &str = "disk full";
 /// Largest state file read back (its ranges are bounded by the protocol's).
@@ -143,6 +152,13 @@ pub struct Partial {
     size: u64,
     verified: ChunkRanges,
     unsaved: u64,
+    /// No state file is kept (the file is at most [`STATELESS_BYTES`]).
+    stateless: bool,
+}
+
+/// Whether a file of `size` bytes is received without a resume state.
+fn stateless(size: u64) -> bool {
+    size <= STATELESS_BYTES
 }
 
 impl Partial {
@@ -152,7 +168,12 @@ impl Partial {
         let dest = prepare_destination(root, rel)?;
         temp_dir(root)?;
         let (part, state_path) = temp_paths(root, rel);
-        let verified = match load_state(root, rel) {
+        let prior = if stateless(size) {
+            None
+        } else {
+            load_state(root, rel)
+        };
+        let verified = match prior {
             Some(s) if s.hash == hash && s.size == size => decode_ranges(&s.verified)?,
             _ => {
                 discard(root, rel);
@@ -189,8 +210,11 @@ impl Partial {
             size,
             verified,
             unsaved: 0,
+            stateless: stateless(size),
         };
-        partial.save()?;
+        if !partial.stateless {
+            partial.save()?;
+        }
         Ok(partial)
     }
 
@@ -228,8 +252,12 @@ impl Partial {
         Ok(())
     }
 
-    /// Make what was written durable, then record it as verified.
+    /// Make what was written durable, then record it as verified (nothing
+    /// to do for a file received without state: [`Partial::commit`] syncs it).
     pub fn checkpoint(&mut self) -> Result<(), NetError> {
+        if self.stateless {
+            return Ok(());
+        }
         self.file.sync_data().map_err(|e| self.write_error(e))?;
         self.save()?;
         self.unsaved = 0;
@@ -253,9 +281,26 @@ impl Partial {
         (all_chunks(self.size) - self.verified.clone()).is_empty()
     }
 
+    /// Stop here: keep the verified part for a resume, or (a file received
+    /// without state) remove it, as nothing says what of it was verified.
+    pub fn abandon(mut self) -> Result<(), NetError> {
+        if self.stateless {
+            let _ = std::fs::remove_file(&self.part);
+            return Ok(());
+        }
+        self.checkpoint()
+    }
+
     /// Give the complete file its final name, with the sender's modification
-    /// time (ns since the epoch) and exec bit.
-    pub fn commit(self, modified_ns: i128, executable: bool) -> Result<PathBuf, NetError> {
+    /// time (ns since the epoch) and exec bit. With `sync_dir` the folder is
+    /// fsynced too; without, the caller must fsync it (once for all the
+    /// files it committed there) before it reports any of them done.
+    pub fn commit(
+        self,
+        modified_ns: i128,
+        executable: bool,
+        sync_dir: bool,
+    ) -> Result<PathBuf, NetError> {
         if !self.is_complete() {
             return Err(NetError::Protocol(
                 "the transfer ended before every range was verified".into(),
@@ -277,13 +322,23 @@ impl Partial {
         self.file.sync_all().map_err(io)?;
         std::fs::rename(&self.part, &self.dest)
             .map_err(|e| NetError::Io(format!("{}: {e}", self.dest.display())))?;
-        if let Some(dir) = self.dest.parent() {
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
+        if sync_dir {
+            if let Some(dir) = self.dest.parent() {
+                sync_folder(dir);
             }
         }
-        let _ = std::fs::remove_file(&self.state_path);
+        if !self.stateless {
+            let _ = std::fs::remove_file(&self.state_path);
+        }
         Ok(self.dest)
+    }
+}
+
+/// fsync a folder, so the renames into it survive a crash (best effort: a
+/// filesystem that cannot sync folders has nothing more to do).
+pub fn sync_folder(dir: &Path) {
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
     }
 }
 

@@ -23,7 +23,7 @@ use crate::transfer::hold::{serve_hold, HoldCache};
 use crate::transfer::listing::{serve_list, serve_release, ScanCache};
 use crate::transfer::pipe::{channel, pump_out, ChannelWriter, Corruption};
 use crate::transfer::progress::TransferProgress;
-use crate::transfer::source::{authorize, Source};
+use crate::transfer::source::{AuthCache, Source};
 use crate::transfer::wire::{
     decode_ranges, ContentCall, ContentHeader, ContentRequest, MAX_CONCURRENT_PER_PEER,
     MAX_REQUEST_FRAME, REQUEST_TIMEOUT,
@@ -92,8 +92,7 @@ impl ContentServer {
     /// One stream: its call, answered.
     async fn serve(
         &self,
-        remote: EndpointId,
-        device: Uuid,
+        (remote, device, auth): (EndpointId, Uuid, Arc<AuthCache>),
         mut send: SendStream,
         mut recv: RecvStream,
     ) -> Result<(), NetError> {
@@ -104,7 +103,9 @@ impl ContentServer {
         let now_ms = || concord::hlc::SystemClock.now_ms() as i64;
         let state = self.state.clone();
         match call {
-            ContentCall::File(req) => return self.serve_file(remote, device, send, req).await,
+            ContentCall::File(req) => {
+                return self.serve_file((remote, device, auth), send, req).await
+            }
             ContentCall::List(req) => {
                 let scans = self.scans.clone();
                 let page = tokio::task::spawn_blocking(move || {
@@ -149,17 +150,16 @@ impl ContentServer {
     /// A `File` call: the header, then the bao encoding of the wanted ranges.
     async fn serve_file(
         &self,
-        remote: EndpointId,
-        device: Uuid,
+        (remote, device, auth): (EndpointId, Uuid, Arc<AuthCache>),
         mut send: SendStream,
         req: ContentRequest,
     ) -> Result<(), NetError> {
         let wanted = decode_ranges(&req.wanted)?;
         let location = req.location;
-        let state = self.state.clone();
+        let (state, scans) = (self.state.clone(), self.scans.clone());
         let opened = tokio::task::spawn_blocking(move || {
-            let root = authorize(&state, remote, &req)?;
-            Source::open(root, &req)
+            let root = auth.authorize(&state, remote, &req)?;
+            Source::open(root, &req, &scans.trees)
         })
         .await
         .map_err(|e| NetError::Other(format!("serving task failed: {e}")))?;
@@ -224,15 +224,17 @@ impl ProtocolHandler for ContentServer {
             }
         };
         let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_PER_PEER));
+        let auth = Arc::new(AuthCache::default());
         crate::frame::for_each_stream(&conn, |send, recv| {
             let server = self.clone();
             let slots = slots.clone();
+            let auth = auth.clone();
             let conn = conn.clone();
             async move {
                 let Ok(_slot) = slots.acquire().await else {
                     return;
                 };
-                match server.serve(remote, device, send, recv).await {
+                match server.serve((remote, device, auth), send, recv).await {
                     Ok(()) => {}
                     Err(e @ (NetError::Protocol(_) | NetError::Timeout(_))) => {
                         tracing::warn!(device = %device, "misbehaving peer disconnected: {e}");

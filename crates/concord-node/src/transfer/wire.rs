@@ -35,8 +35,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest pause in the data stream, either way, before the transfer is cut.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Files one connection transfers at once, on either side: more requests wait.
-pub const MAX_CONCURRENT_PER_PEER: usize = 8;
+/// Files one connection transfers at once, on either side: more requests
+/// wait. Half the endpoint's 32 streams per connection, so listing and
+/// other calls still find room; small files are latency-bound (a round
+/// trip and an fsync each), so more in flight is more files per second.
+pub const MAX_CONCURRENT_PER_PEER: usize = 16;
 
 /// The first frame of every stream: what the requester wants. A file's
 /// content, a page of a conduit folder's listing, (Archive) the removal

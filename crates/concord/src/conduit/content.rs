@@ -25,6 +25,16 @@ pub trait ContentSource {
     /// `version` has one, else the size) and fail with
     /// [`ConduitError::Mismatch`] or [`ConduitError::Changed`] otherwise.
     fn fetch(&mut self, from: &RelPath, version: &Version, out: &mut File) -> Result<u64>;
+
+    /// A source that writes and verifies a whole file itself (the network
+    /// engine) lands it in a folder of the destination location's
+    /// `.concord/` and returns its path (the caller then owns the file), so
+    /// the bytes are written once rather than fetched then copied. `None`:
+    /// use [`ContentSource::fetch`].
+    fn fetch_file(&mut self, from: &RelPath, version: &Version) -> Option<Result<PathBuf>> {
+        let _ = (from, version);
+        None
+    }
 }
 
 /// A [`ContentSource`] reading a folder on this machine.
@@ -202,6 +212,25 @@ pub fn fetch_to_temp(
     tmp_dir: &Path,
     tag: &str,
 ) -> Result<(TempFile, u64)> {
+    if let Some(landed) = source.fetch_file(from, version) {
+        let path = landed?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path);
+        let tmp = TempFile {
+            path: path.clone(),
+            file: Some(opened.map_err(|e| ConduitError::io(&path, e))?),
+        };
+        let f = tmp
+            .file
+            .as_ref()
+            .ok_or_else(|| ConduitError::Changed(path.clone()))?;
+        set_metadata(f, version, &path)?;
+        f.sync_all().map_err(|e| ConduitError::io(&path, e))?;
+        return Ok((tmp, version.size));
+    }
     let mut tmp = TempFile::create(tmp_dir, tag)?;
     let path = tmp.path.clone();
     let f = tmp

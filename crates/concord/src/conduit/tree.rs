@@ -131,6 +131,26 @@ pub fn scan(
     cache: Option<&Tree>,
     now_ms: i64,
 ) -> Result<Tree> {
+    scan_with(root, ignore, cache, now_ms, &mut |f, _| {
+        hash_reader(f).map(|(h, _)| h)
+    })
+}
+
+/// How a scan hashes a file it opened (given with its stat before the
+/// read): the BLAKE3 of its bytes. A serving node passes one that keeps the
+/// file's verified-streaming tree from the same read, so the file is not
+/// read and hashed a second time when a peer asks for it.
+pub type FileHasher<'a> =
+    dyn FnMut(&mut std::fs::File, &std::fs::Metadata) -> std::io::Result<Hash> + 'a;
+
+/// [`scan`], hashing with `hasher`.
+pub fn scan_with(
+    root: &SafeRoot,
+    ignore: &IgnoreRules,
+    cache: Option<&Tree>,
+    now_ms: i64,
+    hasher: &mut FileHasher<'_>,
+) -> Result<Tree> {
     let mut tree = Tree {
         files: BTreeMap::new(),
         scanned_at_ms: now_ms,
@@ -168,7 +188,7 @@ pub fn scan(
                 let cached = cache
                     .and_then(|c| c.get(&child))
                     .filter(|c| c.version.mtime_ns < trusted_before);
-                let state = stat_and_hash(&entry.path(), &md, cached)?;
+                let state = stat_and_hash(&entry.path(), &md, cached, hasher)?;
                 if let Some(state) = state {
                     if tree.files.len() == MAX_FILES {
                         return Err(ConduitError::TooLarge {
@@ -190,6 +210,7 @@ fn stat_and_hash(
     p: &Path,
     md: &std::fs::Metadata,
     cached: Option<&FileState>,
+    hasher: &mut FileHasher<'_>,
 ) -> Result<Option<FileState>> {
     let mut state = FileState::from_metadata(md);
     if let Some(c) = cached.filter(|c| c.unchanged(md) && c.version.hash.is_some()) {
@@ -204,7 +225,7 @@ fn stat_and_hash(
         }
         Err(e) => return Err(e),
     };
-    let (hash, _) = hash_reader(&mut f).map_err(|e| ConduitError::io(p, e))?;
+    let hash = hasher(&mut f, md).map_err(|e| ConduitError::io(p, e))?;
     let after = f.metadata().map_err(|e| ConduitError::io(p, e))?;
     // Written to while hashed: take the stat from after, and leave the hash
     // out unless nothing moved (the next scan hashes it again).
