@@ -38,6 +38,9 @@ fn a_joiner_verifies_the_creator_by_its_self_registration() {
     .unwrap();
     creator.commit(registration(a, 1)).unwrap();
     creator.commit(registration(b, 2)).unwrap();
+    // Moved into the log before the batch (as a node reading its log does):
+    // otherwise the batch joins their run and its chunks.
+    creator.flush().unwrap();
     tags(&creator, 300, "t");
     let entries = log_of(&creator);
     // The two small commits (one outbox run), then the batch in 256 + 44.

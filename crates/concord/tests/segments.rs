@@ -1,12 +1,14 @@
-//! The sync log stored in segments (`sync::segment`) and the log-first path of
-//! large transactions (DESIGN §3), observable behaviour only:
+//! The sync log stored in segments (`sync::segment`) and how local
+//! transactions reach it, observable behaviour only:
 //!
 //! - a batch of 1,000 changes is 1,000 log entries in ONE stored row;
-//! - large transactions with nothing device-local are logged before they are
-//!   applied; if the `library.db` commit then fails, the entries are applied
-//!   from the log (on open), their sequence numbers are not reused, and
-//!   nothing is lost;
-//! - transactions with device-local values keep going through the outbox;
+//! - every local transaction, batches included, commits its entries with its
+//!   change in `library.db` (the outbox); the outbox moves into `sync.db` in
+//!   one transaction once it holds enough (so `sync.db`, synced on every
+//!   commit, is synced once for many batches), or when the log is read;
+//! - a batch whose `library.db` commit fails leaves nothing behind; a move
+//!   whose `library.db` half fails is finished by the next one, nothing
+//!   logged twice and no sequence number reused;
 //! - a log written before segments (one row per entry) is converted on open
 //!   with every entry's position, library sequence and epoch;
 //! - fetching by library sequence, by version vector and pruning work inside
@@ -45,13 +47,74 @@ fn a_batch_is_one_row_of_many_entries() {
     let seqs: Vec<u64> = all.iter().map(|e| e.origin_seq).collect();
     assert_eq!(seqs, (1..=1000).collect::<Vec<_>>());
     assert_eq!(all[999].record, tags[999].id);
-    // Logged first: nothing waited in the outbox.
+    // Reading the log moved the outbox into it.
     assert_eq!(count(&lib, "SELECT COUNT(*) FROM outbox_segments"), 0);
     assert_eq!(count(&lib, "SELECT COUNT(*) FROM tags"), 1000);
 }
 
+/// Entries `sync.db` holds, read with a connection of its own (reading
+/// through the library would move the outbox first).
+fn entries_in_sync_db(dir: &std::path::Path) -> i64 {
+    let raw = rusqlite::Connection::open(dir.join("sync.db")).unwrap();
+    raw.query_row(
+        "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM segments",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Batches commit with their entries in `library.db` and wait in the outbox;
+/// the batch that fills it past 16,384 entries moves them all into `sync.db`
+/// at once (one sync of `sync.db` for seventeen batches), sealed in whole
+/// chunks, in order.
 #[test]
-fn device_local_values_keep_the_outbox() {
+fn batches_wait_in_the_outbox_and_move_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("l");
+    let opts = concord::sync::txn::LibraryOptions {
+        key: Some(concord::sync::seal::NodeKey::from_bytes(&[7; 32])),
+        ..Default::default()
+    };
+    let lib = Library::create_with(&dir, LIB, "s", DEVICE, Box::new(SystemClock), opts).unwrap();
+    let tags: Vec<Tag> = (0..17_000).map(numbered_tag).collect();
+    let mut batches = tags.chunks(1000);
+    for chunk in batches.by_ref().take(16) {
+        lib.commit_batch(chunk.iter().map(Change::insert).collect())
+            .unwrap();
+    }
+    assert_eq!(count(&lib, "SELECT COUNT(*) FROM outbox_segments"), 16);
+    assert_eq!(count(&lib, "SELECT COUNT(*) FROM tags"), 16_000);
+    assert_eq!(entries_in_sync_db(&dir), 0, "nothing moved yet");
+    let last = batches.next().unwrap();
+    lib.commit_batch(last.iter().map(Change::insert).collect())
+        .unwrap();
+    assert_eq!(count(&lib, "SELECT COUNT(*) FROM outbox_segments"), 0);
+    assert_eq!(entries_in_sync_db(&dir), 17_000, "all moved at once");
+    let all = all_entries(&lib);
+    let seqs: Vec<u64> = all.iter().map(|e| e.origin_seq).collect();
+    assert_eq!(seqs, (1..=17_000).collect::<Vec<_>>());
+    assert_eq!(all[16_999].record, tags[16_999].id);
+    // Every entry is covered by exactly one seal of at most 256 entries (as
+    // served: seals are put back on entries read to be sent).
+    let served = lib
+        .with_log(|l| l.fetch_missing(&BTreeMap::new(), 20_000))
+        .unwrap();
+    assert_eq!(served.len(), 17_000);
+    let mut covered = 0;
+    for e in &served {
+        if let Some(seal) = e.seal {
+            assert!(seal.first == covered + 1 && e.origin_seq - seal.first < 256);
+            covered = e.origin_seq;
+        }
+    }
+    assert_eq!(covered, 17_000);
+}
+
+/// Transactions with device-local values take the same path: the inode is
+/// in no entry, so it is committed with the change in `library.db`.
+#[test]
+fn device_local_values_go_through_the_outbox() {
     let tmp = tempfile::tempdir().unwrap();
     let lib = Library::create(tmp.path(), LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
     let vol = volume(Uuid::now_v7(), DEVICE, "disk", "fp");
@@ -59,8 +122,6 @@ fn device_local_values_keep_the_outbox() {
     lib.commit_batch(vec![Change::insert(&vol), Change::insert(&loc)])
         .unwrap();
     lib.flush().unwrap();
-    // 100 file entries with an inode (a device-local field): too many for
-    // single commits, but not logged first: the inode is in no entry.
     let files: Vec<Change> = (0..100)
         .map(|i| {
             Change::insert(&file(
@@ -88,18 +149,17 @@ fn device_local_values_keep_the_outbox() {
     );
 }
 
-/// The `library.db` commit of a log-first batch fails (a trigger refuses the
-/// watermark, as a full disk would): the call fails, the entries stay in the
-/// log, they are applied when the library is opened again, and the next
-/// commit does not reuse their sequence numbers.
+/// A batch whose `library.db` commit fails (a trigger refuses its outbox
+/// row, as a full disk would) leaves nothing: no rows, no entries, and its
+/// sequence numbers were never given out.
 #[test]
-fn a_logged_batch_whose_commit_failed_is_applied_from_the_log() {
+fn a_batch_whose_commit_failed_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("l");
     let lib = Library::create(&dir, LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
     let raw = rusqlite::Connection::open(dir.join("library.db")).unwrap();
     raw.execute_batch(
-        "CREATE TRIGGER fail BEFORE UPDATE ON meta WHEN NEW.key = 'applied_log_id'
+        "CREATE TRIGGER fail BEFORE INSERT ON outbox_segments
          BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
     )
     .unwrap();
@@ -107,29 +167,51 @@ fn a_logged_batch_whose_commit_failed_is_applied_from_the_log() {
     assert!(lib
         .commit_batch(tags.iter().map(Change::insert).collect())
         .is_err());
-    assert_eq!(count(&lib, "SELECT COUNT(*) FROM tags"), 0, "not applied");
-    assert_eq!(lib.with_log(|l| l.count()).unwrap(), 100, "but logged");
     raw.execute_batch("DROP TRIGGER fail").unwrap();
     drop(raw);
-    // The next commit takes the next sequence number, not a logged one.
+    assert_eq!(count(&lib, "SELECT COUNT(*) FROM tags"), 0);
+    assert_eq!(lib.with_log(|l| l.count()).unwrap(), 0);
     let after = lib.commit(Change::insert(&numbered_tag(1000))).unwrap();
+    assert_eq!(after.entries, vec![(lib.replica(), 1)]);
+}
+
+/// A move whose `library.db` half fails (the outbox is logged, then clearing
+/// it and the watermark are refused, as on a crash between the two): the
+/// entries stay in the outbox and in the log; the next move logs only what
+/// is new, the next commit takes the next sequence number, and a reopened
+/// library holds everything once.
+#[test]
+fn a_move_whose_library_half_failed_is_finished_by_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("l");
+    let lib = Library::create(&dir, LIB, "s", DEVICE, Box::new(SystemClock)).unwrap();
+    let tags: Vec<Tag> = (0..101).map(numbered_tag).collect();
+    lib.commit_batch(tags[..100].iter().map(Change::insert).collect())
+        .unwrap();
+    let raw = rusqlite::Connection::open(dir.join("library.db")).unwrap();
+    raw.execute_batch(
+        "CREATE TRIGGER fail BEFORE UPDATE ON meta WHEN NEW.key = 'applied_log_id'
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .unwrap();
+    assert!(lib.flush().is_err());
+    raw.execute_batch("DROP TRIGGER fail").unwrap();
+    drop(raw);
+    assert_eq!(entries_in_sync_db(&dir), 100, "logged");
+    assert_eq!(
+        count(&lib, "SELECT COUNT(*) FROM outbox_segments"),
+        1,
+        "kept"
+    );
+    let after = lib.commit(Change::insert(&tags[100])).unwrap();
     assert_eq!(after.entries, vec![(lib.replica(), 101)]);
+    assert_eq!(lib.with_log(|l| l.count()).unwrap(), 101);
+    assert_eq!(count(&lib, "SELECT COUNT(*) FROM outbox_segments"), 0);
     drop(lib);
     let lib = Library::open(&dir, DEVICE, Box::new(SystemClock)).unwrap();
     assert_eq!(count(&lib, "SELECT COUNT(*) FROM tags"), 101);
-    assert_eq!(lib.with_log(|l| l.count()).unwrap(), 101);
-    for t in &tags {
-        let name: String = lib
-            .read(|c| {
-                Ok(
-                    c.query_row("SELECT name FROM tags WHERE uuid = ?1", [t.id], |r| {
-                        r.get(0)
-                    })?,
-                )
-            })
-            .unwrap();
-        assert_eq!(name, t.name);
-    }
+    let seqs: Vec<u64> = all_entries(&lib).iter().map(|e| e.origin_seq).collect();
+    assert_eq!(seqs, (1..=101).collect::<Vec<_>>());
 }
 
 /// A `sync.db` of schema v3 (one row per entry in table `log`) is converted on
@@ -217,6 +299,8 @@ fn fetches_and_pruning_inside_segments() {
     for chunk in tags.chunks(100) {
         lib.commit_batch(chunk.iter().map(Change::insert).collect())
             .unwrap();
+        // Moved one by one: a row each (moved together, they would merge).
+        lib.flush().unwrap();
     }
     assert_eq!(lib.with_log(|l| l.segment_count()).unwrap(), 3);
     // A leader sequences them: 1..=300, a segment at a time.

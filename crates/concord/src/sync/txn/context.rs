@@ -27,10 +27,6 @@ pub struct TxCtx<'a, 'c> {
     models: Vec<&'static str>,
     /// Entries for the outbox, written when the transaction commits.
     outbox: OutboxRun,
-    /// Whether the transaction wrote device-local values (raw SQL, local
-    /// fields): those are not in its log entries, so it must commit in one
-    /// `library.db` transaction with its entries (the outbox), never log-first.
-    device_local: std::cell::Cell<bool>,
     /// Ids the transaction's fresh inserts need not tombstoned, checked in
     /// bulk (see [`TxCtx::check_tombstones`]): `(id, model named in the error)`.
     unchecked: Vec<(Uuid, &'static str)>,
@@ -53,8 +49,6 @@ pub(super) struct Finished {
     /// Models the transaction wrote.
     pub models: Vec<&'static str>,
     pub outbox: OutboxRun,
-    /// Whether it wrote device-local values (see [`TxCtx::sql`]).
-    pub device_local: bool,
 }
 
 impl<'a, 'c> TxCtx<'a, 'c> {
@@ -75,7 +69,6 @@ impl<'a, 'c> TxCtx<'a, 'c> {
             receipt: Receipt::default(),
             models: Vec::new(),
             outbox: OutboxRun::default(),
-            device_local: std::cell::Cell::new(false),
             unchecked: Vec::new(),
             tombstone_max: None,
             insert_stmt: None,
@@ -91,7 +84,6 @@ impl<'a, 'c> TxCtx<'a, 'c> {
             receipt: std::mem::take(&mut self.receipt),
             models: std::mem::take(&mut self.models),
             outbox: std::mem::take(&mut self.outbox),
-            device_local: self.device_local.get(),
         })
     }
 }
@@ -100,7 +92,6 @@ impl<'a> TxCtx<'a, '_> {
     /// The open `library.db` transaction, for raw SQL on device-local columns.
     /// Synced columns must only change through [`TxCtx::log`].
     pub fn sql(&self) -> &Transaction<'_> {
-        self.device_local.set(true);
         self.tx
     }
 
@@ -329,7 +320,6 @@ impl<'a> TxCtx<'a, '_> {
     }
 
     fn write_local(&self, m: &'static ModelInfo, id: Uuid, local: &[Value]) -> Result<()> {
-        self.device_local.set(true);
         let sets: Vec<String> = m
             .local_fields
             .iter()
@@ -359,9 +349,6 @@ impl<'a> TxCtx<'a, '_> {
         writes: Vec<FieldWrite>,
         local: &[Value],
     ) -> Result<()> {
-        if local.iter().any(|v| *v != Value::Null) {
-            self.device_local.set(true);
-        }
         if !local.is_empty() && local.len() != m.local_fields.len() {
             return Err(Error::Invalid(format!(
                 "{} takes {} device-local fields",

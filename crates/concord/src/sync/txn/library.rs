@@ -12,10 +12,7 @@ use uuid::Uuid;
 use super::change::{ApplyReport, Change, Receipt, ResourceChanged, Source};
 use super::context::TxCtx;
 use super::options::{random_incarnation, Durability, LibraryOptions};
-use super::outbox::{
-    advance_watermark, clear_outbox, flush_outbox, move_to_log, pending_outbox, set_watermark,
-    watermark, OutboxRun,
-};
+use super::outbox::{flush_outbox, move_to_log, set_watermark, watermark, OutboxRun, OutboxSize};
 use super::remote::{apply_screened, screen_remote};
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, HlcGenerator};
@@ -30,13 +27,6 @@ use crate::sync::log::SyncLog;
 use crate::sync::seal::{parse_node_id, verify_entries, KeySource};
 use crate::sync::BULK_MODEL;
 
-/// Local entries kept in the outbox before they are moved to `sync.db`.
-const OUTBOX_FLUSH_AT: usize = 512;
-/// Transactions with at least this many entries and no device-local writes are
-/// logged first (DESIGN §3) instead of going through the outbox: their entries
-/// are written once, to `sync.db`, not also to `library.db` and moved later.
-/// Smaller ones keep the outbox: one commit each, moved in bulk.
-const LOG_FIRST_AT: usize = 64;
 /// Capacity of the change-event channel; slow subscribers see `Lagged`.
 pub const EVENT_CAPACITY: usize = 1024;
 
@@ -47,7 +37,8 @@ struct Inner {
     lib: Connection,
     log: SyncLog,
     next_seq: u64,
-    outbox_len: usize,
+    /// What the outbox holds since it was last moved into the log.
+    outbox: OutboxSize,
 }
 
 /// An open library: its two databases, its clock, and its TransactionManager.
@@ -100,8 +91,9 @@ fn lock_library(dir: &Path) -> Result<std::fs::File> {
 impl Inner {
     /// Move the outbox into the log (see [`flush_outbox`]).
     fn flush_outbox(&mut self) -> Result<()> {
-        self.outbox_len = 0;
-        flush_outbox(&mut self.lib, &mut self.log)
+        flush_outbox(&mut self.lib, &mut self.log)?;
+        self.outbox = OutboxSize::default();
+        Ok(())
     }
 }
 
@@ -214,7 +206,7 @@ impl Library {
                 lib,
                 log,
                 next_seq: 1,
-                outbox_len: 0,
+                outbox: OutboxSize::default(),
             }),
             events,
             conflicts: opts.conflicts,
@@ -352,33 +344,17 @@ impl Library {
         let out = f(&mut ctx)?;
         let done = ctx.finish()?;
         let n = done.receipt.entries.len();
-        if n >= LOG_FIRST_AT && !done.device_local {
-            // Log first (DESIGN §3): the entries (and any outbox entries before
-            // them) are committed to `sync.db`, then the domain change with the
-            // watermark past them. A crash in between leaves them logged and
-            // not applied, and they are applied again from the log on open.
-            let mut runs = pending_outbox(&tx)?;
-            runs.push(done.outbox.into_run(self.device, self.incarnation));
-            let before = inner.log.latest_id()?;
-            inner.log.append_runs(runs)?;
-            // Logged: these sequence numbers are used, whatever happens next.
-            inner.next_seq = done.next_seq;
-            inner.outbox_len = 0;
-            let latest = inner.log.latest_id()?;
-            let applied = clear_outbox(&tx)
-                .and_then(|()| advance_watermark(&tx, before, latest))
-                .and_then(|()| Ok(tx.commit()?));
-            if let Err(e) = applied {
-                self.replay_after_failed_commit(inner);
-                return Err(e);
-            }
-        } else {
-            done.outbox.write(&tx, self.device, self.incarnation)?;
-            tx.commit()?;
-            inner.next_seq = done.next_seq;
-            inner.outbox_len += n;
-            if inner.outbox_len >= OUTBOX_FLUSH_AT {
-                inner.flush_outbox()?;
+        // The change and its entries in one `library.db` transaction (I1),
+        // batches included: `sync.db` is synced once per move, not per commit.
+        done.outbox.write(&tx, self.device, self.incarnation)?;
+        tx.commit()?;
+        inner.next_seq = done.next_seq;
+        inner.outbox.add(&done.outbox);
+        if inner.outbox.due() {
+            // The commit stands whatever happens here: a failed move is
+            // retried by the next commit, read, close or open.
+            if let Err(e) = inner.flush_outbox() {
+                tracing::warn!(library = %self.id, "moving the outbox into the log failed (retried): {e}");
             }
         }
         drop(guard);
@@ -386,19 +362,6 @@ impl Library {
             self.announce(Source::Local, done.models, n);
         }
         Ok((out, done.receipt))
-    }
-
-    /// After a log-first commit failed with its entries logged but not applied:
-    /// apply them now if possible, else (logged, not dropped) on the next
-    /// `apply_remote` or open.
-    fn replay_after_failed_commit(&self, inner: &mut Inner) {
-        if let Err(e) = self.replay_log(inner) {
-            tracing::warn!(
-                library = %self.id,
-                "applying logged entries after a failed commit failed too \
-                 (retried on the next remote apply or open): {e}"
-            );
-        }
     }
 
     /// Send a [`ResourceChanged`] event. Nobody listening is not an error.
@@ -457,7 +420,7 @@ impl Library {
         outbox.write(&tx, self.device, self.incarnation)?;
         tx.commit()?;
         inner.next_seq = seq + 1;
-        inner.outbox_len += 1;
+        inner.outbox.add(&outbox);
         // The rows are in no entry: they must be on disk before the entry,
         // which peers act on, is in the log (`Durability`).
         crate::store::make_durable(&inner.lib)?;

@@ -5,19 +5,19 @@
 //! SQLite cannot commit one transaction atomically across two WAL databases, so
 //! nothing here relies on it:
 //!
-//! - **Small local transactions** (and any that write device-local values) are
-//!   applied to `library.db` together with their log entries, written to the
-//!   outbox of the same database (`outbox_segments`: one row holding every entry
-//!   of the transaction, encoded as a log segment), in one transaction. The
-//!   outbox is moved into `sync.db` (skipping entries the log already holds) in
-//!   bulk, whenever the log is read, and on open. A crash at any point leaves
-//!   the change and its entries both committed or both absent.
-//! - **Large local transactions** (`LOG_FIRST_AT` entries or more, nothing
-//!   device-local) are logged first, as DESIGN §3 describes: the entries are
-//!   committed to `sync.db`, then the change to `library.db` with the
-//!   watermark past them. A crash in between leaves entries logged and not
-//!   applied, which are applied on open like remote ones; the entries carry
-//!   the whole change, so nothing of it is lost.
+//! - **Local transactions**, batches included, are applied to `library.db`
+//!   together with their log entries, written to the outbox of the same
+//!   database (`outbox_segments`: one row holding every entry of the
+//!   transaction, encoded as a log segment), in one transaction. A crash or a
+//!   power cut at any point leaves the change and its entries both committed
+//!   or both absent. The outbox is moved into `sync.db` (skipping entries the
+//!   log already holds) in bulk: once it holds `outbox::MOVE_AT_ENTRIES`
+//!   entries or `outbox::MOVE_AT_BYTES`, whenever the log is read, on close
+//!   and on open. **Decision** (issue 12): batches no longer log first.
+//!   `sync.db` commits with `synchronous=FULL`, so logging a batch first cost
+//!   one fsync per batch (B1 batches at 0.41–0.45 of plain SQLite); through
+//!   the outbox one fsync covers every batch of a move, for writing the
+//!   entries twice (outbox, then log).
 //! - **Remote entries** are appended to `sync.db` first, then applied to
 //!   `library.db` in one transaction that also advances the `applied_log_id`
 //!   watermark. On open, and at the next `apply_remote` after one failed, log

@@ -43,14 +43,17 @@ impl Default for LibraryOptions {
 
 /// What a commit acknowledged before a power cut is promised (ARCHITECTURE.md,
 /// "Durability"). `sync.db` always commits with `synchronous=FULL`: whatever
-/// the log holds (moved outbox, log-first batches, remote entries) survives a
-/// power cut, so `library.db` is never ahead of its log.
+/// the log holds (moved outbox, remote entries) survives a power cut; every
+/// change `library.db` holds has its entries in the log or in the outbox of
+/// the same `library.db` transaction; and changes the log holds but a power
+/// cut took from `library.db` are applied again from the log on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// `library.db` commits with `synchronous=NORMAL`: a power cut may take
-    /// the last small local commits not yet moved into the log, each whole
-    /// (change and entries together), as if never made. Commits that reached
-    /// a peer come back from it.
+    /// the last local commits (single ones and batches) not yet moved into
+    /// the log, each whole (change and entries together), as if never made.
+    /// Nothing that reached a peer is among them (entries leave only from
+    /// the log), and anything the log holds comes back.
     #[default]
     Normal,
     /// `library.db` with `synchronous=FULL` too: no acknowledged commit is

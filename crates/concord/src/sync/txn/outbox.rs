@@ -14,6 +14,40 @@ use crate::sync::segment::{self, Run};
 /// The `library.db` table holding the outbox (one row per transaction).
 const OUTBOX_TABLE: &str = "outbox_segments";
 
+/// The outbox is moved into `sync.db` once it holds this many entries (or
+/// [`MOVE_AT_BYTES`]), besides whenever the log is read, on close and on open.
+/// Why this many: each move syncs `sync.db` once (`synchronous=FULL`), so it
+/// covers many transactions (sixteen batches of 1,000 changes, or 16,384
+/// single commits); and it bounds what a power cut may take of commits made
+/// while nothing reads the log (ARCHITECTURE.md, "Durability").
+pub(super) const MOVE_AT_ENTRIES: usize = 16_384;
+/// The outbox is moved once its entries take this many encoded bytes: bounds
+/// the memory a move takes and a power cut's loss when entries are large.
+pub(super) const MOVE_AT_BYTES: usize = 1 << 20;
+
+/// How much the outbox holds since it was last moved (what this open wrote;
+/// what an earlier one left is moved on open).
+#[derive(Default)]
+pub(super) struct OutboxSize {
+    entries: usize,
+    bytes: usize,
+}
+
+impl OutboxSize {
+    /// Count a run just written to the outbox.
+    pub(super) fn add(&mut self, run: &OutboxRun) {
+        if run.first_seq != 0 {
+            self.entries += (run.last_seq + 1 - run.first_seq) as usize;
+            self.bytes += run.blob.len();
+        }
+    }
+
+    /// Whether the outbox is due to be moved into the log.
+    pub(super) fn due(&self) -> bool {
+        self.entries >= MOVE_AT_ENTRIES || self.bytes >= MOVE_AT_BYTES
+    }
+}
+
 /// The entries one transaction writes, encoded as a log segment
 /// (`sync::segment`) as they are made, and stored in the outbox as ONE row
 /// when the transaction commits: a batch of 1,000 changes costs one insert
@@ -49,17 +83,6 @@ impl OutboxRun {
         Ok(())
     }
 
-    pub(super) fn into_run(self, origin: Uuid, incarnation: u64) -> Run {
-        Run {
-            origin,
-            incarnation,
-            first_seq: self.first_seq,
-            last_seq: self.last_seq,
-            max_hlc: self.max_hlc,
-            blob: self.blob,
-        }
-    }
-
     /// Store the run in the outbox, in the transaction that made it (I1).
     pub(super) fn write(&self, tx: &Transaction<'_>, origin: Uuid, incarnation: u64) -> Result<()> {
         if self.first_seq == 0 {
@@ -84,7 +107,7 @@ impl OutboxRun {
 /// Every entry waiting in the outbox, as runs in `origin_seq` order: runs of
 /// consecutive transactions are merged into one segment (up to
 /// `MERGE_SEGMENT_ENTRIES`), their blobs being concatenations of entries.
-pub(super) fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
+fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
     let mut runs: Vec<Run> = Vec::new();
     let mut stmt = lib.prepare_cached(
         "SELECT origin, first_seq, last_seq, max_hlc, entries, incarnation FROM outbox_segments
@@ -122,11 +145,6 @@ pub(super) fn pending_outbox(lib: &Connection) -> Result<Vec<Run>> {
     Ok(runs)
 }
 
-/// Empty the outbox, in the transaction that records its entries as logged.
-pub(super) fn clear_outbox(lib: &Connection) -> Result<()> {
-    clear_tables(lib, &[OUTBOX_TABLE])
-}
-
 fn clear_tables(lib: &Connection, tables: &[&str]) -> Result<()> {
     for t in tables {
         lib.prepare_cached(&format!("DELETE FROM {t}"))?
@@ -156,7 +174,7 @@ pub(super) fn set_watermark(lib: &Connection, id: i64, latest: i64) -> Result<()
 /// applied in this transaction: move the watermark over them, unless entries
 /// before them are logged but not applied yet (a failed `apply_remote`): those
 /// are replayed from the watermark, and these again with them.
-pub(super) fn advance_watermark(lib: &Connection, before: i64, latest: i64) -> Result<()> {
+fn advance_watermark(lib: &Connection, before: i64, latest: i64) -> Result<()> {
     if watermark(lib)? >= before {
         set_watermark(lib, latest, latest)?;
     }
