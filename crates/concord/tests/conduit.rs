@@ -206,6 +206,26 @@ fn replicate_copies_bytes_mtimes_and_modes_and_moves_renames() {
     assert_eq!(files(&p.a), files(&p.b));
 }
 
+/// A folder move parks every moved file in `.concord/tmp/` during one cycle:
+/// more than a thousand of them must still finish in that one cycle (temp
+/// names never run out, F3's folder of 1,000 files plus a large file).
+#[test]
+fn a_folder_move_of_more_than_a_thousand_files_finishes_in_one_cycle() {
+    let mut p = Pair::new(Policy::Replicate, true);
+    for i in 0..1_200 {
+        put(&p.a, &format!("many/{i:04}"), format!("{i}").as_bytes(), 1);
+    }
+    put(&p.a, "big.bin", &[7u8; 100_000], 2);
+    p.done();
+    std::fs::rename(p.a.join("many"), p.a.join("moved")).unwrap();
+    std::fs::rename(p.a.join("big.bin"), p.a.join("moved/big.bin")).unwrap();
+    let r = p.done();
+    assert_eq!(r.exec.bytes_copied, 0, "moves, not copies");
+    assert_eq!(files(&p.a), files(&p.b));
+    assert!(tmp_is_empty(&p.b));
+    assert!(p.done().plan.actions.is_empty());
+}
+
 #[test]
 fn trash_and_crash_leftovers_are_purged_after_their_time() {
     let mut p = Pair::new(Policy::Replicate, true);

@@ -133,9 +133,15 @@ pub struct TempFile {
 impl TempFile {
     /// A new file in `dir` that no one else can have opened (`O_EXCL`); an
     /// existing name (another cycle's file) is skipped, never removed.
+    /// Numbers come from one process-wide counter, so a cycle that parks
+    /// thousands of files (a folder move) neither runs out of names nor
+    /// probes the names it already took.
     pub fn create(dir: &Path, tag: &str) -> Result<TempFile> {
         use std::os::unix::fs::OpenOptionsExt;
-        for n in 0u32..1000 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        for _ in 0u32..1000 {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let path = dir.join(format!("{tag}-{n}.part"));
             let opened = std::fs::OpenOptions::new()
                 .read(true)
