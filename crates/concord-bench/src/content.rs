@@ -6,7 +6,7 @@
 //! hashes. F1, F2 and F4 drive this directly; a conduit cycle adds its
 //! planning and the agreed state around it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use concord::{index, Uuid};
@@ -24,6 +24,8 @@ pub struct ContentPair {
     pub b: Node,
     pub lib: Uuid,
     pub location: Uuid,
+    /// A's source folder (the location's root).
+    pub src: PathBuf,
 }
 
 /// A file of the source end and its BLAKE3 hash, as a cycle's scan saw it.
@@ -53,6 +55,7 @@ impl ContentPair {
             b,
             lib,
             location,
+            src: src.to_path_buf(),
         })
     }
 

@@ -86,15 +86,23 @@ pub(crate) fn cached_sql(
 /// `synchronous` setting: a FULL checkpoint (SQLite syncs the WAL before it
 /// copies it into the database). For state that another file or another
 /// device will count on (ARCHITECTURE.md, "Durability"). An error when a
-/// reader kept it from completing within the busy timeout.
+/// reader kept it from completing within the busy timeout, tried a few
+/// times: a reader of another thread (a sync answer, a status query) holds
+/// its snapshot only briefly, so a loaded machine should not fail a join.
 pub(crate) fn make_durable(conn: &Connection) -> Result<()> {
-    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get(0))?;
-    if busy != 0 {
-        return Err(Error::Other(
-            "library.db could not be synced to disk (busy); try again".into(),
-        ));
+    const ATTEMPTS: u32 = 8;
+    for attempt in 1..=ATTEMPTS {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+        if attempt < ATTEMPTS {
+            std::thread::sleep(std::time::Duration::from_millis(25 << attempt.min(5)));
+        }
     }
-    Ok(())
+    Err(Error::Other(
+        "library.db could not be synced to disk (busy); try again".into(),
+    ))
 }
 
 /// WAL pages after which a commit asks for a checkpoint (SQLite's default
