@@ -570,6 +570,22 @@ impl Library {
         f(&mut inner.log)
     }
 
+    /// Run `f` on the sync log and `library.db` together, after moving the
+    /// outbox into the log, with no commit in between: the rows `f` reads
+    /// hold exactly the changes of the entries the log holds. A snapshot
+    /// chunk reads its rows and version vector this way, so it never serves
+    /// a row whose entry its vector leaves out (an entry the source may then
+    /// lose, and that no other device could ever bring back).
+    pub fn read_with_log<R>(
+        &self,
+        f: impl FnOnce(&mut SyncLog, &Connection) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.flush_outbox()?;
+        f(&mut inner.log, &inner.lib)
+    }
+
     /// Run a read-only query on `library.db`.
     pub fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
         let inner = self.lock();
