@@ -489,7 +489,7 @@ impl Library {
             None
         };
         let cutoffs = Cutoffs::load(&inner.lib)?;
-        let accepted = screen_remote(
+        let (accepted, conflicting) = screen_remote(
             entries,
             verified.as_deref(),
             &inner.log,
@@ -497,7 +497,7 @@ impl Library {
             &cutoffs,
             &mut report,
         )?;
-        if accepted.is_empty() {
+        if accepted.is_empty() && conflicting.is_empty() {
             return Ok(report);
         }
         let plain: Vec<&LogEntry> = accepted.iter().map(|(e, _)| e).collect();
@@ -522,7 +522,14 @@ impl Library {
             tx: &tx,
             now_ms: self.hlc.now_ms(),
         };
-        let models = apply_screened(&applier, &self.hlc, &accepted, &fresh, &mut report)?;
+        let mut models = apply_screened(&applier, &self.hlc, &accepted, &fresh, &mut report)?;
+        // Two changes under one position: both take effect by the merge rules.
+        let all: Vec<usize> = (0..conflicting.len()).collect();
+        for m in apply_screened(&applier, &self.hlc, &conflicting, &all, &mut report)? {
+            if !models.contains(&m) {
+                models.push(m);
+            }
+        }
         set_watermark(&tx, latest, latest)?;
         self.prune_conflicts(&tx, applier.now_ms)?;
         tx.commit()?;
