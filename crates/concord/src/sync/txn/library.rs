@@ -16,7 +16,7 @@ use super::outbox::{
     advance_watermark, clear_outbox, flush_outbox, move_to_log, pending_outbox, set_watermark,
     watermark, OutboxRun,
 };
-use super::remote::{apply_screened, screen_remote};
+use super::remote::{apply_screened, screen_remote, with_conflicting};
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, HlcGenerator};
 use crate::model::{ModelKind, Ownership, Syncable, Value};
@@ -489,7 +489,7 @@ impl Library {
             None
         };
         let cutoffs = Cutoffs::load(&inner.lib)?;
-        let (accepted, conflicting) = screen_remote(
+        let (mut accepted, conflicting) = screen_remote(
             entries,
             verified.as_deref(),
             &inner.log,
@@ -522,14 +522,9 @@ impl Library {
             tx: &tx,
             now_ms: self.hlc.now_ms(),
         };
-        let mut models = apply_screened(&applier, &self.hlc, &accepted, &fresh, &mut report)?;
         // Two changes under one position: both take effect by the merge rules.
-        let all: Vec<usize> = (0..conflicting.len()).collect();
-        for m in apply_screened(&applier, &self.hlc, &conflicting, &all, &mut report)? {
-            if !models.contains(&m) {
-                models.push(m);
-            }
-        }
+        let fresh = with_conflicting(&mut accepted, fresh, conflicting);
+        let models = apply_screened(&applier, &self.hlc, &accepted, &fresh, &mut report)?;
         set_watermark(&tx, latest, latest)?;
         self.prune_conflicts(&tx, applier.now_ms)?;
         tx.commit()?;
@@ -577,12 +572,9 @@ impl Library {
         f(&mut inner.log)
     }
 
-    /// Run `f` on the sync log and `library.db` together, after moving the
-    /// outbox into the log, with no commit in between: the rows `f` reads
-    /// hold exactly the changes of the entries the log holds. A snapshot
-    /// chunk reads its rows and version vector this way, so it never serves
-    /// a row whose entry its vector leaves out (an entry the source may then
-    /// lose, and that no other device could ever bring back).
+    /// Run `f` on the log (outbox moved in) and `library.db` with no commit
+    /// in between, so the rows it reads hold exactly the log's changes (a
+    /// snapshot chunk: its rows never hold a change its vector leaves out).
     pub fn read_with_log<R>(
         &self,
         f: impl FnOnce(&mut SyncLog, &Connection) -> Result<R>,

@@ -125,6 +125,19 @@ fn position_clashes(
     Ok(clashes)
 }
 
+/// `fresh` (indices into `accepted` the log took as new) with the entries of
+/// `conflicting` added to `accepted` and to the indices: they are applied
+/// like fresh entries, though the log keeps the copy it had.
+pub(super) fn with_conflicting(
+    accepted: &mut Screened,
+    mut fresh: Vec<usize>,
+    conflicting: Screened,
+) -> Vec<usize> {
+    fresh.extend(accepted.len()..accepted.len() + conflicting.len());
+    accepted.extend(conflicting);
+    fresh
+}
+
 /// Apply the entries of `accepted` at the indices `fresh` (those the log took as
 /// new), counting outcomes in `report` and moving the clock past each. Returns
 /// the models changed.
