@@ -184,6 +184,14 @@ fn sync_status(v: &Value) -> String {
              they were taken back from them"
         ));
     }
+    if let Some(n) = v["stats"]["position_conflicts"].as_u64().filter(|n| *n > 0) {
+        out.push_str(&format!(
+            "
+
+warning: {n} received chunks held other changes under positions this device              already held (both were applied): {}",
+            escape(v["stats"]["last_position_conflict"].as_str().unwrap_or(""))
+        ));
+    }
     out
 }
 

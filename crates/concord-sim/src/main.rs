@@ -55,7 +55,7 @@ fn replay(r: &Report, faults: &Faults) -> String {
 
 fn line(r: &Report) -> String {
     format!(
-        "seed {:>6} devices {} trace {} events {:>6} | commits {:>4} acked {:>4} crashes {} leader-kills {} rollbacks {} lost-fsync {} lost-writes {} partitions {} clock {} snapshots {} rejected {} forged {}/{} epoch {} jump {}s | msgs {} dropped {} dup {} | sim {:.1}s",
+        "seed {:>6} devices {} trace {} events {:>6} | commits {:>4} acked {:>4} crashes {} leader-kills {} rollbacks {} lost-fsync {} lost-writes {} partitions {} clock {} snapshots {} rejected {} forged {}/{} conflicts {} vv {} epoch {} jump {}s | msgs {} dropped {} dup {} | sim {:.1}s",
         r.seed,
         r.devices,
         r.trace,
@@ -73,6 +73,8 @@ fn line(r: &Report) -> String {
         r.rejected,
         r.forged_sent,
         r.forged_refused,
+        r.position_conflicts,
+        r.max_vv,
         r.max_epoch,
         r.time_jump_s,
         r.net.delivered,
@@ -113,6 +115,8 @@ fn main() {
     let next = AtomicU64::new(0);
     let failures: Mutex<Vec<Report>> = Mutex::new(Vec::new());
     let done = AtomicU64::new(0);
+    // The largest version vector (replicas) any run ended with.
+    let widest = AtomicU64::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..jobs {
@@ -131,6 +135,7 @@ fn main() {
                     chaos: None,
                 };
                 let r = run(&opts);
+                widest.fetch_max(r.max_vv as u64, Ordering::SeqCst);
                 let n = done.fetch_add(1, Ordering::SeqCst) + 1;
                 if args.progress > 0 && n.is_multiple_of(args.progress) {
                     eprintln!(
@@ -157,11 +162,12 @@ fn main() {
     let failures = failures.into_inner().unwrap();
     let ran = done.load(Ordering::SeqCst);
     println!(
-        "concord-sim: {ran} seeds ({}..{}), faults {}, {} failed, wall time {:.1}s",
+        "concord-sim: {ran} seeds ({}..{}), faults {}, {} failed, widest vector {} replicas, wall time {:.1}s",
         args.seed,
         args.seed + ran,
         faults.arg(),
         failures.len(),
+        widest.load(Ordering::SeqCst),
         started.elapsed().as_secs_f64()
     );
     if !failures.is_empty() {

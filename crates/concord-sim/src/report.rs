@@ -36,6 +36,12 @@ pub struct Report {
     pub forged_sent: u64,
     /// Entries the services refused as not sealed by their origin.
     pub forged_refused: u64,
+    /// Received chunks whose positions a device held with other content
+    /// (from their stats); a run fails on any: honest devices never make one.
+    pub position_conflicts: u64,
+    /// Replicas in the largest version vector at the end (one per
+    /// incarnation that wrote; nothing retires them yet).
+    pub max_vv: usize,
     /// The highest term epoch any device reached.
     pub max_epoch: u64,
     /// Simulated time skipped in the heal phase so clocks catch up with stamps.
@@ -67,6 +73,8 @@ impl Report {
             rejected: 0,
             forged_sent: 0,
             forged_refused: 0,
+            position_conflicts: 0,
+            max_vv: 0,
             max_epoch: 0,
             time_jump_s: 0,
             sim_ms: 0,

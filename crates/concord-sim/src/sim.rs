@@ -326,11 +326,19 @@ impl World {
             self.report.snapshots += s.stats.snapshots;
             self.report.rejected += s.stats.rejected;
             self.report.forged_refused += s.stats.forged;
+            self.report.position_conflicts += s.stats.position_conflicts;
             self.report.max_epoch = self.report.max_epoch.max(s.epoch);
         }
         self.check_forgeries()?;
+        if self.report.position_conflicts > 0 {
+            return Err(format!(
+                "{} chunks arrived with other content under positions already held",
+                self.report.position_conflicts
+            ));
+        }
         self.report.forged_sent = self.forgeries.sent;
         let views = self.views()?;
+        self.report.max_vv = views.iter().map(|v| v.vv.len()).max().unwrap_or(0);
         self.trace.event(
             "final",
             &[views[0].shared.as_bytes(), views[0].files.as_bytes()],

@@ -259,6 +259,7 @@ impl World {
                 self.report.snapshots += s.stats.snapshots;
                 self.report.rejected += s.stats.rejected;
                 self.report.forged_refused += s.stats.forged;
+                self.report.position_conflicts += s.stats.position_conflicts;
             }
             self.report.max_epoch = self.report.max_epoch.max(svc.term().epoch);
         }

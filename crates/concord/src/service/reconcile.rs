@@ -15,6 +15,21 @@ use crate::sync::entry::{is_replica_of, LogEntry};
 use crate::sync::log::VersionVector;
 use crate::sync::version_vector::vv_min;
 
+/// One snapshot chunk as received: rows, tombstones, bulk operations.
+type StagedChunk = (
+    Vec<protocol::SnapshotRow>,
+    Vec<protocol::SnapshotTombstone>,
+    Vec<LogEntry>,
+);
+
+/// How many passes a snapshot takes at most while its source's vector keeps
+/// moving between chunks; the last is merged whatever it holds.
+const SNAPSHOT_ATTEMPTS: u32 = 3;
+
+/// Rows, tombstones and bulk operations a snapshot pass holds in memory
+/// before merging; past it, chunks are merged as they come.
+const MAX_STAGED: usize = 200_000;
+
 impl SyncService {
     /// Version-vector reconciliation with one peer: pull what we lack, push what it
     /// lacks. Falls back to a snapshot when the peer pruned what we need.
@@ -174,52 +189,16 @@ impl SyncService {
 
     /// Take the state from `peer` in chunks, then continue from its version vector.
     async fn snapshot_from(&self, peer: Uuid) -> Result<()> {
-        let first = protocol::SnapshotCursor {
-            part: 0,
-            after: None,
-        };
-        // What the snapshot covers: the least of its chunks' vectors. A source
-        // whose files went back in time (a restored backup) between two chunks
-        // serves later rows without entries an earlier vector counted; raising
-        // ours past them would claim changes this device never got.
-        let mut start_vv: Option<VersionVector> = None;
-        // Pipelined: the next chunk is requested while this one is applied.
-        let mut reply = self.send(peer, Msg::Snapshot { cursor: first }).await;
-        loop {
-            match reply {
-                Ok(Msg::SnapshotChunk {
-                    rows,
-                    tombstones,
-                    bulk,
-                    next,
-                    vv,
-                }) => {
-                    start_vv = Some(match start_vv {
-                        Some(seen) => vv_min([&seen, &vv]),
-                        None => vv,
-                    });
-                    let apply =
-                        self.run_sqlite(move |lib| snapshot::apply(lib, rows, tombstones, bulk));
-                    match next {
-                        Some(cursor) => {
-                            let fetch = self.send(peer, Msg::Snapshot { cursor });
-                            let (applied, fetched) = tokio::join!(apply, fetch);
-                            applied?;
-                            reply = fetched;
-                        }
-                        None => {
-                            apply.await?;
-                            break;
-                        }
-                    }
-                }
-                Ok(other) => {
-                    return Err(Error::Other(format!("snapshot refused: {}", other.name())))
-                }
-                Err(e) => return Err(Error::Other(e.to_string())),
+        let mut attempt = 1;
+        let vv = loop {
+            match self
+                .snapshot_pass(peer, attempt >= SNAPSHOT_ATTEMPTS)
+                .await?
+            {
+                Some(vv) => break vv,
+                None => attempt += 1,
             }
-        }
-        let vv = start_vv.unwrap_or_default();
+        };
         let mine = self.version_vector().await;
         self.note_rollback(peer, &mine, &vv);
         self.run_sqlite(move |lib| {
@@ -233,6 +212,84 @@ impl SyncService {
         self.state().stats.snapshots += 1;
         tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot applied");
         Ok(())
+    }
+
+    /// One pass over `peer`'s state: every chunk is fetched, then all are
+    /// merged, and the vector the merged rows cover is returned. `None`: the
+    /// source's vector moved between chunks, so nothing was merged and the
+    /// caller takes the snapshot again (unless `last`, when the pass is merged
+    /// and covers the least of its chunks' vectors).
+    ///
+    /// **Decision**: chunks are staged and merged together, only from a pass
+    /// whose chunks all carry one vector when possible. Each chunk's rows hold
+    /// exactly the changes its vector counts (`Library::read_with_log`), so
+    /// such a pass holds exactly the changes of that vector, which the
+    /// receiver then claims. Merging chunks as they came left rows whose
+    /// entries no vector claimed (a pass cut short, a source writing or
+    /// restored from a backup between two chunks); when the source then lost
+    /// those entries, the receiver alone held their changes and could never
+    /// hand them on, and the devices stayed apart with equal vectors.
+    async fn snapshot_pass(&self, peer: Uuid, last: bool) -> Result<Option<VersionVector>> {
+        let mut cursor = protocol::SnapshotCursor {
+            part: 0,
+            after: None,
+        };
+        let mut staged: Vec<StagedChunk> = Vec::new();
+        let (mut held, mut merged_some, mut steady) = (0usize, false, true);
+        let mut first: Option<VersionVector> = None;
+        let mut least: Option<VersionVector> = None;
+        loop {
+            let (rows, tombstones, bulk, next, vv) =
+                match self.send(peer, Msg::Snapshot { cursor }).await {
+                    Ok(Msg::SnapshotChunk {
+                        rows,
+                        tombstones,
+                        bulk,
+                        next,
+                        vv,
+                    }) => (rows, tombstones, bulk, next, vv),
+                    Ok(other) => {
+                        return Err(Error::Other(format!("snapshot refused: {}", other.name())))
+                    }
+                    Err(e) => return Err(Error::Other(e.to_string())),
+                };
+            match &first {
+                Some(f) => steady &= *f == vv,
+                None => first = Some(vv.clone()),
+            }
+            least = Some(match least {
+                Some(seen) => vv_min([&seen, &vv]),
+                None => vv,
+            });
+            held += rows.len() + tombstones.len() + bulk.len();
+            staged.push((rows, tombstones, bulk));
+            if held > MAX_STAGED {
+                // Too large to hold: merge as it comes (the earlier behaviour).
+                self.merge_staged(std::mem::take(&mut staged)).await?;
+                (held, merged_some) = (0, true);
+            }
+            match next {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        if !steady && !merged_some && !last {
+            tracing::info!(library = %self.shared.lib.id(), peer = %peer, "snapshot source changed during the snapshot; taking it again");
+            return Ok(None);
+        }
+        self.merge_staged(staged).await?;
+        Ok(Some(least.unwrap_or_default()))
+    }
+
+    /// Merge staged snapshot chunks, in the order they came.
+    async fn merge_staged(&self, staged: Vec<StagedChunk>) -> Result<()> {
+        self.run_sqlite(move |lib| {
+            for (rows, tombstones, bulk) in staged {
+                snapshot::apply(lib, rows, tombstones, bulk)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// `Reconcile`: answer with a page of what the asker lacks and this

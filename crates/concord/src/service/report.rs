@@ -31,6 +31,13 @@ pub struct Stats {
     /// Received entries refused because no verified seal of their origin
     /// covered them (forged, altered, split or unsigned; per peer in `peers`).
     pub forged: u64,
+    /// Received chunks whose positions this device held with different
+    /// content: two changes under one position (a bug, a forged peer, an
+    /// undetected rollback). Both copies take effect by the merge rules;
+    /// the log keeps the first. Should stay 0.
+    pub position_conflicts: u64,
+    /// The last of those, with both chunks' ranges.
+    pub last_position_conflict: Option<String>,
     /// Snapshot chunks served plus snapshots taken.
     pub snapshots: u64,
     /// The latest error, for `sync status`: sync keeps going after one.

@@ -414,6 +414,11 @@ impl SyncService {
             peer.last_refusal = Some(reason.clone());
             state.stats.last_error = Some(format!("from {from}: {reason}"));
         }
+        if let Some(last) = report.position_conflicts.last() {
+            state.stats.position_conflicts += report.position_conflicts.len() as u64;
+            state.stats.last_position_conflict = Some(format!("from {from}: {last}"));
+            state.stats.last_error = Some(format!("from {from}: {last}"));
+        }
         if let Some(first) = report.rejected.first() {
             tracing::warn!(library = %self.shared.lib.id(), rejected = report.rejected.len(), "entries rejected: {first}");
             state.stats.last_error = Some(first.clone());

@@ -7,10 +7,10 @@ use uuid::Uuid;
 use super::columns::{clock_cols, clocked};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::model::{model_by_name, ModelInfo, ModelKind, Value};
+use crate::model::{model_by_name, values_from_row, ModelInfo, ModelKind, Value};
 use crate::service::protocol::{SnapshotRow, SnapshotTombstone};
 use crate::store::sql::insert_sql;
-use crate::sync::apply::{is_tombstoned, Applier};
+use crate::sync::apply::{is_tombstoned, wins, Applier};
 use crate::sync::entry::{self, LogEntry};
 use crate::sync::txn::Library;
 use crate::sync::BULK_MODEL;
@@ -135,6 +135,7 @@ impl MergeSql {
         } else {
             cols.push("1".into());
         }
+        cols.extend(model.fields.iter().map(|f| f.name.to_string()));
         let select = format!(
             "SELECT {} FROM {} WHERE uuid = ?1",
             cols.join(", "),
@@ -181,14 +182,18 @@ fn merge_row(
         }
     }
     let n = model.fields.len();
-    let current: Option<(Vec<Hlc>, bool)> = tx
+    let current: Option<Current> = tx
         .prepare_cached(&sql.select)?
         .query_row([row.uuid], |r| {
             let mut clocks = Vec::with_capacity(n);
             for i in 0..n {
                 clocks.push(Hlc::new(r.get::<_, i64>(2 * i)? as u64, r.get(2 * i + 1)?));
             }
-            Ok((clocks, r.get::<_, i64>(2 * n)? != 0))
+            Ok(Current {
+                clocks,
+                present: r.get::<_, i64>(2 * n)? != 0,
+                values: values_from_row(model.fields, r, 2 * n + 1)?,
+            })
         })
         .optional()?;
     let incoming: Vec<Hlc> = row.clocks.iter().map(|(t, d)| Hlc::new(*t, *d)).collect();
@@ -201,11 +206,19 @@ fn merge_row(
         .unwrap_or(Hlc::new(0, Uuid::nil()));
     match (current, model.kind) {
         (None, _) => insert_row(tx, model, row, &incoming, row_clock, sql),
-        (Some((clocks, present)), ModelKind::Membership) => {
-            merge_presence(tx, model, row, &clocks, present, row_clock)
+        (Some(cur), ModelKind::Membership) => {
+            merge_presence(tx, model, row, &cur.clocks, cur.present, row_clock)
         }
-        (Some((clocks, _)), ModelKind::Record) => merge_fields(tx, model, row, &clocks, &incoming),
+        (Some(cur), ModelKind::Record) => merge_fields(tx, model, row, &cur, &incoming),
     }
+}
+
+/// A row as this device holds it: each field's clock, presence (1 for a
+/// record) and each field's value.
+struct Current {
+    clocks: Vec<Hlc>,
+    present: bool,
+    values: Vec<Value>,
 }
 
 /// A row this device does not hold yet: insert it with its clocks.
@@ -267,23 +280,24 @@ fn merge_presence(
     Ok(())
 }
 
-/// A record this device holds: each field whose incoming clock is newer wins.
+/// A record this device holds: each field whose incoming clock is newer wins
+/// (at an exact tie, the greater value: `apply::wins`, as for entries).
 fn merge_fields(
     tx: &Transaction<'_>,
     model: &ModelInfo,
     row: &SnapshotRow,
-    clocks: &[Hlc],
+    cur: &Current,
     incoming: &[Hlc],
 ) -> Result<()> {
     let mut sets = Vec::new();
     let mut vals: Vec<Value> = Vec::new();
-    for i in 0..model.fields.len() {
-        if clocked(model, i) && incoming[i] > clocks[i] {
+    for (i, clock) in incoming.iter().enumerate() {
+        if clocked(model, i) && wins(*clock, &row.values[i], cur.clocks[i], &cur.values[i]) {
             let f = model.fields[i].name;
             sets.push(format!("{f} = ?, {f}__hlc = ?, {f}__dev = ?"));
             vals.push(row.values[i].clone());
-            vals.push(Value::Int(incoming[i].time as i64));
-            vals.push(Value::Uuid(incoming[i].device));
+            vals.push(Value::Int(clock.time as i64));
+            vals.push(Value::Uuid(clock.device));
         }
     }
     if !sets.is_empty() {

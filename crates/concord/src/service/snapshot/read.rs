@@ -18,8 +18,8 @@ use crate::sync::BULK_MODEL;
 /// operations.
 pub fn chunk(lib: &Library, cursor: &SnapshotCursor) -> Result<Msg> {
     let models = registry();
-    let vv = lib.with_log(|l| l.version_vector())?;
-    lib.read(|c| {
+    lib.read_with_log(|log, c| {
+        let vv = log.version_vector()?;
         let part = cursor.part as usize;
         if part < models.len() {
             rows_chunk(c, models[part], cursor, vv)

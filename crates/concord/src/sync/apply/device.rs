@@ -172,7 +172,7 @@ impl Applier<'_, '_> {
                     (Value::Int(c), Value::Int(v)) => (Value::Int((*c).max(*v)), cur.min(stamp)),
                     _ => (w.value.clone(), stamp),
                 }
-            } else if (by_self, stamp) > (cur.device == e.record, cur) {
+            } else if (by_self, stamp, &w.value) > (cur.device == e.record, cur, &row.values[i]) {
                 (w.value.clone(), stamp)
             } else {
                 continue;

@@ -3,7 +3,8 @@
 //! The same function applies local and remote entries, so a device's own state
 //! is always exactly what any other device computes from the same entries:
 //!
-//! - **Fields**: last-writer-wins per field on `(hlc, device)`.
+//! - **Fields**: last-writer-wins per field on `(hlc, device)`; at an exact
+//!   tie between two different values the greater value wins ([`wins`]).
 //! - **Tombstones**: a delete is final; any later or concurrent change to that
 //!   record is refused and logged as a conflict.
 //! - **Cascade**: key fields bind a record's life to the record they name; when
@@ -52,6 +53,18 @@ pub enum Outcome {
 }
 
 const BOTTOM: Hlc = Hlc::new(0, Uuid::nil());
+
+/// Whether a field write stamped `stamp` with `value` replaces the stored
+/// `(cur, cur_value)`: the newer clock wins, and at an exact clock tie the
+/// greater value (`Value`'s order). Why the tie rule: one stamp can carry two
+/// different values when a device went back in time (a restored backup, a
+/// power cut) and stamped new changes with clocks it had already given to
+/// changes it lost; without it each device would keep whichever arrived
+/// first, and they would never converge. Every merge path (entries,
+/// snapshots, `Device` rows) uses this one rule.
+pub(crate) fn wins(stamp: Hlc, value: &Value, cur: Hlc, cur_value: &Value) -> bool {
+    (stamp, value) > (cur, cur_value)
+}
 
 /// A row as stored: synced values, row clock and per-field override clocks.
 struct StoredRow {
@@ -430,16 +443,18 @@ impl Applier<'_, '_> {
             }
             let cur = row.clock(i);
             let name = m.fields[i].name;
-            if stamp > cur {
+            if wins(stamp, &w.value, cur, &row.values[i]) {
                 let concurrent = cur != BOTTOM && cur.device != e.origin && w.base != cur.time;
-                if concurrent && row.values[i] != w.value {
+                if (concurrent || stamp == cur) && row.values[i] != w.value {
                     self.conflict(e, m, name, &w.value, &row.values[i], stamp.time, cur.time)?;
                 }
                 sets.push(format!("{name} = ?, {name}__hlc = ?, {name}__dev = ?"));
                 vals.push(w.value.clone());
                 vals.push(Value::Int(stamp.time as i64));
                 vals.push(Value::Uuid(stamp.device));
-            } else if stamp < cur && cur.device != e.origin && row.values[i] != w.value {
+            } else if (stamp < cur && cur.device != e.origin || stamp == cur)
+                && row.values[i] != w.value
+            {
                 self.conflict(e, m, name, &row.values[i], &w.value, cur.time, stamp.time)?;
             }
         }

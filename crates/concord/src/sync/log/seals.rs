@@ -154,6 +154,36 @@ impl SyncLog {
         Ok(())
     }
 
+    /// Whether a received chunk `first..=last` of `replica`, sealed with
+    /// `seal`, differs from what this log holds for those positions: `Some`
+    /// (the stored chunk, as `first..=last`) when a stored seal overlaps the
+    /// range and is not the same chunk with the same signature. An honest
+    /// origin seals each position once, in one chunk, and ed25519 signatures
+    /// are deterministic, so a different seal means different content: two
+    /// changes under one position (a bug, a forged peer, an undetected
+    /// rollback). `None` when they agree or nothing stored can tell.
+    pub fn seal_conflict(&self, replica: Uuid, seal: &Seal, last: u64) -> Result<Option<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT first_seq, last_seq, sig FROM seals
+             WHERE origin = ?1 AND last_seq >= ?2 AND first_seq <= ?3",
+        )?;
+        let mut rows = stmt.query(params![replica, seal.first as i64, last as i64])?;
+        while let Some(r) = rows.next()? {
+            let first = r.get::<_, i64>(0)? as u64;
+            let stored_last = r.get::<_, i64>(1)? as u64;
+            let sig = r.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+            let same = first == seal.first
+                && stored_last == last
+                && sig.len() == 64
+                && sig[..32] == seal.sig[0]
+                && sig[32..] == seal.sig[1];
+            if !same {
+                return Ok(Some(format!("{first}..={stored_last}")));
+            }
+        }
+        Ok(None)
+    }
+
     /// Put each stored seal on the entry that carries it (the last of its
     /// chunk), for entries read to be sent.
     pub(super) fn attach_seals(&self, entries: &mut [LogEntry]) -> Result<()> {

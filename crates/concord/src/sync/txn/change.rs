@@ -108,4 +108,9 @@ pub struct ApplyReport {
     pub unverified: usize,
     /// Why: one line per forged, altered, split or unverifiable chunk.
     pub forged: Vec<String>,
+    /// Verified chunks whose positions this log already holds with different
+    /// content (two changes under one position), one line each; their
+    /// entries were applied by the merge rules, not logged (the log keeps the
+    /// copy it had).
+    pub position_conflicts: Vec<String>,
 }

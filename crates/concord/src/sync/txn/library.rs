@@ -13,7 +13,7 @@ use super::change::{ApplyReport, Change, Receipt, ResourceChanged, Source};
 use super::context::TxCtx;
 use super::options::{random_incarnation, Durability, LibraryOptions};
 use super::outbox::{flush_outbox, move_to_log, set_watermark, watermark, OutboxRun, OutboxSize};
-use super::remote::{apply_screened, screen_remote};
+use super::remote::{apply_screened, screen_remote, with_conflicting};
 use crate::error::{Error, Result};
 use crate::hlc::{Clock, HlcGenerator};
 use crate::model::{ModelKind, Ownership, Syncable, Value};
@@ -452,7 +452,7 @@ impl Library {
             None
         };
         let cutoffs = Cutoffs::load(&inner.lib)?;
-        let accepted = screen_remote(
+        let (mut accepted, conflicting) = screen_remote(
             entries,
             verified.as_deref(),
             &inner.log,
@@ -460,7 +460,7 @@ impl Library {
             &cutoffs,
             &mut report,
         )?;
-        if accepted.is_empty() {
+        if accepted.is_empty() && conflicting.is_empty() {
             return Ok(report);
         }
         let plain: Vec<&LogEntry> = accepted.iter().map(|(e, _)| e).collect();
@@ -485,6 +485,8 @@ impl Library {
             tx: &tx,
             now_ms: self.hlc.now_ms(),
         };
+        // Two changes under one position: both take effect by the merge rules.
+        let fresh = with_conflicting(&mut accepted, fresh, conflicting);
         let models = apply_screened(&applier, &self.hlc, &accepted, &fresh, &mut report)?;
         set_watermark(&tx, latest, latest)?;
         self.prune_conflicts(&tx, applier.now_ms)?;
@@ -531,6 +533,19 @@ impl Library {
         let mut inner = self.lock();
         inner.flush_outbox()?;
         f(&mut inner.log)
+    }
+
+    /// Run `f` on the log (outbox moved in) and `library.db` with no commit
+    /// in between, so the rows it reads hold exactly the log's changes (a
+    /// snapshot chunk: its rows never hold a change its vector leaves out).
+    pub fn read_with_log<R>(
+        &self,
+        f: impl FnOnce(&mut SyncLog, &Connection) -> Result<R>,
+    ) -> Result<R> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        inner.flush_outbox()?;
+        f(&mut inner.log, &inner.lib)
     }
 
     /// Run a read-only query on `library.db`.

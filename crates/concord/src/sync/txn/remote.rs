@@ -12,11 +12,17 @@ use crate::sync::apply::{Applier, Cutoffs, Outcome};
 use crate::sync::entry::{self, LogEntry};
 use crate::sync::log::SyncLog;
 
+/// Entries with their models, as screening passes them on.
+pub(super) type Screened = Vec<(LogEntry, &'static ModelInfo)>;
+
 /// The entries worth appending, each with its model: covered by a verified
 /// seal (when `verified` is given: per entry, from `seal::verify_entries`),
 /// valid, with numbers in range and a clock not too far ahead, not past a
 /// removed device's cutoff, and not already held by the log. Rejections and
-/// duplicates are counted in `report`.
+/// duplicates are counted in `report`. Second: the entries of verified chunks
+/// whose positions the log holds with other content
+/// ([`SyncLog::seal_conflict`]), to be applied but not logged; each such
+/// chunk is a line of `report.position_conflicts`.
 pub(super) fn screen_remote(
     entries: &[LogEntry],
     verified: Option<&[bool]>,
@@ -24,8 +30,10 @@ pub(super) fn screen_remote(
     hlc: &HlcGenerator,
     cutoffs: &Cutoffs,
     report: &mut ApplyReport,
-) -> Result<Vec<(LogEntry, &'static ModelInfo)>> {
-    let mut accepted: Vec<(LogEntry, &'static ModelInfo)> = Vec::new();
+) -> Result<(Screened, Screened)> {
+    let mut accepted: Screened = Vec::new();
+    let mut conflicting: Screened = Vec::new();
+    let clashes = position_clashes(entries, verified, log, report)?;
     let mut held_through: Vec<(Uuid, u64)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         if verified.is_some_and(|ok| !ok[i]) {
@@ -72,13 +80,62 @@ pub(super) fn screen_remote(
                 c
             }
         };
+        let replica_clashes = clashes
+            .iter()
+            .any(|&(r, first, last)| r == replica && (first..=last).contains(&e.origin_seq));
+        if replica_clashes {
+            conflicting.push((e.clone(), m));
+            continue;
+        }
         if e.origin_seq <= held {
             report.duplicates += 1;
             continue;
         }
         accepted.push((e.clone(), m));
     }
-    Ok(accepted)
+    Ok((accepted, conflicting))
+}
+
+/// The verified chunks of `entries` (by their sealed last entry) whose
+/// positions `log` holds under another seal: `(replica, first, last)` each,
+/// reported in `report.position_conflicts` and the log.
+fn position_clashes(
+    entries: &[LogEntry],
+    verified: Option<&[bool]>,
+    log: &SyncLog,
+    report: &mut ApplyReport,
+) -> Result<Vec<(Uuid, u64, u64)>> {
+    let mut clashes = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let Some(seal) = &e.seal else { continue };
+        if verified.is_some_and(|ok| !ok[i]) || seal.first > e.origin_seq {
+            continue;
+        }
+        let replica = e.replica();
+        if let Some(stored) = log.seal_conflict(replica, seal, e.origin_seq)? {
+            let line = format!(
+                "chunk {replica}:{}..={} of device {} differs from the chunk {replica}:{stored} this device holds: two changes under one position",
+                seal.first, e.origin_seq, e.origin
+            );
+            tracing::warn!("position conflict: {line}; both applied by the merge rules");
+            report.position_conflicts.push(line);
+            clashes.push((replica, seal.first, e.origin_seq));
+        }
+    }
+    Ok(clashes)
+}
+
+/// `fresh` (indices into `accepted` the log took as new) with the entries of
+/// `conflicting` added to `accepted` and to the indices: they are applied
+/// like fresh entries, though the log keeps the copy it had.
+pub(super) fn with_conflicting(
+    accepted: &mut Screened,
+    mut fresh: Vec<usize>,
+    conflicting: Screened,
+) -> Vec<usize> {
+    fresh.extend(accepted.len()..accepted.len() + conflicting.len());
+    accepted.extend(conflicting);
+    fresh
 }
 
 /// Apply the entries of `accepted` at the indices `fresh` (those the log took as
