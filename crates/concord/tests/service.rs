@@ -636,7 +636,13 @@ fn heartbeat(term: Term, role: Role, horizon: Option<VersionVector>) -> Msg {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_terms_from_a_member_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(tmp.path(), 4, config());
+    // Terms must move only if a forgery moved them: a leader timeout long
+    // enough that a loaded machine's stalls never start a real election.
+    let steady = SyncConfig {
+        leader_timeout: Duration::from_secs(5),
+        ..config()
+    };
+    let mut c = Cluster::new(tmp.path(), 4, steady);
     let honest = [0, 2, 3];
     let (m, d2, d3) = (c.devices[1], c.devices[2], c.devices[3]);
     for i in honest {
