@@ -21,7 +21,7 @@ use concord::conduit::settings::Settings;
 use concord::model::{Conduit, FileEntry};
 use concord::{index, query, Change, Library, Uuid};
 use concord_node::conduits::offload::OffloadLive;
-use concord_node::conduits::offload_cycle::{fetch_back, OffloadCycle};
+use concord_node::conduits::offload_cycle::{fetch_back_many, OffloadCycle};
 use concord_node::transfer::TransferProgress;
 
 use crate::common::{progress, Scale};
@@ -176,7 +176,7 @@ async fn prepare(pair: &ContentPair, dst: &std::path::Path) -> anyhow::Result<Of
     })
 }
 
-/// Every offloaded entry of A back to its path, one after another, as
+/// Every offloaded entry of A back to its path, several at once, as
 /// `entry fetch` brings back a folder.
 async fn fetch_all_back(pair: &ContentPair, lib: &Arc<Library>) -> anyhow::Result<()> {
     let entries: Vec<FileEntry> = query::location_entries(lib, pair.location)?
@@ -184,9 +184,10 @@ async fn fetch_all_back(pair: &ContentPair, lib: &Arc<Library>) -> anyhow::Resul
         .filter(|e| e.offloaded_to.is_some())
         .collect();
     let peer = pair.a.state.resolve_peer(&pair.b.device_id().to_string())?;
-    let progress = TransferProgress::default();
-    for e in &entries {
-        fetch_back(&pair.a.fetcher, &peer, lib, e, &progress).await?;
+    let progress = Arc::new(TransferProgress::default());
+    let files = entries.into_iter().map(|e| (peer.clone(), e)).collect();
+    for result in fetch_back_many(&pair.a.fetcher, lib, files, &progress).await {
+        result?;
     }
     Ok(())
 }

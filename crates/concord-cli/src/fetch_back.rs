@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use concord::model::{entry_kind, FileEntry};
 use concord::{query, Uuid};
-use concord_node::conduits::offload_cycle::fetch_back;
+use concord_node::conduits::offload_cycle::fetch_back_many;
 use concord_node::transfer::TransferProgress;
 use concord_node::Node;
 use serde_json::{json, Value};
@@ -44,24 +44,31 @@ pub async fn restore(
         .library(plan.library)
         .map_err(|e| CliError::new(e.to_string()))?;
     let progress = Arc::new(TransferProgress::default());
-    let (mut bytes, mut failed) = (0u64, Vec::new());
+    let (mut bytes, mut failed, mut fetching) = (0u64, Vec::new(), Vec::new());
     for f in &plan.files {
-        let outcome = async {
+        let holder = async {
             let to = f.offloaded_to.ok_or_else(|| "not offloaded".to_string())?;
             let holder = query::location(&lib, to)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("its content's location {to} is gone"))?;
-            let peer = node
-                .state
+            node.state
                 .peer_for_device(holder.device, plan.library)
-                .map_err(|e| e.to_string())?;
-            fetch_back(&node.fetcher, &peer, &lib, f, &progress)
-                .await
                 .map_err(|e| e.to_string())
         };
-        match outcome.await {
-            Ok(()) => bytes += u64::try_from(f.size).unwrap_or(0),
+        match holder.await {
+            Ok(peer) => fetching.push((peer, f.clone())),
             Err(e) => failed.push(format!("{}: {e}", f.path)),
+        }
+    }
+    let sizes: Vec<(String, i64)> = fetching
+        .iter()
+        .map(|(_, f)| (f.path.clone(), f.size))
+        .collect();
+    let results = fetch_back_many(&node.fetcher, &lib, fetching, &progress).await;
+    for ((path, size), result) in sizes.into_iter().zip(results) {
+        match result {
+            Ok(()) => bytes += u64::try_from(size).unwrap_or(0),
+            Err(e) => failed.push(format!("{path}: {e}")),
         }
     }
     if let Some(first) = failed.first() {

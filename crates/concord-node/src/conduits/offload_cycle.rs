@@ -485,3 +485,42 @@ pub async fn fetch_back(
     blocking(move || commit_local(&lib, id)).await??;
     Ok(())
 }
+
+/// How many offloaded files [`fetch_back_many`] brings back at once: as
+/// many as one of the engine's own batches keeps in flight, so a folder
+/// comes back at the engine's rate rather than one file's.
+pub const FETCH_BACK_AT_ONCE: usize = 8;
+
+/// Fetch back many offloaded entries of this device (a folder), each from
+/// the device holding its content and as [`fetch_back`] does, at most
+/// [`FETCH_BACK_AT_ONCE`] at a time; one result per entry, in order.
+pub async fn fetch_back_many(
+    client: &ContentClient,
+    lib: &Arc<Library>,
+    files: Vec<(Peer, FileEntry)>,
+    progress: &Arc<TransferProgress>,
+) -> Vec<Result<(), NetError>> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(FETCH_BACK_AT_ONCE));
+    let mut out: Vec<Result<(), NetError>> = (0..files.len())
+        .map(|_| {
+            Err(NetError::Other(
+                "the fetch stopped before it finished".into(),
+            ))
+        })
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (peer, entry)) in files.into_iter().enumerate() {
+        let (client, lib) = (client.clone(), lib.clone());
+        let (progress, slots) = (progress.clone(), slots.clone());
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            (i, fetch_back(&client, &peer, &lib, &entry, &progress).await)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((i, result)) = joined {
+            out[i] = result;
+        }
+    }
+    out
+}
