@@ -12,7 +12,6 @@ use std::sync::Arc;
 use concord::conduit::content::LocalSource;
 use concord::conduit::error::{ConduitError, Result};
 use concord::conduit::execute::{End, Executor};
-use concord::conduit::guard::root_present;
 use concord::conduit::path::{RelPath, SafeRoot, RESERVED_DIR};
 use concord::conduit::plan::{Action, Plan, Side};
 use concord::conduit::settings::parse_dir;
@@ -26,7 +25,7 @@ use crate::error::NetError;
 use crate::state::NodeState;
 use crate::transfer::fetch::ContentClient;
 use crate::transfer::remote::RemoteSource;
-use crate::transfer::source::authorize_location;
+use crate::transfer::source::{authorize_location, location_present};
 use crate::transfer::wire::{ApplyAnswer, ApplyRequest, WireAction, WireState};
 
 fn wire_state(s: &FileState) -> WireState {
@@ -204,16 +203,7 @@ fn apply(
 ) -> Result<ApplyAnswer, NetError> {
     let location = authorize_location(state, remote, req.library, req.location)?;
     sync_allowed(state, remote, &req)?;
-    let lib = state.library(req.library)?;
-    let fingerprint = query::location(&lib, req.location)?
-        .and_then(|l| {
-            query::volumes(&lib)
-                .ok()?
-                .into_iter()
-                .find(|v| v.id == l.volume)
-        })
-        .map(|v| v.fingerprint);
-    if !root_present(&location, fingerprint.as_deref()) {
+    if !location_present(state, req.library, req.location, &location)? {
         return Err(NetError::Refused("the folder is missing here".into()));
     }
     let dir = parse_dir(&req.dir).map_err(refused)?;

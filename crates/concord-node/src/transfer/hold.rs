@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use concord::conduit::guard::root_present;
 use concord::conduit::trash::Trash;
 use concord::conduit::tree::hash_reader;
 use concord::query;
@@ -21,7 +20,7 @@ use crate::error::NetError;
 use crate::state::NodeState;
 use crate::transfer::fetch::{ContentClient, FileRequest};
 use crate::transfer::path::{components, open_regular};
-use crate::transfer::source::authorize_location;
+use crate::transfer::source::{authorize_location, location_present};
 use crate::transfer::wire::{HoldAnswer, HoldFile, HoldMode, HoldRequest, Holding, MAX_HOLD_FILES};
 
 /// `dir/path` (or `path` at a location's root), both `/`-separated.
@@ -164,16 +163,7 @@ fn hold(
     }
     let root = authorize_location(state, remote, req.library, req.location)?;
     let device = offload_allowed(state, remote, &req)?;
-    let lib = state.library(req.library)?;
-    let fingerprint = query::location(&lib, req.location)?
-        .and_then(|l| {
-            query::volumes(&lib)
-                .ok()?
-                .into_iter()
-                .find(|v| v.id == l.volume)
-        })
-        .map(|v| v.fingerprint);
-    if !root_present(&root, fingerprint.as_deref()) {
+    if !location_present(state, req.library, req.location, &root)? {
         return Err(NetError::Refused(
             "the destination folder is missing here".into(),
         ));

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Mutex;
 
-use concord::conduit::guard::root_present;
 use concord::conduit::ignore::IgnoreRules;
 use concord::conduit::path::{RelPath, SafeRoot};
 use concord::conduit::settings::parse_dir;
@@ -22,7 +21,7 @@ use iroh::EndpointId;
 use crate::error::NetError;
 use crate::state::NodeState;
 use crate::transfer::outboard::OutboardCache;
-use crate::transfer::source::{authorize_location, hash_for_listing};
+use crate::transfer::source::{authorize_location, hash_for_listing, location_present};
 use crate::transfer::wire::{
     ListPage, ListRequest, ListedFile, ReleaseAnswer, ReleaseRequest, PAGE_FILES, PAGE_PATH_BYTES,
 };
@@ -56,16 +55,7 @@ fn open_root(
     dir: &str,
 ) -> Result<Option<SafeRoot>, NetError> {
     let root = authorize_location(state, remote, library, location)?;
-    let lib = state.library(library)?;
-    let fingerprint = query::location(&lib, location)?
-        .and_then(|l| {
-            query::volumes(&lib)
-                .ok()?
-                .into_iter()
-                .find(|v| v.id == l.volume)
-        })
-        .map(|v| v.fingerprint);
-    if !root_present(&root, fingerprint.as_deref()) {
+    if !location_present(state, library, location, &root)? {
         return Ok(None);
     }
     let dir = parse_dir(dir).map_err(refused)?;

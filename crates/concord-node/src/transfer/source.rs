@@ -58,6 +58,30 @@ pub fn authorize(
     authorize_location(state, remote, req.library, req.location)
 }
 
+/// Whether a location's folder is really here: its root a folder on the
+/// volume the library recorded for it (an unmounted disk is not "empty").
+/// Every call that reads or writes inside a location asks this first.
+pub fn location_present(
+    state: &NodeState,
+    library: concord::Uuid,
+    location: concord::Uuid,
+    root: &Path,
+) -> Result<bool, NetError> {
+    let lib = state.library(library)?;
+    let fingerprint = query::location(&lib, location)?
+        .and_then(|l| {
+            query::volumes(&lib)
+                .ok()?
+                .into_iter()
+                .find(|v| v.id == l.volume)
+        })
+        .map(|v| v.fingerprint);
+    Ok(concord::conduit::guard::root_present(
+        root,
+        fingerprint.as_deref(),
+    ))
+}
+
 /// [`authorize`] for any call naming a library and a location.
 pub fn authorize_location(
     state: &NodeState,
