@@ -340,12 +340,16 @@ fn offload_frees_space_keeps_entries_and_brings_files_back() {
 }
 
 #[test]
-fn pinning_an_offloaded_file_brings_it_back_without_a_run_and_ignored_files_stay() {
+fn pinning_brings_files_back_without_a_run_ignored_files_stay_and_a_folder_is_fetched_whole() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, dst) = (tmp.path().join("laptop"), tmp.path().join("nas"));
     std::fs::create_dir_all(&dst).unwrap();
     let a_data = write_used(&src.join("a.bin"), "a", 300_000, hours_ago(5));
     let b_data = write_used(&src.join("docs/b.bin"), "b", 200_000, hours_ago(6));
+    let olds = [
+        write_used(&src.join("old/x.bin"), "x", 150_000, hours_ago(8)),
+        write_used(&src.join("old/deep/y.bin"), "y", 120_000, hours_ago(9)),
+    ];
     // What `.concordignore` names never leaves.
     std::fs::write(src.join(".concordignore"), "*.keep\n").unwrap();
     write_used(&src.join("note.keep"), "n", 100_000, hours_ago(7));
@@ -355,7 +359,7 @@ fn pinning_an_offloaded_file_brings_it_back_without_a_run_and_ignored_files_stay
     let before = entries(&a, &la);
     // Free space on this volume is always below 99%: an `instant` conduit
     // offloads both files by itself.
-    a.json(&[
+    let id = a.json(&[
         "conduit",
         "create",
         "lib",
@@ -367,10 +371,13 @@ fn pinning_an_offloaded_file_brings_it_back_without_a_run_and_ignored_files_stay
         "offload",
         "--min-free",
         "99%",
-    ]);
-    wait_until("both files offloaded", || {
+    ])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_until("every file offloaded", || {
         let now = entries(&a, &la);
-        ["a.bin", "docs/b.bin"]
+        ["a.bin", "docs/b.bin", "old/x.bin", "old/deep/y.bin"]
             .iter()
             .all(|p| now[*p]["offloaded_to"] == lb.as_str())
             && !src.join("a.bin").exists()
@@ -388,4 +395,22 @@ fn pinning_an_offloaded_file_brings_it_back_without_a_run_and_ignored_files_stay
     assert_eq!(std::fs::read(dst.join("a.bin")).unwrap(), a_data);
     assert!(src.join("note.keep").exists() && src.join(".concordignore").exists());
     assert!(!dst.join("note.keep").exists());
+
+    // `entry fetch` of a folder brings back every offloaded file below it,
+    // verified, and each entry is local again (the conduit paused first, or
+    // its next cycle would offload them once more).
+    a.json(&["conduit", "pause", "lib", &id]);
+    let folder = before["old"]["id"].as_str().unwrap().to_string();
+    let back = a.json(&["entry", "fetch", "lib", &folder]);
+    assert_eq!(back["files"], 2, "{back}");
+    assert_eq!(back["bytes"], 270_000, "{back}");
+    assert_eq!(std::fs::read(src.join("old/x.bin")).unwrap(), olds[0]);
+    assert_eq!(std::fs::read(src.join("old/deep/y.bin")).unwrap(), olds[1]);
+    wait_until("the folder's entries are local again", || {
+        let now = entries(&a, &la);
+        ["old/x.bin", "old/deep/y.bin"]
+            .iter()
+            .all(|p| now[*p]["offloaded_to"] == Value::Null)
+    });
+    assert!(!src.join("a.bin").exists(), "only the folder came back");
 }
