@@ -161,10 +161,13 @@ impl TempFile {
                 Err(e) => return Err(ConduitError::io(&path, e)),
             }
         }
-        Err(ConduitError::Invalid(format!(
-            "no free temp name in {}",
-            dir.display()
-        )))
+        Err(ConduitError::io(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "no free temp name: 1,000 names in a row were taken",
+            ),
+        ))
     }
 
     /// The file stays: the caller renamed it into place.
