@@ -46,7 +46,7 @@ pub async fn restore(
     let progress = Arc::new(TransferProgress::default());
     let (mut bytes, mut failed, mut fetching) = (0u64, Vec::new(), Vec::new());
     for f in &plan.files {
-        let holder = async {
+        let holder = || {
             let to = f.offloaded_to.ok_or_else(|| "not offloaded".to_string())?;
             let holder = query::location(&lib, to)
                 .map_err(|e| e.to_string())?
@@ -55,7 +55,7 @@ pub async fn restore(
                 .peer_for_device(holder.device, plan.library)
                 .map_err(|e| e.to_string())
         };
-        match holder.await {
+        match holder() {
             Ok(peer) => fetching.push((peer, f.clone())),
             Err(e) => failed.push(format!("{}: {e}", f.path)),
         }
