@@ -94,8 +94,19 @@ pub fn parse_node_id(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// The hash a seal signs, fed entry by entry.
-pub(crate) struct ChunkHasher(blake3::Hasher);
+/// The hash a seal signs, fed entry by entry. The bytes are gathered and
+/// hashed in large pieces: BLAKE3 fed one small entry at a time compresses
+/// one 64-byte block after another, while a large input is hashed many
+/// 1 KiB chunks at once (SIMD). The hash is the same either way; this made
+/// sealing a 1,000-change batch several times cheaper (PERFORMANCE.md, B1).
+pub(crate) struct ChunkHasher {
+    hasher: blake3::Hasher,
+    pending: Vec<u8>,
+}
+
+/// Bytes [`ChunkHasher`] gathers before it hashes them (bounds its memory
+/// whatever the entries' sizes).
+const HASH_PIECE_BYTES: usize = 64 * 1024;
 
 impl ChunkHasher {
     pub(crate) fn new(
@@ -104,22 +115,32 @@ impl ChunkHasher {
         first: u64,
         last: u64,
     ) -> ChunkHasher {
-        let mut h = blake3::Hasher::new();
-        h.update(DOMAIN);
-        h.update(library.as_bytes());
-        h.update(origin.as_bytes());
-        h.update(&incarnation.to_le_bytes());
-        h.update(&first.to_le_bytes());
-        h.update(&last.to_le_bytes());
-        ChunkHasher(h)
+        let mut pending = Vec::with_capacity(8 * 1024);
+        pending.extend_from_slice(DOMAIN);
+        pending.extend_from_slice(library.as_bytes());
+        pending.extend_from_slice(origin.as_bytes());
+        pending.extend_from_slice(&incarnation.to_le_bytes());
+        pending.extend_from_slice(&first.to_le_bytes());
+        pending.extend_from_slice(&last.to_le_bytes());
+        ChunkHasher {
+            hasher: blake3::Hasher::new(),
+            pending,
+        }
     }
     /// Add one entry's [`LogEntry::signed_bytes`], in `origin_seq` order.
     pub(crate) fn add(&mut self, signed_bytes: &[u8]) {
-        self.0.update(&(signed_bytes.len() as u64).to_le_bytes());
-        self.0.update(signed_bytes);
+        self.pending
+            .extend_from_slice(&(signed_bytes.len() as u64).to_le_bytes());
+        self.pending.extend_from_slice(signed_bytes);
+        if self.pending.len() >= HASH_PIECE_BYTES {
+            self.hasher.update(&self.pending);
+            self.pending.clear();
+        }
     }
-    fn finish(&self) -> [u8; 32] {
-        *self.0.finalize().as_bytes()
+    fn finish(&mut self) -> [u8; 32] {
+        self.hasher.update(&self.pending);
+        self.pending.clear();
+        *self.hasher.finalize().as_bytes()
     }
 }
 
