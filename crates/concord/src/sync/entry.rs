@@ -82,6 +82,23 @@ pub fn replica_id(device: Uuid, incarnation: u64) -> Uuid {
     if incarnation == 0 {
         return device;
     }
+    // Entries come in runs of one replica (a segment, a received chunk, a
+    // transaction): remember the last answer of this thread rather than hash
+    // twice per entry.
+    thread_local! {
+        static LAST: std::cell::Cell<Option<(Uuid, u64, Uuid)>> = const { std::cell::Cell::new(None) };
+    }
+    if let Some((d, i, r)) = LAST.with(|l| l.get()) {
+        if d == device && i == incarnation {
+            return r;
+        }
+    }
+    let replica = hash_replica_id(device, incarnation);
+    LAST.with(|l| l.set(Some((device, incarnation, replica))));
+    replica
+}
+
+fn hash_replica_id(device: Uuid, incarnation: u64) -> Uuid {
     let mut bytes = [0u8; 16];
     let tag = blake3::Hasher::new()
         .update(b"concord-replica-device\0")
@@ -99,7 +116,7 @@ pub fn replica_id(device: Uuid, incarnation: u64) -> Uuid {
 
 /// Whether `replica` is one of `device`'s replicas (any incarnation).
 pub fn is_replica_of(replica: Uuid, device: Uuid) -> bool {
-    replica == device || replica.as_bytes()[..8] == replica_id(device, 1).as_bytes()[..8]
+    replica == device || replica.as_bytes()[..8] == hash_replica_id(device, 1).as_bytes()[..8]
 }
 
 /// THE layout of an entry's signed bytes: origin, incarnation, `origin_seq`
