@@ -710,6 +710,7 @@ async fn forged_terms_in_answers_only_make_devices_ask_the_leader() {
             role: Role::Leader,
             seq: 0,
             vv: VersionVector::new(),
+            past_gaps: Default::default(),
         },
         Msg::Reconcile { .. } => Msg::ReconcileResponse {
             vv: VersionVector::new(),
@@ -1063,4 +1064,74 @@ async fn a_removed_leader_is_left_and_its_writes_go_nowhere() {
     }
     assert_eq!(count_tags(&c.libs[0]), 2, "seed and its own write only");
     assert_eq!(c.svc(1).term().leader, c.devices[2]);
+}
+
+/// Whether device `i`'s log holds every one of `entries`.
+fn logs_all(c: &Cluster, i: usize, entries: &[LogEntry]) -> bool {
+    entries.iter().all(|e| {
+        c.libs[i]
+            .with_log(|l| l.contains(e.replica(), e.origin_seq))
+            .unwrap()
+    })
+}
+
+/// Entries held past a gap in a replica (its origin lost the positions
+/// before them for good, as a rollback does, and is gone) reach every device
+/// although every version vector is equal (simulation seed 1183): the leader
+/// sees the difference in the `past_gaps` of a heartbeat reply and
+/// reconciles, and a reconcile pages on past a chunk larger than its page
+/// (answering "no more" there ended it at that chunk, and every later one
+/// asked for the same page again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_held_past_a_gap_reach_every_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small_pages = SyncConfig {
+        fetch_batch: 3,
+        ..config()
+    };
+    let mut c = Cluster::new(tmp.path(), 4, small_pages);
+    // Device 3 writes and never runs: its entries travel only as given here.
+    // Each call is one chunk; `big` is larger than a page.
+    let first = own_entries(&c, 3, 3, "first");
+    let lost = own_entries(&c, 3, 2, "lost");
+    let big = own_entries(&c, 3, 16, "big");
+    let after = own_entries(&c, 3, 3, "after");
+    let more = own_entries(&c, 3, 3, "more");
+    for i in 0..3 {
+        c.libs[i].apply_remote(&first).unwrap();
+        c.start(i);
+    }
+    c.write_and_converge(&[0, 1, 2], "before").await;
+    // Pushed directly to the followers before their origin went back in
+    // time: no leader sequenced them, no follower proposes another's entries.
+    let to_1: Vec<LogEntry> = big.iter().chain(&after).cloned().collect();
+    assert!(c.libs[1].apply_remote(&to_1).unwrap().rejected.is_empty());
+    assert!(c.libs[2].apply_remote(&more).unwrap().rejected.is_empty());
+    let vvs: Vec<VersionVector> = (0..3)
+        .map(|i| c.libs[i].with_log(|l| l.version_vector()).unwrap())
+        .collect();
+    assert!(vvs.windows(2).all(|w| w[0] == w[1]), "{vvs:?}");
+
+    let held: Vec<LogEntry> = big.iter().chain(&after).chain(&more).cloned().collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(0..3).all(|i| logs_all(&c, i, &held)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entries past the gap never reached every device: {:?}",
+            (0..3).map(|i| logs_all(&c, i, &held)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.wait_converged(&[0, 1, 2]).await;
+    for i in 0..3 {
+        assert!(!holds_any(&c, i, &lost, "lost"), "device {i}");
+        assert_eq!(count_tags(&c.libs[i]), 3 + 16 + 3 + 3 + 3, "device {i}");
+        let gaps = c.libs[i].with_log(|l| l.past_gaps()).unwrap();
+        assert_eq!(gaps.len(), 1, "device {i}: one replica with a gap");
+        assert_eq!(gaps.values().next().unwrap().highest, more[2].origin_seq);
+    }
+    let gaps: Vec<_> = (0..3)
+        .map(|i| c.libs[i].with_log(|l| l.past_gaps()).unwrap())
+        .collect();
+    assert!(gaps.windows(2).all(|w| w[0] == w[1]), "{gaps:?}");
 }

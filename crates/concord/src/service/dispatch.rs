@@ -218,6 +218,7 @@ impl SyncService {
             self.hear_of(from, term).await;
         }
         let my_vv = self.version_vector().await;
+        let past_gaps = self.past_gaps().await;
         let (my_term, my_role, my_seq, lacking, from_leader) = {
             let mut state = self.state();
             state.peers.entry(from).or_default().vv = vv.clone();
@@ -256,6 +257,7 @@ impl SyncService {
             role: my_role,
             seq: my_seq,
             vv: my_vv,
+            past_gaps,
         })
     }
 }

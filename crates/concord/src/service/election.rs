@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term};
 use super::state::{SyncService, MAX_EPOCH_STEP};
+use crate::sync::gaps::PastGaps;
 use crate::sync::version_vector::{vv_covers, VersionVector};
 
 impl SyncService {
@@ -74,7 +75,7 @@ impl SyncService {
         };
         let mut tasks = self.probe_all(members, &probe);
         let mut reachable = vec![self.shared.me];
-        let mut their_vvs: HashMap<Uuid, VersionVector> = HashMap::new();
+        let mut their_vvs: HashMap<Uuid, (VersionVector, PastGaps)> = HashMap::new();
         let mut top_epoch = term.epoch;
         let mut leader_alive = false;
         // Our leader answered with an older term: no one will ever lead ours
@@ -85,11 +86,12 @@ impl SyncService {
             if let Ok(Msg::HeartbeatReply {
                 term: t,
                 vv: theirs,
+                past_gaps,
                 ..
             }) = reply
             {
                 reachable.push(from);
-                their_vvs.insert(from, theirs);
+                their_vvs.insert(from, (theirs, past_gaps));
                 // Epochs beyond the bound are not counted (nor adopted), so
                 // our own next epoch stays within it too.
                 if t.epoch < term.epoch.saturating_add(MAX_EPOCH_STEP) {
@@ -138,22 +140,35 @@ impl SyncService {
             self.heartbeat_all(new).await;
             self.on_change().await;
         } else {
-            // The higher device should take over: ask it to check now (it may
-            // still hear from the leader; then nothing changes), instead of
-            // letting it find out a `leader_timeout` later or every member
-            // holding an election of its own. Meanwhile sync directly with it,
-            // when one of the two holds what the other lacks.
-            self.state().last_leader_contact = Instant::now();
-            if term.leader != Uuid::nil() {
-                let _ = self.probe(winner, Msg::TakeOver { term }).await;
-            }
-            let differs = their_vvs
-                .get(&winner)
-                .is_none_or(|theirs| !vv_covers(theirs, &vv) || !vv_covers(&vv, theirs));
-            if differs {
-                if let Err(e) = self.reconcile_with(winner).await {
-                    tracing::debug!(peer = %winner, "leaderless reconcile failed: {e}");
-                }
+            self.defer_to(winner, term, &vv, their_vvs.remove(&winner))
+                .await;
+        }
+    }
+
+    /// The higher device `winner` should take over: ask it to check now (it
+    /// may still hear from the leader; then nothing changes), instead of
+    /// letting it find out a `leader_timeout` later or every member holding
+    /// an election of its own. Meanwhile sync directly with it when one of
+    /// the two holds what the other lacks (`theirs`: its vector and what it
+    /// holds past gaps, from its probe reply).
+    async fn defer_to(
+        &self,
+        winner: Uuid,
+        term: Term,
+        vv: &VersionVector,
+        theirs: Option<(VersionVector, PastGaps)>,
+    ) {
+        self.state().last_leader_contact = Instant::now();
+        if term.leader != Uuid::nil() {
+            let _ = self.probe(winner, Msg::TakeOver { term }).await;
+        }
+        let gaps = self.past_gaps().await;
+        let differs = theirs.is_none_or(|(theirs, past_gaps)| {
+            !vv_covers(&theirs, vv) || !vv_covers(vv, &theirs) || past_gaps != gaps
+        });
+        if differs {
+            if let Err(e) = self.reconcile_with(winner).await {
+                tracing::debug!(peer = %winner, "leaderless reconcile failed: {e}");
             }
         }
     }

@@ -65,6 +65,7 @@ impl SyncService {
         let members = self.members().await;
         let horizon = self.horizon().await;
         let vv = self.version_vector().await;
+        let gaps = self.past_gaps().await;
         let seq = self.state().seq;
         let heartbeat = Msg::Heartbeat {
             term,
@@ -77,7 +78,12 @@ impl SyncService {
         let mut differing = Vec::new();
         while let Some(done) = tasks.join_next().await {
             let Ok((from, reply)) = done else { continue };
-            if let Ok(Msg::HeartbeatReply { vv: theirs, .. }) = reply {
+            if let Ok(Msg::HeartbeatReply {
+                vv: theirs,
+                past_gaps,
+                ..
+            }) = reply
+            {
                 let now = self.now_ms();
                 let ack = theirs.clone();
                 if let Err(e) = self
@@ -86,7 +92,9 @@ impl SyncService {
                 {
                     self.note_error(e);
                 }
-                if !vv_covers(&theirs, &vv) || !vv_covers(&vv, &theirs) {
+                // Equal vectors may still hide different entries past a gap
+                // (`crate::sync::gaps`): those differ in `past_gaps`.
+                if !vv_covers(&theirs, &vv) || !vv_covers(&vv, &theirs) || past_gaps != gaps {
                     differing.push(from);
                 }
                 self.state().peers.entry(from).or_default().vv = theirs;

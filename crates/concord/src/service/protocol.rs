@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::sync::entry::LogEntry;
+use crate::sync::gaps::PastGaps;
 use crate::sync::log::VersionVector;
 
 /// Largest number of entries in one message.
@@ -155,6 +156,11 @@ pub enum Msg {
         role: Role,
         seq: u64,
         vv: VersionVector,
+        /// What the replier holds past a gap in a replica, which `vv` does
+        /// not show: a leader (or an election probe) reconciles with a peer
+        /// whose summary differs from its own even when the vectors are
+        /// equal.
+        past_gaps: PastGaps,
     },
     ReconcileResponse {
         vv: VersionVector,
@@ -257,9 +263,10 @@ impl Msg {
                 entries.len() <= MAX_BATCH_ENTRIES && vv_ok(vv)
             }
             Msg::Heartbeat { vv, horizon, .. } => vv_ok(vv) && horizon.as_ref().is_none_or(vv_ok),
-            Msg::HeartbeatReply { vv, .. }
-            | Msg::Acknowledge { vv, .. }
-            | Msg::Reconcile { vv, .. } => vv_ok(vv),
+            Msg::HeartbeatReply { vv, past_gaps, .. } => {
+                vv_ok(vv) && past_gaps.len() <= MAX_VV_ORIGINS
+            }
+            Msg::Acknowledge { vv, .. } | Msg::Reconcile { vv, .. } => vv_ok(vv),
             Msg::PullPage { rows, .. } => rows.len() <= MAX_SNAPSHOT_ROWS,
             Msg::SnapshotChunk {
                 rows,

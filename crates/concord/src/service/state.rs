@@ -21,6 +21,7 @@ use super::transport::Transport;
 use crate::error::{Error, Result};
 use crate::query;
 use crate::sync::entry::LogEntry;
+use crate::sync::gaps::PastGaps;
 use crate::sync::log::VersionVector;
 use crate::sync::txn::{ApplyReport, Library};
 use crate::sync::version_vector::vv_lag;
@@ -370,6 +371,14 @@ impl SyncService {
             .unwrap_or_default()
     }
 
+    /// What this log holds past a gap in a replica (`crate::sync::gaps`),
+    /// which its version vector does not show.
+    pub(super) async fn past_gaps(&self) -> PastGaps {
+        self.run_sqlite(|lib| lib.with_log(|l| l.past_gaps()))
+            .await
+            .unwrap_or_default()
+    }
+
     /// Apply entries from peer `from` through the TransactionManager. The
     /// sequence numbers are the sender's; this log keeps its own. Entries no
     /// verified seal covers are refused there; the sender is charged with them
@@ -475,10 +484,18 @@ impl SyncService {
 
 /// The first `limit` of `entries` (read as `limit + 1`), ending at a chunk
 /// boundary (`crate::sync::seal::page_end`: a receiver verifies whole chunks
-/// only), and whether more follow.
+/// only), and whether more may follow.
+///
+/// A read that reached its `limit + 1` may have stopped short of more, even
+/// when the page keeps all of it: reads end at a chunk's end, so a chunk
+/// larger than the limit comes whole and leaves nothing over to show that
+/// more follow. Such a page says `more` (at worst one empty page follows).
+/// Saying "no more" there ended a reconcile at that chunk; when the asker's
+/// vector could not move past it (entries held past a gap), every later
+/// reconcile asked for the same page again and never got what followed.
 pub(super) fn one_page(mut entries: Vec<LogEntry>, limit: usize) -> (Vec<LogEntry>, bool) {
     let end = crate::sync::seal::page_end(&entries, limit);
-    let has_more = entries.len() > end;
+    let has_more = entries.len() > end || entries.len() > limit;
     entries.truncate(end);
     (entries, has_more)
 }

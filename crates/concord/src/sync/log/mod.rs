@@ -18,10 +18,11 @@
 //! The whole API of the log is `impl SyncLog`, spread by concern: reading and
 //! appending here ([`rows`] holds the row-level writes), the leader's term and
 //! sequencing in [`sequencing`], pruning and snapshot positions in [`floors`],
-//! peer acknowledgements in [`acks`].
+//! peer acknowledgements in [`acks`], what is held past a gap in [`gaps`].
 
 mod acks;
 mod floors;
+mod gaps;
 mod rows;
 mod seals;
 mod sequencing;
