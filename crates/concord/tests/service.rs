@@ -216,7 +216,7 @@ impl Cluster {
     }
 
     async fn wait_converged(&self, which: &[usize]) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             let ds: Vec<String> = which.iter().map(|i| self.digest(*i)).collect();
             if ds.windows(2).all(|w| w[0] == w[1]) {
@@ -261,7 +261,7 @@ async fn replicate_failover_and_rejoin() {
 
     // Kill the leader (device 0). The highest id (device 2) takes over at epoch 2.
     c.kill(0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (t1, t2) = (c.svc(1).term(), c.svc(2).term());
         if t1 == t2 && t1.leader == c.devices[2] && t1.epoch >= 2 {
@@ -366,7 +366,7 @@ async fn away_past_retention_gets_a_snapshot() {
     }
     c.libs[0].commit(Change::delete::<Tag>(doomed)).unwrap();
     // Wait until the leader pruned past device 1's position.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let a = c.libs[0].replica();
     let top = c.libs[0].with_log(|l| l.max_seq(a)).unwrap();
     while c.libs[0]
@@ -412,7 +412,7 @@ fn quiet_config() -> SyncConfig {
 impl Cluster {
     /// Wait until no exchange happened for 300 ms; returns those since `from`.
     async fn quiet_exchanges(&self, from: usize) -> Vec<Exchange> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         let mut seen = usize::MAX;
         loop {
             let n = self.net.exchanges.lock().unwrap().len();
@@ -557,7 +557,7 @@ async fn an_adopted_term_is_persisted() {
         c.start(i);
     }
     c.kill(0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let terms: Vec<_> = (1..3).map(|i| c.svc(i).term()).collect();
         let stored: Vec<_> = (1..3)
@@ -740,7 +740,7 @@ async fn forged_terms_in_answers_only_make_devices_ask_the_leader() {
     // The leader dies: the highest honest device takes over, one epoch up
     // (give or take a contested round), never at a forged epoch.
     c.kill(0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (t2, t3) = (c.svc(2).term(), c.svc(3).term());
         assert!(t2.epoch < 4 && t3.epoch < 4, "forged epoch: {t2:?} {t3:?}");
@@ -1028,7 +1028,7 @@ async fn a_removed_leader_is_left_and_its_writes_go_nowhere() {
     concord::membership::remove(&c.libs[1], c.devices[0])
         .unwrap()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (t1, t2) = (c.svc(1).term(), c.svc(2).term());
         if t1 == t2 && t1.leader == c.devices[2] {
@@ -1043,7 +1043,7 @@ async fn a_removed_leader_is_left_and_its_writes_go_nowhere() {
     let removed_write = tag(&c.libs[0], "removed-write");
     tag(&c.libs[1], "from-1");
     tag(&c.libs[2], "from-2");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while count_tags(&c.libs[1]) < 3 || count_tags(&c.libs[2]) < 3 {
         assert!(tokio::time::Instant::now() < deadline, "no convergence");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1113,7 +1113,7 @@ async fn entries_held_past_a_gap_reach_every_device() {
     assert!(vvs.windows(2).all(|w| w[0] == w[1]), "{vvs:?}");
 
     let held: Vec<LogEntry> = big.iter().chain(&after).chain(&more).cloned().collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while !(0..3).all(|i| logs_all(&c, i, &held)) {
         assert!(
             tokio::time::Instant::now() < deadline,
