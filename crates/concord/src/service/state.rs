@@ -75,6 +75,10 @@ pub(super) struct PeerInfo {
     pub(super) forged: u64,
     /// Why the last of those was refused.
     pub(super) last_refusal: Option<String>,
+    /// The replica its last proposal came from (its current incarnation, as
+    /// far as this device, its leader, knows): its other replicas are
+    /// superseded and may be retired (`retire.rs`).
+    pub(super) writing: Option<Uuid>,
 }
 
 impl PeerInfo {
@@ -363,8 +367,17 @@ impl SyncService {
         true
     }
 
-    /// This device's version vector (empty if the log cannot be read).
+    /// This device's version vector as it is sent: compact, retired replicas
+    /// left out (`sync::log::retired`); empty if the log cannot be read.
     pub(super) async fn version_vector(&self) -> VersionVector {
+        self.run_sqlite(|lib| lib.with_log(|l| l.compact_vector()))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// This device's full version vector, retired replicas included: what
+    /// its log holds, to set against a peer's claims about this device.
+    pub(super) async fn full_vector(&self) -> VersionVector {
         self.run_sqlite(|lib| lib.with_log(|l| l.version_vector()))
             .await
             .unwrap_or_default()
@@ -431,7 +444,7 @@ impl SyncService {
         let members = self.members().await;
         let (vv, conflicts, latest, log_entries) = self
             .run_sqlite(|lib| {
-                let vv = lib.with_log(|l| l.version_vector())?;
+                let vv = lib.with_log(|l| l.compact_vector())?;
                 let latest = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
                 let log_entries = lib.with_log(|l| l.count())?;
                 let conflicts = query::conflict_count(lib)?;
@@ -439,6 +452,12 @@ impl SyncService {
             })
             .await?;
         let window = self.shared.config.leader_timeout;
+        // A retired digest is no count of entries.
+        let replicas = |vv: &VersionVector| {
+            let mut vv = vv.clone();
+            vv.remove(&crate::sync::log::RETIRED_KEY);
+            vv
+        };
         let state = self.state();
         let peers = members
             .iter()
@@ -447,7 +466,7 @@ impl SyncService {
                 PeerStatus {
                     device_id: *d,
                     online: p.last_contact.is_some_and(|t| t.elapsed() <= window),
-                    lag_entries: vv_lag(&vv, &p.vv),
+                    lag_entries: vv_lag(&replicas(&vv), &replicas(&p.vv)),
                     last_seen: p.last_seen_ms,
                     forged: p.forged,
                     last_refusal: p.last_refusal,
