@@ -201,6 +201,13 @@ pub fn add_missing_columns(conn: &mut rusqlite::Connection) -> crate::Result<()>
 /// Schema version of `sync.db`.
 pub const SYNC_SCHEMA_VERSION: i64 = 6;
 
+/// `sync.db` v6 (compact vectors): replicas retired from version vectors
+/// (`SyncLog::retire`): superseded, and held by every member through
+/// `last_seq`. Their `origins` rows stay.
+const SYNC_V6: &str = "
+CREATE TABLE IF NOT EXISTS retired (replica BLOB PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+";
+
 /// `sync.db`: the append-only log and per-origin positions.
 pub fn sync_migrations() -> Vec<String> {
     vec!["
@@ -300,12 +307,5 @@ CREATE TABLE IF NOT EXISTS seals (
 ) WITHOUT ROWID;
 "
     .to_string(),
-    // v6 (compact vectors): replicas retired from version vectors
-    // (`SyncLog::retire`): superseded, and held by every member through
-    // `last_seq`. Their `origins` rows stay.
-    "
-CREATE TABLE retired (replica BLOB PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
-"
-    .to_string(),
-    ]
+    SYNC_V6.to_string()]
 }
