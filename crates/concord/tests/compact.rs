@@ -319,3 +319,85 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
     }
 }
+
+/// The comparison rules on logs alone: a retirement is recorded only where
+/// the replica is held through it; two devices with different holdings never
+/// send equal vectors; a peer with the same retired set reads exactly what
+/// is held, and one without it is sent what it lacks.
+#[test]
+fn retiring_never_hides_a_difference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lib_id = Uuid::now_v7();
+    let open = |name: &str, device: Uuid| {
+        Library::create(
+            &tmp.path().join(name),
+            lib_id,
+            "lib",
+            device,
+            Box::new(SystemClock),
+        )
+        .unwrap()
+    };
+    let (da, db, dc) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let a = open("a", da);
+    for i in 0..5 {
+        a.commit(Change::insert(&Tag {
+            id: Uuid::now_v7(),
+            name: format!("t{i}"),
+            color: None,
+        }))
+        .unwrap();
+    }
+    let r = a.replica();
+    let entries = a.with_log(|l| l.entries()).unwrap();
+    let (b, c) = (open("b", db), open("c", dc));
+    b.apply_remote(&entries).unwrap();
+    c.apply_remote(&entries[..3]).unwrap();
+    let retire = [(r, 5)];
+    assert_eq!(a.with_log(|l| l.retire(&retire)).unwrap(), 1);
+    assert_eq!(b.with_log(|l| l.retire(&retire)).unwrap(), 1);
+    assert_eq!(
+        c.with_log(|l| l.retire(&retire)).unwrap(),
+        0,
+        "not held through 5"
+    );
+    let sent = |lib: &Library| lib.with_log(|l| l.compact_vector()).unwrap();
+    let (va, vb, vc) = (sent(&a), sent(&b), sent(&c));
+    assert!(!va.contains_key(&r) && va.contains_key(&RETIRED_KEY));
+    assert_eq!(va, vb, "the same holdings, the same retired set");
+    assert_ne!(va, vc, "different holdings never look equal");
+    assert_eq!(vc.get(&r), Some(&3));
+    // Same digest: expanded exactly; another digest: taken as it is.
+    assert_eq!(
+        a.with_log(|l| l.expand_vector(&vb)).unwrap().get(&r),
+        Some(&5)
+    );
+    let empty = VersionVector::new();
+    let lacking = a
+        .with_log(|l| l.fetch_missing(&l.expand_vector(&empty)?, 100))
+        .unwrap();
+    assert_eq!(
+        lacking.len(),
+        5,
+        "a peer without the retirement gets it all"
+    );
+    let from_c = a
+        .with_log(|l| l.fetch_missing(&l.expand_vector(&vc)?, 100))
+        .unwrap();
+    assert_eq!(from_c.len(), 2, "and one holding part of it the rest");
+    // Reopened (retirements are in sync.db): the retired replica stays out,
+    // the new one is named.
+    let more = Tag {
+        id: Uuid::now_v7(),
+        name: "later".into(),
+        color: None,
+    };
+    drop(a);
+    let a = Library::open(&tmp.path().join("a"), da, Box::new(SystemClock)).unwrap();
+    a.commit(Change::insert(&more)).unwrap();
+    assert!(
+        !sent(&a).contains_key(&r),
+        "a new replica, the retired one stays out"
+    );
+    assert_eq!(sent(&a).get(&a.replica()), Some(&1));
+}
