@@ -39,8 +39,8 @@ pub struct Report {
     /// Received chunks whose positions a device held with other content
     /// (from their stats); a run fails on any: honest devices never make one.
     pub position_conflicts: u64,
-    /// Replicas in the largest version vector at the end (one per
-    /// incarnation that wrote; nothing retires them yet).
+    /// Replicas in the largest version vector a device sends at the end (one
+    /// per incarnation that wrote and is not retired yet).
     pub max_vv: usize,
     /// The highest term epoch any device reached.
     pub max_epoch: u64,

@@ -32,6 +32,7 @@ use std::time::Duration;
 use concord::hlc::{Hlc, DEFAULT_MAX_CLOCK_DRIFT};
 use concord::service::protocol::Role;
 use concord::service::SyncConfig;
+use concord::sync::log::RETIRED_KEY;
 use tokio::time::{sleep, Instant};
 use uuid::Uuid;
 
@@ -257,6 +258,29 @@ impl World {
         Ok(())
     }
 
+    /// After convergence: a few more heartbeats, until every device sends the
+    /// same compact vector (the leader retires what every member holds and
+    /// the others learn it) or 10 s of simulated time passed; the widest
+    /// vector is measured after it.
+    async fn settle_retirements(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            sleep(Duration::from_millis(250)).await;
+            let mut sent = Vec::new();
+            for d in &self.devices {
+                let lib = d.lib.as_ref().unwrap();
+                sent.push(
+                    lib.with_log(|l| l.compact_vector())
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            if sent.windows(2).all(|w| w[0] == w[1]) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Quiet: run until every device has the same view and term three checks
     /// in a row, or fail after 120 s of simulated time.
     async fn quiet(&mut self) -> Result<(), String> {
@@ -273,6 +297,7 @@ impl World {
                 views.windows(2).all(|w| w[0] == w[1]) && terms.windows(2).all(|w| w[0] == w[1]);
             stable = if same { stable + 1 } else { 0 };
             if stable >= 3 {
+                self.settle_retirements().await?;
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -338,7 +363,17 @@ impl World {
         }
         self.report.forged_sent = self.forgeries.sent;
         let views = self.views()?;
-        self.report.max_vv = views.iter().map(|v| v.vv.len()).max().unwrap_or(0);
+        // Replicas in the vector each device sends (retired ones left out).
+        for d in &self.devices {
+            let sent = d
+                .lib
+                .as_ref()
+                .unwrap()
+                .with_log(|l| l.compact_vector())
+                .map_err(|e| e.to_string())?;
+            let replicas = sent.keys().filter(|k| **k != RETIRED_KEY).count();
+            self.report.max_vv = self.report.max_vv.max(replicas);
+        }
         self.trace.event(
             "final",
             &[views[0].shared.as_bytes(), views[0].files.as_bytes()],

@@ -137,6 +137,7 @@ impl SyncService {
                     .await
             }
             Msg::TakeOver { term } => Ok(self.on_take_over(term)),
+            Msg::Retire { retired } => self.serve_retire(retired).await,
             other => Err(Error::Invalid(format!("{} is not a request", other.name()))),
         }
     }
@@ -179,6 +180,10 @@ impl SyncService {
             return Err(Error::Invalid(format!(
                 "device {from} proposed entries of another device; only its own may be proposed"
             )));
+        }
+        // Proposals carry the proposer's current replica only.
+        if let Some(last) = entries.last() {
+            self.state().peers.entry(from).or_default().writing = Some(last.replica());
         }
         self.take_from_follower(from, mine, entries).await
     }

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
 use super::protocol::{Msg, Role, Term, MAX_BATCH_ENTRIES, MAX_INLINE_ENTRIES};
+use super::retire::replicas_only;
 use super::state::{one_page, Notice, SyncService};
 use crate::error::Result;
 use crate::query;
@@ -22,11 +23,12 @@ use crate::sync::log::VersionVector;
 use crate::sync::version_vector::{vv_covers, vv_min};
 
 impl SyncService {
-    /// The version vector every device that still counts has reached. Devices
+    /// The vectors of every device that still counts, this one's first (the
+    /// pruning horizon is their least; retiring needs them all). Devices
     /// silent for longer than `retention` no longer hold the log back; a device
-    /// that never acknowledged holds it back until `retention` after it was
-    /// registered.
-    pub(super) async fn horizon(&self) -> VersionVector {
+    /// that never acknowledged holds it back (an empty vector) until
+    /// `retention` after it was registered.
+    pub(super) async fn counted_vectors(&self) -> Vec<VersionVector> {
         let retention = self.shared.config.retention.as_millis() as u64;
         let now = self.now_ms();
         let members = self.members().await;
@@ -34,12 +36,12 @@ impl SyncService {
             .run_sqlite(|lib| {
                 let acks = lib.with_log(|l| l.acks())?;
                 let registered = query::members::members_registered_at(lib)?;
-                let mine = lib.with_log(|l| l.version_vector())?;
+                let mine = lib.with_log(|l| l.compact_vector())?;
                 Ok((acks, registered, mine))
             })
             .await
         else {
-            return VersionVector::new();
+            return vec![VersionVector::new()];
         };
         let acks: HashMap<Uuid, (VersionVector, u64)> =
             acks.into_iter().map(|(d, v, at)| (d, (v, at))).collect();
@@ -56,14 +58,15 @@ impl SyncService {
                 }
             }
         }
-        vv_min(vvs.iter())
+        vvs
     }
 
     /// Leader: heartbeat every member, learn their version vectors, repair what
     /// differs, prune what everyone has.
     pub(super) async fn heartbeat_all(&self, term: Term) {
         let members = self.members().await;
-        let horizon = self.horizon().await;
+        let counted = self.counted_vectors().await;
+        let horizon = replicas_only(vv_min(counted.iter()));
         let vv = self.version_vector().await;
         let gaps = self.past_gaps().await;
         let seq = self.state().seq;
@@ -108,6 +111,9 @@ impl SyncService {
                 tracing::debug!(peer = %peer, "anti-entropy failed: {e}");
             }
         }
+        // Before pruning: the horizon covers what is retired now, so every
+        // device drops those entries with this heartbeat's horizon.
+        self.retire_superseded(counted).await;
         if !horizon.is_empty() {
             let h = horizon.clone();
             match self.run_sqlite(move |lib| lib.prune_log(&h)).await {

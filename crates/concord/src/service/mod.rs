@@ -35,6 +35,7 @@
 //! - `leader.rs`: heartbeats, sequencing, `NewEntries` propagation, pruning horizon.
 //! - `pull.rs`: remote browsing (pulling another device's location).
 //! - `reconcile.rs`: version-vector reconcile and snapshot backfill, both sides.
+//! - `retire.rs`: retiring superseded replicas from vectors, both sides.
 //! - `cursor.rs`: the follower's cursor over the leader's sequence; term fencing.
 //! - `outbound.rs`: every request to another device.
 //! - `state.rs`: settings, shared state and the primitives every role uses.
@@ -54,6 +55,7 @@ pub mod protocol;
 pub mod pull;
 mod reconcile;
 mod report;
+mod retire;
 mod run;
 /// Snapshot chunks: reading state as rows and merging them in.
 pub mod snapshot;

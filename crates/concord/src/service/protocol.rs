@@ -19,6 +19,11 @@ pub const MAX_INLINE_ENTRIES: usize = 256;
 pub const MAX_SNAPSHOT_ROWS: usize = 2000;
 /// Most origins a version vector may name.
 pub const MAX_VV_ORIGINS: usize = 4096;
+/// Most retired replicas one `Retire` or `Retired` carries (a device that
+/// retired more sends the first of them by replica id; a peer that then lacks
+/// some keeps another digest, and vectors are compared as they are). Below
+/// the node's 1 MiB bound for messages without entries.
+pub const MAX_RETIRED: usize = 32_768;
 
 /// A request or response with its routing and correlation data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +225,18 @@ pub enum Msg {
     TakeOver {
         term: Term,
     },
+    /// Any → any, when the retired digests of their vectors differ: every
+    /// replica the sender retired, with the position it was retired at. The
+    /// receiver records those it holds through that position (compact
+    /// vectors, `sync::log::retired`) and answers `Retired`.
+    Retire {
+        retired: Vec<(Uuid, u64)>,
+    },
+    /// The answer to `Retire`: the receiver's retired replicas the request
+    /// did not list at that position.
+    Retired {
+        retired: Vec<(Uuid, u64)>,
+    },
 }
 
 impl Msg {
@@ -246,6 +263,8 @@ impl Msg {
             Msg::Error { .. } => "Error",
             Msg::Sequenced { .. } => "Sequenced",
             Msg::TakeOver { .. } => "TakeOver",
+            Msg::Retire { .. } => "Retire",
+            Msg::Retired { .. } => "Retired",
         }
     }
 
@@ -268,6 +287,7 @@ impl Msg {
             }
             Msg::Acknowledge { vv, .. } | Msg::Reconcile { vv, .. } => vv_ok(vv),
             Msg::PullPage { rows, .. } => rows.len() <= MAX_SNAPSHOT_ROWS,
+            Msg::Retire { retired } | Msg::Retired { retired } => retired.len() <= MAX_RETIRED,
             Msg::SnapshotChunk {
                 rows,
                 tombstones,
@@ -278,7 +298,8 @@ impl Msg {
                 rows.len() <= MAX_SNAPSHOT_ROWS
                     && tombstones.len() <= MAX_SNAPSHOT_ROWS
                     && bulk.len() <= MAX_SNAPSHOT_ROWS
-                    && vv_ok(vv)
+                    // The full vector: retired replicas included.
+                    && vv.len() <= MAX_VV_ORIGINS + MAX_RETIRED
             }
             _ => true,
         };

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::protocol::{self, Msg, Term, MAX_BATCH_ENTRIES};
+use super::retire::digest_of;
 use super::snapshot;
 use super::state::{one_page, SyncService};
 use crate::error::{Error, Result};
@@ -34,7 +35,13 @@ impl SyncService {
     /// Version-vector reconciliation with one peer: pull what we lack, push what it
     /// lacks. Falls back to a snapshot when the peer pruned what we need.
     pub async fn reconcile_with(&self, peer: Uuid) -> Result<()> {
+        // Retirements first when the peer's last vector shows another retired
+        // set: a replica this device retired and the peer pruned would
+        // otherwise make it answer with a snapshot.
+        let known = self.state().peers.get(&peer).map(|p| digest_of(&p.vv));
+        self.exchange_retired(peer, known.unwrap_or(0)).await?;
         let their_vv = self.pull_missing(peer).await?;
+        self.exchange_retired(peer, digest_of(&their_vv)).await?;
         let their_vv = self.push_missing(peer, their_vv).await?;
         // What the peer holds now (lets `propose` skip what it already has).
         self.state().peers.entry(peer).or_default().vv = their_vv;
@@ -77,7 +84,7 @@ impl SyncService {
                         // Against this log now, not the vector asked with: our
                         // own entries proposed meanwhile are no loss.
                         first_reply = false;
-                        let mine = self.version_vector().await;
+                        let mine = self.full_vector().await;
                         self.note_rollback(peer, &mine, &their_vv);
                     }
                     self.hear_of(peer, term).await;
@@ -161,14 +168,16 @@ impl SyncService {
         }
     }
 
-    /// Push, batch by batch, what `peer` lacks by `their_vv`. Returns the
-    /// peer's version vector raised by what it was sent.
+    /// Push, batch by batch, what `peer` lacks by `their_vv` (compact, as
+    /// sent). Returns the peer's version vector raised by what it was sent.
     async fn push_missing(&self, peer: Uuid, mut their_vv: VersionVector) -> Result<VersionVector> {
         loop {
             let vv = their_vv.clone();
             let batch = self.shared.config.fetch_batch.min(MAX_BATCH_ENTRIES);
             let entries = self
-                .run_sqlite(move |lib| lib.with_log(|l| l.fetch_missing(&vv, batch + 1)))
+                .run_sqlite(move |lib| {
+                    lib.with_log(|l| l.fetch_missing(&l.expand_vector(&vv)?, batch + 1))
+                })
                 .await?;
             if entries.is_empty() {
                 break;
@@ -199,7 +208,7 @@ impl SyncService {
                 None => attempt += 1,
             }
         };
-        let mine = self.version_vector().await;
+        let mine = self.full_vector().await;
         self.note_rollback(peer, &mine, &vv);
         self.run_sqlite(move |lib| {
             // The rows first on disk, then the log says it holds them: a power
@@ -300,24 +309,26 @@ impl SyncService {
         vv: VersionVector,
         limit: u32,
     ) -> Result<Msg> {
-        let floor = self
-            .run_sqlite(|lib| lib.with_log(|l| l.pruned_floor()))
+        let asked = vv.clone();
+        let (floor, want) = self
+            .run_sqlite(move |lib| {
+                lib.with_log(|l| Ok((l.pruned_floor()?, l.expand_vector(&asked)?)))
+            })
             .await?;
         if let Some((origin, _)) = floor
             .iter()
-            .find(|(o, through)| vv.get(o).copied().unwrap_or(0) < **through)
+            .find(|(o, through)| want.get(o).copied().unwrap_or(0) < **through)
         {
             return Ok(Msg::SyncRequired {
                 reason: format!("entries of {origin} it lacks were pruned"),
             });
         }
         let limit = (limit as usize).clamp(1, MAX_BATCH_ENTRIES);
-        let want = vv.clone();
         let (mine, entries, seq) = self
             .run_sqlite(move |lib| {
                 lib.with_log(|l| {
                     Ok((
-                        l.version_vector()?,
+                        l.compact_vector()?,
                         l.fetch_missing(&want, limit + 1)?,
                         l.latest_seq()?.unwrap_or(0),
                     ))

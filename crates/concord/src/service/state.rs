@@ -76,6 +76,10 @@ pub(super) struct PeerInfo {
     pub(super) forged: u64,
     /// Why the last of those was refused.
     pub(super) last_refusal: Option<String>,
+    /// The replica its last proposal came from (its current incarnation, as
+    /// far as this device, its leader, knows): its other replicas are
+    /// superseded and may be retired (`retire.rs`).
+    pub(super) writing: Option<Uuid>,
 }
 
 impl PeerInfo {
@@ -364,8 +368,17 @@ impl SyncService {
         true
     }
 
-    /// This device's version vector (empty if the log cannot be read).
+    /// This device's version vector as it is sent: compact, retired replicas
+    /// left out (`sync::log::retired`); empty if the log cannot be read.
     pub(super) async fn version_vector(&self) -> VersionVector {
+        self.run_sqlite(|lib| lib.with_log(|l| l.compact_vector()))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// This device's full version vector, retired replicas included: what
+    /// its log holds, to set against a peer's claims about this device.
+    pub(super) async fn full_vector(&self) -> VersionVector {
         self.run_sqlite(|lib| lib.with_log(|l| l.version_vector()))
             .await
             .unwrap_or_default()
@@ -435,28 +448,39 @@ impl SyncService {
         Ok(report)
     }
 
-    /// `sync status`.
+    /// `sync status`: the full vector (what the log holds, retired replicas
+    /// included); each peer's lag against its last vector, expanded.
     pub async fn status(&self) -> Result<SyncStatus> {
         let members = self.members().await;
-        let (vv, conflicts, latest, log_entries) = self
-            .run_sqlite(|lib| {
-                let vv = lib.with_log(|l| l.version_vector())?;
+        let known: Vec<VersionVector> = {
+            let state = self.state();
+            let vv = |d: &Uuid| state.peers.get(d).map(|p| p.vv.clone());
+            members.iter().map(|d| vv(d).unwrap_or_default()).collect()
+        };
+        let (vv, theirs, conflicts, latest, log_entries) = self
+            .run_sqlite(move |lib| {
+                let (vv, theirs) = lib.with_log(|l| {
+                    let theirs: Result<Vec<VersionVector>> =
+                        known.iter().map(|v| l.expand_vector(v)).collect();
+                    Ok((l.version_vector()?, theirs?))
+                })?;
                 let latest = lib.with_log(|l| l.latest_seq())?.unwrap_or(0);
                 let log_entries = lib.with_log(|l| l.count())?;
                 let conflicts = query::conflict_count(lib)?;
-                Ok((vv, conflicts as u64, latest, log_entries))
+                Ok((vv, theirs, conflicts as u64, latest, log_entries))
             })
             .await?;
         let window = self.shared.config.leader_timeout;
         let state = self.state();
         let peers = members
             .iter()
-            .map(|d| {
+            .zip(&theirs)
+            .map(|(d, their_vv)| {
                 let p = state.peers.get(d).cloned().unwrap_or_default();
                 PeerStatus {
                     device_id: *d,
                     online: p.last_contact.is_some_and(|t| t.elapsed() <= window),
-                    lag_entries: vv_lag(&vv, &p.vv),
+                    lag_entries: vv_lag(&vv, their_vv),
                     last_seen: p.last_seen_ms,
                     forged: p.forged,
                     last_refusal: p.last_refusal,

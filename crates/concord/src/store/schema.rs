@@ -199,7 +199,14 @@ pub fn add_missing_columns(conn: &mut rusqlite::Connection) -> crate::Result<()>
 }
 
 /// Schema version of `sync.db`.
-pub const SYNC_SCHEMA_VERSION: i64 = 5;
+pub const SYNC_SCHEMA_VERSION: i64 = 6;
+
+/// `sync.db` v6 (compact vectors): replicas retired from version vectors
+/// (`SyncLog::retire`): superseded, and held by every member through
+/// `last_seq`. Their `origins` rows stay.
+const SYNC_V6: &str = "
+CREATE TABLE IF NOT EXISTS retired (replica BLOB PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+";
 
 /// `sync.db`: the append-only log and per-origin positions.
 pub fn sync_migrations() -> Vec<String> {
@@ -299,5 +306,6 @@ CREATE TABLE IF NOT EXISTS seals (
   PRIMARY KEY (origin, last_seq)
 ) WITHOUT ROWID;
 "
-    .to_string()]
+    .to_string(),
+    SYNC_V6.to_string()]
 }

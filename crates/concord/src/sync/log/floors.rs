@@ -76,7 +76,8 @@ impl SyncLog {
     /// After a snapshot: this device now holds, as state, everything up to `vv`.
     pub fn raise_version_vector(&mut self, vv: &VersionVector, max_hlc: u64) -> Result<()> {
         let tx = self.conn.transaction()?;
-        for (origin, seq) in vv {
+        // The reserved key of a compact vector is no replica.
+        for (origin, seq) in vv.iter().filter(|(o, _)| **o != super::RETIRED_KEY) {
             tx.execute(
                 "INSERT INTO origins (origin, contiguous, max_seq, max_hlc) VALUES (?1, ?2, ?2, ?3)
                  ON CONFLICT(origin) DO UPDATE SET contiguous = MAX(contiguous, excluded.contiguous),

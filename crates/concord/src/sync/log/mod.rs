@@ -18,11 +18,13 @@
 //! The whole API of the log is `impl SyncLog`, spread by concern: reading and
 //! appending here ([`rows`] holds the row-level writes), the leader's term and
 //! sequencing in [`sequencing`], pruning and snapshot positions in [`floors`],
-//! peer acknowledgements in [`acks`], what is held past a gap in [`gaps`].
+//! peer acknowledgements in [`acks`], what is held past a gap in [`gaps`],
+//! retired replicas (compact vectors) in [`retired`].
 
 mod acks;
 mod floors;
 mod gaps;
+mod retired;
 mod rows;
 mod seals;
 mod sequencing;
@@ -38,6 +40,7 @@ use crate::sync::segment::{segment_from_row, Run, Segment, SEGMENT_COLUMNS};
 use rows::{append_in, insert_segment, origin_row, segment_holding, set_origin};
 
 pub use crate::sync::version_vector::VersionVector;
+pub use retired::{retired_digest, RETIRED_KEY};
 
 /// Local segments merged into one row when the outbox is moved into the log,
 /// at most (a single larger transaction stays one segment).
@@ -291,7 +294,8 @@ impl SyncLog {
     }
 
     /// The version vector: per origin, the highest `origin_seq` below which the log
-    /// has (or had before pruning) every entry.
+    /// has (or had before pruning) every entry. The full one, retired replicas
+    /// included; peers are sent [`SyncLog::compact_vector`].
     pub fn version_vector(&self) -> Result<VersionVector> {
         query_version_vector(&self.conn, "SELECT origin, contiguous FROM origins")
     }
