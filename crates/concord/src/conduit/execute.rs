@@ -50,6 +50,18 @@ pub struct ExecReport {
     pub disk_full: bool,
 }
 
+impl ExecReport {
+    /// Add what another run (a later batch or phase group) did.
+    pub fn merge(&mut self, r: ExecReport) {
+        self.done += r.done;
+        self.failed.extend(r.failed);
+        self.unsettled.extend(r.unsettled);
+        self.bytes_copied += r.bytes_copied;
+        self.bytes_local += r.bytes_local;
+        self.disk_full |= r.disk_full;
+    }
+}
+
 /// Carries out plans between two ends.
 pub struct Executor<'a> {
     ends: [&'a End; 2],
