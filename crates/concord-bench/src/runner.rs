@@ -9,7 +9,10 @@
 //! fresh pair of nodes (so neither finds the other's caches on A: the
 //! listing hashes every file for both), on the same source tree, into an
 //! empty destination checked equal to the source (BLAKE3 of every file).
-//! The figure is the runner's rate and its ratio to the engine's.
+//! B watches its locations, as a user's node does, so the runner's time
+//! includes the destination's files being indexed as they land. The
+//! figure is the runner's rate and its ratio to the engine's, each side
+//! the best of two rounds run alternately.
 
 use std::path::Path;
 use std::time::Instant;
@@ -58,37 +61,53 @@ pub fn run_f2r(scale: Scale) -> anyhow::Result<Vec<Row>> {
     )])
 }
 
-/// Seconds for the engine driven directly, then for one conduit cycle,
-/// each on fresh nodes into a fresh destination.
+/// Rounds of each side, alternating (engine, runner, engine, runner), each
+/// side's best kept: other jobs on the machine move single runs by 2x.
+const ROUNDS: usize = 2;
+
+/// Seconds (best of [`ROUNDS`]) for the engine driven directly and for one
+/// conduit cycle, each round on fresh nodes into a fresh destination.
 fn both(id: &str, work: &Path, src: &Path) -> anyhow::Result<(f64, f64)> {
     let rt = runtime()?;
-    let engine = rt.block_on(async {
-        let pair = ContentPair::new(&work.join("nodes-engine"), src).await?;
-        let dest = work.join("dest-engine");
-        let t = Instant::now();
-        let scanned = pair.scan_source().await?;
-        pair.fetch_all(&scanned, &dest).await?;
-        let secs = t.elapsed().as_secs_f64();
-        pair.shutdown().await;
-        assert_same(src, &dest, &[".concord"])?;
-        std::fs::remove_dir_all(&dest)?;
-        anyhow::Ok(secs)
-    })?;
-    progress!("{id} engine direct: {engine:.2} s");
-    let runner = rt.block_on(async {
-        let pair = ContentPair::new(&work.join("nodes-runner"), src).await?;
-        let dest = work.join("dest-runner");
-        std::fs::create_dir_all(&dest)?;
-        let conduit = crate::f3::replicate_to(&pair, &dest).await?;
-        let t = Instant::now();
-        let report = pair.b.conduits.run(pair.lib, conduit).await?;
-        let secs = t.elapsed().as_secs_f64();
-        anyhow::ensure!(report.outcome == "done", "{id} cycle: {report:?}");
-        pair.shutdown().await;
-        assert_same(src, &dest, &[".concord"])?;
-        std::fs::remove_dir_all(&dest)?;
-        anyhow::Ok(secs)
-    })?;
-    progress!("{id} conduit runner: {runner:.2} s");
+    let (mut engine, mut runner) = (f64::MAX, f64::MAX);
+    for round in 0..ROUNDS {
+        let nodes = work.join(format!("nodes-engine-{round}"));
+        let secs = rt.block_on(engine_once(&nodes, &work.join("dest-engine"), src))?;
+        progress!("{id} engine direct: {secs:.2} s");
+        engine = engine.min(secs);
+        let nodes = work.join(format!("nodes-runner-{round}"));
+        let secs = rt.block_on(runner_once(id, &nodes, &work.join("dest-runner"), src))?;
+        progress!("{id} conduit runner: {secs:.2} s");
+        runner = runner.min(secs);
+    }
     Ok((engine, runner))
+}
+
+/// F1/F2's path: list the source, `fetch_many` every file into `dest`.
+async fn engine_once(nodes: &Path, dest: &Path, src: &Path) -> anyhow::Result<f64> {
+    let pair = ContentPair::new(nodes, src).await?;
+    let t = Instant::now();
+    let scanned = pair.scan_source().await?;
+    pair.fetch_all(&scanned, dest).await?;
+    let secs = t.elapsed().as_secs_f64();
+    pair.shutdown().await;
+    assert_same(src, dest, &[".concord"])?;
+    std::fs::remove_dir_all(dest)?;
+    Ok(secs)
+}
+
+/// One Replicate cycle on B (`ConduitRunner::run`) into `dest`, a location
+/// of B's.
+async fn runner_once(id: &str, nodes: &Path, dest: &Path, src: &Path) -> anyhow::Result<f64> {
+    let pair = ContentPair::new(nodes, src).await?;
+    std::fs::create_dir_all(dest)?;
+    let conduit = crate::f3::replicate_to(&pair, dest).await?;
+    let t = Instant::now();
+    let report = pair.b.conduits.run(pair.lib, conduit).await?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(report.outcome == "done", "{id} cycle: {report:?}");
+    pair.shutdown().await;
+    assert_same(src, dest, &[".concord"])?;
+    std::fs::remove_dir_all(dest)?;
+    Ok(secs)
 }
