@@ -3,7 +3,8 @@
 //! with real folders: every copy lands verified with its mtime, content
 //! several copies share is fetched once, a copy that cannot be placed
 //! leaves no prefetched file behind, and a full disk (a real small tmpfs)
-//! stops the batch with "disk full" and no partial file anywhere.
+//! stops the batch with "disk full" and no partial file anywhere; landed
+//! files no copy consumed (a killed cycle) are purged after a day.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use concord::conduit::trash::reserved_dir;
 use concord::conduit::tree::Tree;
 use concord::{index, Library, Uuid};
 use concord_node::conduits::remote::{list, Listed};
+use concord_node::transfer::prefetch::purge_stale_incoming;
 use concord_node::transfer::remote::RemoteSource;
 use concord_node::transfer::TransferProgress;
 use concord_node::Node;
@@ -311,4 +313,25 @@ async fn a_full_disk_stops_the_batch_as_disk_full_with_no_partial_file() {
     }
     assert_nothing_left(&dest);
     s.shutdown().await;
+}
+
+#[test]
+fn landed_files_never_consumed_are_purged_after_a_day_and_resumable_parts_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let incoming = reserved_dir(tmp.path(), "incoming").unwrap();
+    std::fs::write(incoming.join("a".repeat(64)), b"left by a killed cycle").unwrap();
+    std::fs::create_dir_all(incoming.join(".concord/tmp")).unwrap();
+    std::fs::write(incoming.join(".concord/tmp/b.part"), b"resumable").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert_eq!(
+        purge_stale_incoming(&incoming, now),
+        0,
+        "a fresh file stays"
+    );
+    let two_days = 2 * 24 * 3600 * 1000;
+    assert_eq!(purge_stale_incoming(&incoming, now + two_days), 1);
+    assert_eq!(files_under(&incoming), vec![".concord/tmp/b.part"]);
 }

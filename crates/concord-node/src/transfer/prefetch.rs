@@ -211,6 +211,32 @@ pub async fn fetch_batch(
     done
 }
 
+/// Remove the complete files in `incoming` (a location's
+/// `.concord/incoming/`) that landed more than
+/// [`concord::conduit::content::STALE_TEMP_MS`] ago (by ctime, which the
+/// landing rename sets; mtime is the source's): what a cycle killed between
+/// a prefetch and its copies left, never consumed since. Interrupted
+/// transfers (under `.concord/`, resumable) are left alone. Returns how
+/// many were removed.
+pub fn purge_stale_incoming(incoming: &Path, now_ms: i64) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(incoming) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let Ok(md) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let landed_ms = md.ctime().saturating_mul(1000);
+        let stale = now_ms.saturating_sub(landed_ms) > concord::conduit::content::STALE_TEMP_MS;
+        if md.is_file() && stale && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Whether the engine refused or stopped a file for want of space.
 pub fn is_disk_full(e: &NetError) -> bool {
     e.to_string().contains(DISK_FULL)
