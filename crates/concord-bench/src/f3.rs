@@ -95,8 +95,8 @@ pub fn run(scale: Scale) -> anyhow::Result<Vec<Row>> {
 
 /// B adds `dst` as a location of its own and creates a manual Replicate
 /// conduit with deletes (a rename is a move only when the old name may go)
-/// from A's location to it, once B knows A's location.
-async fn replicate_to(pair: &ContentPair, dst: &Path) -> anyhow::Result<Uuid> {
+/// from A's location to it, once B knows A's location (F1R and F2R too).
+pub async fn replicate_to(pair: &ContentPair, dst: &Path) -> anyhow::Result<Uuid> {
     let lb = pair.b.state.library(pair.lib)?;
     let (lib, path) = (lb.clone(), dst.to_path_buf());
     let dest = tokio::task::spawn_blocking(move || {

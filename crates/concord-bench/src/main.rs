@@ -30,6 +30,7 @@ mod net;
 mod p1;
 mod replicate;
 mod report;
+mod runner;
 mod s1;
 mod syncthing;
 mod tools;
@@ -67,9 +68,19 @@ const WORKLOADS: &[(&str, &str, Workload)] = &[
         f1::run,
     ),
     (
+        "F1R",
+        "F1's files through the conduit runner vs the engine direct",
+        runner::run_f1r,
+    ),
+    (
         "F2",
         "replicating 20,000 small files vs rsync (--fsync), Syncthing",
         f2::run,
+    ),
+    (
+        "F2R",
+        "F2's files through the conduit runner vs the engine direct",
+        runner::run_f2r,
     ),
     (
         "F3",

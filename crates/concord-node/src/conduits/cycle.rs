@@ -7,7 +7,7 @@
 use concord::conduit::agreed::Agreed;
 use concord::conduit::cycle::{CycleMemory, CycleOutcome, CycleReport};
 use concord::conduit::error::{ConduitError, Result};
-use concord::conduit::execute::{End, ExecReport, Executor};
+use concord::conduit::execute::{End, ExecReport};
 use concord::conduit::guard::{has_room, is_mass_delete, root_present};
 use concord::conduit::ignore::IgnoreRules;
 use concord::conduit::path::{RelPath, SafeRoot, RESERVED_DIR};
@@ -148,6 +148,7 @@ pub fn run_remote_cycle(
         &dst.location.join(RESERVED_DIR).join("tmp"),
         now_ms,
     );
+    crate::transfer::prefetch::purge_stale_incoming(&c.source.incoming, now_ms);
     let disk_full = exec.disk_full;
     let report = CycleReport { plan, exec };
     Ok(if disk_full {
@@ -163,15 +164,14 @@ pub fn run_remote_cycle(
 const PHASE_GROUPS: [std::ops::RangeInclusive<u8>; 3] = [0..=1, 2..=3, 4..=4];
 
 /// Carry out `plan`: this end's actions here, the source end's through
-/// `Apply` calls, group by group; then Archive's releases.
+/// `Apply` calls, group by group; then Archive's releases. This end's
+/// copies run in batches whose content is prefetched several files at once
+/// ([`RemoteSource::run_batched`]), not one round trip per file.
 fn execute(c: &mut RemoteCycle, dst_root: &SafeRoot, plan: &Plan, now_ms: i64) -> ExecReport {
     let end = End {
         root: dst_root.clone(),
         device: c.destination.device.clone(),
     };
-    // Actions of the source end never reach this executor, so this end
-    // stands in for the source.
-    let mut unused = concord::conduit::content::LocalSource::new(dst_root.clone());
     let mut exec = ExecReport::default();
     for group in PHASE_GROUPS {
         let of = |side: Side| -> Vec<Action> {
@@ -182,13 +182,10 @@ fn execute(c: &mut RemoteCycle, dst_root: &SafeRoot, plan: &Plan, now_ms: i64) -
                 .cloned()
                 .collect()
         };
-        let here = Plan {
-            actions: of(Side::Destination),
-            ..Plan::default()
-        };
-        if !here.actions.is_empty() {
-            let r = Executor::new(&end, &end, &mut unused, &mut c.source, now_ms).run(&here);
-            merge(&mut exec, r);
+        let here = of(Side::Destination);
+        if !here.is_empty() {
+            let r = c.source.run_batched(&end, Side::Destination, here, now_ms);
+            exec.merge(r);
         }
         let there = of(Side::Source);
         if !exec.disk_full && !there.is_empty() {
@@ -203,15 +200,6 @@ fn execute(c: &mut RemoteCycle, dst_root: &SafeRoot, plan: &Plan, now_ms: i64) -
         .collect();
     release_all(c, dst_root, &releases, &mut exec);
     exec
-}
-
-fn merge(into: &mut ExecReport, r: ExecReport) {
-    into.done += r.done;
-    into.failed.extend(r.failed);
-    into.unsettled.extend(r.unsettled);
-    into.bytes_copied += r.bytes_copied;
-    into.bytes_local += r.bytes_local;
-    into.disk_full |= r.disk_full;
 }
 
 /// Largest encoded batch of actions in one `Apply` call (under the

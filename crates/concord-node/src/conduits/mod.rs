@@ -504,6 +504,7 @@ impl ConduitRunner {
                 dir: settings.source_dir.clone(),
                 incoming,
                 progress: slot.live.progress(),
+                prefetched: Default::default(),
             },
             settings,
             destination: dst_end,

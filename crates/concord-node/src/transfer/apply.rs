@@ -9,11 +9,10 @@
 
 use std::sync::Arc;
 
-use concord::conduit::content::LocalSource;
 use concord::conduit::error::{ConduitError, Result};
-use concord::conduit::execute::{End, Executor};
+use concord::conduit::execute::End;
 use concord::conduit::path::{RelPath, SafeRoot, RESERVED_DIR};
-use concord::conduit::plan::{Action, Plan, Side};
+use concord::conduit::plan::{Action, Side};
 use concord::conduit::settings::parse_dir;
 use concord::conduit::trash::{reserved_dir, Trash, RETENTION_MS};
 use concord::conduit::tree::FileState;
@@ -231,17 +230,14 @@ fn apply(
         dir: parse_dir(&req.peer_dir).map_err(refused)?,
         incoming: reserved_dir(&location, "incoming").map_err(refused)?,
         progress: Arc::default(),
+        prefetched: Default::default(),
     };
-    let mut unused = LocalSource::new(root);
-    let plan = Plan {
-        actions,
-        ..Plan::default()
-    };
-    // Only source-side actions arrive (`from_wire`): the second end is never
-    // touched, so this end stands in for it.
-    let report = Executor::new(&end, &end, &mut from_peer, &mut unused, now_ms).run(&plan);
+    // Only source-side actions arrive (`from_wire`): copies onto this end,
+    // prefetched batch by batch.
+    let report = from_peer.run_batched(&end, Side::Source, actions, now_ms);
     let _ = Trash::for_location(&location).purge(now_ms, RETENTION_MS);
     concord::conduit::content::purge_stale_temps(&location.join(RESERVED_DIR).join("tmp"), now_ms);
+    crate::transfer::prefetch::purge_stale_incoming(&from_peer.incoming, now_ms);
     Ok(ApplyAnswer::Applied {
         done: report.done as u32,
         failed: report

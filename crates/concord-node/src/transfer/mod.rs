@@ -19,6 +19,7 @@
 //! - [`listing`]: a conduit folder's listing and Archive's releases, served;
 //! - [`serve`]: [`ContentServer`], the protocol handler;
 //! - [`fetch`]: [`ContentClient`], the requesting side;
+//! - [`prefetch`]: a batch of a conduit's copies fetched several at once;
 //! - [`remote`]: the engine as a conduit's `ContentSource`;
 //! - [`apply`]: Synchronize's source-end actions, served;
 //! - [`hold`]: Offload's verified copies, fetched and checked on demand.
@@ -31,6 +32,7 @@ pub mod outboard;
 pub mod partial;
 pub mod path;
 pub mod pipe;
+pub mod prefetch;
 pub mod progress;
 pub mod remote;
 pub mod serve;

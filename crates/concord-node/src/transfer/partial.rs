@@ -272,8 +272,16 @@ impl Partial {
         };
         let bytes = postcard::to_allocvec(&state)
             .map_err(|e| NetError::Other(format!("encode transfer state: {e}")))?;
-        concord::datadir::write_atomic(&self.state_path, &bytes)?;
-        Ok(())
+        match concord::datadir::write_atomic(&self.state_path, &bytes) {
+            Ok(()) => Ok(()),
+            // A full disk can strike here too (several transfers at once):
+            // nothing of this transfer may stay, as for a failed write.
+            Err(concord::Error::Io(e)) => {
+                let _ = std::fs::remove_file(self.state_path.with_extension("tmp"));
+                Err(self.write_error(e))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every chunk of the file verified.

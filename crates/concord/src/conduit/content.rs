@@ -29,8 +29,10 @@ pub trait ContentSource {
     /// A source that writes and verifies a whole file itself (the network
     /// engine) lands it in a folder of the destination location's
     /// `.concord/` and returns its path (the caller then owns the file), so
-    /// the bytes are written once rather than fetched then copied. `None`:
-    /// use [`ContentSource::fetch`].
+    /// the bytes are written once rather than fetched then copied. A file
+    /// landed with the version's modification time and mode already set
+    /// must be durable as it is (fsynced after they were set): it is then
+    /// not synced again. `None`: use [`ContentSource::fetch`].
     fn fetch_file(&mut self, from: &RelPath, version: &Version) -> Option<Result<PathBuf>> {
         let _ = (from, version);
         None
@@ -122,6 +124,17 @@ pub fn set_metadata(f: &File, version: &Version, path: &Path) -> Result<()> {
         .map_err(|e| ConduitError::io(path, e))?;
     f.set_permissions(std::fs::Permissions::from_mode(mode_for(version)))
         .map_err(|e| ConduitError::io(path, e))
+}
+
+/// Whether a file already has the version's modification time (to the
+/// nanosecond) and the mode [`set_metadata`] would give it.
+fn has_metadata(md: &std::fs::Metadata, version: &Version) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = md
+        .mtime()
+        .checked_mul(1_000_000_000)
+        .and_then(|s| s.checked_add(md.mtime_nsec()));
+    ns == Some(version.mtime_ns) && md.mode() & 0o7777 == mode_for(version)
 }
 
 /// A temp file being written; removed on drop unless it was handed over.
@@ -236,8 +249,11 @@ pub fn fetch_to_temp(
             .file
             .as_ref()
             .ok_or_else(|| ConduitError::Changed(path.clone()))?;
-        set_metadata(f, version, &path)?;
-        f.sync_all().map_err(|e| ConduitError::io(&path, e))?;
+        let md = f.metadata().map_err(|e| ConduitError::io(&path, e))?;
+        if !has_metadata(&md, version) {
+            set_metadata(f, version, &path)?;
+            f.sync_all().map_err(|e| ConduitError::io(&path, e))?;
+        }
         return Ok((tmp, version.size));
     }
     let mut tmp = TempFile::create(tmp_dir, tag)?;

@@ -6,9 +6,11 @@
 //! location's trash; every action first checks that the files it touches
 //! are still what the plan saw, and an action that cannot be carried out is
 //! reported and its paths left for the next cycle. A full disk stops the
-//! cycle at once with no partial file left.
+//! cycle at once with no partial file left. The folders files were renamed
+//! into are fsynced once each, before any deletion or release and before
+//! the run reports (not once per file).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +52,18 @@ pub struct ExecReport {
     pub disk_full: bool,
 }
 
+impl ExecReport {
+    /// Add what another run (a later batch or phase group) did.
+    pub fn merge(&mut self, r: ExecReport) {
+        self.done += r.done;
+        self.failed.extend(r.failed);
+        self.unsettled.extend(r.unsettled);
+        self.bytes_copied += r.bytes_copied;
+        self.bytes_local += r.bytes_local;
+        self.disk_full |= r.disk_full;
+    }
+}
+
 /// Carries out plans between two ends.
 pub struct Executor<'a> {
     ends: [&'a End; 2],
@@ -57,6 +71,9 @@ pub struct Executor<'a> {
     sources: [&'a mut dyn ContentSource; 2],
     now_ms: i64,
     tag: String,
+    /// Folders renamed into and not yet fsynced, with the paths of each
+    /// action placed there (unsettled again if the fsync fails).
+    unsynced: BTreeMap<PathBuf, Vec<Vec<RelPath>>>,
 }
 
 struct Staged {
@@ -80,6 +97,7 @@ impl<'a> Executor<'a> {
             sources: [into_source, into_destination],
             now_ms,
             tag: format!("{now_ms}-{}", std::process::id()),
+            unsynced: BTreeMap::new(),
         }
     }
 
@@ -117,6 +135,9 @@ impl<'a> Executor<'a> {
                 report.unsettled.extend(a.paths().into_iter().cloned());
                 continue;
             }
+            if a.phase() > 3 {
+                self.sync_placed(&mut report);
+            }
             if matches!(a, Action::Release { path, .. } if report.unsettled.contains(path)) {
                 report.unsettled.insert(a.paths()[0].clone());
                 continue;
@@ -129,7 +150,26 @@ impl<'a> Executor<'a> {
                 Err(e) => note(&mut report, a, e),
             }
         }
+        self.sync_placed(&mut report);
         report
+    }
+
+    /// fsync every folder renamed into since the last call, so what the
+    /// report counts done survives a crash; the actions placed in a folder
+    /// that cannot be synced are failed and left for the next cycle.
+    fn sync_placed(&mut self, report: &mut ExecReport) {
+        for (dir, placed) in std::mem::take(&mut self.unsynced) {
+            let Err(e) = content::sync_dir(&dir) else {
+                continue;
+            };
+            report.done = report.done.saturating_sub(placed.len());
+            for paths in placed {
+                if let Some(first) = paths.first() {
+                    report.failed.push((first.clone(), e.to_string()));
+                }
+                report.unsettled.extend(paths);
+            }
+        }
     }
 
     /// Phase 1: a local copy's content into a temp file, or a moved file
@@ -205,7 +245,9 @@ impl<'a> Executor<'a> {
             // its temp name.
             let placed = super::path::open_nofollow(&staged.tmp.path)
                 .and_then(|f| content::set_metadata(&f, version, &staged.tmp.path))
-                .and_then(|()| self.put_in_place(end, &staged.tmp.path, path, replaces.as_ref()));
+                .and_then(|()| {
+                    self.put_in_place(a, end, &staged.tmp.path, path, replaces.as_ref())
+                });
             if let Err(e) = placed {
                 // Back where it was, or to the trash: never lost.
                 if std::fs::rename(&staged.tmp.path, origin).is_err() {
@@ -222,15 +264,17 @@ impl<'a> Executor<'a> {
             }
             return Ok(0);
         }
-        self.put_in_place(end, &staged.tmp.path, path, replaces.as_ref())?;
+        self.put_in_place(a, end, &staged.tmp.path, path, replaces.as_ref())?;
         staged.tmp.keep();
         Ok(version.size)
     }
 
     /// Rename `tmp` to `path` on `end`, the occupant (which must be
-    /// `replaces`, or nothing) going to the trash first.
+    /// `replaces`, or nothing) going to the trash first; the folder is
+    /// fsynced later ([`Executor::sync_placed`]), for `action`.
     fn put_in_place(
-        &self,
+        &mut self,
+        action: &Action,
         end: &End,
         tmp: &Path,
         path: &RelPath,
@@ -250,7 +294,11 @@ impl<'a> Executor<'a> {
         }
         std::fs::rename(tmp, &target).map_err(|e| ConduitError::io(&target, e))?;
         if let Some(dir) = target.parent() {
-            content::sync_dir(dir)?;
+            let paths = action.paths().into_iter().cloned().collect();
+            self.unsynced
+                .entry(dir.to_path_buf())
+                .or_default()
+                .push(paths);
         }
         Ok(())
     }
@@ -269,7 +317,7 @@ impl<'a> Executor<'a> {
                 let tmp_dir = reserved_dir(end.root.location(), "tmp")?;
                 let source = &mut *self.sources[*side as usize];
                 let (tmp, n) = fetch_to_temp(source, from, &version.version, &tmp_dir, &self.tag)?;
-                self.put_in_place(end, &tmp.path, path, replaces.as_ref())?;
+                self.put_in_place(a, end, &tmp.path, path, replaces.as_ref())?;
                 tmp.keep();
                 Ok(n)
             }
