@@ -99,6 +99,41 @@ fn index_then_rescan_by_size() {
     );
 }
 
+#[test]
+fn a_locations_own_concord_folder_is_never_indexed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    std::fs::create_dir_all(root.join(".concord/trash/2026-12-01")).unwrap();
+    std::fs::create_dir_all(root.join(".concord/incoming")).unwrap();
+    std::fs::write(root.join(".concord/trash/2026-12-01/old.txt"), "x").unwrap();
+    std::fs::write(root.join(".concord/incoming/abc"), "y").unwrap();
+    std::fs::create_dir_all(root.join("docs/.concord")).unwrap();
+    std::fs::write(root.join("docs/.concord/mine.txt"), "z").unwrap();
+    std::fs::write(root.join(".concordignore"), "").unwrap();
+    let scan = walk::scan(&root, &mut |_, _| {}).unwrap();
+    let mut paths: Vec<&str> = scan.entries.iter().map(|e| e.path.as_str()).collect();
+    paths.sort();
+    // Only the root's `.concord` is Concord's; one deeper is the user's.
+    assert_eq!(
+        paths,
+        [
+            ".concordignore",
+            "docs",
+            "docs/.concord",
+            "docs/.concord/mine.txt"
+        ]
+    );
+    // A refresh of a folder inside it finds nothing either.
+    let inside = walk::scan_at(
+        &root.join(".concord/trash"),
+        ".concord/trash",
+        true,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert!(inside.entries.is_empty());
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn skips_non_utf8_names_and_reports_progress() {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use crate::conduit::path::RESERVED_DIR;
 use crate::error::{Error, Result};
 use crate::model::entry_kind;
 use crate::sync::entry::MAX_TEXT_BYTES;
@@ -53,6 +54,9 @@ pub(crate) fn scan_at(
     progress: ProgressCallback<'_>,
 ) -> Result<Scan> {
     let mut out = Scan::default();
+    if is_reserved(prefix) {
+        return Ok(out);
+    }
     let mut stack: Vec<(PathBuf, Option<usize>, String)> =
         vec![(dir.to_path_buf(), None, prefix.to_string())];
     while let Some((dir, parent, rel)) = stack.pop() {
@@ -94,6 +98,9 @@ pub(crate) fn scan_at(
             } else {
                 format!("{rel}/{name}")
             };
+            if is_reserved(&path) {
+                continue;
+            }
             if path.len() > MAX_TEXT_BYTES {
                 tracing::warn!(path = %item.path().display(), "skipping a path longer than {MAX_TEXT_BYTES} bytes");
                 out.skipped += 1;
@@ -141,6 +148,17 @@ pub(crate) fn scan_at(
     }
     progress(out.entries.len() as u64, None);
     Ok(out)
+}
+
+/// Whether `path` (relative to a location root) is the location's own
+/// `.concord/` folder or inside it: conduits keep their trash, audit records,
+/// incoming and temp files there, which are not the user's files and must
+/// not become entries (nor reach other devices as such).
+fn is_reserved(path: &str) -> bool {
+    path == RESERVED_DIR
+        || path
+            .strip_prefix(RESERVED_DIR)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Modification time and inode of a folder itself (not following a link), or
