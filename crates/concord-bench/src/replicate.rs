@@ -41,8 +41,10 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
         let pair = ContentPair::new(&work.path().join("nodes"), src).await?;
         let t = Instant::now();
         let scanned = pair.scan_source().await?;
+        let listed = t.elapsed().as_secs_f64();
         pair.fetch_all(&scanned, &dest).await?;
         let secs = t.elapsed().as_secs_f64();
+        progress!("{id} concord: listed in {listed:.2} s, fetched in {:.2} s", secs - listed);
         pair.shutdown().await;
         let bare = if extra.bare_iroh {
             let b = BareIroh::connect().await?;

@@ -3,10 +3,18 @@
 //! each direction, so a transfer holds at most [`DEPTH`] × [`PIECE`] bytes in
 //! flight whatever the file's size. The async halves count bytes (progress)
 //! and cut a stream that makes no progress for [`STALL_TIMEOUT`].
+//!
+//! Buffers are large and always full but for the last: each one handed over
+//! can wake the other thread, and QUIC yields a received stream one packet
+//! (~1.2 KB) at a time, so forwarding what it yields as it comes cost a
+//! thread wake per packet and kept so little queued that the stream's flow
+//! control stalled the sender. Sent buffers go to QUIC as they are
+//! ([`Bytes`], not copied).
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use iroh::endpoint::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
@@ -14,9 +22,9 @@ use crate::error::NetError;
 use crate::transfer::wire::STALL_TIMEOUT;
 
 /// Bytes per buffer handed between the two halves.
-pub const PIECE: usize = 64 * 1024;
+pub const PIECE: usize = 256 * 1024;
 /// Buffers queued between the two halves.
-pub const DEPTH: usize = 8;
+pub const DEPTH: usize = 4;
 
 /// A bounded channel for one direction of a transfer.
 pub fn channel() -> (mpsc::Sender<Vec<u8>>, mpsc::Receiver<Vec<u8>>) {
@@ -120,12 +128,13 @@ pub async fn pump_out(
             }
         }
         offset += piece.len() as u64;
-        tokio::time::timeout(STALL_TIMEOUT, send.write_all(&piece))
+        let len = piece.len() as u64;
+        tokio::time::timeout(STALL_TIMEOUT, send.write_chunk(Bytes::from(piece)))
             .await
             .map_err(|_| NetError::Timeout("the receiver stopped reading".into()))?
             .map_err(|e| NetError::Io(e.to_string()))?;
         for counter in sent {
-            counter.fetch_add(piece.len() as u64, Ordering::Relaxed);
+            counter.fetch_add(len, Ordering::Relaxed);
         }
     }
     let _ = send.finish();
@@ -133,23 +142,36 @@ pub async fn pump_out(
 }
 
 /// Read `recv` to its end into the decoder's queue, counting into
-/// `received`. Stops early (dropping the queue, which the decoder sees as the
-/// end) when the decoder has gone.
+/// `received`, in buffers of [`PIECE`] bytes (the last one shorter). Stops
+/// early (dropping the queue, which the decoder sees as the end) when the
+/// decoder has gone.
 pub async fn pump_in(
     recv: &mut RecvStream,
     tx: mpsc::Sender<Vec<u8>>,
     received: &AtomicU64,
 ) -> Result<(), NetError> {
+    let mut buf = Vec::with_capacity(PIECE);
     loop {
-        let chunk = tokio::time::timeout(STALL_TIMEOUT, recv.read_chunk(PIECE))
+        let room = PIECE - buf.len();
+        let chunk = tokio::time::timeout(STALL_TIMEOUT, recv.read_chunk(room))
             .await
             .map_err(|_| NetError::Timeout("the sender stalled".into()))?
             .map_err(|e| NetError::Io(e.to_string()))?;
-        let Some(chunk) = chunk else {
-            return Ok(());
+        let end = match chunk {
+            Some(chunk) => {
+                received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                buf.extend_from_slice(&chunk);
+                false
+            }
+            None => true,
         };
-        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-        if tx.send(chunk.to_vec()).await.is_err() {
+        if buf.len() == PIECE || (end && !buf.is_empty()) {
+            let full = std::mem::replace(&mut buf, Vec::with_capacity(PIECE));
+            if tx.send(full).await.is_err() {
+                return Ok(());
+            }
+        }
+        if end {
             return Ok(());
         }
     }
