@@ -4,9 +4,13 @@
 //! of either side resumes with only the missing ranges.
 //!
 //! Order of writes (what a crash can leave): verified leaves are written to
-//! `<stem>.part`; every [`CHECKPOINT_BYTES`] the part file is fsynced and only
-//! then `<stem>.state` (hash, size, verified ranges) is replaced atomically. So
-//! the state never claims a range that is not on disk. Complete: mtime and
+//! `<stem>.part`; every [`CHECKPOINT_BYTES`] the ranges written so far are
+//! handed to a checkpoint thread of the transfer, which fsyncs the part file
+//! and only then replaces `<stem>.state` (hash, size, verified ranges)
+//! atomically. So the state never claims a range that is not on disk, and
+//! the decoding thread never waits for the disk (a checkpoint still running
+//! when the next is due lets the later one wait: at most one more
+//! [`CHECKPOINT_BYTES`] may be fetched again after a crash). Complete: mtime and
 //! exec bit are set, the part file is fsynced and renamed onto the final name,
 //! the folder is fsynced (at once, or once per folder for a batch: see
 //! [`Partial::commit`]), the state removed. Nothing unverified ever gets the
@@ -142,6 +146,91 @@ pub fn discard(root: &Path, rel: &str) {
     let _ = std::fs::remove_file(part);
 }
 
+/// The checkpoint thread of one transfer: it receives the verified ranges
+/// (as wire boundaries) written so far, fsyncs the part file, then saves
+/// them. Dropping it waits for the checkpoint under way, so nothing is
+/// saved after its transfer ended.
+struct Checkpointer {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u64>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), NetError>>>,
+}
+
+impl Checkpointer {
+    fn start(file: &File, state_path: &Path, hash: [u8; 32], size: u64) -> Result<Self, NetError> {
+        let file = file.try_clone()?;
+        let state_path = state_path.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u64>>(1);
+        let thread = std::thread::Builder::new()
+            .name("concord-checkpoint".into())
+            .spawn(move || {
+                while let Ok(mut verified) = rx.recv() {
+                    while let Ok(later) = rx.try_recv() {
+                        verified = later;
+                    }
+                    file.sync_data().map_err(|e| io_error(&state_path, e))?;
+                    save_state(&state_path, hash, size, verified)?;
+                }
+                Ok(())
+            })?;
+        Ok(Checkpointer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hand `verified` over; `Ok(false)` when a checkpoint is already
+    /// queued (the caller offers it again later).
+    fn offer(&mut self, verified: Vec<u64>) -> Result<bool, NetError> {
+        let Some(tx) = &self.tx else {
+            return Ok(false);
+        };
+        match tx.try_send(verified) {
+            Ok(()) => Ok(true),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => Ok(false),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => self.finish().map(|()| false),
+        }
+    }
+
+    /// Wait for the checkpoints handed over; the first error of the thread.
+    fn finish(&mut self) -> Result<(), NetError> {
+        self.tx = None;
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(NetError::Other("the checkpoint thread panicked".into())),
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// A failed write or sync of a transfer's files: "disk full" (the caller
+/// removes them) or an I/O error.
+fn io_error(path: &Path, e: std::io::Error) -> NetError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        NetError::Refused(format!("{DISK_FULL}: writing {}", path.display()))
+    } else {
+        NetError::Io(format!("{}: {e}", path.display()))
+    }
+}
+
+/// Replace the state file at `path` atomically.
+fn save_state(path: &Path, hash: [u8; 32], size: u64, verified: Vec<u64>) -> Result<(), NetError> {
+    let state = PartialState {
+        hash,
+        size,
+        verified,
+    };
+    let bytes = postcard::to_allocvec(&state)
+        .map_err(|e| NetError::Other(format!("encode transfer state: {e}")))?;
+    concord::datadir::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
 /// A transfer in progress into a temp file.
 pub struct Partial {
     dest: PathBuf,
@@ -154,6 +243,8 @@ pub struct Partial {
     unsaved: u64,
     /// No state file is kept (the file is at most [`STATELESS_BYTES`]).
     stateless: bool,
+    /// Takes the checkpoints (files with a state only).
+    checkpoints: Option<Checkpointer>,
 }
 
 /// Whether a file of `size` bytes is received without a resume state.
@@ -201,7 +292,7 @@ impl Partial {
             .map_err(|e| NetError::Io(format!("{}: {e}", part.display())))?;
         file.set_len(size)
             .map_err(|e| NetError::Io(format!("{}: {e}", part.display())))?;
-        let partial = Partial {
+        let mut partial = Partial {
             dest,
             part,
             state_path,
@@ -211,23 +302,37 @@ impl Partial {
             verified,
             unsaved: 0,
             stateless: stateless(size),
+            checkpoints: None,
         };
         if !partial.stateless {
             partial.save()?;
+            partial.checkpoints = Some(Checkpointer::start(
+                &partial.file,
+                &partial.state_path,
+                hash,
+                size,
+            )?);
         }
         Ok(partial)
     }
 
     /// The error for a failed write: "disk full" (and the temp files
-    /// removed, so none is left behind) or an I/O error.
-    fn write_error(&self, e: std::io::Error) -> NetError {
-        if e.raw_os_error() == Some(libc::ENOSPC) {
+    /// removed once no checkpoint runs, so none is left behind) or an I/O
+    /// error.
+    fn write_error(&mut self, e: std::io::Error) -> NetError {
+        let e = io_error(&self.part, e);
+        self.failed(e)
+    }
+
+    /// `e` ended the transfer: on "disk full" its temp files go.
+    fn failed(&mut self, e: NetError) -> NetError {
+        if matches!(&e, NetError::Refused(r) if r.starts_with(DISK_FULL)) {
+            self.checkpoints = None;
             let _ = std::fs::remove_file(&self.state_path);
             let _ = std::fs::remove_file(&self.part);
-            NetError::Refused(format!("{DISK_FULL}: writing {}", self.dest.display()))
-        } else {
-            NetError::Io(format!("{}: {e}", self.part.display()))
+            return NetError::Refused(format!("{DISK_FULL}: writing {}", self.dest.display()));
         }
+        e
     }
 
     /// Ranges already verified and on disk.
@@ -241,39 +346,52 @@ impl Partial {
             .checked_add(data.len() as u64)
             .filter(|end| *end <= self.size)
             .ok_or_else(|| NetError::Protocol("data beyond the end of the file".into()))?;
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| self.write_error(e))?;
+        if let Err(e) = self.file.write_all_at(data, offset) {
+            return Err(self.write_error(e));
+        }
         self.verified |= ChunkRanges::from(ChunkNum(offset / 1024)..ChunkNum(end.div_ceil(1024)));
         self.unsaved += data.len() as u64;
         if self.unsaved >= CHECKPOINT_BYTES {
-            self.checkpoint()?;
+            let offered = match self.checkpoints.as_mut() {
+                Some(c) => c.offer(encode_ranges(&self.verified)),
+                None => Ok(true),
+            };
+            match offered {
+                Ok(true) => self.unsaved = 0,
+                Ok(false) => {}
+                Err(e) => return Err(self.failed(e)),
+            }
         }
         Ok(())
     }
 
-    /// Make what was written durable, then record it as verified (nothing
-    /// to do for a file received without state: [`Partial::commit`] syncs it).
+    /// Make what was written durable, then record it as verified, on this
+    /// thread, after the checkpoints handed over (nothing to do for a file
+    /// received without state: [`Partial::commit`] syncs it).
     pub fn checkpoint(&mut self) -> Result<(), NetError> {
         if self.stateless {
             return Ok(());
         }
-        self.file.sync_data().map_err(|e| self.write_error(e))?;
+        if let Some(mut c) = self.checkpoints.take() {
+            if let Err(e) = c.finish() {
+                return Err(self.failed(e));
+            }
+        }
+        if let Err(e) = self.file.sync_data() {
+            return Err(self.write_error(e));
+        }
         self.save()?;
         self.unsaved = 0;
         Ok(())
     }
 
     fn save(&self) -> Result<(), NetError> {
-        let state = PartialState {
-            hash: self.hash,
-            size: self.size,
-            verified: encode_ranges(&self.verified),
-        };
-        let bytes = postcard::to_allocvec(&state)
-            .map_err(|e| NetError::Other(format!("encode transfer state: {e}")))?;
-        concord::datadir::write_atomic(&self.state_path, &bytes)?;
-        Ok(())
+        save_state(
+            &self.state_path,
+            self.hash,
+            self.size,
+            encode_ranges(&self.verified),
+        )
     }
 
     /// Every chunk of the file verified.
@@ -296,7 +414,7 @@ impl Partial {
     /// fsynced too; without, the caller must fsync it (once for all the
     /// files it committed there) before it reports any of them done.
     pub fn commit(
-        self,
+        mut self,
         modified_ns: i128,
         executable: bool,
         sync_dir: bool,
@@ -305,6 +423,11 @@ impl Partial {
             return Err(NetError::Protocol(
                 "the transfer ended before every range was verified".into(),
             ));
+        }
+        if let Some(mut c) = self.checkpoints.take() {
+            if let Err(e) = c.finish() {
+                return Err(self.failed(e));
+            }
         }
         let io = |e: std::io::Error| NetError::Io(format!("{}: {e}", self.part.display()));
         if executable {
