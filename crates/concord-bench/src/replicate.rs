@@ -52,7 +52,9 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
         pair.shutdown().await;
         let bare = if extra.bare_iroh {
             let b = BareIroh::connect().await?;
+            let cpu = cpu_secs();
             let rate = b.throughput(bytes).await?;
+            progress!("{id} bare Iroh: {:.2} s of CPU (both ends)", cpu_secs() - cpu);
             b.close().await;
             Some(rate)
         } else {
