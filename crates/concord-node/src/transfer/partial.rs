@@ -8,9 +8,10 @@
 //! handed to a checkpoint thread of the transfer, which fsyncs the part file
 //! and only then replaces `<stem>.state` (hash, size, verified ranges)
 //! atomically. So the state never claims a range that is not on disk, and
-//! the decoding thread never waits for the disk (a checkpoint still running
-//! when the next is due lets the later one wait: at most one more
-//! [`CHECKPOINT_BYTES`] may be fetched again after a crash). Complete: mtime and
+//! the decoding thread does not wait for the disk (a checkpoint due while
+//! one runs is offered again with the next leaves, and waited for once
+//! twice [`CHECKPOINT_BYTES`] are unsaved: a crash costs at most about
+//! three times [`CHECKPOINT_BYTES`]). Complete: mtime and
 //! exec bit are set, the part file is fsynced and renamed onto the final name,
 //! the folder is fsynced (at once, or once per folder for a batch: see
 //! [`Partial::commit`]), the state removed. Nothing unverified ever gets the
@@ -182,15 +183,24 @@ impl Checkpointer {
     }
 
     /// Hand `verified` over; `Ok(false)` when a checkpoint is already
-    /// queued (the caller offers it again later).
-    fn offer(&mut self, verified: Vec<u64>) -> Result<bool, NetError> {
+    /// queued (the caller offers it again later). With `wait`, wait for
+    /// room instead: what a crash may cost stays bounded however slow the
+    /// disk.
+    fn offer(&mut self, verified: Vec<u64>, wait: bool) -> Result<bool, NetError> {
         let Some(tx) = &self.tx else {
             return Ok(false);
         };
-        match tx.try_send(verified) {
+        let sent = if wait {
+            tx.send(verified).map_err(|_| ())
+        } else {
+            match tx.try_send(verified) {
+                Err(std::sync::mpsc::TrySendError::Full(_)) => return Ok(false),
+                other => other.map_err(|_| ()),
+            }
+        };
+        match sent {
             Ok(()) => Ok(true),
-            Err(std::sync::mpsc::TrySendError::Full(_)) => Ok(false),
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => self.finish().map(|()| false),
+            Err(()) => self.finish().map(|()| false),
         }
     }
 
@@ -409,11 +419,15 @@ impl Partial {
         if let Err(e) = write_all_vectored_at(&self.file, &leaves, at) {
             return Err(self.write_error(e));
         }
-        self.verified |= ChunkRanges::from(ChunkNum(at / 1024)..ChunkNum((at + len).div_ceil(1024)));
+        self.verified |=
+            ChunkRanges::from(ChunkNum(at / 1024)..ChunkNum((at + len).div_ceil(1024)));
         self.unsaved += len;
         if self.unsaved >= CHECKPOINT_BYTES {
             let offered = match self.checkpoints.as_mut() {
-                Some(c) => c.offer(encode_ranges(&self.verified)),
+                Some(c) => {
+                    let wait = self.unsaved >= 2 * CHECKPOINT_BYTES;
+                    c.offer(encode_ranges(&self.verified), wait)
+                }
                 None => Ok(true),
             };
             match offered {
