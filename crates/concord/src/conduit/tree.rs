@@ -170,41 +170,38 @@ pub fn scan_with(
             .saturating_mul(1_000_000)
             .saturating_sub(RACY_WINDOW_NS)
     });
-    let found = walk(root, ignore)?;
-    let mut states = Vec::with_capacity(found.len());
+    let mut files = BTreeMap::new();
     let mut todo = Vec::new();
-    for (i, f) in found.iter().enumerate() {
+    walk(root, ignore, &mut |found: Found| {
         let known = cache
-            .and_then(|c| c.get(&f.rel))
+            .and_then(|c| c.get(&found.rel))
             .filter(|c| c.version.mtime_ns < trusted_before)
-            .filter(|c| c.unchanged(&f.md))
+            .filter(|c| c.unchanged(&found.md))
             .and_then(|c| c.version.hash);
-        let mut state = FileState::from_metadata(&f.md);
-        state.version.hash = known;
-        if known.is_none() {
-            todo.push(i);
+        match known {
+            Some(hash) => {
+                let mut state = FileState::from_metadata(&found.md);
+                state.version.hash = Some(hash);
+                files.insert(found.rel, state);
+            }
+            None => todo.push(found),
         }
-        states.push(Some(state));
+    })?;
+    for (i, state) in hash_each(&todo, &|f| hash_one(&f.path, &f.md, hasher))? {
+        if let Some(state) = state {
+            files.insert(todo[i].rel.clone(), state);
+        }
     }
-    for (i, state) in hash_each(&found, &todo, &|f| hash_one(&f.path, &f.md, hasher))? {
-        states[i] = state;
-    }
-    let files = found
-        .into_iter()
-        .zip(states)
-        .filter_map(|(f, state)| Some((f.rel, state?)))
-        .collect();
     Ok(Tree {
         files,
         scanned_at_ms: now_ms,
     })
 }
 
-/// `each` of the files of `found` at `todo`, on up to [`HASH_THREADS`]
-/// threads (one when there is one file); the first error wins.
+/// `each` of `todo`, on up to [`HASH_THREADS`] threads (one when there is
+/// one file), with each one's index; the first error wins.
 fn hash_each(
-    found: &[Found],
-    todo: &[usize],
+    todo: &[Found],
     each: &(dyn Fn(&Found) -> Result<Option<FileState>> + Sync),
 ) -> Result<Vec<(usize, Option<FileState>)>> {
     let threads = std::thread::available_parallelism()
@@ -212,7 +209,11 @@ fn hash_each(
         .min(HASH_THREADS)
         .min(todo.len());
     if threads <= 1 {
-        return todo.iter().map(|&i| Ok((i, each(&found[i])?))).collect();
+        return todo
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Ok((i, each(f)?)))
+            .collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::Mutex::new(Vec::with_capacity(todo.len()));
@@ -220,9 +221,9 @@ fn hash_each(
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {
-                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&i) = todo.get(k) else { break };
-                match each(&found[i]) {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(f) = todo.get(i) else { break };
+                match each(f) {
                     Ok(state) => done
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -245,9 +246,9 @@ fn hash_each(
 }
 
 /// Every regular file under `root` (links and ignored paths left out), in
-/// walk order, with its stat.
-fn walk(root: &SafeRoot, ignore: &IgnoreRules) -> Result<Vec<Found>> {
-    let mut found = Vec::new();
+/// walk order, with its stat, to `each`.
+fn walk(root: &SafeRoot, ignore: &IgnoreRules, each: &mut dyn FnMut(Found)) -> Result<()> {
+    let mut found = 0usize;
     let mut stack: Vec<(std::path::PathBuf, Option<RelPath>, usize)> =
         vec![(root.path().to_path_buf(), None, 0)];
     while let Some((dir, rel, depth)) = stack.pop() {
@@ -273,13 +274,14 @@ fn walk(root: &SafeRoot, ignore: &IgnoreRules) -> Result<Vec<Found>> {
                     stack.push((entry.path(), Some(child), depth + 1));
                 }
             } else if md.is_file() && !ignore.is_ignored(child.as_str(), false) {
-                if found.len() == MAX_FILES {
+                if found == MAX_FILES {
                     return Err(ConduitError::TooLarge {
                         what: "the files of a conduit end",
                         limit: MAX_FILES as u64,
                     });
                 }
-                found.push(Found {
+                found += 1;
+                each(Found {
                     rel: child,
                     path: entry.path(),
                     md,
@@ -287,7 +289,7 @@ fn walk(root: &SafeRoot, ignore: &IgnoreRules) -> Result<Vec<Found>> {
             }
         }
     }
-    Ok(found)
+    Ok(())
 }
 
 /// The state of one file, hashed. `None` when the file vanished or was
