@@ -39,14 +39,22 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
     let dest = work.path().join("dest-concord");
     let (secs, bare) = rt.block_on(async {
         let pair = ContentPair::new(&work.path().join("nodes"), src).await?;
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), cpu_secs());
         let scanned = pair.scan_source().await?;
+        let listed = t.elapsed().as_secs_f64();
         pair.fetch_all(&scanned, &dest).await?;
         let secs = t.elapsed().as_secs_f64();
+        progress!(
+            "{id} concord: listed in {listed:.2} s, fetched in {:.2} s, {:.2} s of CPU (both nodes)",
+            secs - listed,
+            cpu_secs() - cpu
+        );
         pair.shutdown().await;
         let bare = if extra.bare_iroh {
             let b = BareIroh::connect().await?;
+            let cpu = cpu_secs();
             let rate = b.throughput(bytes).await?;
+            progress!("{id} bare Iroh: {:.2} s of CPU (both ends)", cpu_secs() - cpu);
             b.close().await;
             Some(rate)
         } else {
@@ -76,6 +84,20 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
         progress!("{id} syncthing: {secs:.2} s");
     }
     Ok(times)
+}
+
+/// CPU time (user and system) this process has used: both nodes run in
+/// it, so on a loaded machine this, not the wall time, shows what a change
+/// saved.
+fn cpu_secs() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; zeroed is a valid start.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Whether `dest` holds exactly `files` files (our temp folder left out).

@@ -17,16 +17,22 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::error::NetError;
 
+/// One message as a frame's bytes (length prefix and body), for a writer
+/// that is not a stream.
+pub fn msg_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, NetError> {
+    let body =
+        postcard::to_allocvec(msg).map_err(|e| NetError::Protocol(format!("encode: {e}")))?;
+    let len = u32::try_from(body.len())
+        .map_err(|_| NetError::Protocol("frame too large to send".into()))?;
+    let mut frame = Vec::with_capacity(body.len() + 4);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
 /// Write one message as a frame.
 pub async fn write_msg<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), NetError> {
-    let bytes =
-        postcard::to_allocvec(msg).map_err(|e| NetError::Protocol(format!("encode: {e}")))?;
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| NetError::Protocol("frame too large to send".into()))?;
-    send.write_all(&len.to_be_bytes())
-        .await
-        .map_err(|e| NetError::Io(e.to_string()))?;
-    send.write_all(&bytes)
+    send.write_all(&msg_frame(msg)?)
         .await
         .map_err(|e| NetError::Io(e.to_string()))?;
     Ok(())

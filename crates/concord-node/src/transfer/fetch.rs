@@ -379,8 +379,9 @@ fn write_verified(
         for item in DecodeResponseIter::new(hash, tree, reader, wanted) {
             match item {
                 Ok(BaoContentItem::Leaf(leaf)) => {
-                    partial.write_leaf(leaf.offset, &leaf.data)?;
-                    verified.fetch_add(leaf.data.len() as u64, Ordering::Relaxed);
+                    let len = leaf.data.len() as u64;
+                    partial.write_leaf(leaf.offset, leaf.data)?;
+                    verified.fetch_add(len, Ordering::Relaxed);
                 }
                 Ok(BaoContentItem::Parent(_)) => {}
                 Err(e) => {
@@ -390,6 +391,7 @@ fn write_verified(
             }
         }
     }
+    partial.write_pending()?;
     if !partial.is_complete() {
         partial.abandon()?;
         return Err(NetError::Protocol(

@@ -83,7 +83,7 @@ pub fn serve_list(
             .remove(&key);
         let tree = match prior {
             Some(t) if req.after.is_some() && now_ms - t.scanned_at_ms < PAGE_REUSE_MS => t,
-            prior => scan_with(&root, &rules, prior.as_ref(), now_ms, &mut |f, md| {
+            prior => scan_with(&root, &rules, prior.as_ref(), now_ms, &|f, md| {
                 hash_for_listing(f, md, &cache.trees)
             })
             .map_err(refused)?,

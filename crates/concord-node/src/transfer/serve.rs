@@ -4,6 +4,7 @@
 //! inside a location this device added ([`crate::transfer::source`]).
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,7 +16,7 @@ use iroh::EndpointId;
 use tokio::sync::Semaphore;
 
 use crate::error::NetError;
-use crate::frame::{expect_msg, write_msg};
+use crate::frame::{expect_msg, msg_frame, write_msg};
 use crate::state::NodeState;
 use crate::transfer::apply::serve_apply;
 use crate::transfer::fetch::ContentClient;
@@ -147,7 +148,10 @@ impl ContentServer {
         Ok(())
     }
 
-    /// A `File` call: the header, then the bao encoding of the wanted ranges.
+    /// A `File` call: the header, then the bao encoding of the wanted
+    /// ranges. Authorising, opening, the header and the encoding run in one
+    /// blocking task, so a small file's whole answer is one hand-over to
+    /// the stream.
     async fn serve_file(
         &self,
         (remote, device, auth): (EndpointId, Uuid, Arc<AuthCache>),
@@ -157,30 +161,29 @@ impl ContentServer {
         let wanted = decode_ranges(&req.wanted)?;
         let location = req.location;
         let (state, scans) = (self.state.clone(), self.scans.clone());
-        let opened = tokio::task::spawn_blocking(move || {
-            let root = auth.authorize(&state, remote, &req)?;
-            Source::open(root, &req, &scans.trees)
-        })
-        .await
-        .map_err(|e| NetError::Other(format!("serving task failed: {e}")))?;
-        let source = match opened {
-            Ok(source) => source,
-            Err(e) => {
-                tracing::debug!(device = %device, "content request refused: {e}");
-                let reason = match e {
-                    NetError::Refused(reason) => reason,
-                    other => format!("cannot serve the file: {other}"),
-                };
-                write_msg(&mut send, &ContentHeader::Refused { reason }).await?;
-                let _ = send.finish();
-                return Ok(());
-            }
-        };
-        write_msg(&mut send, &source.header).await?;
         let (tx, rx) = channel();
-        let encoder = tokio::task::spawn_blocking(move || {
+        let job = tokio::task::spawn_blocking(move || {
             let mut out = ChannelWriter::new(tx);
-            source.encode(&wanted, &mut out)
+            let opened = auth
+                .authorize(&state, remote, &req)
+                .and_then(|root| Source::open(root, &req, &scans.trees));
+            let source = match opened {
+                Ok(source) => source,
+                Err(e) => {
+                    tracing::debug!(device = %device, "content request refused: {e}");
+                    let reason = match e {
+                        NetError::Refused(reason) => reason,
+                        other => format!("cannot serve the file: {other}"),
+                    };
+                    out.write_header(&msg_frame(&ContentHeader::Refused { reason })?)?;
+                    out.flush()?;
+                    return Ok(false);
+                }
+            };
+            out.write_header(&msg_frame(&source.header)?)?;
+            source.encode(&wanted, &mut out)?;
+            out.flush()?;
+            Ok::<_, NetError>(true)
         });
         let corrupt = *self.corrupt.lock().unwrap_or_else(|e| e.into_inner());
         let from = self
@@ -192,15 +195,17 @@ impl ContentServer {
             .clone();
         let counters = [&self.progress.bytes_sent, &*from];
         let pumped = pump_out(rx, &mut send, &counters, corrupt).await;
-        let encoded = encoder
+        let served = job
             .await
-            .map_err(|e| NetError::Other(format!("encoding task failed: {e}")))?;
-        match (encoded, pumped) {
-            (Ok(()), Ok(())) => {
+            .map_err(|e| NetError::Other(format!("serving task failed: {e}")))?;
+        match (served, pumped) {
+            (Ok(sent), Ok(())) => {
                 let _ = send.finish();
-                self.progress
-                    .files_done
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if sent {
+                    self.progress
+                        .files_done
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(())
             }
             (Err(e), _) | (_, Err(e)) => {
