@@ -6,31 +6,17 @@
 //! it in the audit log; `Apply` only through a sync conduit; `Hold` only
 //! through an offload conduit, verified, bounded.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use concord::model::Conduit;
-use concord::{index, Change, Library, Uuid};
+use concord::{Change, Uuid};
 use concord_node::transfer::wire::{
     ApplyAnswer, ApplyRequest, ContentCall, ListPage, ListRequest, ReleaseAnswer, ReleaseRequest,
     WireAction, WireState, PAGE_FILES,
 };
 
 mod support;
-use support::{config, init_tracing, pair, share_new_library, start, wait_for};
-
-async fn add_location(lib: &Arc<Library>, path: &Path) -> Uuid {
-    let (lib, path) = (lib.clone(), path.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        index::add_location(&lib, &path, &mut |_, _| {})
-            .unwrap()
-            .location
-            .id
-    })
-    .await
-    .unwrap()
-}
+use support::{add_location, config, init_tracing, pair, share_new_library, start, wait_for};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn list_pages_and_release_only_through_an_archive_conduit() {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord::model::FileEntry;
@@ -12,7 +11,7 @@ use concord::{index, query, Library, Uuid};
 use concord_node::Node;
 
 mod support;
-use support::{fast_config, init_tracing, pair, share_new_library, start, wait_for};
+use support::{add_location, fast_config, init_tracing, pair, share_new_library, start, wait_for};
 
 /// Two paired nodes sharing a new library: (A, B, library id).
 async fn two_nodes(tmp: &Path, b_watches: bool) -> (Node, Node, Uuid) {
@@ -33,18 +32,6 @@ fn make_tree(root: &Path, files: usize) {
         }
         std::fs::write(dir.join(format!("f{i}.txt")), vec![b'x'; i % 100]).unwrap();
     }
-}
-
-async fn add_location(lib: &Arc<Library>, path: &Path) -> Uuid {
-    let (lib, path) = (lib.clone(), path.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        index::add_location(&lib, &path, &mut |_, _| {})
-            .unwrap()
-            .location
-            .id
-    })
-    .await
-    .unwrap()
 }
 
 /// (path, kind, size) of every entry of a location, with the devices owning them.

@@ -14,7 +14,7 @@ use concord::conduit::path::{RelPath, SafeRoot};
 use concord::conduit::plan::{Action, Side};
 use concord::conduit::trash::reserved_dir;
 use concord::conduit::tree::Tree;
-use concord::{index, Library, Uuid};
+use concord::Uuid;
 use concord_node::conduits::remote::{list, Listed};
 use concord_node::transfer::prefetch::purge_stale_incoming;
 use concord_node::transfer::remote::RemoteSource;
@@ -22,7 +22,9 @@ use concord_node::transfer::TransferProgress;
 use concord_node::Node;
 
 mod support;
-use support::{config, init_tracing, pair, share_new_library, start};
+use support::{
+    add_location, config, init_tracing, pair, share_new_library, start, write_random, Tmpfs,
+};
 
 /// A serving node with a location at `src`, a member that copies from it.
 struct Setup {
@@ -32,18 +34,6 @@ struct Setup {
     location: Uuid,
     src: PathBuf,
     tmp: tempfile::TempDir,
-}
-
-async fn add_location(lib: &Arc<Library>, path: &Path) -> Uuid {
-    let (lib, path) = (lib.clone(), path.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        index::add_location(&lib, &path, &mut |_, _| {})
-            .unwrap()
-            .location
-            .id
-    })
-    .await
-    .unwrap()
 }
 
 impl Setup {
@@ -152,14 +142,6 @@ fn hash_of(path: &Path) -> [u8; 32] {
     *blake3::hash(&std::fs::read(path).unwrap()).as_bytes()
 }
 
-/// `size` bytes of non-repeating data.
-fn write_random(path: &Path, size: u64, seed: u8) {
-    let mut xof = blake3::Hasher::new().update(&[seed]).finalize_xof();
-    let mut buf = vec![0u8; size as usize];
-    xof.fill(&mut buf);
-    std::fs::write(path, buf).unwrap();
-}
-
 /// Files (not folders) under `dir`, recursively, as relative paths.
 fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -259,28 +241,6 @@ async fn a_copy_that_cannot_be_placed_leaves_no_prefetched_file() {
     );
     assert_nothing_left(&dest);
     s.shutdown().await;
-}
-
-/// A small tmpfs volume, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` (the test says why and skips) without the right to mount.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,14 +11,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord::{index, Library, Uuid};
+use concord::Uuid;
 use concord_node::peers::Peer;
 use concord_node::transfer::partial::resumable_bytes;
 use concord_node::transfer::{FileRequest, TransferProgress};
 use concord_node::{NetError, Node};
 
 mod support;
-use support::{config, init_tracing, pair, share_new_library, start, wait_for};
+use support::{
+    add_location, config, init_tracing, pair, share_new_library, start, wait_for, write_random,
+    Tmpfs,
+};
 
 /// A server node with a location, a paired member fetching from it.
 struct Setup {
@@ -102,40 +105,12 @@ impl Setup {
     }
 }
 
-async fn add_location(lib: &Arc<Library>, path: &Path) -> Uuid {
-    let (lib, path) = (lib.clone(), path.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        index::add_location(&lib, &path, &mut |_, _| {})
-            .unwrap()
-            .location
-            .id
-    })
-    .await
-    .unwrap()
-}
-
 fn hash_of(path: &Path) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     hasher
         .update_reader(std::fs::File::open(path).unwrap())
         .unwrap();
     *hasher.finalize().as_bytes()
-}
-
-/// `size` bytes of incompressible, non-repeating data.
-fn write_random(path: &Path, size: u64, seed: u8) {
-    use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut xof = blake3::Hasher::new().update(&[seed]).finalize_xof();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        xof.fill(&mut buf[..n]);
-        out.write_all(&buf[..n]).unwrap();
-        left -= n as u64;
-    }
-    out.flush().unwrap();
 }
 
 fn set_mtime(path: &Path, secs: u64) {
@@ -734,28 +709,6 @@ async fn a_server_killed_with_sigkill_is_resumed_from_after_it_restarts() {
         (received as f64) < SIZE as f64 * 1.1,
         "{received} bytes received for a {SIZE}-byte file"
     );
-}
-
-/// A small tmpfs volume, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    /// `None` (the test says why and skips) without the right to mount.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,10 +3,11 @@
 //! a condition. Each test file uses part of it.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord::Uuid;
+use concord::{index, Library, Uuid};
 use concord_node::{Node, NodeConfig};
 
 /// A node named `name` on loopback that checks on its peers often.
@@ -76,4 +77,55 @@ pub async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) 
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     start.elapsed()
+}
+
+/// Add `path` as a location of `lib` (indexing it) off the async runtime.
+pub async fn add_location(lib: &Arc<Library>, path: &Path) -> Uuid {
+    let (lib, path) = (lib.clone(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        index::add_location(&lib, &path, &mut |_, _| {})
+            .unwrap()
+            .location
+            .id
+    })
+    .await
+    .unwrap()
+}
+
+/// `size` bytes of incompressible, non-repeating data.
+pub fn write_random(path: &Path, size: u64, seed: u8) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut xof = blake3::Hasher::new().update(&[seed]).finalize_xof();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        xof.fill(&mut buf[..n]);
+        out.write_all(&buf[..n]).unwrap();
+        left -= n as u64;
+    }
+    out.flush().unwrap();
+}
+
+/// A small tmpfs volume, unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// `None` (the test says why and skips) without the right to mount.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
