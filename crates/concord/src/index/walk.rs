@@ -117,14 +117,7 @@ pub(crate) fn scan_at(
                     continue;
                 }
             };
-            let ft = md.file_type();
-            let (kind, size) = if ft.is_symlink() {
-                (entry_kind::SYMLINK, md.len() as i64)
-            } else if ft.is_dir() {
-                (entry_kind::DIR, 0)
-            } else if ft.is_file() {
-                (entry_kind::FILE, md.len() as i64)
-            } else {
+            let Some((kind, size)) = kind_and_size(&md) else {
                 tracing::debug!(path = %item.path().display(), "leaving out a special file");
                 continue;
             };
@@ -148,6 +141,21 @@ pub(crate) fn scan_at(
     }
     progress(out.entries.len() as u64, None);
     Ok(out)
+}
+
+/// The entry kind and size of what `md` describes (not following a link);
+/// `None` for special files (devices, sockets, pipes), which are left out.
+fn kind_and_size(md: &std::fs::Metadata) -> Option<(i64, i64)> {
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        Some((entry_kind::SYMLINK, md.len() as i64))
+    } else if ft.is_dir() {
+        Some((entry_kind::DIR, 0))
+    } else if ft.is_file() {
+        Some((entry_kind::FILE, md.len() as i64))
+    } else {
+        None
+    }
 }
 
 /// Whether `path` (relative to a location root) is the location's own
