@@ -295,3 +295,57 @@ fn landed_files_never_consumed_are_purged_after_a_day_and_resumable_parts_kept()
     assert_eq!(purge_stale_incoming(&incoming, now + two_days), 1);
     assert_eq!(files_under(&incoming), vec![".concord/tmp/b.part"]);
 }
+
+#[test]
+fn abandoned_resume_files_are_purged_after_a_week_and_live_ones_kept() {
+    use concord_node::transfer::partial::{purge_abandoned, ABANDONED_MS};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = reserved_dir(tmp.path(), "tmp").unwrap();
+    let now = std::time::SystemTime::now();
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let old = now - std::time::Duration::from_secs(8 * 24 * 3600);
+    let write = |name: &str, when: std::time::SystemTime| {
+        let f = std::fs::File::create(dir.join(name)).unwrap();
+        f.set_modified(when).unwrap();
+    };
+    let (gone, live, fresh, alone) = (
+        "a".repeat(32),
+        "b".repeat(32),
+        "c".repeat(32),
+        "d".repeat(32),
+    );
+    // Abandoned: neither file written for eight days.
+    write(&format!("{gone}.part"), old);
+    write(&format!("{gone}.state"), old);
+    // Still being written: its part file is recent.
+    write(&format!("{live}.part"), now);
+    write(&format!("{live}.state"), old);
+    write(&format!("{fresh}.part"), now);
+    write(&format!("{fresh}.state"), now);
+    // A small file's transfer keeps no state; killed eight days ago.
+    write(&format!("{alone}.part"), old);
+    // Not the engine's.
+    write("notes.part", old);
+    write("1700000000000-1-1.part", now);
+    assert_eq!(purge_abandoned(&dir, now_ms), 2);
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    let mut want = vec![
+        "1700000000000-1-1.part".to_string(),
+        format!("{live}.part"),
+        format!("{live}.state"),
+        format!("{fresh}.part"),
+        format!("{fresh}.state"),
+        "notes.part".to_string(),
+    ];
+    want.sort();
+    assert_eq!(left, want);
+    // A week later everything of the engine's that stayed untouched goes.
+    assert_eq!(purge_abandoned(&dir, now_ms + ABANDONED_MS + 1000), 2);
+}

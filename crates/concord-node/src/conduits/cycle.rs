@@ -149,6 +149,7 @@ pub fn run_remote_cycle(
         now_ms,
     );
     crate::transfer::prefetch::purge_stale_incoming(&c.source.incoming, now_ms);
+    crate::transfer::partial::purge_abandoned(&dst.location.join(RESERVED_DIR).join("tmp"), now_ms);
     let disk_full = exec.disk_full;
     let report = CycleReport { plan, exec };
     Ok(if disk_full {

@@ -238,6 +238,7 @@ fn apply(
     let _ = Trash::for_location(&location).purge(now_ms, RETENTION_MS);
     concord::conduit::content::purge_stale_temps(&location.join(RESERVED_DIR).join("tmp"), now_ms);
     crate::transfer::prefetch::purge_stale_incoming(&from_peer.incoming, now_ms);
+    crate::transfer::partial::purge_abandoned(&location.join(RESERVED_DIR).join("tmp"), now_ms);
     Ok(ApplyAnswer::Applied {
         done: report.done as u32,
         failed: report

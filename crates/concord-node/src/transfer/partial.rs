@@ -143,6 +143,47 @@ pub fn resumable_bytes(root: &Path) -> u64 {
     total
 }
 
+/// How long an interrupted transfer's resume files may sit untouched in
+/// `.concord/tmp/` before a cycle removes them as abandoned (its file was
+/// deleted or changed at the source, its conduit removed): a week, so a
+/// device away for a few days still resumes rather than fetching again.
+pub const ABANDONED_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Remove the engine's resume files (`<32 hex>.part` and `.state`) in
+/// `tmp_dir` that nothing wrote for [`ABANDONED_MS`] (by the later mtime of
+/// the pair; a transfer in progress writes its part file continuously and
+/// its state every checkpoint). Other names are left alone. Returns how many
+/// files were removed.
+pub fn purge_abandoned(tmp_dir: &Path, now_ms: i64) -> usize {
+    let Ok(entries) = std::fs::read_dir(tmp_dir) else {
+        return 0;
+    };
+    let modified_ms = |p: &Path| -> Option<i64> {
+        let t = std::fs::symlink_metadata(p).ok()?.modified().ok()?;
+        let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+        i64::try_from(d.as_millis()).ok()
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".part")) else {
+            continue;
+        };
+        if stem.len() != 32 || !stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let (part, state) = (e.path(), tmp_dir.join(format!("{stem}.state")));
+        let last = modified_ms(&part).max(modified_ms(&state));
+        if last.is_some_and(|m| now_ms.saturating_sub(m) > ABANDONED_MS) {
+            let _ = std::fs::remove_file(&state);
+            if std::fs::remove_file(&part).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Forget an interrupted transfer to `root/rel` (its content changed).
 pub fn discard(root: &Path, rel: &str) {
     let (part, state) = temp_paths(root, rel);
