@@ -8,6 +8,7 @@
 //! folder and not a symbolic link; files are opened with `O_NOFOLLOW`, so a
 //! link swapped in at the last moment fails instead of being followed.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -102,9 +103,29 @@ impl RelPath {
         self.0.rfind('/').map(|i| RelPath(self.0[..i].to_string()))
     }
 
-    /// `name` inside this folder.
+    /// `name` inside this folder. Checks what [`RelPath::parse`] would on
+    /// the joined path, without checking this (already checked) part again:
+    /// a scan joins once per file.
     pub fn join(&self, name: &str) -> Result<RelPath> {
-        RelPath::parse(&format!("{}/{name}", self.0))
+        check_name(name)?;
+        let len = self.0.len() + 1 + name.len();
+        let bad = |why| {
+            Err(ConduitError::InvalidPath {
+                path: format!("{}/{name}", self.0).chars().take(300).collect(),
+                why,
+            })
+        };
+        if len > MAX_PATH_BYTES {
+            return bad("path longer than 4096 bytes");
+        }
+        if self.0.bytes().filter(|&b| b == b'/').count() + 2 > MAX_DEPTH {
+            return bad("path nested deeper than 128 folders");
+        }
+        let mut joined = String::with_capacity(len);
+        joined.push_str(&self.0);
+        joined.push('/');
+        joined.push_str(name);
+        Ok(RelPath(joined))
     }
 
     /// A sibling: this path with its last name replaced.
@@ -135,6 +156,35 @@ impl<'de> Deserialize<'de> for RelPath {
         let s = String::deserialize(d)?;
         RelPath::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// The union of three path-keyed maps' keys, in path order, with each map's
+/// value at that path: what comparing two ends with their agreed state
+/// needs, in one pass over sorted maps rather than a lookup per path.
+pub fn union3<'a, A, B, C>(
+    a: &'a BTreeMap<RelPath, A>,
+    b: &'a BTreeMap<RelPath, B>,
+    c: &'a BTreeMap<RelPath, C>,
+) -> impl Iterator<Item = (&'a RelPath, Option<&'a A>, Option<&'a B>, Option<&'a C>)> {
+    let (mut a, mut b, mut c) = (
+        a.iter().peekable(),
+        b.iter().peekable(),
+        c.iter().peekable(),
+    );
+    std::iter::from_fn(move || {
+        let key = [
+            a.peek().map(|(k, _)| *k),
+            b.peek().map(|(k, _)| *k),
+            c.peek().map(|(k, _)| *k),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        let a = a.next_if(|(k, _)| *k == key).map(|(_, v)| v);
+        let b = b.next_if(|(k, _)| *k == key).map(|(_, v)| v);
+        let c = c.next_if(|(k, _)| *k == key).map(|(_, v)| v);
+        Some((key, a, b, c))
+    })
 }
 
 /// A conduit root: an existing folder (a location's root plus the conduit's
@@ -299,6 +349,49 @@ mod tests {
         assert_eq!(p.with_file_name("d").unwrap().as_str(), "a/b/d");
         assert!(RelPath::parse("c").unwrap().parent().is_none());
         assert!(p.join("..").is_err());
+    }
+
+    #[test]
+    fn join_checks_what_parse_does() {
+        let deep = RelPath::parse(&vec!["d"; 127].join("/")).unwrap();
+        assert!(deep.join("x").is_ok());
+        assert!(deep.join("x").unwrap().join("y").is_err(), "129 names");
+        let long = RelPath::parse(&vec!["x".repeat(255); 16].join("/")).unwrap();
+        assert_eq!(long.as_str().len(), 4095);
+        assert!(long.join("y").is_err(), "over 4096 bytes");
+        let a = RelPath::parse("a").unwrap();
+        for bad in ["", ".", "..", "b/c", "b\\c", "b\0c", &"z".repeat(256)] {
+            assert!(a.join(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert_eq!(a.join(".concord").unwrap().as_str(), "a/.concord");
+    }
+
+    #[test]
+    fn union3_walks_every_key_once_in_order() {
+        let map = |keys: &[&str]| -> BTreeMap<RelPath, usize> {
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (RelPath::parse(k).unwrap(), i))
+                .collect()
+        };
+        let (a, b, c) = (
+            map(&["a", "c/x", "d"]),
+            map(&["b", "c/x"]),
+            map(&["a", "e"]),
+        );
+        let got: Vec<_> = union3(&a, &b, &c)
+            .map(|(k, x, y, z)| (k.as_str(), x.copied(), y.copied(), z.copied()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", Some(0), None, Some(0)),
+                ("b", None, Some(0), None),
+                ("c/x", Some(1), Some(1), None),
+                ("d", Some(2), None, None),
+                ("e", None, None, Some(1)),
+            ]
+        );
     }
 
     #[test]

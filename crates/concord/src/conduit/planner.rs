@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::agreed::Agreed;
 use super::conflict::{conflict_path, is_conflict_copy};
 use super::error::{ConduitError, Result};
-use super::path::RelPath;
+use super::path::{union3, RelPath};
 use super::plan::{Action, Conflict, Plan, Side};
 use super::settings::Policy;
 use super::tree::{FileState, Tree, Version};
@@ -67,23 +67,40 @@ impl PlanInput<'_> {
     }
 }
 
-/// Plan one cycle.
+/// The names a conflict copy may not take: every path of either end or of
+/// the agreed state, and the copies this plan already named.
+struct Taken<'a> {
+    input: &'a PlanInput<'a>,
+    named: BTreeSet<RelPath>,
+}
+
+impl Taken<'_> {
+    fn contains(&self, p: &RelPath) -> bool {
+        self.input.source.files.contains_key(p)
+            || self.input.destination.files.contains_key(p)
+            || self.input.agreed.files.contains_key(p)
+            || self.named.contains(p)
+    }
+}
+
+/// Plan one cycle. One pass over the two trees and the agreed state in path
+/// order: an idle cycle over 100,000 files allocates nothing per path.
 pub fn plan(input: &PlanInput<'_>) -> Result<Plan> {
     let mut out = Plan::default();
-    let paths: BTreeSet<&RelPath> = input
-        .source
-        .files
-        .keys()
-        .chain(input.destination.files.keys())
-        .chain(input.agreed.files.keys())
-        .collect();
-    let mut taken: BTreeSet<RelPath> = paths.iter().map(|p| (*p).clone()).collect();
-    for p in paths {
-        let (a, b) = (input.source.get(p), input.destination.get(p));
+    let mut taken = Taken {
+        input,
+        named: BTreeSet::new(),
+    };
+    let paths = union3(
+        &input.source.files,
+        &input.destination.files,
+        &input.agreed.files,
+    );
+    for (p, a, b, g) in paths {
         match input.policy {
             Policy::Replicate => replicate(p, a, b, input.propagate_deletes, &mut out),
             Policy::Archive => archive(p, a, b, &mut out),
-            Policy::Synchronize => synchronize(input, p, a, b, &mut taken, &mut out),
+            Policy::Synchronize => synchronize(input, p, (a, b, g), &mut taken, &mut out),
             Policy::Offload => {
                 return Err(ConduitError::Invalid(
                     "offload cycles are not planned yet (they need the transfer engine)".into(),
@@ -153,15 +170,14 @@ fn changed(x: Option<&FileState>, agreed: Option<&Version>) -> bool {
     }
 }
 
+/// `(a, b, g)`: the source's, the destination's and the agreed version of `p`.
 fn synchronize(
     input: &PlanInput<'_>,
     p: &RelPath,
-    a: Option<&FileState>,
-    b: Option<&FileState>,
-    taken: &mut BTreeSet<RelPath>,
+    (a, b, g): (Option<&FileState>, Option<&FileState>, Option<&Version>),
+    taken: &mut Taken<'_>,
     out: &mut Plan,
 ) {
-    let g = input.agreed.get(p);
     let (ca, cb) = (changed(a, g), changed(b, g));
     let one_way = |from: Side, x: Option<&FileState>, y: Option<&FileState>, out: &mut Plan| {
         let to = from.other();
@@ -196,7 +212,7 @@ fn conflict(
     p: &RelPath,
     a: &FileState,
     b: &FileState,
-    taken: &mut BTreeSet<RelPath>,
+    taken: &mut Taken<'_>,
     out: &mut Plan,
 ) {
     let winner = if b.version.mtime_ns > a.version.mtime_ns {
@@ -224,7 +240,7 @@ fn conflict(
             .push((p.clone(), "no free name for a conflict copy".into()));
         return;
     };
-    taken.insert(name.clone());
+    taken.named.insert(name.clone());
     out.actions.push(Action::Move {
         side: loser,
         from: p.clone(),
@@ -251,6 +267,12 @@ fn conflict(
 /// Turn copies onto `side` into moves of files `side` deletes with the same
 /// content, or into local copies of content `side` already holds.
 fn reuse_local_content(actions: Vec<Action>, side: Side, tree: &Tree) -> Vec<Action> {
+    let copies_with_hash = actions.iter().any(|a| {
+        matches!(a, Action::Copy { side: s, version, .. } if *s == side && version.version.hash.is_some())
+    });
+    if !copies_with_hash {
+        return actions; // nothing to turn into a move or a local copy
+    }
     let mut deleted: BTreeMap<[u8; 32], Vec<usize>> = BTreeMap::new();
     for (i, a) in actions.iter().enumerate() {
         if let Action::Delete {
