@@ -15,7 +15,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ConduitError, Result};
-use super::path::RelPath;
+use super::path::{union3, RelPath};
 use super::tree::{Tree, Version};
 
 /// Largest agreed-state file read, in bytes.
@@ -44,28 +44,45 @@ impl Agreed {
         destination: &Tree,
         unsettled: &std::collections::BTreeSet<RelPath>,
     ) -> Agreed {
-        let mut next = self.files.clone();
-        let paths = source.files.keys().chain(destination.files.keys());
-        for p in paths
-            .chain(self.files.keys())
-            .collect::<std::collections::BTreeSet<_>>()
-        {
+        let mut next = self.clone();
+        next.advance_in_place(source, destination, unsettled);
+        next
+    }
+
+    /// [`Agreed::advance`] on this state itself: one pass over the trees in
+    /// path order that touches only the paths whose agreement changes, so a
+    /// cycle that changed nothing copies nothing.
+    pub fn advance_in_place(
+        &mut self,
+        source: &Tree,
+        destination: &Tree,
+        unsettled: &std::collections::BTreeSet<RelPath>,
+    ) {
+        let mut agree = Vec::new();
+        let mut forget = Vec::new();
+        for (p, a, b, g) in union3(&source.files, &destination.files, &self.files) {
             if unsettled.contains(p) {
                 continue;
             }
-            match (source.get(p), destination.get(p)) {
+            match (a, b) {
                 (Some(a), Some(b)) if a.version.same_as(&b.version) => {
-                    let mut v = a.version.clone();
-                    v.hash = a.version.hash.or(b.version.hash);
-                    next.insert(p.clone(), v);
+                    let hash = a.version.hash.or(b.version.hash);
+                    let now = Version {
+                        hash,
+                        ..a.version.clone()
+                    };
+                    if g != Some(&now) {
+                        agree.push((p.clone(), now));
+                    }
                 }
-                (None, None) => {
-                    next.remove(p);
-                }
+                (None, None) if g.is_some() => forget.push(p.clone()),
                 _ => {}
             }
         }
-        Agreed { files: next }
+        for p in forget {
+            self.files.remove(&p);
+        }
+        self.files.extend(agree);
     }
 
     /// Read the agreed state kept at `path`; a missing file is an empty state
@@ -105,6 +122,65 @@ impl Agreed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conduit::tree::Hash;
+
+    fn tree(files: &[(&str, u64, Option<Hash>)]) -> Tree {
+        let mut t = Tree::default();
+        for (p, size, hash) in files {
+            let version = Version {
+                hash: *hash,
+                size: *size,
+                mtime_ns: 7,
+                exec: false,
+            };
+            t.files.insert(
+                RelPath::parse(p).unwrap(),
+                crate::conduit::tree::FileState { version, inode: 1 },
+            );
+        }
+        t
+    }
+
+    #[test]
+    fn advancing_agrees_forgets_and_keeps() {
+        let h = Some([3; 32]);
+        let src = tree(&[
+            ("same", 1, None),
+            ("differ", 1, None),
+            ("new", 2, h),
+            ("held", 5, None),
+        ]);
+        let dst = tree(&[
+            ("same", 1, h),
+            ("differ", 2, None),
+            ("new", 2, None),
+            ("held", 6, None),
+        ]);
+        let old = tree(&[
+            ("same", 1, None),
+            ("differ", 1, None),
+            ("gone", 4, None),
+            ("held", 5, None),
+        ]);
+        let mut agreed = Agreed::default();
+        agreed.advance_in_place(&old, &old, &Default::default());
+        assert_eq!(agreed.files.len(), 4);
+        let held = RelPath::parse("held").unwrap();
+        let unsettled = [held.clone()].into_iter().collect();
+        let before = agreed.clone();
+        agreed.advance_in_place(&src, &dst, &unsettled);
+        assert_eq!(agreed, before.advance(&src, &dst, &unsettled));
+        let get = |p: &str| agreed.get(&RelPath::parse(p).unwrap()).cloned();
+        assert_eq!(get("same").unwrap().hash, h, "one end's hash is kept");
+        assert_eq!(
+            get("differ").unwrap().size,
+            1,
+            "still differ: earlier agreement"
+        );
+        assert_eq!(get("new").unwrap().hash, h);
+        assert!(get("gone").is_none(), "both ends lack it: forgotten");
+        assert_eq!(get("held").unwrap().size, 5, "unsettled: untouched");
+    }
 
     #[test]
     fn saves_loads_and_refuses_damage() {

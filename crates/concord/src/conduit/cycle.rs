@@ -137,10 +137,17 @@ pub fn run_local_cycle(
     let mut into_src = LocalSource::new(dst_root);
     let mut into_dst = LocalSource::new(src_root);
     let exec = Executor::new(&src_end, &dst_end, &mut into_src, &mut into_dst, now_ms).run(&plan);
-    let (after_src, after_dst) = plan.simulate(&src_tree, &dst_tree);
-    memory.agreed = memory
-        .agreed
-        .advance(&after_src, &after_dst, &exec.unsettled);
+    // An empty plan leaves both ends as scanned: no copies of the trees.
+    if plan.actions.is_empty() {
+        memory
+            .agreed
+            .advance_in_place(&src_tree, &dst_tree, &exec.unsettled);
+    } else {
+        let (after_src, after_dst) = plan.simulate(&src_tree, &dst_tree);
+        memory
+            .agreed
+            .advance_in_place(&after_src, &after_dst, &exec.unsettled);
+    }
     memory.scans = [src_tree, dst_tree];
     for end in [&c.source, &c.destination] {
         Trash::for_location(&end.location).purge(now_ms, RETENTION_MS)?;
