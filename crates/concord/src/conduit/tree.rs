@@ -150,11 +150,25 @@ pub type FileHasher<'a> =
 /// listing of 2 GiB took 1.4 s on one).
 pub const HASH_THREADS: usize = 4;
 
-/// A file the walk found, to stat-compare and maybe hash.
+/// A file the walk found whose stat differs from the cache: to hash.
 struct Found {
     rel: RelPath,
     path: std::path::PathBuf,
     md: std::fs::Metadata,
+}
+
+/// A cached tree read in path order alongside a walk that finds files in
+/// path order: one comparison per file instead of a map lookup.
+struct CacheCursor<'a> {
+    rest: std::iter::Peekable<std::collections::btree_map::Iter<'a, RelPath, FileState>>,
+}
+
+impl<'a> CacheCursor<'a> {
+    /// The cached state of `rel`; calls must come in path order.
+    fn get(&mut self, rel: &RelPath) -> Option<&'a FileState> {
+        while self.rest.next_if(|(k, _)| *k < rel).is_some() {}
+        self.rest.next_if(|(k, _)| *k == rel).map(|(_, v)| v)
+    }
 }
 
 /// [`scan`], hashing with `hasher`.
@@ -170,30 +184,39 @@ pub fn scan_with(
             .saturating_mul(1_000_000)
             .saturating_sub(RACY_WINDOW_NS)
     });
-    let mut files = BTreeMap::new();
+    let mut cached = cache.map(|c| CacheCursor {
+        rest: c.files.iter().peekable(),
+    });
+    let mut files = Vec::with_capacity(cache.map_or(0, |c| c.files.len()));
     let mut todo = Vec::new();
-    walk(root, ignore, &mut |found: Found| {
-        let known = cache
-            .and_then(|c| c.get(&found.rel))
+    walk(root, ignore, &mut |rel, md| {
+        let known = cached
+            .as_mut()
+            .and_then(|c| c.get(&rel))
             .filter(|c| c.version.mtime_ns < trusted_before)
-            .filter(|c| c.unchanged(&found.md))
+            .filter(|c| c.unchanged(&md))
             .and_then(|c| c.version.hash);
         match known {
             Some(hash) => {
-                let mut state = FileState::from_metadata(&found.md);
+                let mut state = FileState::from_metadata(&md);
                 state.version.hash = Some(hash);
-                files.insert(found.rel, state);
+                files.push((rel, state));
             }
-            None => todo.push(found),
+            None => todo.push(Found {
+                path: root.path().join(rel.as_str()),
+                rel,
+                md,
+            }),
         }
     })?;
     for (i, state) in hash_each(&todo, &|f| hash_one(&f.path, &f.md, hasher))? {
         if let Some(state) = state {
-            files.insert(todo[i].rel.clone(), state);
+            files.push((todo[i].rel.clone(), state));
         }
     }
     Ok(Tree {
-        files,
+        // In path order but for the hashed files: the sort finds the runs.
+        files: files.into_iter().collect(),
         scanned_at_ms: now_ms,
     })
 }
@@ -245,51 +268,96 @@ fn hash_each(
     }
 }
 
+/// What a folder holds that a walk goes on with: a file and its stat, or a
+/// folder to read (with its depth).
+enum Child {
+    File(RelPath, std::fs::Metadata),
+    Folder(RelPath, usize),
+}
+
 /// Every regular file under `root` (links and ignored paths left out), in
-/// walk order, with its stat, to `each`.
-fn walk(root: &SafeRoot, ignore: &IgnoreRules, each: &mut dyn FnMut(Found)) -> Result<()> {
+/// path order ([`RelPath`]'s order), with its stat, to `each`. One stat per
+/// file, relative to its open folder (`fstatat`, never following a link);
+/// folders and links are told apart by the folder listing's types.
+fn walk(
+    root: &SafeRoot,
+    ignore: &IgnoreRules,
+    each: &mut dyn FnMut(RelPath, std::fs::Metadata),
+) -> Result<()> {
     let mut found = 0usize;
-    let mut stack: Vec<(std::path::PathBuf, Option<RelPath>, usize)> =
-        vec![(root.path().to_path_buf(), None, 0)];
-    while let Some((dir, rel, depth)) = stack.pop() {
-        let entries = std::fs::read_dir(&dir).map_err(|e| ConduitError::io(&dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| ConduitError::io(&dir, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue; // not UTF-8: left alone
-            };
-            if rel.is_none() && name == RESERVED_DIR {
-                continue;
-            }
-            let Ok(child) = (match &rel {
-                Some(r) => r.join(&name),
-                None => RelPath::parse(&name),
-            }) else {
-                continue; // a name no other end could hold safely
-            };
-            let md = std::fs::symlink_metadata(entry.path())
-                .map_err(|e| ConduitError::io(entry.path(), e))?;
-            if md.is_dir() {
-                if depth + 1 < MAX_DEPTH && !ignore.is_ignored(child.as_str(), true) {
-                    stack.push((entry.path(), Some(child), depth + 1));
-                }
-            } else if md.is_file() && !ignore.is_ignored(child.as_str(), false) {
-                if found == MAX_FILES {
-                    return Err(ConduitError::TooLarge {
-                        what: "the files of a conduit end",
-                        limit: MAX_FILES as u64,
-                    });
-                }
-                found += 1;
-                each(Found {
-                    rel: child,
-                    path: entry.path(),
-                    md,
-                });
+    let mut stack = read_folder(root, None, 0, ignore, &mut found)?;
+    while let Some(child) = stack.pop() {
+        match child {
+            Child::File(rel, md) => each(rel, md),
+            Child::Folder(rel, depth) => {
+                stack.extend(read_folder(root, Some(rel), depth, ignore, &mut found)?);
             }
         }
     }
     Ok(())
+}
+
+/// The children of the folder `rel` (the root when `None`) at `depth`, in
+/// reverse path order (a stack pops them in order). Sorted by name, a
+/// folder's name followed by `/`: so a folder's files come out in the same
+/// order as `a/b` strings sort (`a-x` < `a/b` < `a0`). `found` counts the
+/// files of the whole walk, bounded by [`MAX_FILES`].
+fn read_folder(
+    root: &SafeRoot,
+    rel: Option<RelPath>,
+    depth: usize,
+    ignore: &IgnoreRules,
+    found: &mut usize,
+) -> Result<Vec<Child>> {
+    let dir = match &rel {
+        Some(r) => root.path().join(r.as_str()),
+        None => root.path().to_path_buf(),
+    };
+    let io = |e| ConduitError::io(&dir, e);
+    let mut children: Vec<(String, Child)> = Vec::new();
+    for entry in std::fs::read_dir(&dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue; // not UTF-8: left alone
+        };
+        if rel.is_none() && name == RESERVED_DIR {
+            continue;
+        }
+        let Ok(child) = (match &rel {
+            Some(r) => r.join(&name),
+            None => RelPath::parse(&name),
+        }) else {
+            continue; // a name no other end could hold safely
+        };
+        let kind = entry.file_type().map_err(io)?;
+        let md = match kind.is_dir() || kind.is_symlink() {
+            true => None,
+            false => Some(
+                entry
+                    .metadata()
+                    .map_err(|e| ConduitError::io(entry.path(), e))?,
+            ),
+        };
+        if kind.is_dir() || md.as_ref().is_some_and(|m| m.is_dir()) {
+            if depth + 1 < MAX_DEPTH && !ignore.is_ignored(child.as_str(), true) {
+                children.push((name + "/", Child::Folder(child, depth + 1)));
+            }
+        } else if let Some(md) = md.filter(|m| m.is_file()) {
+            if ignore.is_ignored(child.as_str(), false) {
+                continue;
+            }
+            if *found == MAX_FILES {
+                return Err(ConduitError::TooLarge {
+                    what: "the files of a conduit end",
+                    limit: MAX_FILES as u64,
+                });
+            }
+            *found += 1;
+            children.push((name, Child::File(child, md)));
+        }
+    }
+    children.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    Ok(children.into_iter().map(|(_, c)| c).collect())
 }
 
 /// The state of one file, hashed. `None` when the file vanished or was
@@ -353,5 +421,43 @@ mod tests {
         cache.scanned_at_ms = f.version.mtime_ns / 1_000_000 + 1;
         let racy = scan(&root, &rules, Some(&cache), now_ms).unwrap();
         assert_eq!(racy.files[&key].version.hash, f.version.hash);
+    }
+
+    #[test]
+    fn the_walk_finds_files_in_path_order_so_every_cached_hash_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Names that sort around `/`: `a-x` < `a.c/z` < `a/b` < `a0`, and
+        // `a/x-1` < `a/x/f` < `a/x0`.
+        let names = [
+            "a-x", "a.c/z", "a/b", "a/b-c", "a/b.d/e", "a/x/f", "a/x-1", "a/x0", "a0", "ab/c/d",
+            "Z", "é/ü",
+        ];
+        for n in names {
+            let p = d.join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, n).unwrap();
+        }
+        let root = SafeRoot::open(d, None, false).unwrap();
+        let rules = IgnoreRules::default();
+        let now_ms = 4_000_000_000_000;
+        let t = scan(&root, &rules, None, now_ms).unwrap();
+        assert_eq!(t.files.len(), names.len());
+        let mut order = Vec::new();
+        walk(&root, &rules, &mut |rel, _| order.push(rel)).unwrap();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "the walk emits files in path order");
+        // Wrong cached hashes everywhere: each one is reused, so each was found.
+        let mut cache = t.clone();
+        for f in cache.files.values_mut() {
+            f.version.hash = Some([9; 32]);
+        }
+        let again = scan(&root, &rules, Some(&cache), now_ms).unwrap();
+        assert!(again
+            .files
+            .values()
+            .all(|f| f.version.hash == Some([9; 32])));
+        assert_eq!(again.files.len(), names.len());
     }
 }
