@@ -118,18 +118,21 @@ impl IgnoreRules {
         if path == IGNORE_FILE {
             return true;
         }
-        let names: Vec<&str> = path.split('/').collect();
+        if self.patterns.is_empty() {
+            return false; // the common case: asked once per file of a scan
+        }
+        let last = path.rsplit('/').next().unwrap_or(path);
+        let mut names: Option<Vec<&str>> = None;
         let mut ignored = false;
         for p in &self.patterns {
             if p.dir_only && !is_dir {
                 continue;
             }
             let hit = if p.anchored {
-                match_segments(&p.segments, &names)
+                let names = names.get_or_insert_with(|| path.split('/').collect());
+                match_segments(&p.segments, names)
             } else {
-                names
-                    .last()
-                    .is_some_and(|n| p.segments.len() == 1 && match_name(&p.segments[0], n))
+                p.segments.len() == 1 && match_name(&p.segments[0], last)
             };
             if hit {
                 ignored = !p.negated;
