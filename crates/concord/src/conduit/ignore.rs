@@ -161,22 +161,36 @@ fn match_segments(segs: &[String], names: &[&str]) -> bool {
     ok[0][0]
 }
 
-/// `*` and `?` wildcards against one name, by dynamic programming.
+/// `*` and `?` wildcards against one name, without allocating (asked per
+/// pattern per file of a scan): matched left to right, and on a mismatch
+/// the last `*` takes one more character. Trying only the last `*` again
+/// is enough, so matching stays O(pattern × name), never exponential.
 fn match_name(pat: &str, name: &str) -> bool {
-    let p: Vec<char> = pat.chars().collect();
-    let t: Vec<char> = name.chars().collect();
-    let mut ok = vec![vec![false; t.len() + 1]; p.len() + 1];
-    ok[p.len()][t.len()] = true;
-    for i in (0..p.len()).rev() {
-        for j in (0..=t.len()).rev() {
-            ok[i][j] = match p[i] {
-                '*' => ok[i + 1][j] || (j < t.len() && ok[i][j + 1]),
-                '?' => j < t.len() && ok[i + 1][j + 1],
-                c => j < t.len() && t[j] == c && ok[i + 1][j + 1],
-            };
+    let (mut pi, mut ti) = (0, 0);
+    // After the last `*`: where the pattern goes on, and where the text did.
+    let mut star: Option<(usize, usize)> = None;
+    while let Some(tc) = name[ti..].chars().next() {
+        match pat[pi..].chars().next() {
+            Some('*') => {
+                pi += 1;
+                star = Some((pi, ti));
+                continue;
+            }
+            Some(pc) if pc == '?' || pc == tc => {
+                pi += pc.len_utf8();
+                ti += tc.len_utf8();
+                continue;
+            }
+            _ => {}
         }
+        let Some((sp, st)) = star else {
+            return false;
+        };
+        let skipped = name[st..].chars().next().map_or(1, char::len_utf8);
+        star = Some((sp, st + skipped));
+        (pi, ti) = (sp, st + skipped);
     }
-    ok[0][0]
+    pat[pi..].chars().all(|c| c == '*')
 }
 
 #[cfg(test)]
@@ -203,6 +217,54 @@ mod tests {
         assert!(!r.is_ignored("keep.me", false), "negation: last match wins");
         assert!(!r.is_ignored("notes.txt", false));
         assert!(r.is_ignored(IGNORE_FILE, false));
+    }
+
+    /// The matcher this module used before, by dynamic programming: the
+    /// reference the allocation-free one is checked against.
+    fn match_name_dp(pat: &str, name: &str) -> bool {
+        let p: Vec<char> = pat.chars().collect();
+        let t: Vec<char> = name.chars().collect();
+        let mut ok = vec![vec![false; t.len() + 1]; p.len() + 1];
+        ok[p.len()][t.len()] = true;
+        for i in (0..p.len()).rev() {
+            for j in (0..=t.len()).rev() {
+                ok[i][j] = match p[i] {
+                    '*' => ok[i + 1][j] || (j < t.len() && ok[i][j + 1]),
+                    '?' => j < t.len() && ok[i + 1][j + 1],
+                    c => j < t.len() && t[j] == c && ok[i + 1][j + 1],
+                };
+            }
+        }
+        ok[0][0]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_matcher_agrees_with_dynamic_programming(
+            pat in "[ab*?é]{0,8}",
+            name in "[abé]{0,10}",
+        ) {
+            proptest::prop_assert_eq!(match_name(&pat, &name), match_name_dp(&pat, &name));
+        }
+    }
+
+    #[test]
+    fn wildcards_match_whole_names() {
+        for (pat, name, want) in [
+            ("*", "", true),
+            ("", "", true),
+            ("", "a", false),
+            ("a*b", "ab", true),
+            ("a*b", "axxbxb", true),
+            ("a*b", "axxbx", false),
+            ("*.tmp", "x.tmp", true),
+            ("*.tmp", "x.tmpl", false),
+            ("?é", "aé", true),
+            ("é?", "é", false),
+            ("**a", "bba", true),
+        ] {
+            assert_eq!(match_name(pat, name), want, "{pat:?} against {name:?}");
+        }
     }
 
     #[test]
