@@ -2,6 +2,9 @@
 //! engine between two nodes on loopback, then by each baseline, each into a
 //! fresh destination that is checked equal to the source and removed before
 //! the next (the disk is shared).
+//!
+//! Development aid: `CONCORD_BENCH_SKIP_EXTERNAL=1` stops after Concord and
+//! the bare Iroh stream (no rsync, no Syncthing), for quick comparisons.
 
 use std::path::Path;
 use std::time::Instant;
@@ -39,6 +42,7 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
     let dest = work.path().join("dest-concord");
     let (secs, bare) = rt.block_on(async {
         let pair = ContentPair::new(&work.path().join("nodes"), src).await?;
+        settle();
         let (t, cpu) = (Instant::now(), cpu_secs());
         let scanned = pair.scan_source().await?;
         let listed = t.elapsed().as_secs_f64();
@@ -52,6 +56,7 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
         pair.shutdown().await;
         let bare = if extra.bare_iroh {
             let b = BareIroh::connect().await?;
+            settle();
             let cpu = cpu_secs();
             let rate = b.throughput(bytes).await?;
             progress!("{id} bare Iroh: {:.2} s of CPU (both ends)", cpu_secs() - cpu);
@@ -68,6 +73,9 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
     progress!("{id} concord: {secs:.2} s for {files} files, {bytes} bytes");
     times.concord = secs;
     times.bare_iroh_rate = bare;
+    if std::env::var_os("CONCORD_BENCH_SKIP_EXTERNAL").is_some() {
+        return Ok(times);
+    }
     if tools::ensure("rsync", "rsync") {
         times.rsync = Some(rsync_once(id, src, &work.path().join("dest-rsync"), &[])?);
         if extra.rsync_fsync {
@@ -78,12 +86,23 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
         progress!("{id}: rsync baselines skipped (rsync cannot be installed)");
     }
     let dst = work.path().join("dest-syncthing");
+    settle();
     times.syncthing = syncthing::time_sync(work.path(), src, &dst, files)?;
     if let Some(secs) = times.syncthing {
         assert_same(src, &dst, &[syncthing::MARKER])?;
         progress!("{id} syncthing: {secs:.2} s");
     }
     Ok(times)
+}
+
+/// Write every dirty page to disk before a side starts timing, so that no
+/// side pays for the writeback of what came before it (the source tree
+/// just created, or an earlier side's copy). Without it the first side,
+/// Concord, ran while the kernel flushed the fresh 2 GiB source tree, and
+/// the sides after it did not.
+fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 /// CPU time (user and system) this process has used: both nodes run in
@@ -106,6 +125,7 @@ fn holds(dest: &Path, files: usize) -> anyhow::Result<bool> {
 }
 
 fn rsync_once(id: &str, src: &Path, dst: &Path, extra: &[&str]) -> anyhow::Result<f64> {
+    settle();
     let secs = tools::rsync(src, dst, extra)?;
     assert_same(src, dst, &[])?;
     std::fs::remove_dir_all(dst)?;

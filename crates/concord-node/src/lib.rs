@@ -24,6 +24,7 @@
 
 pub mod conduits;
 pub mod config;
+pub mod congestion;
 pub mod discovery;
 pub mod error;
 pub mod frame;

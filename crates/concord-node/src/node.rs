@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::config::NodeConfig;
+use crate::congestion::FlooredCubicConfig;
 use crate::error::NetError;
 use crate::host::LibraryHost;
 use crate::pairing::Pairing;
@@ -201,6 +202,8 @@ async fn bind(
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_PEER))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // CUBIC, but a window never under the initial one: see congestion.rs.
+        .congestion_controller_factory(Arc::new(FlooredCubicConfig::default()))
         .build();
     let mut builder = Endpoint::builder(presets::Minimal);
     if !relays.is_empty() {

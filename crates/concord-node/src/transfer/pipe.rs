@@ -130,6 +130,19 @@ impl Read for ChannelReader {
     }
 }
 
+/// A stream error with its causes ("connection lost: ..."): QUIC's own
+/// message names the effect only.
+fn stream_error(e: impl std::error::Error) -> NetError {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    NetError::Io(text)
+}
+
 /// A test hook: the stream offset of a byte to flip on its way out.
 pub type Corruption = Option<u64>;
 
@@ -155,7 +168,7 @@ pub async fn pump_out(
         tokio::time::timeout(STALL_TIMEOUT, send.write_chunk(Bytes::from(data)))
             .await
             .map_err(|_| NetError::Timeout("the receiver stopped reading".into()))?
-            .map_err(|e| NetError::Io(e.to_string()))?;
+            .map_err(stream_error)?;
         for counter in sent {
             counter.fetch_add(len, Ordering::Relaxed);
         }
@@ -179,7 +192,7 @@ pub async fn pump_in(
         let chunk = tokio::time::timeout(STALL_TIMEOUT, recv.read_chunk(room))
             .await
             .map_err(|_| NetError::Timeout("the sender stalled".into()))?
-            .map_err(|e| NetError::Io(e.to_string()))?;
+            .map_err(stream_error)?;
         let end = match chunk {
             Some(chunk) => {
                 received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
