@@ -126,3 +126,30 @@ pub fn assert_same(a: &Path, b: &Path, skip: &[&str]) -> anyhow::Result<()> {
 pub fn temp(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp")?)
 }
+
+/// Write every dirty page to disk before a side starts timing, so that no
+/// side pays for the writeback of what came before it (the source tree
+/// just created, or an earlier side's copy). Without it the first side,
+/// Concord, ran while the kernel flushed the fresh source tree, and the
+/// sides after it did not.
+pub fn settle() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+/// Most files in a side's copy that is removed as soon as it was checked.
+const REMOVE_AT_MOST: usize = 1_000;
+
+/// Done with a side's checked copy `dest` of `files` files: a copy of a few
+/// (large) files goes now, so the next side does not run beside gigabytes
+/// of it in the page cache; a copy of many files stays until the work
+/// folder goes at the end, because ext4 creates files slowly for a minute
+/// or more after thousands were deleted (it passes over the inodes freed
+/// last, reading each one's table block), which the next side would pay:
+/// Concord ran first on a clean disk and the baselines after deletions.
+pub fn done_with(dest: &Path, files: usize) -> std::io::Result<()> {
+    if files <= REMOVE_AT_MOST {
+        std::fs::remove_dir_all(dest)?;
+    }
+    Ok(())
+}

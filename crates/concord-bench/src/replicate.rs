@@ -1,7 +1,8 @@
 //! F1 and F2's shared run: one source tree copied by Concord's transfer
 //! engine between two nodes on loopback, then by each baseline, each into a
-//! fresh destination that is checked equal to the source and removed before
-//! the next (the disk is shared).
+//! fresh destination that is checked equal to the source, then removed
+//! when it holds few files, or kept to the end when it holds many
+//! (`files::done_with`: the side after a mass delete would pay for it).
 //!
 //! Development aid: `CONCORD_BENCH_SKIP_EXTERNAL=1` stops after Concord and
 //! the bare Iroh stream (no rsync, no Syncthing), for quick comparisons.
@@ -11,7 +12,7 @@ use std::time::Instant;
 
 use crate::common::progress;
 use crate::content::ContentPair;
-use crate::files::{assert_same, temp};
+use crate::files::{assert_same, done_with, settle, temp};
 use crate::net::{runtime, BareIroh};
 use crate::{syncthing, tools};
 
@@ -69,7 +70,7 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
     })?;
     anyhow::ensure!(holds(&dest, files)?, "{id}: not every file arrived");
     assert_same(src, &dest, &[".concord"])?;
-    std::fs::remove_dir_all(&dest)?;
+    done_with(&dest, files)?;
     progress!("{id} concord: {secs:.2} s for {files} files, {bytes} bytes");
     times.concord = secs;
     times.bare_iroh_rate = bare;
@@ -77,10 +78,15 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
         return Ok(times);
     }
     if tools::ensure("rsync", "rsync") {
-        times.rsync = Some(rsync_once(id, src, &work.path().join("dest-rsync"), &[])?);
+        times.rsync = Some(rsync_once(
+            id,
+            (src, files),
+            &work.path().join("dest-rsync"),
+            &[],
+        )?);
         if extra.rsync_fsync {
             let d = work.path().join("dest-rsync-fsync");
-            times.rsync_fsync = Some(rsync_once(id, src, &d, &["--fsync"])?);
+            times.rsync_fsync = Some(rsync_once(id, (src, files), &d, &["--fsync"])?);
         }
     } else {
         progress!("{id}: rsync baselines skipped (rsync cannot be installed)");
@@ -93,16 +99,6 @@ pub fn run(id: &str, src: &Path, files: usize, bytes: u64, extra: Extra) -> anyh
         progress!("{id} syncthing: {secs:.2} s");
     }
     Ok(times)
-}
-
-/// Write every dirty page to disk before a side starts timing, so that no
-/// side pays for the writeback of what came before it (the source tree
-/// just created, or an earlier side's copy). Without it the first side,
-/// Concord, ran while the kernel flushed the fresh 2 GiB source tree, and
-/// the sides after it did not.
-fn settle() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
 }
 
 /// CPU time (user and system) this process has used: both nodes run in
@@ -124,11 +120,16 @@ fn holds(dest: &Path, files: usize) -> anyhow::Result<bool> {
     Ok(crate::files::list(dest, &[".concord"])?.len() == files)
 }
 
-fn rsync_once(id: &str, src: &Path, dst: &Path, extra: &[&str]) -> anyhow::Result<f64> {
+fn rsync_once(
+    id: &str,
+    (src, files): (&Path, usize),
+    dst: &Path,
+    extra: &[&str],
+) -> anyhow::Result<f64> {
     settle();
     let secs = tools::rsync(src, dst, extra)?;
     assert_same(src, dst, &[])?;
-    std::fs::remove_dir_all(dst)?;
+    done_with(dst, files)?;
     progress!("{id} rsync -a {}: {secs:.2} s", extra.join(" "));
     Ok(secs)
 }

@@ -12,14 +12,16 @@
 //! B watches its locations, as a user's node does, so the runner's time
 //! includes the destination's files being indexed as they land. The
 //! figure is the runner's rate and its ratio to the engine's, each side
-//! the best of two rounds run alternately.
+//! the best of two rounds run alternately, each started on a quiet disk
+//! (`files::settle`); a copy of many files is kept to the end
+//! (`files::done_with`).
 
 use std::path::Path;
 use std::time::Instant;
 
 use crate::common::{progress, Scale};
 use crate::content::ContentPair;
-use crate::files::{assert_same, large_files, small_tree, temp};
+use crate::files::{assert_same, done_with, large_files, settle, small_tree, temp};
 use crate::net::runtime;
 use crate::report::Row;
 
@@ -72,11 +74,13 @@ fn both(id: &str, work: &Path, src: &Path) -> anyhow::Result<(f64, f64)> {
     let (mut engine, mut runner) = (f64::MAX, f64::MAX);
     for round in 0..ROUNDS {
         let nodes = work.join(format!("nodes-engine-{round}"));
-        let secs = rt.block_on(engine_once(&nodes, &work.join("dest-engine"), src))?;
+        let dest = work.join(format!("dest-engine-{round}"));
+        let secs = rt.block_on(engine_once(&nodes, &dest, src))?;
         progress!("{id} engine direct: {secs:.2} s");
         engine = engine.min(secs);
         let nodes = work.join(format!("nodes-runner-{round}"));
-        let secs = rt.block_on(runner_once(id, &nodes, &work.join("dest-runner"), src))?;
+        let dest = work.join(format!("dest-runner-{round}"));
+        let secs = rt.block_on(runner_once(id, &nodes, &dest, src))?;
         progress!("{id} conduit runner: {secs:.2} s");
         runner = runner.min(secs);
     }
@@ -86,13 +90,14 @@ fn both(id: &str, work: &Path, src: &Path) -> anyhow::Result<(f64, f64)> {
 /// F1/F2's path: list the source, `fetch_many` every file into `dest`.
 async fn engine_once(nodes: &Path, dest: &Path, src: &Path) -> anyhow::Result<f64> {
     let pair = ContentPair::new(nodes, src).await?;
+    settle();
     let t = Instant::now();
     let scanned = pair.scan_source().await?;
     pair.fetch_all(&scanned, dest).await?;
     let secs = t.elapsed().as_secs_f64();
     pair.shutdown().await;
     assert_same(src, dest, &[".concord"])?;
-    std::fs::remove_dir_all(dest)?;
+    done_with(dest, scanned.len())?;
     Ok(secs)
 }
 
@@ -102,12 +107,13 @@ async fn runner_once(id: &str, nodes: &Path, dest: &Path, src: &Path) -> anyhow:
     let pair = ContentPair::new(nodes, src).await?;
     std::fs::create_dir_all(dest)?;
     let conduit = crate::f3::replicate_to(&pair, dest).await?;
+    settle();
     let t = Instant::now();
     let report = pair.b.conduits.run(pair.lib, conduit).await?;
     let secs = t.elapsed().as_secs_f64();
     anyhow::ensure!(report.outcome == "done", "{id} cycle: {report:?}");
     pair.shutdown().await;
     assert_same(src, dest, &[".concord"])?;
-    std::fs::remove_dir_all(dest)?;
+    done_with(dest, crate::files::list(dest, &[".concord"])?.len())?;
     Ok(secs)
 }
