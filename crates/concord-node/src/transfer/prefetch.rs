@@ -32,8 +32,12 @@ use crate::transfer::partial::{sync_folder, DISK_FULL};
 use crate::transfer::progress::TransferProgress;
 use crate::transfer::wire::MAX_CONCURRENT_PER_PEER;
 
-/// Most copies in one prefetched batch.
-pub const BATCH_FILES: usize = 1_000;
+/// Most copies in one prefetched batch: each batch's fetch drains before
+/// the executor places it, so fewer batches drain less often (on F2's
+/// 20,000 files a cycle read 0.70 of the engine with 1,000, 0.81 and 0.85
+/// with 4,000); the bytes bound keeps `.concord/incoming/` small whatever
+/// the count.
+pub const BATCH_FILES: usize = 4_000;
 /// Most bytes of one prefetched batch (a single larger file is a batch of
 /// its own).
 pub const BATCH_BYTES: u64 = 1 << 30;
