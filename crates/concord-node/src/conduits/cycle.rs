@@ -137,18 +137,7 @@ pub fn run_remote_cycle(
         return paused(PauseReason::DiskFull, plan);
     }
     let exec = execute(c, &dst_root, &plan, now_ms);
-    // An empty plan leaves both ends as they were: no copies of the trees.
-    if plan.actions.is_empty() {
-        memory
-            .agreed
-            .advance_in_place(&source_tree, &dst_tree, &exec.unsettled);
-    } else {
-        let (after_src, after_dst) = plan.simulate(&source_tree, &dst_tree);
-        memory
-            .agreed
-            .advance_in_place(&after_src, &after_dst, &exec.unsettled);
-    }
-    memory.scans = [source_tree, dst_tree];
+    memory.record(&plan, [source_tree, dst_tree], &exec.unsettled);
     let dst = &c.destination;
     Trash::for_location(&dst.location).purge(now_ms, RETENTION_MS)?;
     concord::conduit::content::purge_stale_temps(

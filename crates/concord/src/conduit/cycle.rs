@@ -47,6 +47,30 @@ pub struct CycleMemory {
     pub scans: [Tree; 2],
 }
 
+impl CycleMemory {
+    /// Remember a cycle that ran `plan` on the ends scanned as `source`
+    /// and `destination`: the agreed state moves to the ends as the plan
+    /// left them (but for the `unsettled` paths), and the scans are kept
+    /// for the next cycle's stat cache. An empty plan left both ends as
+    /// scanned: no simulated copies of the trees.
+    pub fn record(
+        &mut self,
+        plan: &Plan,
+        [source, destination]: [Tree; 2],
+        unsettled: &std::collections::BTreeSet<RelPath>,
+    ) {
+        if plan.actions.is_empty() {
+            self.agreed
+                .advance_in_place(&source, &destination, unsettled);
+        } else {
+            let (after_src, after_dst) = plan.simulate(&source, &destination);
+            self.agreed
+                .advance_in_place(&after_src, &after_dst, unsettled);
+        }
+        self.scans = [source, destination];
+    }
+}
+
 /// What a cycle planned and did.
 #[derive(Debug, Default)]
 pub struct CycleReport {
@@ -137,18 +161,7 @@ pub fn run_local_cycle(
     let mut into_src = LocalSource::new(dst_root);
     let mut into_dst = LocalSource::new(src_root);
     let exec = Executor::new(&src_end, &dst_end, &mut into_src, &mut into_dst, now_ms).run(&plan);
-    // An empty plan leaves both ends as scanned: no copies of the trees.
-    if plan.actions.is_empty() {
-        memory
-            .agreed
-            .advance_in_place(&src_tree, &dst_tree, &exec.unsettled);
-    } else {
-        let (after_src, after_dst) = plan.simulate(&src_tree, &dst_tree);
-        memory
-            .agreed
-            .advance_in_place(&after_src, &after_dst, &exec.unsettled);
-    }
-    memory.scans = [src_tree, dst_tree];
+    memory.record(&plan, [src_tree, dst_tree], &exec.unsettled);
     for end in [&c.source, &c.destination] {
         Trash::for_location(&end.location).purge(now_ms, RETENTION_MS)?;
         let tmp = end.location.join(super::path::RESERVED_DIR).join("tmp");
